@@ -1,0 +1,348 @@
+"""
+Step 3 of the tutorial: make the generator's images sharp with a GAN (SRGAN, ESRGAN, Real-ESRGAN).
+
+A network trained with a pixel loss (train_srresnet.py) hedges: where many sharp textures are plausible it
+outputs their average, which is blurry. Here the generator starts from that network and is trained against a
+discriminator, a classifier that learns to tell real HR images from super-resolved ones. Fooling it forces the
+generator onto the "manifold" of natural images: sharp, textured results. Two more changes from step 2:
+  - the content loss compares VGG19 feature maps instead of pixels: two images with the same textures shifted by
+    a pixel are far apart in pixels but close in VGG space, so the generator is free to invent plausible detail;
+  - generator and discriminator are trained in turn, one step each per iteration.
+
+Recipes (--recipe) set the hyperparameters of each paper; any flag given explicitly still wins:
+  srgan       Ledig et al. 2017: VGG relu5_4 MSE content loss + 1e-3 vanilla GAN loss
+  esrgan      Wang et al. 2018: relativistic average GAN, VGG conv5_4 before activation, L1, pixel L1, EMA
+  realesrgan  Wang et al. 2021: trained on synthetic real-world degradations, U-Net discriminator, 5-layer
+              perceptual loss, sharpened targets
+
+Quick start (CPU):  python train_srgan.py --data_folder data_lists --srresnet_checkpoint checkpoint_srresnet.pth \\
+                        --iterations 100 --vgg_weights random
+Classic SRGAN:      python train_srgan.py --data_folder data_lists
+ESRGAN:             python train_srgan.py --data_folder data_lists --recipe esrgan
+Resume:             python train_srgan.py --data_folder data_lists --checkpoint checkpoint_srgan.pth
+
+Every hyperparameter below can be overridden by a flag of the same name; --help lists them.
+"""
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+import datasets
+import models
+import utils
+
+# ------------------------------------------------------------------------------------------------------
+# Hyperparameters (each one is also a command-line flag: --name value). The defaults are the SRGAN paper's.
+# ------------------------------------------------------------------------------------------------------
+hyperparameters = dict(
+    recipe="srgan",  # 'srgan', 'esrgan' or 'realesrgan': sets the hyperparameters listed in RECIPES below
+    # Data
+    data_folder="./",  # folder with train_images.json, written by create_data_lists.py
+    crop_size=96,  # side of the HR training crops
+    scaling_factor=4,  # must match the generator's (from the SRResNet checkpoint)
+    augment=False,  # random flips and 90-degree rotations of the crops
+    lr_maker="pil",  # how LR crops are made from HR (degradation 'bicubic'): 'pil' or 'matlab'
+    degradation="bicubic",  # 'bicubic' (LR = bicubic downscale) or 'realesrgan' (random blur, noise, resize, JPEG)
+    usm_gt=False,  # sharpen the HR targets of the pixel and perceptual losses (unsharp masking), as Real-ESRGAN
+    cutblur_prob=0.0,  # CutBlur augmentation probability (needs an x1 generator fed HR-sized inputs; 0: off)
+    # Generator: its architecture and starting weights come from the pixel-loss network
+    srresnet_checkpoint="checkpoint_srresnet.pth",  # checkpoint of train_srresnet.py to start the generator from
+    # Discriminator
+    discriminator_arch="srgan",  # 'srgan' (the SRGAN paper's classifier) or 'unet' (Real-ESRGAN's per-pixel U-Net)
+    kernel_size_d=3,  # SRGAN discriminator: kernel size of its convolutions
+    n_channels_d=64,  # SRGAN discriminator: channels of the first block (doubled every other block)
+    n_blocks_d=8,  # SRGAN discriminator: convolutional blocks
+    fc_size_d=1024,  # SRGAN discriminator: size of its hidden fully connected layer
+    num_feat_d=64,  # U-Net discriminator: feature channels
+    # Losses
+    gan_type="vanilla",  # 'vanilla' (is this image real?) or 'relativistic' (is it more real than the others?)
+    perceptual_layers=["conv5_4"],  # VGG19 feature maps of the content loss (SRGAN's phi_{5,4} is conv5_4)
+    perceptual_layer_weights=[1.0],  # one weight per layer in perceptual_layers
+    vgg_before_activation=False,  # take the feature maps before their ReLU (ESRGAN) or after it (SRGAN)
+    vgg_weights="imagenet",  # 'imagenet' (torchvision's download), a path to vgg19-dcbb9e9d.pth, or 'random' (tests)
+    perceptual_loss="mse",  # distance between feature maps: 'mse' (SRGAN) or 'l1' (ESRGAN)
+    perceptual_loss_weight=1.0,  # weight of the content (perceptual) loss
+    pixel_loss_weight=0.0,  # weight of an L1 pixel loss (ESRGAN: 1e-2, Real-ESRGAN: 1)
+    adversarial_loss_weight=1e-3,  # weight of the generator's adversarial loss (SRGAN's beta)
+    # Learning
+    batch_size=16,  # crops per iteration (over all processes together)
+    iterations=200_000,  # training iterations (the SRGAN paper: 1e5 at lr 1e-4, then 1e5 at 1e-5)
+    lr=1e-4,  # Adam's learning rate, for both networks
+    lr_milestones=[100_000],  # iterations at which the learning rates are multiplied by lr_gamma
+    lr_gamma=0.1,  # factor applied at each milestone (SRGAN: divided by 10 halfway)
+    ema_decay=0.0,  # keep an exponential moving average of the generator's weights (0: off; ESRGAN-style 0.999)
+    # Speed
+    precision="auto",  # 'auto', 'fp32', 'bf16' or 'fp16' (autocast); 'auto' picks what the hardware does well
+    channels_last=True,  # NHWC memory layout, faster for convolutions with bf16 / fp16
+    compile=False,  # torch.compile the networks (slow to start, faster per iteration on GPUs)
+    workers=4,  # data-loading processes
+    # Bookkeeping
+    seed=0,  # random seed
+    print_every=100,  # update the running losses shown on the progress bar every this many iterations
+    checkpoint_every=1000,  # save a checkpoint every this many iterations (and at the end, and on Ctrl+C)
+    output_folder=".",  # where checkpoint_srgan.pth is written
+    checkpoint=None,  # path of a checkpoint_srgan.pth to resume from
+)
+
+# What each recipe changes from the defaults above (the SRGAN paper's). Reading this table is a good summary
+# of what ESRGAN and Real-ESRGAN changed.
+RECIPES = {
+    "srgan": {},
+    "esrgan": dict(
+        gan_type="relativistic", vgg_before_activation=True, perceptual_loss="l1",
+        pixel_loss_weight=1e-2, perceptual_loss_weight=1.0, adversarial_loss_weight=5e-3,
+        iterations=400_000, lr_milestones=[50_000, 100_000, 200_000, 300_000], lr_gamma=0.5, ema_decay=0.999,
+    ),
+    "realesrgan": dict(
+        degradation="realesrgan", usm_gt=True, discriminator_arch="unet", gan_type="vanilla", crop_size=256,
+        perceptual_layers=["conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4"],
+        perceptual_layer_weights=[0.1, 0.1, 1.0, 1.0, 1.0], vgg_before_activation=True, perceptual_loss="l1",
+        pixel_loss_weight=1.0, perceptual_loss_weight=1.0, adversarial_loss_weight=0.1,
+        iterations=400_000, lr_milestones=[400_000], ema_decay=0.999,
+    ),
+}
+
+
+def apply_recipe(defaults, argv):
+    """The defaults with the chosen recipe's values on top (explicit flags are applied after, by the parser)."""
+    recipe = defaults["recipe"]
+    for index, arg in enumerate(argv):  # peek at --recipe before the full parse
+        if arg == "--recipe" and index + 1 < len(argv):
+            recipe = argv[index + 1]
+        elif arg.startswith("--recipe="):
+            recipe = arg.split("=", 1)[1]
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {sorted(RECIPES)}, not {recipe!r}.")
+    return {**defaults, **RECIPES[recipe], "recipe": recipe}
+
+
+def build_discriminator(hp):
+    """The discriminator and its constructor arguments, from the hyperparameters."""
+    if hp.discriminator_arch == "srgan":
+        kwargs = dict(kernel_size=hp.kernel_size_d, n_channels=hp.n_channels_d, n_blocks=hp.n_blocks_d,
+                      fc_size=hp.fc_size_d)
+        return models.Discriminator(**kwargs), kwargs
+    if hp.discriminator_arch == "unet":
+        kwargs = dict(num_feat=hp.num_feat_d)
+        return models.UNetDiscriminatorSN(**kwargs), kwargs
+    raise ValueError(f"discriminator_arch must be 'srgan' or 'unet', not {hp.discriminator_arch!r}.")
+
+
+def adversarial_losses(real_logits, fake_logits, gan_type, for_generator):
+    """
+    The GAN losses, from the discriminator's logits for real (HR) and fake (SR) images.
+
+    vanilla:      D(x) = sigmoid(logit) is the probability that x is real. D learns real -> 1, fake -> 0; the
+                  generator is trained with the *target of real images* (1) for its fakes: it wins when D calls its
+                  SR images "HR".
+    relativistic: ESRGAN's relativistic average GAN: D estimates whether a real image is more realistic than the
+                  average fake (logit difference), and vice versa. The generator then gets gradients from real
+                  images too, which ESRGAN found gives sharper edges and more stable training.
+    Logits are (N, 1) for the SRGAN discriminator or (N, 1, H, W) for the U-Net one (one per pixel).
+    """
+    bce = F.binary_cross_entropy_with_logits
+    ones, zeros = torch.ones_like(fake_logits), torch.zeros_like(fake_logits)
+    if gan_type == "vanilla":
+        if for_generator:
+            return bce(fake_logits, ones)
+        return bce(real_logits, ones) + bce(fake_logits, zeros)
+    if gan_type == "relativistic":
+        real_vs_fake = real_logits - fake_logits.mean(dim=0, keepdim=True)
+        fake_vs_real = fake_logits - real_logits.mean(dim=0, keepdim=True)
+        if for_generator:  # roles swapped: the fakes should look more real than the reals
+            return (bce(real_vs_fake, zeros) + bce(fake_vs_real, ones)) / 2
+        return (bce(real_vs_fake, ones) + bce(fake_vs_real, zeros)) / 2
+    raise ValueError(f"gan_type must be 'vanilla' or 'relativistic', not {gan_type!r}.")
+
+
+def main():
+    argv = sys.argv[1:]
+    hp = utils.parse_hyperparameters(apply_recipe(hyperparameters, argv), __doc__, __file__, argv)
+    if len(hp.perceptual_layers) != len(hp.perceptual_layer_weights):
+        raise ValueError("perceptual_layers and perceptual_layer_weights must have the same length.")
+    rank, world_size, device = utils.setup_distributed()
+    is_main_process = rank == 0
+    precision = utils.resolve_precision(hp.precision, device)
+    checkpoint_path = Path(hp.output_folder) / "checkpoint_srgan.pth"
+    utils.seed_everything(hp.seed)
+
+    # The generator: from the SRGAN checkpoint we resume, or else from the pixel-loss network of step 2.
+    resumed = utils.load_checkpoint(hp.checkpoint, expected_kind="srgan") if hp.checkpoint else None
+    if resumed:
+        generator_source = resumed
+    else:
+        generator_source = utils.load_checkpoint(hp.srresnet_checkpoint, expected_kind="srresnet")
+    arch, kwargs = generator_source["generator_arch"], generator_source["generator_kwargs"]
+    generator = models.build_generator(arch, **kwargs)
+    # Start from the EMA weights when step 2 kept them: they are the better network.
+    generator.load_state_dict(generator_source["generator_ema" if not resumed and "generator_ema" in generator_source
+                                                else "generator"])
+    generator = generator.to(device)
+    if generator.scaling_factor != hp.scaling_factor and hp.cutblur_prob == 0:
+        raise ValueError(f"The generator from {hp.srresnet_checkpoint} upscales x{generator.scaling_factor}, but "
+                         f"scaling_factor is {hp.scaling_factor}.")
+
+    discriminator, discriminator_kwargs = build_discriminator(hp)
+    discriminator = discriminator.to(device)
+    # The frozen VGG19 of the content loss. It takes 'imagenet-norm' images.
+    vgg = models.VGGFeatureExtractor(dict(zip(hp.perceptual_layers, hp.perceptual_layer_weights)),
+                                     weights=hp.vgg_weights, before_activation=hp.vgg_before_activation).to(device)
+    if hp.channels_last:
+        generator, discriminator, vgg = (m.to(memory_format=torch.channels_last)
+                                         for m in (generator, discriminator, vgg))
+
+    optimizer_g = torch.optim.Adam(generator.parameters(), lr=hp.lr)
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=hp.lr)
+    scheduler_g = torch.optim.lr_scheduler.MultiStepLR(optimizer_g, hp.lr_milestones, hp.lr_gamma)
+    scheduler_d = torch.optim.lr_scheduler.MultiStepLR(optimizer_d, hp.lr_milestones, hp.lr_gamma)
+    ema = utils.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
+    start_iteration = 0
+    if resumed:
+        discriminator.load_state_dict(resumed["discriminator"])
+        optimizer_g.load_state_dict(resumed["optimizer_g"])
+        optimizer_d.load_state_dict(resumed["optimizer_d"])
+        scheduler_g.load_state_dict(resumed["scheduler_g"])
+        scheduler_d.load_state_dict(resumed["scheduler_d"])
+        if ema is not None and "generator_ema" in resumed:
+            ema.load_state_dict(resumed["generator_ema"])
+        utils.set_rng_state(resumed["rng_state"])
+        utils.warn_changed_hyperparameters(resumed["hyperparameters"], vars(hp))
+        start_iteration = resumed["iteration"]
+    if is_main_process:
+        print(f"recipe {hp.recipe}: generator {arch} x{generator.scaling_factor} "
+              f"({'resumed from ' + hp.checkpoint if resumed else 'from ' + hp.srresnet_checkpoint}), "
+              f"discriminator {hp.discriminator_arch}, {hp.gan_type} GAN; device {device} (x{world_size} processes), "
+              f"precision {precision}.")
+
+    # Wrappers for several processes / speed; checkpoints are written from the plain modules.
+    generator_model, discriminator_model = generator, discriminator
+    if world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        generator_model = nn.parallel.DistributedDataParallel(generator, device_ids=device_ids)
+        discriminator_model = nn.parallel.DistributedDataParallel(discriminator, device_ids=device_ids)
+    if hp.compile:
+        generator_model, discriminator_model = torch.compile(generator_model), torch.compile(discriminator_model)
+
+    pixel_loss_function = nn.L1Loss()
+    perceptual_distance = nn.MSELoss() if hp.perceptual_loss == "mse" else nn.L1Loss()
+    grad_scaler_g = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    grad_scaler_d = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    train_loader = datasets.make_train_loader(hp, start_iteration, rank, world_size)
+    memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
+    # Real-ESRGAN's degradation settings: every probability and range, from DEGRADATION_DEFAULTS.
+    degradation_settings = datasets.DEGRADATION_DEFAULTS if hp.degradation == "realesrgan" else None
+
+    def perceptual_loss(sr_imgs, hr_imgs):
+        """Weighted distance between VGG19 feature maps of SR and HR images (both in '[0, 1]')."""
+        sr_features = vgg(utils.convert_image(sr_imgs, "[0, 1]", "imagenet-norm"))
+        with torch.no_grad():  # the targets need no gradient
+            hr_features = vgg(utils.convert_image(hr_imgs, "[0, 1]", "imagenet-norm"))
+        return sum(weight * perceptual_distance(sr_features[name].float(), hr_features[name].float())
+                   for name, weight in vgg.layer_weights.items())
+
+    def save(iteration):
+        if is_main_process:
+            state = dict(kind="srgan", generator_arch=arch, generator_kwargs=kwargs,
+                         generator=generator.state_dict(), discriminator_arch=hp.discriminator_arch,
+                         discriminator_kwargs=discriminator_kwargs, discriminator=discriminator.state_dict(),
+                         optimizer_g=optimizer_g.state_dict(), optimizer_d=optimizer_d.state_dict(),
+                         scheduler_g=scheduler_g.state_dict(), scheduler_d=scheduler_d.state_dict(),
+                         iteration=iteration, hyperparameters=vars(hp), rng_state=utils.get_rng_state())
+            if ema is not None:
+                state["generator_ema"] = ema.state_dict()
+            utils.save_checkpoint(state, checkpoint_path)
+
+    stop = utils.GracefulExit()
+    generator.train()
+    discriminator.train()
+    running = dict(content=0.0, pixel=0.0, adversarial=0.0, discriminator=0.0)
+    running_count, start_time = 0, time.time()
+    progress = tqdm(range(start_iteration, hp.iterations), initial=start_iteration, total=hp.iterations,
+                    disable=not is_main_process, desc=f"train_srgan ({hp.recipe})")
+    for iteration in progress:
+        lr_imgs, hr_imgs = next(train_loader)  # (N, 3, 24, 24) and (N, 3, 96, 96), in [0, 1]
+        lr_imgs = lr_imgs.to(device, memory_format=memory_format, non_blocking=True)
+        hr_imgs = hr_imgs.to(device, memory_format=memory_format, non_blocking=True)
+
+        # Real-ESRGAN: throw away the bicubic LR and make a realistically degraded one from HR, on the device.
+        # Its randomness comes from a generator seeded by (seed, iteration, rank): reproducible and resumable.
+        if degradation_settings is not None:
+            random_generator = torch.Generator(device).manual_seed(hp.seed * 1_000_003 + iteration * 1009 + rank)
+            lr_imgs = datasets.degrade_batch(hr_imgs, hp.scaling_factor, degradation_settings, random_generator)
+        # The targets of the pixel and perceptual losses, optionally sharpened (the discriminator sees plain HR).
+        target_imgs = datasets.usm_sharpen(hr_imgs) if hp.usm_gt else hr_imgs
+        # CutBlur: the generator sees an HR-sized image, part LR (upscaled), part HR, and must return HR.
+        if hp.cutblur_prob > 0:
+            cutblur_generator = torch.Generator().manual_seed(hp.seed * 1_000_003 + iteration * 1009 + rank)
+            lr_imgs, _ = datasets.cutblur(lr_imgs, hr_imgs, hp.scaling_factor, cutblur_generator, prob=hp.cutblur_prob)
+
+        # ---- Generator step: content + pixel + adversarial loss. ----
+        # The discriminator's weights get no gradients here (saves time; its optimiser would ignore them anyway).
+        # It is called unwrapped: with several processes only the discriminator step syncs its gradients.
+        discriminator.requires_grad_(False)
+        with utils.autocast(device, precision):
+            sr_imgs = generator_model(utils.convert_image(lr_imgs, "[0, 1]", generator.input_format))
+            sr_imgs = utils.convert_image(sr_imgs.float(), generator.output_format, "[0, 1]")  # (N, 3, 96, 96)
+            content_loss = perceptual_loss(sr_imgs, target_imgs)
+            pixel_loss = pixel_loss_function(sr_imgs, target_imgs)
+            fake_logits = discriminator(sr_imgs)
+            # The relativistic loss also needs D's opinion of real images (a constant for the generator).
+            real_logits = None
+            if hp.gan_type == "relativistic":
+                with torch.no_grad():
+                    real_logits = discriminator(hr_imgs).float()
+            adversarial_loss = adversarial_losses(real_logits, fake_logits.float(), hp.gan_type, for_generator=True)
+            generator_loss = (hp.perceptual_loss_weight * content_loss + hp.pixel_loss_weight * pixel_loss
+                              + hp.adversarial_loss_weight * adversarial_loss)
+        utils.check_finite(generator_loss, iteration, checkpoint_path)
+        optimizer_g.zero_grad(set_to_none=True)
+        grad_scaler_g.scale(generator_loss).backward()
+        grad_scaler_g.step(optimizer_g)
+        grad_scaler_g.update()
+        if ema is not None:
+            ema.update(generator)
+
+        # ---- Discriminator step: tell HR (real) from SR (fake). ----
+        # The SR images are detached: this step must change only the discriminator, and backpropagating into
+        # the generator would waste time on gradients nobody uses.
+        discriminator.requires_grad_(True)
+        with utils.autocast(device, precision):
+            real_logits = discriminator_model(hr_imgs)
+            fake_logits = discriminator_model(sr_imgs.detach())
+            discriminator_loss = adversarial_losses(real_logits.float(), fake_logits.float(), hp.gan_type,
+                                                    for_generator=False)
+        utils.check_finite(discriminator_loss, iteration, checkpoint_path)
+        optimizer_d.zero_grad(set_to_none=True)
+        grad_scaler_d.scale(discriminator_loss).backward()
+        grad_scaler_d.step(optimizer_d)
+        grad_scaler_d.update()
+        scheduler_g.step()
+        scheduler_d.step()
+
+        for name, value in (("content", content_loss), ("pixel", pixel_loss), ("adversarial", adversarial_loss),
+                            ("discriminator", discriminator_loss)):
+            running[name] += value.item()
+        running_count += 1
+        if is_main_process and ((iteration + 1) % hp.print_every == 0 or iteration + 1 == hp.iterations):
+            progress.set_postfix({**{name: f"{total / running_count:.4f}" for name, total in running.items()},
+                                  "it_per_s": f"{running_count / (time.time() - start_time):.2f}"})
+            running = dict.fromkeys(running, 0.0)
+            running_count, start_time = 0, time.time()
+        if (iteration + 1) % hp.checkpoint_every == 0 or iteration + 1 == hp.iterations or stop.requested:
+            save(iteration + 1)
+        if stop.requested:
+            break
+    progress.close()
+    if is_main_process:
+        print(f"Checkpoint: {checkpoint_path}")
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    utils.run_cli(main)

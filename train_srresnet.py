@@ -1,0 +1,194 @@
+"""
+Step 2 of the tutorial: train a super-resolution network with a pixel loss.
+
+The network sees a low-resolution (LR) crop and must produce the high-resolution (HR) crop it was made from.
+The loss compares the two pixel by pixel: MSE for SRResNet (the SRGAN paper), L1 for ESRGAN's PSNR-oriented
+RRDB network. A pixel loss maximises PSNR but gives slightly blurry images (the average of all plausible
+textures); train_srgan.py then starts from this network and makes it produce sharp textures.
+
+Quick start (CPU, minutes):   python train_srresnet.py --data_folder data_lists --iterations 200 --n_blocks 4
+Classic SRResNet (GPU, days): python train_srresnet.py --data_folder data_lists
+ESRGAN's RRDB-PSNR:           python train_srresnet.py --data_folder data_lists --generator_arch rrdb \\
+                                  --pixel_loss l1 --lr 2e-4 --lr_milestones 200000 400000 600000 800000 --lr_gamma 0.5
+Several processes:            torchrun --nproc_per_node 2 train_srresnet.py --data_folder data_lists
+Resume:                       python train_srresnet.py --data_folder data_lists --checkpoint checkpoint_srresnet.pth
+
+Every hyperparameter below can be overridden by a flag of the same name; --help lists them.
+"""
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import datasets
+import models
+import utils
+
+# ------------------------------------------------------------------------------------------------------
+# Hyperparameters (each one is also a command-line flag: --name value)
+# ------------------------------------------------------------------------------------------------------
+hyperparameters = dict(
+    # Data
+    data_folder="./",  # folder with train_images.json, written by create_data_lists.py
+    crop_size=96,  # side of the HR training crops; the LR crops are crop_size / scaling_factor
+    scaling_factor=4,  # the upscaling factor: 2, 3, 4 or 8 for SRResNet, 4 (2 or 1 via pixel-unshuffle) for RRDB
+    augment=False,  # random flips and 90-degree rotations of the crops
+    lr_maker="pil",  # how LR crops are made from HR: 'pil' (Pillow bicubic) or 'matlab' (MATLAB's imresize)
+    # Generator
+    generator_arch="srresnet",  # 'srresnet' (SRGAN paper) or 'rrdb' (ESRGAN's RRDBNet)
+    large_kernel_size=9,  # SRResNet: kernel of the first and last convolutions
+    small_kernel_size=3,  # SRResNet: kernel of all other convolutions
+    n_channels=64,  # SRResNet: feature channels
+    n_blocks=16,  # SRResNet: residual blocks
+    num_feat=64,  # RRDB: feature channels
+    num_block=23,  # RRDB: residual-in-residual dense blocks (23 in ESRGAN, 6 in the Real-ESRGAN anime model)
+    num_grow_ch=32,  # RRDB: channels added by each dense layer
+    use_unshuffle=False,  # pixel-unshuffle the input, so that an x4 body serves x2 (unshuffle_scale 2) or x1 (4)
+    unshuffle_scale=2,  # the pixel-unshuffle factor when use_unshuffle is on
+    # Learning
+    pixel_loss="mse",  # 'mse' (SRResNet) or 'l1' (ESRGAN's RRDB-PSNR)
+    batch_size=16,  # crops per iteration (over all processes together)
+    iterations=1_000_000,  # training iterations (the SRGAN paper: 1e6)
+    lr=1e-4,  # Adam's learning rate
+    lr_milestones=[],  # iterations at which the learning rate is multiplied by lr_gamma
+    lr_gamma=0.5,  # factor applied at each milestone
+    ema_decay=0.0,  # keep an exponential moving average of the weights with this decay (0: off; e.g. 0.999)
+    grad_clip=0.0,  # clip the gradient norm to this value (0: off)
+    # Speed
+    precision="auto",  # 'auto', 'fp32', 'bf16' or 'fp16' (autocast); 'auto' picks what the hardware does well
+    channels_last=True,  # NHWC memory layout, faster for convolutions with bf16 / fp16
+    compile=False,  # torch.compile the generator (slow to start, faster per iteration on GPUs)
+    workers=4,  # data-loading processes
+    # Bookkeeping
+    seed=0,  # random seed: same seed, same crops, same initial weights
+    print_every=100,  # update the running losses shown on the progress bar every this many iterations
+    checkpoint_every=1000,  # save a checkpoint every this many iterations (and at the end, and on Ctrl+C)
+    output_folder=".",  # where checkpoint_srresnet.pth is written
+    checkpoint=None,  # path of a checkpoint_srresnet.pth to resume from
+)
+
+
+def generator_kwargs(hp):
+    """The generator's constructor arguments, taken from the hyperparameters."""
+    if hp.generator_arch == "srresnet":
+        return dict(large_kernel_size=hp.large_kernel_size, small_kernel_size=hp.small_kernel_size,
+                    n_channels=hp.n_channels, n_blocks=hp.n_blocks, scaling_factor=hp.scaling_factor,
+                    use_unshuffle=hp.use_unshuffle, unshuffle_scale=hp.unshuffle_scale)
+    if hp.generator_arch == "rrdb":
+        # RRDBNet's scale is the overall scale: x4 natively, x2 / x1 through pixel-unshuffle.
+        return dict(scale=hp.scaling_factor, num_feat=hp.num_feat, num_block=hp.num_block,
+                    num_grow_ch=hp.num_grow_ch)
+    raise ValueError(f"generator_arch must be 'srresnet' or 'rrdb', not {hp.generator_arch!r}.")
+
+
+def main():
+    hp = utils.parse_hyperparameters(hyperparameters, __doc__, __file__)
+    rank, world_size, device = utils.setup_distributed()
+    is_main_process = rank == 0  # only one process prints and writes checkpoints
+    precision = utils.resolve_precision(hp.precision, device)
+    checkpoint_path = Path(hp.output_folder) / "checkpoint_srresnet.pth"
+    utils.seed_everything(hp.seed)  # same seed in every process: identical initial weights
+
+    # The generator: a new one, or the one of the checkpoint we resume (its architecture comes with it).
+    resumed = utils.load_checkpoint(hp.checkpoint, expected_kind="srresnet") if hp.checkpoint else None
+    arch = resumed["generator_arch"] if resumed else hp.generator_arch
+    kwargs = resumed["generator_kwargs"] if resumed else generator_kwargs(hp)
+    generator = models.build_generator(arch, **kwargs).to(device)
+    if generator.scaling_factor != hp.scaling_factor:
+        raise ValueError(f"The {arch} generator upscales x{generator.scaling_factor}, but scaling_factor is "
+                         f"{hp.scaling_factor}.")
+    if hp.channels_last:
+        generator = generator.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(generator.parameters(), lr=hp.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=hp.lr_milestones, gamma=hp.lr_gamma)
+    ema = utils.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
+    start_iteration = 0
+    if resumed:
+        generator.load_state_dict(resumed["generator"])
+        optimizer.load_state_dict(resumed["optimizer_g"])
+        scheduler.load_state_dict(resumed["scheduler_g"])
+        if ema is not None and "generator_ema" in resumed:
+            ema.load_state_dict(resumed["generator_ema"])
+        utils.set_rng_state(resumed["rng_state"])
+        utils.warn_changed_hyperparameters(resumed["hyperparameters"], vars(hp))
+        start_iteration = resumed["iteration"]
+        if is_main_process:
+            print(f"Resuming from {hp.checkpoint} at iteration {start_iteration}.")
+    if is_main_process:
+        n_parameters = sum(p.numel() for p in generator.parameters())
+        print(f"{arch} x{generator.scaling_factor}: {n_parameters:,} parameters; device {device} "
+              f"(x{world_size} processes), precision {precision}.")
+
+    # Model wrappers for speed / several processes. Their state dicts add prefixes, so checkpoints are
+    # always written from the plain `generator`.
+    model = generator
+    if world_size > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if hp.compile:
+        model = torch.compile(model)
+
+    loss_function = nn.MSELoss() if hp.pixel_loss == "mse" else nn.L1Loss()
+    grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 needs loss scaling
+    train_loader = datasets.make_train_loader(hp, start_iteration, rank, world_size)
+    memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
+
+    def save(iteration):
+        if is_main_process:
+            state = dict(kind="srresnet", generator_arch=arch, generator_kwargs=kwargs,
+                         generator=generator.state_dict(), optimizer_g=optimizer.state_dict(),
+                         scheduler_g=scheduler.state_dict(), iteration=iteration,
+                         hyperparameters=vars(hp), rng_state=utils.get_rng_state())
+            if ema is not None:
+                state["generator_ema"] = ema.state_dict()
+            utils.save_checkpoint(state, checkpoint_path)
+
+    # The training loop: one batch of crops per iteration.
+    stop = utils.GracefulExit()
+    generator.train()
+    running_loss, running_count, start_time = 0.0, 0, time.time()
+    progress = tqdm(range(start_iteration, hp.iterations), initial=start_iteration, total=hp.iterations,
+                    disable=not is_main_process, desc="train_srresnet")
+    for iteration in progress:
+        lr_imgs, hr_imgs = next(train_loader)  # (N, 3, 24, 24) and (N, 3, 96, 96), in [0, 1]
+        # Move to the device, and into the ranges the generator takes and gives (SRResNet: LR in [0, 1], SR in
+        # [-1, 1]; RRDB: both in [0, 1]), so that the loss compares like with like.
+        lr_imgs = utils.convert_image(lr_imgs.to(device, memory_format=memory_format, non_blocking=True),
+                                      "[0, 1]", generator.input_format)
+        hr_imgs = utils.convert_image(hr_imgs.to(device, non_blocking=True), "[0, 1]", generator.output_format)
+
+        with utils.autocast(device, precision):
+            sr_imgs = model(lr_imgs)  # (N, 3, 96, 96), in the generator's output range
+        loss = loss_function(sr_imgs.float(), hr_imgs)  # the loss itself in fp32
+        utils.check_finite(loss, iteration, checkpoint_path)
+
+        optimizer.zero_grad(set_to_none=True)
+        grad_scaler.scale(loss).backward()
+        if hp.grad_clip > 0:
+            grad_scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(generator.parameters(), hp.grad_clip)
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
+        scheduler.step()  # milestones count iterations
+        if ema is not None:
+            ema.update(generator)
+
+        running_loss, running_count = running_loss + loss.item(), running_count + 1
+        if is_main_process and ((iteration + 1) % hp.print_every == 0 or iteration + 1 == hp.iterations):
+            progress.set_postfix(loss=f"{running_loss / running_count:.4f}", lr=f"{scheduler.get_last_lr()[0]:.1e}",
+                                 it_per_s=f"{running_count / (time.time() - start_time):.2f}")
+            running_loss, running_count, start_time = 0.0, 0, time.time()
+        if (iteration + 1) % hp.checkpoint_every == 0 or iteration + 1 == hp.iterations or stop.requested:
+            save(iteration + 1)
+        if stop.requested:
+            break
+    progress.close()
+    if is_main_process:
+        print(f"Checkpoint: {checkpoint_path}")
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    utils.run_cli(main)
