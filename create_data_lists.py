@@ -1,0 +1,343 @@
+"""
+Create the data lists: JSON files that say which images to train and test on.
+
+Training and evaluation never walk folders themselves. They read small JSON files, each a sorted list of absolute
+image paths, written once by this script:
+
+    data_lists/train_images.json        every usable training image (all training folders together)
+    data_lists/<name>_test_images.json  one list per test set, e.g. Set5_test_images.json
+
+A test set is named after its folder, or after the folder's parent when the folder is called HR, the usual layout of
+SR benchmarks (`../shared/data/Set5/HR` gives `Set5`).
+
+Every image is fully decoded once here, so a corrupt or truncated file is found now, in one report, and not hours
+into training inside a DataLoader worker. Images that cannot be used are skipped and reported by name, with the reason:
+  - unreadable (missing, corrupt, truncated, or not an image at all): skipped from every list;
+  - too small (shorter side below --min_size): skipped from the TRAINING list only. Training cuts random crops
+    (96 x 96 by default) out of each image, so every training image must be at least that large. Test images are
+    never filtered by size, because a benchmark set must stay complete to be comparable with published figures.
+Greyscale images are kept: they are converted to RGB when loaded.
+
+Which files count as images: .png .jpg .jpeg .bmp .tif .tiff .webp (any letter case). Other files (text, JSON,
+.DS_Store, ...) and hidden files are ignored silently.
+
+Sub-folders: training folders are searched recursively, so one folder holding several sets (e.g.
+`../shared/data/train` with T91/, BSD200/, SunHays80/), or ImageNet-style class folders, can be given as is.
+Test folders are NOT searched recursively: a benchmark folder such as `Set5/` also holds `LR_bicubic/X4/...`,
+whose small LR images must not slip into the HR test set, so give the folder that holds the HR images itself.
+
+Quick start (no download): with no folders, the script saves a few photos bundled with scikit-image into
+`<output_folder>/sample_images/` and builds the lists from them, enough to check that training runs end to end:
+
+    python create_data_lists.py
+
+Full recipe (the SRResNet/SRGAN setup, with the images in ../shared/data):
+
+    python create_data_lists.py \\
+        --train_folders ../shared/data/train/T91 ../shared/data/train/BSD200 \\
+        --test_folders ../shared/data/Set5/HR ../shared/data/Set14/HR ../shared/data/BSD100/HR \\
+        --output_folder data_lists
+
+Giving only --test_folders writes only the test lists (handy to add one more benchmark set); an existing
+train_images.json is then left as it is.
+
+Runs are reproducible (lists are sorted) and safe to interrupt: all lists are first written to temporary files in the
+output folder and only then moved over the old ones, so a list on disk is always complete, and a run that fails
+(missing folder, no usable training images, ...) leaves every existing list untouched.
+"""
+import argparse
+import json
+import os
+
+from PIL import Image
+from skimage import data as skimage_data
+
+from utils import load_image, run_cli
+
+# File name endings that count as images (compared in lower case).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+# The quick start's photos: real colour photos bundled with scikit-image (no download), each at least 300 px a side.
+# Training and test photos are different images. (skimage's `cat` is the same photo as `chelsea`, so it is not used.)
+SAMPLE_TRAIN_PHOTOS = {
+    "astronaut": skimage_data.astronaut,  # 512 x 512
+    "rocket": skimage_data.rocket,  # 640 x 427
+    "motorcycle": lambda: skimage_data.stereo_motorcycle()[0],  # 741 x 500, left view of a stereo pair
+    "immunohistochemistry": skimage_data.immunohistochemistry,  # 512 x 512, stained tissue under a microscope
+    "hubble_deep_field": skimage_data.hubble_deep_field,  # 1000 x 872
+}
+SAMPLE_TEST_SET_NAME = "Samples"
+SAMPLE_TEST_PHOTOS = {
+    "coffee": skimage_data.coffee,  # 600 x 400
+    "chelsea": skimage_data.chelsea,  # 451 x 300
+}
+
+
+def name_of_test_set(folder):
+    """
+    Name of a test set: its folder's name, or the parent's name when the folder is called HR.
+
+    '../shared/data/Set5/HR' -> 'Set5';  '/data/Urban100' -> 'Urban100'. ('HR' is matched in any letter case.)
+    """
+    folder = os.path.abspath(folder)  # also drops a trailing '/', so basename is the folder's own name
+    name = os.path.basename(folder)
+    if name.lower() == "hr":
+        name = os.path.basename(os.path.dirname(folder))
+    return name
+
+
+def find_image_files(folder, recursive):
+    """
+    All image files in a folder (and its sub-folders if recursive), as sorted absolute paths.
+
+    Files whose extension is not an image extension, and hidden files and folders (name starting with '.',
+    e.g. macOS's '._photo.png' resource forks), are ignored. Symbolic links to folders are not followed.
+    """
+    folder = os.path.abspath(folder)
+    paths = []
+    for current_folder, sub_folders, file_names in os.walk(folder):
+        # Editing sub_folders in place tells os.walk which sub-folders to visit next.
+        sub_folders[:] = [] if not recursive else [name for name in sub_folders if not name.startswith(".")]
+        for file_name in file_names:
+            if not file_name.startswith(".") and file_name.lower().endswith(IMAGE_EXTENSIONS):
+                paths.append(os.path.join(current_folder, file_name))
+    return sorted(paths)
+
+
+def why_unusable(path, min_size):
+    """
+    Check one image by decoding it fully: None if it is usable, else the reason (a short sentence).
+
+    :param path: image file
+    :param min_size: smallest allowed shorter side in pixels, or None not to check the size (test sets)
+    """
+    try:
+        img = load_image(path)  # decodes every pixel, so truncated files fail here
+    except (FileNotFoundError, ValueError, OSError, Image.DecompressionBombError) as error:
+        return f"unreadable: {error}"
+    width, height = img.size
+    if min_size is not None and min(width, height) < min_size:
+        return f"too small: {width}x{height}, shorter side below --min_size {min_size}"
+    return None
+
+
+def collect_images(folders, min_size, recursive, skipped):
+    """
+    The usable images of some folders, as one sorted list of absolute paths (an image found twice counts once).
+
+    Unusable images are appended to `skipped` as (path, reason) pairs.
+    """
+    usable = set()
+    for folder in folders:
+        for path in find_image_files(folder, recursive):
+            reason = why_unusable(path, min_size)
+            if reason is None:
+                usable.add(path)
+            else:
+                skipped.append((path, reason))
+    return sorted(usable)
+
+
+def save_sample_images(output_folder):
+    """
+    Save scikit-image's bundled photos as PNG files, for the quick start.
+
+    :return: (training folder, test folder): <output_folder>/sample_images/train and .../test/Samples
+    """
+    train_folder = os.path.join(output_folder, "sample_images", "train")
+    test_folder = os.path.join(output_folder, "sample_images", "test", SAMPLE_TEST_SET_NAME)
+    for folder, photos in ((train_folder, SAMPLE_TRAIN_PHOTOS), (test_folder, SAMPLE_TEST_PHOTOS)):
+        os.makedirs(folder, exist_ok=True)
+        for name, load_photo in photos.items():
+            img = Image.fromarray(load_photo())  # (H, W, 3) uint8 in [0, 255] -> PIL RGB
+            path = os.path.join(folder, f"{name}.png")
+            # Atomic, like the lists: an interrupted run never leaves a half-written PNG behind.
+            os.replace(write_to_temp_file(path, lambda file: img.save(file, format="PNG")), path)
+    return train_folder, test_folder
+
+
+def write_to_temp_file(path, write):
+    """
+    Write a file's new content next to it under a temporary name, and return that name.
+
+    The caller then moves it over `path` with os.replace, which is atomic within one folder: readers see either
+    the old file or the complete new one, never half of it.
+
+    :param path: the file that will eventually be replaced
+    :param write: function that writes the content into the open (binary) file object it is given
+    """
+    temp_path = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(temp_path, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())  # on disk before the rename, so a crash cannot leave an empty file
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+        raise
+    return temp_path
+
+
+def write_lists(lists, output_folder):
+    """
+    Write several JSON lists so that either all of them are complete on disk or the old ones are untouched.
+
+    :param lists: dict file name -> list of image paths
+    :return: the paths of the files written
+    """
+    os.makedirs(output_folder, exist_ok=True)
+    temp_paths = {}
+    try:
+        # First every list goes to a temporary file; an error here (disk full, ...) changes no existing list.
+        for file_name, image_paths in lists.items():
+            text = json.dumps(image_paths, indent=2) + "\n"
+            temp_paths[file_name] = write_to_temp_file(os.path.join(output_folder, file_name),
+                                                       lambda file: file.write(text.encode("utf-8")))
+        # Then each complete file takes its final name in one atomic step.
+        for file_name, temp_path in temp_paths.items():
+            os.replace(temp_path, os.path.join(output_folder, file_name))
+    finally:
+        for temp_path in temp_paths.values():
+            if os.path.exists(temp_path):  # only left over when something above failed
+                os.remove(temp_path)
+    return [os.path.join(output_folder, file_name) for file_name in lists]
+
+
+def create_data_lists(train_folders, test_folders, min_size=100, output_folder="data_lists"):
+    """
+    Check every image in the given folders and write the JSON data lists.
+
+    :param train_folders: folders of training images (searched recursively); may be empty
+    :param test_folders: folders of test images, one test set each (not searched recursively); may be empty.
+                         With no folders at all, scikit-image's bundled photos are used instead.
+    :param min_size: training images whose shorter side is below this many pixels are skipped
+                     (use at least the training crop size, 96 by default)
+    :param output_folder: where the lists (and, in the quick start, the sample photos) are written
+    :return: summary dict: 'train_images' (list of paths, or None when no training folders were given),
+             'test_images' (dict test set name -> list of paths), 'skipped' (list of (path, reason)),
+             'list_files' (the JSON files written), 'used_sample_images' (bool)
+    :raises FileNotFoundError: a folder does not exist
+    :raises ValueError: no usable training images, an empty test set, two test sets with the same name, bad min_size
+    """
+    train_folders, test_folders = list(train_folders or []), list(test_folders or [])
+    if min_size < 0:
+        raise ValueError(f"--min_size must be 0 or more, not {min_size}.")
+
+    # Check every folder before doing any work, so a typo fails at once and writes nothing.
+    for folder in train_folders + test_folders:
+        if not os.path.exists(folder):
+            raise FileNotFoundError(f"The folder {folder} does not exist; check the path or run without folders "
+                                    f"for the bundled sample images.")
+        if not os.path.isdir(folder):
+            raise ValueError(f"{folder} is a file, not a folder; give the folder that holds the images.")
+
+    # The same folder given twice (perhaps spelled differently) is one set; keep the first spelling.
+    unique_test_folders = {}
+    for folder in test_folders:
+        unique_test_folders.setdefault(os.path.realpath(folder), folder)
+    test_folders = list(unique_test_folders.values())
+
+    # Two test folders with the same name would write the same list file; refuse rather than lose one.
+    names = [name_of_test_set(folder) for folder in test_folders]
+    for name in sorted(set(names)):
+        if names.count(name) > 1:
+            clashing = [folder for folder in test_folders if name_of_test_set(folder) == name]
+            raise ValueError(f"The test folders {', '.join(clashing)} would all be named '{name}' (a test set is "
+                             f"named after its folder, or the parent of a folder called HR); give each test set "
+                             f"a folder with its own name.")
+
+    # Quick start: no folders at all -> save and use scikit-image's bundled photos.
+    used_sample_images = not train_folders and not test_folders
+    if used_sample_images:
+        print("No --train_folders or --test_folders given: using a few photos bundled with scikit-image, saved in "
+              f"{os.path.join(output_folder, 'sample_images')}. They are enough to check that training runs, not to "
+              f"train a good model; for real data give your own folders (see --help).")
+        train_folder, test_folder = save_sample_images(output_folder)
+        train_folders, test_folders = [train_folder], [test_folder]
+        names = [SAMPLE_TEST_SET_NAME]
+
+    skipped = []  # (path, reason) for every image left out
+
+    # Training images: recursive search, size filter.
+    train_images = None
+    if train_folders:
+        train_images = collect_images(train_folders, min_size, recursive=True, skipped=skipped)
+        if not train_images:
+            raise ValueError(f"No usable training images in {', '.join(train_folders)} ({len(skipped)} skipped: "
+                             f"{describe_skipped(skipped)}). Give folders of .png/.jpg/... images of at least "
+                             f"{min_size} px a side, lower --min_size, or run without folders for the bundled "
+                             f"sample images.")
+
+    # Test images: one set per folder, no size filter (benchmark sets stay complete), unreadable files skipped.
+    test_images = {}
+    for name, folder in zip(names, test_folders):
+        skipped_before = len(skipped)
+        test_images[name] = collect_images([folder], min_size=None, recursive=False, skipped=skipped)
+        if not test_images[name]:
+            hint = ""
+            if os.path.isdir(os.path.join(folder, "HR")):
+                hint = f" It has an HR sub-folder: did you mean {os.path.join(folder, 'HR')}?"
+            raise ValueError(f"No readable images in the test folder {folder} ({len(skipped) - skipped_before} "
+                             f"unreadable; test folders are not searched recursively).{hint}")
+
+    # A test image that is also a training image makes its test figures meaningless: warn (not an error,
+    # since someone may do it on purpose, e.g. to check that a model can overfit).
+    train_real_paths = {os.path.realpath(path) for path in train_images or []}
+    for name, paths in test_images.items():
+        overlap = [path for path in paths if os.path.realpath(path) in train_real_paths]
+        if overlap:
+            print(f"Warning: {len(overlap)} of the {len(paths)} images of test set '{name}' are also training "
+                  f"images, so its scores will be too good.")
+
+    # Everything is checked: now write all lists at once (atomically).
+    lists = {f"{name}_test_images.json": paths for name, paths in test_images.items()}
+    if train_images is not None:
+        lists = {"train_images.json": train_images, **lists}
+    list_files = write_lists(lists, output_folder)
+
+    summary = {"train_images": train_images, "test_images": test_images, "skipped": skipped,
+               "list_files": list_files, "used_sample_images": used_sample_images}
+    print_report(summary, output_folder)
+    return summary
+
+
+def describe_skipped(skipped):
+    """File names of (at most 10) skipped images, for one-line error messages."""
+    names = [os.path.basename(path) for path, _ in skipped]
+    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+    return (", ".join(names[:10]) + more) or "none"
+
+
+def print_report(summary, output_folder):
+    """Print what was written and what was skipped (and why)."""
+    if summary["train_images"] is not None:
+        print(f"Training images: {len(summary['train_images'])} -> "
+              f"{os.path.join(output_folder, 'train_images.json')}")
+    else:
+        print("No --train_folders given: train_images.json was not written (an existing one is kept).")
+    for name, paths in summary["test_images"].items():
+        print(f"Test set '{name}': {len(paths)} images -> {os.path.join(output_folder, f'{name}_test_images.json')}")
+    print(f"Skipped images: {len(summary['skipped'])}")
+    for path, reason in summary["skipped"]:
+        print(f"  {path}: {reason}")
+    if summary["used_sample_images"]:
+        print("These lists point at the sample photos. To use real data, run e.g.\n"
+              "  python create_data_lists.py --train_folders ../shared/data/train/T91 ../shared/data/train/BSD200 "
+              "--test_folders ../shared/data/Set5/HR ../shared/data/Set14/HR ../shared/data/BSD100/HR")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train_folders", nargs="+", default=[], metavar="FOLDER",
+                        help="folders of training images, searched recursively")
+    parser.add_argument("--test_folders", nargs="+", default=[], metavar="FOLDER",
+                        help="folders of test images, one test set each, named after the folder "
+                             "(or its parent when the folder is called HR); not searched recursively")
+    parser.add_argument("--min_size", type=int, default=100,
+                        help="skip training images whose shorter side is below this (pixels); keep it at least "
+                             "the training crop size (default: %(default)s)")
+    parser.add_argument("--output_folder", default="data_lists",
+                        help="where to write the JSON lists (default: %(default)s)")
+    args = parser.parse_args()
+    run_cli(lambda: create_data_lists(args.train_folders, args.test_folders, args.min_size, args.output_folder))

@@ -1,0 +1,97 @@
+"""Tests of datasets.py's SRDataset, TrainingSampler and training loader (the degradations have their own file)."""
+import itertools
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import datasets
+
+
+@pytest.fixture
+def data_folder(tmp_path):
+    """A data list of three small real-looking images (smooth gradients plus noise), one of odd size."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for index, (width, height) in enumerate([(64, 48), (50, 70), (97, 61)]):
+        x = np.linspace(0, 255, width)[None, :, None]
+        y = np.linspace(0, 255, height)[:, None, None]
+        pixels = (0.5 * x + 0.5 * y + rng.normal(0, 10, (height, width, 3))).clip(0, 255).astype(np.uint8)
+        path = tmp_path / f"img{index}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path))
+    (tmp_path / "train_images.json").write_text(json.dumps(paths))
+    (tmp_path / "Tiny_test_images.json").write_text(json.dumps(paths))
+    return tmp_path
+
+
+def test_train_items_are_lr_hr_crops_in_range(data_folder):
+    dataset = datasets.SRDataset(data_folder, "train", crop_size=32, scaling_factor=4, augment=True)
+    lr_img, hr_img = dataset[(2, 12345)]
+    assert lr_img.shape == (3, 8, 8) and hr_img.shape == (3, 32, 32)
+    for img in (lr_img, hr_img):
+        assert img.dtype == torch.float32 and img.min() >= 0 and img.max() <= 1
+    # The same key always gives the same crop; another seed another crop.
+    assert torch.equal(dataset[(2, 12345)][1], hr_img)
+    assert not torch.equal(dataset[(2, 54321)][1], hr_img)
+
+
+def test_lr_is_the_bicubic_downscale_of_hr(data_folder):
+    dataset = datasets.SRDataset(data_folder, "train", crop_size=32, scaling_factor=2)
+    lr_img, hr_img = dataset[(0, 7)]
+    # An independent reference: Pillow's bicubic on the HR crop itself.
+    hr_pil = Image.fromarray((hr_img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    expected = np.asarray(hr_pil.resize((16, 16), Image.Resampling.BICUBIC))
+    assert np.array_equal((lr_img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), expected)
+
+
+def test_test_items_are_whole_images_cropped_to_a_multiple_of_the_scale(data_folder):
+    dataset = datasets.SRDataset(data_folder, "test", scaling_factor=4, test_data_name="Tiny")
+    lr_img, hr_img = dataset[2]  # 97 x 61 -> 96 x 60
+    assert hr_img.shape == (3, 60, 96) and lr_img.shape == (3, 15, 24)
+
+
+def test_clear_errors(data_folder, tmp_path):
+    with pytest.raises(FileNotFoundError, match="Run create_data_lists.py"):
+        datasets.SRDataset(tmp_path / "nowhere", "train")
+    with pytest.raises(ValueError, match="multiple of scaling_factor"):
+        datasets.SRDataset(data_folder, "train", crop_size=30, scaling_factor=4)
+    # An image smaller than the crop says how to fix the lists.
+    dataset = datasets.SRDataset(data_folder, "train", crop_size=64, scaling_factor=4)
+    with pytest.raises(ValueError, match="min_size"):
+        dataset[(1, 0)]  # 50 x 70
+
+
+def test_sampler_visits_every_image_once_per_epoch_and_is_reproducible():
+    sampler = datasets.TrainingSampler(n_images=10, batch_size=4, seed=3)
+    keys = list(itertools.islice(iter(sampler), 30))
+    assert sorted(index for index, _ in keys[:10]) == list(range(10))
+    assert sorted(index for index, _ in keys[10:20]) == list(range(10))
+    assert [index for index, _ in keys[:10]] != [index for index, _ in keys[10:20]]  # reshuffled each epoch
+    assert len({seed for _, seed in keys}) == 30  # every sample its own crop
+    assert keys == list(itertools.islice(iter(datasets.TrainingSampler(10, 4, seed=3)), 30))
+
+
+def test_sampler_resumes_and_splits_exactly():
+    whole = list(itertools.islice(iter(datasets.TrainingSampler(7, 4, seed=1)), 40))
+    # Resuming at iteration 3 continues with sample 12.
+    assert list(itertools.islice(iter(datasets.TrainingSampler(7, 4, seed=1, start_iteration=3)), 28)) == whole[12:]
+    # Two ranks take the two halves of every global batch.
+    rank0 = list(itertools.islice(iter(datasets.TrainingSampler(7, 4, seed=1, rank=0, world_size=2)), 20))
+    rank1 = list(itertools.islice(iter(datasets.TrainingSampler(7, 4, seed=1, rank=1, world_size=2)), 20))
+    for iteration in range(10):
+        batch = whole[4 * iteration: 4 * iteration + 4]
+        assert rank0[2 * iteration: 2 * iteration + 2] + rank1[2 * iteration: 2 * iteration + 2] == batch
+    with pytest.raises(ValueError, match="divisible"):
+        datasets.TrainingSampler(7, 5, world_size=2)
+
+
+def test_train_loader_batches(data_folder):
+    hp = SimpleNamespace(data_folder=data_folder, crop_size=24, scaling_factor=3, augment=False, lr_maker="pil",
+                         batch_size=4, seed=0, workers=0)
+    loader = datasets.make_train_loader(hp)
+    lr_imgs, hr_imgs = next(loader)
+    assert lr_imgs.shape == (4, 3, 8, 8) and hr_imgs.shape == (4, 3, 24, 24)
