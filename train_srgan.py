@@ -48,8 +48,8 @@ hyperparameters = dict(
     augment=False,  # random flips and 90-degree rotations of the crops
     lr_maker="pil",  # how LR crops are made from HR (degradation 'bicubic'): 'pil' or 'matlab'
     degradation="bicubic",  # 'bicubic' (LR = bicubic downscale) or 'realesrgan' (random blur, noise, resize, JPEG)
-    usm_gt=False,  # sharpen the HR targets of the pixel and perceptual losses (unsharp masking), as Real-ESRGAN
-    cutblur_prob=0.0,  # CutBlur augmentation probability (needs an x1 generator fed HR-sized inputs; 0: off)
+    cutblur_prob=0.0,  # CutBlur probability (needs an x1 generator: train_srresnet.py --use_unshuffle true
+    # --unshuffle_scale 4; the generator then takes HR-sized inputs; 0: off)
     # Generator: its architecture and starting weights come from the pixel-loss network
     srresnet_checkpoint="checkpoint_srresnet.pth",  # checkpoint of train_srresnet.py to start the generator from
     # Discriminator
@@ -89,6 +89,12 @@ hyperparameters = dict(
     checkpoint=None,  # path of a checkpoint_srgan.pth to resume from
 )
 
+# Real-ESRGAN's degradations (used when degradation='realesrgan'): every probability and range is a hyperparameter
+# too, with Real-ESRGAN's values as defaults. datasets.DEGRADATION_DEFAULTS lists them with what each one means;
+# override any from the command line like the others (e.g. --noise_range 1 20 --jpeg_range 50 95). l1_gt_usm,
+# percep_gt_usm and gan_gt_usm say which losses compare with the unsharp-masked HR image.
+hyperparameters.update(datasets.DEGRADATION_DEFAULTS)
+
 # What each recipe changes from the defaults above (the SRGAN paper's). Reading this table is a good summary
 # of what ESRGAN and Real-ESRGAN changed.
 RECIPES = {
@@ -99,7 +105,7 @@ RECIPES = {
         iterations=400_000, lr_milestones=[50_000, 100_000, 200_000, 300_000], lr_gamma=0.5, ema_decay=0.999,
     ),
     "realesrgan": dict(
-        degradation="realesrgan", usm_gt=True, discriminator_arch="unet", gan_type="vanilla", crop_size=256,
+        degradation="realesrgan", discriminator_arch="unet", gan_type="vanilla", crop_size=256,
         perceptual_layers=["conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4"],
         perceptual_layer_weights=[0.1, 0.1, 1.0, 1.0, 1.0], vgg_before_activation=True, perceptual_loss="l1",
         pixel_loss_weight=1.0, perceptual_loss_weight=1.0, adversarial_loss_weight=0.1,
@@ -162,7 +168,8 @@ def adversarial_losses(real_logits, fake_logits, gan_type, for_generator):
 
 def main():
     argv = sys.argv[1:]
-    hp = utils.parse_hyperparameters(apply_recipe(hyperparameters, argv), __doc__, __file__, argv)
+    hp = utils.parse_hyperparameters(apply_recipe(hyperparameters, argv), __doc__, [__file__, datasets.__file__],
+                                     argv)
     if len(hp.perceptual_layers) != len(hp.perceptual_layer_weights):
         raise ValueError("perceptual_layers and perceptual_layer_weights must have the same length.")
     rank, world_size, device = utils.setup_distributed()
@@ -183,9 +190,12 @@ def main():
     generator.load_state_dict(generator_source["generator_ema" if not resumed and "generator_ema" in generator_source
                                                 else "generator"])
     generator = generator.to(device)
-    if generator.scaling_factor != hp.scaling_factor and hp.cutblur_prob == 0:
+    # With CutBlur the generator takes HR-sized inputs, so it must not upscale (x1).
+    expected_scale = 1 if hp.cutblur_prob > 0 else hp.scaling_factor
+    if generator.scaling_factor != expected_scale:
         raise ValueError(f"The generator from {hp.srresnet_checkpoint} upscales x{generator.scaling_factor}, but "
-                         f"scaling_factor is {hp.scaling_factor}.")
+                         f"x{expected_scale} is needed (scaling_factor {hp.scaling_factor}, cutblur_prob "
+                         f"{hp.cutblur_prob}).")
 
     discriminator, discriminator_kwargs = build_discriminator(hp)
     discriminator = discriminator.to(device)
@@ -234,8 +244,10 @@ def main():
     grad_scaler_d = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     train_loader = datasets.make_train_loader(hp, start_iteration, rank, world_size)
     memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
-    # Real-ESRGAN's degradation settings: every probability and range, from DEGRADATION_DEFAULTS.
-    degradation_settings = datasets.DEGRADATION_DEFAULTS if hp.degradation == "realesrgan" else None
+    # Real-ESRGAN's degradation settings: every probability and range, as set by the hyperparameters.
+    degradation_settings = {name: getattr(hp, name) for name in datasets.DEGRADATION_DEFAULTS}
+    if hp.degradation not in ("bicubic", "realesrgan"):
+        raise ValueError(f"degradation must be 'bicubic' or 'realesrgan', not {hp.degradation!r}.")
 
     def perceptual_loss(sr_imgs, hr_imgs):
         """Weighted distance between VGG19 feature maps of SR and HR images (both in '[0, 1]')."""
@@ -269,16 +281,20 @@ def main():
         lr_imgs = lr_imgs.to(device, memory_format=memory_format, non_blocking=True)
         hr_imgs = hr_imgs.to(device, memory_format=memory_format, non_blocking=True)
 
-        # Real-ESRGAN: throw away the bicubic LR and make a realistically degraded one from HR, on the device.
-        # Its randomness comes from a generator seeded by (seed, iteration, rank): reproducible and resumable.
-        if degradation_settings is not None:
+        # Real-ESRGAN: throw away the bicubic LR and make a realistically degraded one from the (sharpened) HR,
+        # on the device. Its randomness comes from a generator seeded by (seed, iteration, rank): reproducible
+        # and resumable. Each loss then compares with the plain or the sharpened HR image, as the settings say.
+        pixel_target_imgs = perceptual_target_imgs = gan_real_imgs = hr_imgs
+        if hp.degradation == "realesrgan":
             random_generator = torch.Generator(device).manual_seed(hp.seed * 1_000_003 + iteration * 1009 + rank)
-            lr_imgs = datasets.degrade_batch(hr_imgs, hp.scaling_factor, degradation_settings, random_generator)
-        # The targets of the pixel and perceptual losses, optionally sharpened (the discriminator sees plain HR).
-        target_imgs = datasets.usm_sharpen(hr_imgs) if hp.usm_gt else hr_imgs
-        # CutBlur: the generator sees an HR-sized image, part LR (upscaled), part HR, and must return HR.
+            lr_imgs, hr_imgs, hr_usm_imgs = datasets.make_realesrgan_batch(hr_imgs, hp.scaling_factor,
+                                                                           degradation_settings, random_generator)
+            pixel_target_imgs = hr_usm_imgs if hp.l1_gt_usm else hr_imgs
+            perceptual_target_imgs = hr_usm_imgs if hp.percep_gt_usm else hr_imgs
+            gan_real_imgs = hr_usm_imgs if hp.gan_gt_usm else hr_imgs
+        # CutBlur: the generator sees an HR-sized image, part LR (nearest-upscaled), part HR, and must return HR.
         if hp.cutblur_prob > 0:
-            cutblur_generator = torch.Generator().manual_seed(hp.seed * 1_000_003 + iteration * 1009 + rank)
+            cutblur_generator = torch.Generator(device).manual_seed(hp.seed * 1_000_003 + iteration * 1009 + rank + 1)
             lr_imgs, _ = datasets.cutblur(lr_imgs, hr_imgs, hp.scaling_factor, cutblur_generator, prob=hp.cutblur_prob)
 
         # ---- Generator step: content + pixel + adversarial loss. ----
@@ -288,14 +304,14 @@ def main():
         with utils.autocast(device, precision):
             sr_imgs = generator_model(utils.convert_image(lr_imgs, "[0, 1]", generator.input_format))
             sr_imgs = utils.convert_image(sr_imgs.float(), generator.output_format, "[0, 1]")  # (N, 3, 96, 96)
-            content_loss = perceptual_loss(sr_imgs, target_imgs)
-            pixel_loss = pixel_loss_function(sr_imgs, target_imgs)
+            content_loss = perceptual_loss(sr_imgs, perceptual_target_imgs)
+            pixel_loss = pixel_loss_function(sr_imgs, pixel_target_imgs)
             fake_logits = discriminator(sr_imgs)
             # The relativistic loss also needs D's opinion of real images (a constant for the generator).
             real_logits = None
             if hp.gan_type == "relativistic":
                 with torch.no_grad():
-                    real_logits = discriminator(hr_imgs).float()
+                    real_logits = discriminator(gan_real_imgs).float()
             adversarial_loss = adversarial_losses(real_logits, fake_logits.float(), hp.gan_type, for_generator=True)
             generator_loss = (hp.perceptual_loss_weight * content_loss + hp.pixel_loss_weight * pixel_loss
                               + hp.adversarial_loss_weight * adversarial_loss)
@@ -312,7 +328,7 @@ def main():
         # the generator would waste time on gradients nobody uses.
         discriminator.requires_grad_(True)
         with utils.autocast(device, precision):
-            real_logits = discriminator_model(hr_imgs)
+            real_logits = discriminator_model(gan_real_imgs)
             fake_logits = discriminator_model(sr_imgs.detach())
             discriminator_loss = adversarial_losses(real_logits.float(), fake_logits.float(), hp.gan_type,
                                                     for_generator=False)

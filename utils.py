@@ -266,7 +266,7 @@ def load_generator(path, device="cpu"):
         model.load_state_dict(checkpoint[weights_name])
         description = (f"{checkpoint['generator_arch']} x{model.scaling_factor} from train_{checkpoint['kind']}.py, "
                        f"iteration {checkpoint.get('iteration', '?')} ({weights_name} weights)")
-    elif isinstance(checkpoint, dict) and models.is_official_state_dict(checkpoint):
+    elif isinstance(checkpoint, dict) and models.is_official_generator_state_dict(checkpoint):
         model, description = models.generator_from_official_state_dict(checkpoint)
     else:
         raise ValueError(f"{path} holds no generator this project recognises: expected a checkpoint from "
@@ -310,6 +310,13 @@ def _parse_bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+def _parse_number(text):
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def _parse_optional(text):
     """Flags whose default is None take a string, a number, or 'none'."""
     if text.lower() == "none":
@@ -331,13 +338,15 @@ def parse_hyperparameters(defaults, description, script_path=None, argv=None):
 
     :param defaults: dict name -> default value (the script's hyperparameters)
     :param description: text for --help (the script's docstring)
-    :param script_path: the script's file, to read the comments from
+    :param script_path: the script's file (or a list of files), to read the comments from
     :return: argparse.Namespace with one attribute per hyperparameter
     """
     comments = {}
-    if script_path is not None:
-        for line in Path(script_path).read_text().splitlines():
-            match = re.match(r"\s*(\w+)\s*=.*?#\s*(.*)$", line)
+    script_paths = [] if script_path is None else [script_path] if isinstance(script_path, (str, Path)) else script_path
+    for path in script_paths:
+        for line in Path(path).read_text().splitlines():
+            # `name=value,  # comment` in a dict(...) or `"name": value,  # comment` in a {...} literal
+            match = re.match(r"\s*\"?(\w+)\"?\s*[=:].*?#\s*(.*)$", line)
             if match and match.group(1) in defaults:
                 comments.setdefault(match.group(1), match.group(2))
     parser = argparse.ArgumentParser(description=description,
@@ -347,7 +356,9 @@ def parse_hyperparameters(defaults, description, script_path=None, argv=None):
         if isinstance(default, bool):
             parser.add_argument(f"--{name}", type=_parse_bool, default=default, metavar="true|false", help=help_text)
         elif isinstance(default, (list, tuple)):
-            element_type = type(default[0]) if default else str
+            # numbers parse as int when written as one ("100000"), else float ("0.5", "2e-4")
+            numeric = all(isinstance(value, (int, float)) for value in default)
+            element_type = _parse_number if numeric else type(default[0]) if default else str
             parser.add_argument(f"--{name}", type=element_type, nargs="*", default=default, help=help_text)
         elif default is None:
             parser.add_argument(f"--{name}", type=_parse_optional, default=None, help=help_text)
@@ -509,7 +520,8 @@ def warn_changed_hyperparameters(saved, current, keys_to_ignore=("checkpoint", "
 # reproduce that protocol exactly:
 #   1. LR test images are made with MATLAB's `imresize(hr, 1/s, 'bicubic')` (antialiased, 8 bits per pass).
 #   2. The HR image is cropped top-left to a multiple of s; the SR output is quantised to 8 bits.
-#   3. RGB images are measured on their luma Y (BT.601, MATLAB's `rgb2ycbcr` of the 8-bit image, Y in [16, 235]);
+#   3. RGB images are measured on their luma Y (BT.601, MATLAB's `rgb2ycbcr` on the 8-bit image: Y in [16, 235],
+#      itself 8 bits);
 #      single-channel (grey) images are measured on their own values.
 #   4. s pixels are shaved from every border (the network cannot see past the image edge there).
 #   5. PSNR in float64; SSIM as in Wang et al. 2004 (11x11 Gaussian window, sigma 1.5, 'valid' filtering).
@@ -641,20 +653,25 @@ _BT601_Y_WEIGHTS = np.array([65.481, 128.553, 24.966])
 
 
 def rgb2y(img):
-    """Luma Y (BT.601) of an 8-bit RGB image, as MATLAB computes it in the benchmark scripts of SR papers:
-    `Y = rgb2ycbcr(im2double(img)); Y = Y(:, :, 1) * 255`.
+    """Luma Y (BT.601) of an 8-bit RGB image, exactly as MATLAB's `rgb2ycbcr` computes it from the uint8 image
+    (the first channel of its result).
 
-    The scripts behind the published tables (EDSR, RCAN, ESRGAN, BasicSR) convert the 8-bit image to double first,
-    so Y keeps its fraction; `rgb2ycbcr` on the uint8 image itself would round Y to whole numbers (about 0.01 to
-    0.03 dB lower PSNR).
+    MATLAB returns uint8 for uint8 input, so Y is quantised too: 16 + (65.481 R + 128.553 G + 24.966 B) / 255,
+    rounded half away from zero. (Scripts that call `rgb2ycbcr(im2double(img))` instead keep Y's fraction; that
+    gives about 0.01-0.03 dB higher PSNR on the bicubic baselines. The protocol here quantises, as the issue that
+    defines it asks: the classic tutorial's "float Y never quantised" is one of the differences it removes.)
 
     :param img: uint8 numpy array (H, W, 3), RGB
-    :return: float64 array (H, W), Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255, in [16, 235]
+    :return: float64 array (H, W) of whole numbers in [16, 235]
     """
     img = np.asarray(img)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"rgb2y expects an 8-bit RGB array (H, W, 3), got dtype {img.dtype} and shape {img.shape}")
-    return img.astype(np.float64) @ _BT601_Y_WEIGHTS / 255 + 16
+    rgb = img.astype(np.float64)
+    # Same order of operations as MATLAB (imlincomb): each weight pre-divided by 255, the offset added last.
+    y = (_BT601_Y_WEIGHTS[0] / 255 * rgb[..., 0] + _BT601_Y_WEIGHTS[1] / 255 * rgb[..., 1]
+         + _BT601_Y_WEIGHTS[2] / 255 * rgb[..., 2] + 16)
+    return _round_to_uint8(y)
 
 
 def _shave(img, crop_border):
@@ -810,7 +827,7 @@ def evaluate_pair(sr, hr, scaling_factor, protocol='standard'):
             sr = sr.reshape(sr.shape[0], sr.shape[1])
             hr_y, sr_y = hr.astype(np.float64), sr.astype(np.float64)
         else:
-            hr_y, sr_y = rgb2y(hr), rgb2y(sr)                                   # (H, W), float64 in [16, 235]
+            hr_y, sr_y = rgb2y(hr), rgb2y(sr)                                   # (H, W), whole numbers in [16, 235]
         if sr_y.shape != hr_y.shape:
             raise ValueError(f"SR image is {sr_y.shape[1]}x{sr_y.shape[0]} but the HR image cropped to a multiple "
                              f"of {scaling_factor} is {hr_y.shape[1]}x{hr_y.shape[0]}")

@@ -1,0 +1,980 @@
+"""Every network of the tutorial, from SRResNet (2017) to Real-ESRGAN (2021), in one file read top to bottom.
+
+Contents, in the order the papers introduced them:
+
+  Part A -- SRResNet and SRGAN (Ledig et al., 2017, "Photo-Realistic Single Image Super-Resolution Using a GAN")
+      ConvolutionalBlock, SubPixelConvolutionalBlock, ResidualBlock   the building blocks
+      SRResNet, Generator                                             the generator (trained with MSE, then as a GAN)
+      Discriminator                                                   the SRGAN discriminator (one logit per image)
+      load_vgg19, TruncatedVGG19, VGGFeatureExtractor                 the frozen VGG19 behind the perceptual losses
+      build_generator                                                 'srresnet' | 'rrdb' -> a generator
+
+  Part B -- ESRGAN (Wang et al., 2018, "ESRGAN: Enhanced Super-Resolution GANs")
+      ResidualDenseBlock, RRDB, RRDBNet                               the residual-in-residual dense generator
+      pixel shuffle in PyTorch / TensorFlow / Caffe order             porting sub-pixel weights between frameworks
+      generator_from_official_state_dict                              load the official ESRGAN / Real-ESRGAN files
+      interpolate_state_dicts                                         network interpolation (PSNR <-> GAN model)
+
+  Part C -- Real-ESRGAN (Wang et al., 2021, "Real-ESRGAN: Training Real-World Blind Super-Resolution ...")
+      UNetDiscriminatorSN                                             U-Net discriminator with spectral norm
+
+Conventions shared by the whole project (see the team contract):
+  * image tensors are float32 (N, C, H, W);
+  * every generator says what it eats and what it gives through the class attributes `input_format` and
+    `output_format` (strings understood by utils.convert_image), and how much it enlarges through the int
+    attribute `scaling_factor`; scripts convert with these and never need to know which architecture they hold.
+"""
+import math
+import os
+import re
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ======================================================================================================
+# Shared helper: make an image's sides divisible by r (pixel-unshuffle front ends, the U-Net discriminator).
+# ======================================================================================================
+
+def pad_to_multiple(imgs, multiple):
+    """Pad the bottom and right of `imgs` so that height and width are divisible by `multiple`.
+
+    Pixel-unshuffle by r needs H and W divisible by r. We reflect-pad (mirror the last rows / columns) rather than
+    zero-pad, because a black border would be a strong, fake edge that the network would try to sharpen; after the
+    network runs, the caller crops the output back to (H * scale, W * scale), so the padding never reaches the user.
+
+    Args:
+        imgs: (N, C, H, W) tensor, any range.
+        multiple: int >= 1.
+    Returns:
+        (N, C, H', W') with H' = ceil(H / multiple) * multiple (same for W), and the original (H, W).
+    """
+    height, width = imgs.shape[-2:]
+    pad_h = (-height) % multiple
+    pad_w = (-width) % multiple
+    if pad_h or pad_w:
+        # 'reflect' needs the pad to be smaller than the side; tiny images (a side of 1 px) fall back to copying the
+        # edge pixel, which is the next best thing.
+        mode = "reflect" if (pad_h < height and pad_w < width) else "replicate"
+        imgs = F.pad(imgs, (0, pad_w, 0, pad_h), mode=mode)
+    return imgs, (height, width)
+
+
+# ======================================================================================================
+# Part A -- SRResNet and SRGAN
+# ======================================================================================================
+
+class ConvolutionalBlock(nn.Module):
+    """Convolution -> optional batch norm -> optional activation: the Lego brick of SRResNet and its discriminator.
+
+    'Same' padding (kernel_size // 2) keeps the spatial size when stride is 1; stride 2 halves it (the
+    discriminator's way of shrinking the image instead of max-pooling).
+
+    Args:
+        in_channels, out_channels: channels in and out.
+        kernel_size: odd int.
+        stride: 1 or 2.
+        batch_norm: add nn.BatchNorm2d after the convolution.
+        activation: 'prelu' | 'leakyrelu' (slope 0.2) | 'tanh' | None (case-insensitive).
+    Shapes: (N, in_channels, H, W) -> (N, out_channels, H / stride, W / stride).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, batch_norm=False, activation=None):
+        super().__init__()
+        activations = {
+            "prelu": lambda: nn.PReLU(),  # one learnable negative slope shared by all channels, as in SRGAN
+            "leakyrelu": lambda: nn.LeakyReLU(0.2),  # fixed slope 0.2, as in the SRGAN discriminator
+            "tanh": lambda: nn.Tanh(),  # squashes the generator's output into [-1, 1]
+        }
+        if activation is not None:
+            activation = activation.lower()
+            if activation not in activations:
+                raise ValueError(f"activation must be one of {sorted(activations)} or None, got {activation!r}")
+
+        layers = [nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        if activation is not None:
+            layers.append(activations[activation]())
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.conv_block(x)  # (N, out_channels, H / stride, W / stride)
+
+
+class SubPixelConvolutionalBlock(nn.Module):
+    """Learned x`scaling_factor` upsampling: a convolution makes s*s times more channels, PixelShuffle re-arranges them.
+
+    Why not a transposed convolution? Shi et al. (ESPCN, 2016) showed that computing s*s sub-pixel values per
+    low-resolution pixel and then interleaving them ("pixel shuffle") costs less (the convolution runs at low
+    resolution) and avoids the checkerboard artefacts of overlapping transposed-convolution kernels.
+
+    Shapes: (N, n_channels, H, W) -> conv -> (N, n_channels * s^2, H, W) -> shuffle -> (N, n_channels, H*s, W*s).
+    """
+
+    def __init__(self, kernel_size=3, n_channels=64, scaling_factor=2):
+        super().__init__()
+        self.conv = nn.Conv2d(n_channels, n_channels * scaling_factor ** 2, kernel_size, padding=kernel_size // 2)
+        self.pixel_shuffle = nn.PixelShuffle(scaling_factor)
+        self.prelu = nn.PReLU()
+
+    def forward(self, x):
+        x = self.conv(x)  # (N, n_channels * s^2, H, W)
+        x = self.pixel_shuffle(x)  # (N, n_channels, H * s, W * s)
+        return self.prelu(x)
+
+
+class ResidualBlock(nn.Module):
+    """conv-BN-PReLU, conv-BN, plus the input: the block SRResNet stacks 16 times.
+
+    The skip connection means each block only learns a *correction* to its input, which keeps gradients flowing
+    through a deep stack (He et al., 2016). Shapes are unchanged: (N, n_channels, H, W) -> same.
+    """
+
+    def __init__(self, kernel_size=3, n_channels=64):
+        super().__init__()
+        self.conv_block1 = ConvolutionalBlock(n_channels, n_channels, kernel_size, batch_norm=True, activation="prelu")
+        self.conv_block2 = ConvolutionalBlock(n_channels, n_channels, kernel_size, batch_norm=True, activation=None)
+
+    def forward(self, x):
+        residual = x
+        x = self.conv_block1(x)
+        x = self.conv_block2(x)
+        return x + residual
+
+
+def _check_unshuffle_scale(body_scale, unshuffle_scale):
+    """Overall scale of a network whose x`body_scale` body is fed a pixel-unshuffled (by r) input: body_scale / r."""
+    if unshuffle_scale < 1 or body_scale % unshuffle_scale != 0:
+        raise ValueError(
+            f"unshuffle_scale must divide the network's upscaling factor {body_scale}, got {unshuffle_scale}: "
+            f"use 2 (for an overall x{body_scale // 2}) or {body_scale} (for x1)")
+    return body_scale // unshuffle_scale
+
+
+class SRResNet(nn.Module):
+    """The SRResNet generator of the SRGAN paper.
+
+    Pipeline (shapes for the classic x4 model with a 24x24 input):
+        (N, 3, 24, 24) in [0, 1]
+        -> 9x9 conv + PReLU                          (N, 64, 24, 24)   the "large kernel" sees a wide context
+        -> 16 residual blocks                        (N, 64, 24, 24)   the body: all the heavy lifting at LR size
+        -> 3x3 conv + BN, plus the 9x9 conv's output (N, 64, 24, 24)   a long skip around the whole body
+        -> 2 sub-pixel blocks, x2 each               (N, 64, 96, 96)   upsampling happens only at the very end
+        -> 9x9 conv + tanh                           (N, 3, 96, 96) in [-1, 1]
+
+    Pixel-unshuffle option (as Real-ESRGAN does for its x2 and x1 models): with use_unshuffle=True the input is first
+    folded by nn.PixelUnshuffle(r): every r x r patch of pixels becomes 3*r*r channels of one pixel, so the image
+    is r times smaller on each side and the same x4 body now gives an overall x(4 / r) -- a x2 model (r = 2) that
+    costs a quarter of the compute of running the body on the full-size input, and reuses every layer unchanged
+    except the first convolution's input channels. Inputs whose sides are not divisible by r are reflect-padded
+    and the output is cropped back to (H * scale, W * scale).
+
+    Args:
+        large_kernel_size: kernel of the first and last convolutions (9).
+        small_kernel_size: kernel everywhere else (3).
+        n_channels: feature channels in the body (64).
+        n_blocks: number of residual blocks (16).
+        scaling_factor: upscaling of the body: 2, 4 or 8.
+        use_unshuffle, unshuffle_scale: see above; the attribute `scaling_factor` is then scaling_factor / r.
+    """
+
+    input_format = "[0, 1]"
+    output_format = "[-1, 1]"
+
+    def __init__(self, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16, scaling_factor=4,
+                 use_unshuffle=False, unshuffle_scale=2):
+        super().__init__()
+        scaling_factor = int(scaling_factor)
+        if scaling_factor not in {2, 4, 8}:
+            raise ValueError(f"SRResNet's scaling_factor must be 2, 4 or 8, got {scaling_factor}")
+        self.unshuffle_scale = int(unshuffle_scale) if use_unshuffle else 1
+        # Overall upscaling of the whole network, what scripts read: 4, or 4 / r with pixel-unshuffle.
+        self.scaling_factor = _check_unshuffle_scale(scaling_factor, self.unshuffle_scale)
+
+        # Front end: optional fold of r x r pixels into channels, then the large-kernel convolution.
+        self.pixel_unshuffle = nn.PixelUnshuffle(self.unshuffle_scale) if use_unshuffle else nn.Identity()
+        in_channels = 3 * self.unshuffle_scale ** 2
+        self.conv_block1 = ConvolutionalBlock(in_channels, n_channels, large_kernel_size, activation="prelu")
+
+        # Body: residual blocks at low resolution, then a convolution closing the long skip connection.
+        self.residual_blocks = nn.Sequential(
+            *[ResidualBlock(small_kernel_size, n_channels) for _ in range(n_blocks)])
+        self.conv_block2 = ConvolutionalBlock(n_channels, n_channels, small_kernel_size, batch_norm=True)
+
+        # Upsampling: one x2 sub-pixel block per factor of 2 of the body's scale (x4 -> 2 blocks).
+        n_subpixel_blocks = int(math.log2(scaling_factor))
+        self.subpixel_convolutional_blocks = nn.Sequential(
+            *[SubPixelConvolutionalBlock(small_kernel_size, n_channels, scaling_factor=2)
+              for _ in range(n_subpixel_blocks)])
+
+        # Back end: back to 3 colour channels, tanh into [-1, 1].
+        self.conv_block3 = ConvolutionalBlock(n_channels, 3, large_kernel_size, activation="tanh")
+
+    def forward(self, lr_imgs):
+        """(N, 3, H, W) in [0, 1] -> (N, 3, H * scaling_factor, W * scaling_factor) in [-1, 1]."""
+        lr_imgs, (height, width) = pad_to_multiple(lr_imgs, self.unshuffle_scale)
+        x = self.pixel_unshuffle(lr_imgs)  # (N, 3 r^2, H / r, W / r)
+        x = self.conv_block1(x)  # (N, 64, H / r, W / r)
+        residual = x
+        x = self.residual_blocks(x)
+        x = self.conv_block2(x) + residual  # long skip: the body learns what to add to the shallow features
+        x = self.subpixel_convolutional_blocks(x)  # (N, 64, 4 H / r, 4 W / r)
+        sr_imgs = self.conv_block3(x)  # (N, 3, 4 H / r, 4 W / r), in [-1, 1]
+        return sr_imgs[..., :height * self.scaling_factor, :width * self.scaling_factor]
+
+
+class Generator(SRResNet):
+    """The SRGAN generator: exactly SRResNet, trained adversarially instead of (only) with MSE.
+
+    It is a subclass rather than a wrapper so that the state-dict keys are identical: the SRGAN recipe starts from
+    a trained SRResNet (to avoid the GAN's poor early local optima), which is simply
+    `generator.load_state_dict(srresnet_checkpoint['generator'])`.
+    """
+
+
+class Discriminator(nn.Module):
+    """The SRGAN discriminator: is this (N, 3, H, W) image a real HR image or a generated one?
+
+    Eight convolutional blocks alternate stride 1 (double the channels, 64 -> 128 -> 256 -> 512) and stride 2
+    (halve the size), with LeakyReLU(0.2) and batch norm everywhere but the first block. An adaptive average pool
+    to 6x6 (the size a 96x96 crop reaches after four halvings) makes any input size work, then
+    Dense(1024) - LeakyReLU - Dense(1).
+
+    Output: (N,) raw logits -- no sigmoid here; use nn.BCEWithLogitsLoss, which fuses the sigmoid into the loss in
+    a numerically stable way. Input range: whatever the generator produces ([-1, 1] for SRResNet).
+    """
+
+    def __init__(self, kernel_size=3, n_channels=64, n_blocks=8, fc_size=1024):
+        super().__init__()
+        blocks = []
+        in_channels = 3
+        for i in range(n_blocks):
+            # Even blocks: stride 1 and (except the first, which sets n_channels) double the channels.
+            # Odd blocks: stride 2, same channels -- they halve the spatial size.
+            if i % 2 == 0:
+                out_channels = n_channels if i == 0 else in_channels * 2
+                stride = 1
+            else:
+                out_channels = in_channels
+                stride = 2
+            blocks.append(ConvolutionalBlock(in_channels, out_channels, kernel_size, stride=stride,
+                                             batch_norm=(i != 0), activation="leakyrelu"))
+            in_channels = out_channels
+        self.conv_blocks = nn.Sequential(*blocks)
+        self.adaptive_pool = nn.AdaptiveAvgPool2d((6, 6))
+        self.fc1 = nn.Linear(out_channels * 6 * 6, fc_size)
+        self.leaky_relu = nn.LeakyReLU(0.2)
+        self.fc2 = nn.Linear(fc_size, 1)
+
+    def forward(self, imgs):
+        """(N, 3, H, W) -> (N,) logits (positive: 'looks real')."""
+        x = self.conv_blocks(imgs)  # (N, 512, H / 16, W / 16)
+        x = self.adaptive_pool(x)  # (N, 512, 6, 6)
+        x = self.leaky_relu(self.fc1(x.flatten(1)))  # (N, fc_size)
+        return self.fc2(x).squeeze(1)  # (N,)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The frozen VGG19 behind the perceptual ("content") losses.
+# ------------------------------------------------------------------------------------------------------
+
+# VGG19's convolutions per block (all 3x3), each followed by a ReLU; each block ends in a 2x2 max-pool.
+VGG19_CONVS_PER_BLOCK = (2, 2, 4, 4, 4)
+
+
+def vgg19_layer_names():
+    """Names of the modules of torchvision's vgg19().features, in order (37 of them).
+
+    'conv{b}_{k}' is the k-th convolution of block b, 'relu{b}_{k}' its ReLU, 'pool{b}' the max-pool closing
+    block b -- the names the SRGAN/ESRGAN papers use (e.g. "VGG54" = conv5_4). The list index is the module's
+    index in torchvision's nn.Sequential, so this list is the one place that knows the layout.
+    """
+    names = []
+    for block, n_convs in enumerate(VGG19_CONVS_PER_BLOCK, start=1):
+        for k in range(1, n_convs + 1):
+            names += [f"conv{block}_{k}", f"relu{block}_{k}"]
+        names.append(f"pool{block}")
+    return names
+
+
+def load_vgg19(weights="imagenet"):
+    """torchvision's VGG19 with the requested weights.
+
+    Args:
+        weights: 'imagenet' (torchvision's IMAGENET1K_V1 weights, downloaded once into the torch hub cache),
+                 a path to that file (vgg19-dcbb9e9d.pth, a state dict), or 'random' (random initialisation; an
+                 explicit opt-in, for smoke runs and tests -- a random VGG gives a meaningless perceptual loss).
+    Returns:
+        torchvision.models.VGG (eval mode, on CPU).
+    Raises:
+        RuntimeError saying where to put the file when the ImageNet weights cannot be downloaded,
+        FileNotFoundError for a path that does not exist.
+    """
+    import torchvision  # imported here so that models.py works (without VGG) even where torchvision is broken
+    from torchvision.models import VGG19_Weights
+
+    if weights == "random":
+        model = torchvision.models.vgg19(weights=None)
+    elif weights == "imagenet":
+        try:
+            model = torchvision.models.vgg19(weights=VGG19_Weights.IMAGENET1K_V1)
+        except (OSError, RuntimeError, ValueError) as error:  # URLError (offline) is an OSError; hash errors Runtime
+            url = VGG19_Weights.IMAGENET1K_V1.url
+            file_name = url.rsplit("/", 1)[-1]
+            folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+            raise RuntimeError(
+                f"Could not get the ImageNet VGG19 weights needed by the perceptual loss ({type(error).__name__}: "
+                f"{error}). Download {file_name} from {url} on a machine with internet access and put it in "
+                f"{folder} (where torchvision looks for it), or pass the path to the file as the VGG weights "
+                f"instead of 'imagenet'; use 'random' only for smoke runs and tests. If a partial or corrupt "
+                f"{file_name} is already in that folder, delete it first.") from error
+    else:
+        path = os.fspath(weights)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"VGG19 weights file not found: {path!r}. Pass 'imagenet', 'random', or the path to torchvision's "
+                f"vgg19-dcbb9e9d.pth.")
+        model = torchvision.models.vgg19(weights=None)
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state_dict)
+        except Exception as error:  # not a pickle, not a state dict, other keys/shapes: all the same user error
+            raise ValueError(
+                f"{path!r} is not torchvision's VGG19 state dict (vgg19-dcbb9e9d.pth from "
+                f"{VGG19_Weights.IMAGENET1K_V1.url}): {type(error).__name__}: {str(error)[:300]}") from error
+    return model.eval()
+
+
+class _FrozenVGG19(nn.Module):
+    """Base of the two VGG feature modules: the first `n_layers` modules of VGG19's `features`, frozen.
+
+    Frozen means: no parameter requires a gradient (the optimizer never touches VGG, and backward does not waste
+    memory on its weight gradients -- gradients still flow *through* it to the generator), and the module stays in
+    eval mode even when a parent calls .train() (VGG19 has no dropout/BN in `features`, but a loss network must
+    never change behaviour between training and evaluation).
+    """
+
+    def __init__(self, n_layers, weights):
+        super().__init__()
+        vgg19 = load_vgg19(weights)
+        layers = list(vgg19.features.children())[:n_layers]
+        # torchvision's ReLUs work in place; ours must not, or a feature map taken *before* a ReLU (ESRGAN's
+        # conv5_4) would be overwritten by that ReLU when the next layer runs.
+        layers = [nn.ReLU(inplace=False) if isinstance(layer, nn.ReLU) else layer for layer in layers]
+        self.features = nn.Sequential(*layers)
+        for param in self.features.parameters():
+            param.requires_grad = False
+        self.eval()
+
+    def train(self, mode=True):
+        # Ignore the requested mode: a frozen feature extractor is always in eval mode.
+        return super().train(False)
+
+
+def _vgg_feature_index(conv_name, before_activation):
+    """Index (in vgg19_layer_names()) of the module whose output is 'conv{b}_{k}''s feature map."""
+    names = vgg19_layer_names()
+    if conv_name not in names:
+        raise ValueError(f"unknown VGG19 layer {conv_name!r}; valid names: {', '.join(names)}")
+    if conv_name.startswith("conv") and not before_activation:
+        conv_name = "relu" + conv_name[4:]  # take the feature map after the ReLU
+    return names.index(conv_name)
+
+
+class TruncatedVGG19(_FrozenVGG19):
+    """VGG19 up to the j-th convolution before the i-th max-pool: the SRGAN paper's feature map phi_{i,j}.
+
+    SRGAN's content loss is the MSE between phi_{5,4}(SR) and phi_{5,4}(HR) (after the ReLU); ESRGAN takes the
+    same conv5_4 *before* its ReLU (before_activation=True) because post-ReLU features are sparse and dim
+    (most are zero), which weakens the supervision.
+
+    Input: (N, 3, H, W) images in 'imagenet-norm' (utils.convert_image). Output: (N, C, H / 2^(i-1), W / 2^(i-1))
+    with C = 64, 128, 256, 512, 512 for i = 1..5.
+    """
+
+    def __init__(self, i=5, j=4, weights="imagenet", before_activation=False):
+        if not 1 <= i <= len(VGG19_CONVS_PER_BLOCK) or not 1 <= j <= VGG19_CONVS_PER_BLOCK[i - 1]:
+            raise ValueError(f"VGG19 has no convolution {j} before max-pool {i} "
+                             f"(convolutions per block: {VGG19_CONVS_PER_BLOCK})")
+        n_layers = _vgg_feature_index(f"conv{i}_{j}", before_activation) + 1
+        super().__init__(n_layers, weights)
+        self.i, self.j, self.before_activation = i, j, before_activation
+
+    def forward(self, imgs):
+        return self.features(imgs)
+
+
+class VGGFeatureExtractor(_FrozenVGG19):
+    """Several VGG19 feature maps at once, for the multi-layer perceptual loss of Real-ESRGAN.
+
+    Real-ESRGAN weighs the L1 distances of conv1_2, conv2_2, conv3_4, conv4_4 and conv5_4 (before activation) by
+    0.1, 0.1, 1, 1, 1: shallow layers keep colours and fine texture honest, deep ones the structure.
+
+    Args:
+        layer_weights: dict {'conv5_4': 1.0, ...} or a list of layer names (then every weight is 1.0); kept as the
+                       attribute `layer_weights` for the loss to use.
+        weights: see load_vgg19.
+        before_activation: take 'convX_Y' before its ReLU (True, as ESRGAN/Real-ESRGAN) or after it.
+    Forward: (N, 3, H, W) 'imagenet-norm' -> {name: feature map}; only runs VGG as deep as the deepest layer asked.
+    """
+
+    def __init__(self, layer_weights=None, weights="imagenet", before_activation=True):
+        if layer_weights is None:
+            layer_weights = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0}
+        if not isinstance(layer_weights, dict):
+            layer_weights = {name: 1.0 for name in layer_weights}
+        if not layer_weights:
+            raise ValueError("VGGFeatureExtractor needs at least one layer name")
+        indices = {name: _vgg_feature_index(name, before_activation) for name in layer_weights}
+        super().__init__(max(indices.values()) + 1, weights)
+        self.layer_weights = dict(layer_weights)
+        self.before_activation = before_activation
+        self._index_to_name = {index: name for name, index in indices.items()}
+
+    def forward(self, imgs):
+        features = {}
+        x = imgs
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in self._index_to_name:
+                features[self._index_to_name[index]] = x
+        return features
+
+
+# ======================================================================================================
+# Part B -- ESRGAN
+# ======================================================================================================
+
+@torch.no_grad()
+def _scaled_kaiming_init(modules, scale):
+    """Kaiming-normal init multiplied by `scale` (0.1 for ESRGAN's dense blocks), biases zero.
+
+    Why shrink: a residual block whose convolutions start small begins close to the identity, so a 23-block
+    network without batch norm starts as a stable, shallow-ish function and gradually learns corrections.
+    """
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, nn.Conv2d):
+                # Kaiming (He) normal for ReLU-like layers has std sqrt(2 / fan_in); draw it already scaled.
+                fan_in = layer.weight[0].numel()  # in_channels * kernel_h * kernel_w
+                layer.weight.normal_(0.0, scale * math.sqrt(2.0 / fan_in))
+                if layer.bias is not None:
+                    layer.bias.zero_()
+
+
+class ResidualDenseBlock(nn.Module):
+    """Five 3x3 convolutions with dense connections (each sees the block input and all earlier outputs).
+
+        x                                   (N, num_feat, H, W)
+        x1 = lrelu(conv1(x))                (N, g, H, W)               g = num_grow_ch, the "growth" of the block
+        x2 = lrelu(conv2([x, x1]))          (N, g, H, W)               [...] = concatenation along channels
+        x3 = lrelu(conv3([x, x1, x2]))      ...
+        x4 = lrelu(conv4([x, x1, x2, x3]))
+        x5 = conv5([x, x1, x2, x3, x4])     (N, num_feat, H, W)
+        out = x + 0.2 * x5
+
+    No batch norm (ESRGAN section 3.1): BN normalises with batch statistics during training but running averages at
+    test time; when those differ (other image content, other sizes) BN produces artefacts, and removing it also
+    saves memory and compute. The price is a harder-to-train deep network, which residual scaling pays for: the
+    0.2 keeps each block's contribution small so the sum of 69 blocks does not blow up at initialisation.
+    """
+
+    def __init__(self, num_feat=64, num_grow_ch=32):
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_feat, num_grow_ch, 3, 1, 1)
+        self.conv2 = nn.Conv2d(num_feat + num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv3 = nn.Conv2d(num_feat + 2 * num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv4 = nn.Conv2d(num_feat + 3 * num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv5 = nn.Conv2d(num_feat + 4 * num_grow_ch, num_feat, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+        _scaled_kaiming_init([self.conv1, self.conv2, self.conv3, self.conv4, self.conv5], 0.1)
+
+    def forward(self, x):
+        x1 = self.lrelu(self.conv1(x))
+        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
+        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
+        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+        return x + 0.2 * x5  # residual scaling
+
+
+class RRDB(nn.Module):
+    """Residual-in-Residual Dense Block: three ResidualDenseBlocks in a row, wrapped in one more scaled skip.
+
+    (N, num_feat, H, W) -> same. The two levels of residuals ("residual in residual") let ESRGAN go much deeper
+    than SRResNet (23 RRDBs = 345 convolutions) while staying easy to optimise.
+    """
+
+    def __init__(self, num_feat=64, num_grow_ch=32):
+        super().__init__()
+        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
+
+    def forward(self, x):
+        out = self.rdb3(self.rdb2(self.rdb1(x)))
+        return x + 0.2 * out  # residual scaling again, around the whole block
+
+
+class RRDBNet(nn.Module):
+    """The ESRGAN / Real-ESRGAN generator, with the exact state-dict names of BasicSR / Real-ESRGAN.
+
+    Pipeline for scale=4 (shapes for a 32x32 input):
+        (N, 3, 32, 32) in [0, 1]
+        conv_first                                   (N, 64, 32, 32)
+        body: num_block RRDBs, then conv_body        (N, 64, 32, 32)   plus conv_first's output (long skip)
+        nearest x2, conv_up1, lrelu                  (N, 64, 64, 64)
+        nearest x2, conv_up2, lrelu                  (N, 64, 128, 128)
+        conv_hr, lrelu, conv_last                    (N, 3, 128, 128) roughly in [0, 1] (not clamped: clamp to show)
+
+    Why nearest-neighbour interpolation + convolution instead of pixel shuffle: ESRGAN's choice; the convolution
+    after a nearest upsample sees whole copies of each pixel, which avoids checkerboard patterns as well.
+
+    scale=2 and scale=1 (Real-ESRGAN): the same x4 network is fed a pixel-unshuffled input (every 2x2 or 4x4
+    patch folded into channels: num_in_ch * 4 or * 16 channels at half or quarter size), so the expensive body
+    runs at a quarter (or a sixteenth) of the pixels and the output is x4 of that, i.e. x2 (or x1) overall.
+    Sides not divisible by 2 (or 4) are reflect-padded and the output cropped back.
+
+    Args:
+        num_in_ch, num_out_ch: image channels (3).
+        scale: 4, 2 or 1 (the attribute `scaling_factor`).
+        num_feat: feature channels (64). num_block: RRDBs (23). num_grow_ch: dense growth channels (32).
+    """
+
+    input_format = "[0, 1]"
+    output_format = "[0, 1]"
+
+    def __init__(self, num_in_ch=3, num_out_ch=3, scale=4, num_feat=64, num_block=23, num_grow_ch=32):
+        super().__init__()
+        scale = int(scale)
+        if scale not in (1, 2, 4):
+            raise ValueError(f"RRDBNet's scale must be 4, 2 or 1, got {scale}")
+        self.scaling_factor = scale
+        self.unshuffle_scale = 4 // scale  # 1 (x4), 2 (x2) or 4 (x1)
+        self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle_scale ** 2, num_feat, 3, 1, 1)
+        self.body = nn.Sequential(*[RRDB(num_feat, num_grow_ch) for _ in range(num_block)])
+        self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def forward(self, lr_imgs):
+        """(N, num_in_ch, H, W) in [0, 1] -> (N, num_out_ch, H * scale, W * scale), about [0, 1]."""
+        x, (height, width) = pad_to_multiple(lr_imgs, self.unshuffle_scale)
+        if self.unshuffle_scale > 1:
+            x = F.pixel_unshuffle(x, self.unshuffle_scale)  # (N, C r^2, H / r, W / r)
+        feat = self.conv_first(x)  # (N, num_feat, h, w)
+        feat = feat + self.conv_body(self.body(feat))  # long skip around the whole trunk
+        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))  # (N, F, 2h, 2w)
+        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))  # (N, F, 4h, 4w)
+        sr_imgs = self.conv_last(self.lrelu(self.conv_hr(feat)))  # (N, num_out_ch, 4h, 4w)
+        return sr_imgs[..., :height * self.scaling_factor, :width * self.scaling_factor]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Pixel shuffle across frameworks: the same idea, three channel orders.
+#
+# A sub-pixel layer turns C * r * r low-resolution channels into C channels r times larger on each side. Output
+# pixel (h * r + i, w * r + j) of output channel c (0 <= i, j < r are its position inside the r x r block)
+# is read from input pixel (h, w) of ONE input channel -- but frameworks disagree on WHICH one:
+#
+#   PyTorch (nn.PixelShuffle), "CRD" order:      k = c * r * r + i * r + j      (the channel index varies slowest)
+#   TensorFlow (tf.nn.depth_to_space), "DCR":    k = (i * r + j) * C + c        (the sub-pixel position slowest)
+#   Caffe, as in the RealSR "Dtow" layer:        k = c * r * r + i * r + j      (same as PyTorch)
+#
+# The Caffe entry: Caffe itself has no pixel-shuffle layer; super-resolution code written in Caffe ships its own.
+# We checked two: the "Dtow" layer of RealSR (Cai et al., ICCV 2019, github.com/csjcai/RealSR,
+# Layer/Shuffle/dtow_layer.cpp: output channel tc / r^2, row th * r + (tc % r^2) / r, column
+# tw * r + (tc % r^2) % r) and the pixel-shuffler added to the Reshape layer of ShenghaiRong/caffe_srgan
+# (src/layers/reshape_layer.cpp); both use exactly PyTorch's order (both frameworks store NCHW blobs row-major,
+# and both authors unrolled the same "channel-major" formula). So Caffe weights need no permutation; TensorFlow /
+# Keras weights (and ONNX DepthToSpace in its default 'DCR' mode, ncnn's PixelShuffle mode 1) do.
+# ------------------------------------------------------------------------------------------------------
+
+SUBPIXEL_ORDERS = ("pytorch", "tensorflow", "caffe")
+
+
+def subpixel_source_channel(order, c, i, j, n_channels, r):
+    """Which of the n_channels * r * r input channels feeds sub-pixel (i, j) of output channel c, in `order`."""
+    if order in ("pytorch", "caffe"):
+        return (c * r + i) * r + j  # = c r^2 + i r + j
+    if order == "tensorflow":
+        return (i * r + j) * n_channels + c
+    raise ValueError(f"unknown sub-pixel order {order!r}; choose one of {SUBPIXEL_ORDERS}")
+
+
+def pixel_shuffle_pytorch(x, r):
+    """PyTorch's pixel shuffle written out: (N, C r^2, H, W) -> (N, C, H r, W r), same as F.pixel_shuffle.
+
+    out[n, c, h*r + i, w*r + j] = x[n, c*r*r + i*r + j, h, w]
+    """
+    n, channels, height, width = x.shape
+    c = channels // (r * r)
+    x = x.reshape(n, c, r, r, height, width)  # split the channel index k into (c, i, j): k = (c*r + i)*r + j
+    x = x.permute(0, 1, 4, 2, 5, 3)  # (n, c, h, i, w, j): row index h*r + i, column index w*r + j
+    return x.reshape(n, c, height * r, width * r)
+
+
+def pixel_unshuffle_pytorch(x, r):
+    """Inverse of pixel_shuffle_pytorch: (N, C, H r, W r) -> (N, C r^2, H, W), same as F.pixel_unshuffle."""
+    n, c, big_height, big_width = x.shape
+    height, width = big_height // r, big_width // r
+    x = x.reshape(n, c, height, r, width, r)  # (n, c, h, i, w, j)
+    x = x.permute(0, 1, 3, 5, 2, 4)  # (n, c, i, j, h, w): channel index (c*r + i)*r + j
+    return x.reshape(n, c * r * r, height, width)
+
+
+def depth_to_space_tf(x, r):
+    """TensorFlow's depth_to_space on an NHWC tensor: (N, H, W, C r^2) -> (N, H r, W r, C).
+
+    out[n, h*r + i, w*r + j, c] = x[n, h, w, (i*r + j)*C + c]
+    """
+    n, height, width, channels = x.shape
+    c = channels // (r * r)
+    x = x.reshape(n, height, width, r, r, c)  # split the depth index into (i, j, c): (i*r + j)*C + c
+    x = x.permute(0, 1, 3, 2, 4, 5)  # (n, h, i, w, j, c)
+    return x.reshape(n, height * r, width * r, c)
+
+
+def space_to_depth_tf(x, r):
+    """Inverse of depth_to_space_tf (TensorFlow's space_to_depth): (N, H r, W r, C) -> (N, H, W, C r^2)."""
+    n, big_height, big_width, c = x.shape
+    height, width = big_height // r, big_width // r
+    x = x.reshape(n, height, r, width, r, c)  # (n, h, i, w, j, c)
+    x = x.permute(0, 1, 3, 2, 4, 5)  # (n, h, w, i, j, c): depth index (i*r + j)*C + c
+    return x.reshape(n, height, width, c * r * r)
+
+
+def pixel_shuffle_caffe(x, r):
+    """The Caffe (RealSR 'Dtow' layer) pixel shuffle, NCHW: its order is PyTorch's (see the notes above)."""
+    return pixel_shuffle_pytorch(x, r)
+
+
+def pixel_unshuffle_caffe(x, r):
+    """The Caffe (RealSR 'Dtow', method MWTOD) space-to-depth, NCHW: PyTorch's order (see the notes above)."""
+    return pixel_unshuffle_pytorch(x, r)
+
+
+def shuffle_channel_permutation(n_channels, r, source_order="tensorflow"):
+    """Permutation that ports a sub-pixel convolution from `source_order` to nn.PixelShuffle.
+
+    A convolution trained in front of TensorFlow's depth_to_space writes sub-pixel (i, j) of colour/feature c
+    into channel (i*r + j)*C + c; nn.PixelShuffle reads it from channel c*r*r + i*r + j. Re-ordering the
+    convolution's output channels (its weight's dim 0 and its bias) fixes that without touching anything else:
+
+        perm = shuffle_channel_permutation(C, r, 'tensorflow')
+        conv.weight.data = tf_weight[perm]        # tf_weight already converted HWIO -> OIHW: .permute(3, 2, 0, 1)
+        conv.bias.data = tf_bias[perm]
+        # now nn.PixelShuffle(r)(conv(x)) == depth_to_space(tf_conv(x)) (up to the NCHW/NHWC layout)
+
+    Args:
+        n_channels: C, the channels AFTER the shuffle.  r: the upscaling factor.
+        source_order: 'tensorflow', 'caffe' or 'pytorch' (the last two give the identity).
+    Returns:
+        LongTensor of length C * r * r: perm[pytorch_channel] = source_channel.
+    """
+    perm = [subpixel_source_channel(source_order, c, i, j, n_channels, r)
+            for c in range(n_channels) for i in range(r) for j in range(r)]  # enumerated in PyTorch's order
+    return torch.tensor(perm, dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Loading the official ESRGAN / Real-ESRGAN / BasicSR generator files.
+#
+# The same RRDBNet has been published under three sets of parameter names:
+#   'basicsr'    BasicSR / Real-ESRGAN (our names): conv_first, body.{i}.rdb{k}.conv{n}, conv_body, conv_up1,
+#                conv_up2, conv_hr, conv_last. Files are usually {'params_ema': ..., 'params': ...}; params_ema is
+#                the exponential moving average of the weights, smoother and what the authors evaluate with.
+#   'esrgan'     xinntao/ESRGAN's RRDBNet_arch.py: conv_first, RRDB_trunk.{i}.RDB{k}.conv{n}, trunk_conv, upconv1,
+#                upconv2, HRconv, conv_last (BSRGAN's and jixiaozhong/RealSR's files use it too, according to the
+#                model detection of the chaiNNer upscaler).
+#   'esrgan-old' the original ESRGAN release (RRDB_ESRGAN_x4_old_arch.pth), a flattened nn.Sequential:
+#                model.0 = conv_first, model.1.sub.{i}.RDB{k}.conv{n}.0 = the RRDB convolutions (".0" because each
+#                conv sat in a Sequential with its LeakyReLU), model.1.sub.{num_block} = the trunk convolution,
+#                model.3 / model.6 = the two upsampling convolutions (after an Upsample at model.2 / model.5, each
+#                followed by a LeakyReLU), model.8 = HR conv, model.10 = last conv. (Mapping checked against
+#                xinntao/ESRGAN's transer_RRDB_models.py, which converts between the two ESRGAN layouts.)
+# ------------------------------------------------------------------------------------------------------
+
+_SUPPORTED_FILES = (
+    "supported files: Real-ESRGAN / BasicSR RRDBNet weights (e.g. RealESRGAN_x4plus.pth, RealESRGAN_x2plus.pth; "
+    "a dict with 'params_ema' or 'params', or a bare state dict), xinntao/ESRGAN weights (RRDB_ESRGAN_x4.pth, "
+    "RRDB_PSNR_x4.pth) and old-architecture ESRGAN weights (RRDB_ESRGAN_x4_old_arch.pth)")
+
+# Renaming rules, (regular expression, replacement), applied to each key of a file in that layout.
+_RENAME_RULES = {
+    "esrgan": [
+        (r"^RRDB_trunk\.(\d+)\.RDB([123])\.conv([1-5])\.", r"body.\1.rdb\2.conv\3."),
+        (r"^trunk_conv\.", "conv_body."),
+        (r"^upconv1\.", "conv_up1."),
+        (r"^upconv2\.", "conv_up2."),
+        (r"^HRconv\.", "conv_hr."),
+    ],
+    "esrgan-old": [
+        (r"^model\.0\.", "conv_first."),
+        (r"^model\.1\.sub\.(\d+)\.RDB([123])\.conv([1-5])\.0\.", r"body.\1.rdb\2.conv\3."),
+        # model.1.sub.{num_block}. -> conv_body. is done in code: it needs num_block.
+        (r"^model\.3\.", "conv_up1."),
+        (r"^model\.6\.", "conv_up2."),
+        (r"^model\.8\.", "conv_hr."),
+        (r"^model\.10\.", "conv_last."),
+    ],
+}
+
+
+def _unwrap_official(checkpoint):
+    """(state_dict, which) from a BasicSR-style {'params_ema', 'params'} file or a bare state dict."""
+    for wrapper_key in ("params_ema", "params"):  # params_ema first: the averaged weights the authors publish
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper_key), dict):
+            return checkpoint[wrapper_key], wrapper_key
+    return checkpoint, None
+
+
+def official_layout(checkpoint):
+    """'basicsr', 'esrgan', 'esrgan-old', or None when `checkpoint` is none of the official RRDBNet layouts.
+
+    Accepts what torch.load returned for an official file (a bare state dict or {'params_ema': ...}). Cheap: looks
+    at key names only. utils.load_generator uses this to tell official files from our own checkpoints.
+    """
+    state_dict, _ = _unwrap_official(checkpoint)
+    if not isinstance(state_dict, dict):
+        return None
+    keys = [key[len("module."):] if key.startswith("module.") else key for key in state_dict if isinstance(key, str)]
+    if "conv_first.weight" in keys and any(key.startswith("body.0.rdb1.") for key in keys):
+        return "basicsr"
+    if "conv_first.weight" in keys and any(key.startswith("RRDB_trunk.0.RDB1.") for key in keys):
+        return "esrgan"
+    if "model.0.weight" in keys and any(key.startswith("model.1.sub.0.RDB1.") for key in keys):
+        return "esrgan-old"
+    return None
+
+
+def is_official_generator_state_dict(checkpoint):
+    """True when `checkpoint` (a loaded file) is an ESRGAN / Real-ESRGAN / BasicSR RRDBNet state dict."""
+    return official_layout(checkpoint) is not None
+
+
+def _rename_official(state_dict, layout):
+    """Our RRDBNet key names for every tensor of an official state dict."""
+    state_dict = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+    if layout == "esrgan-old":
+        # The trunk convolution is the last entry of model.1.sub, after the num_block RRDBs.
+        block_indices = {int(m.group(1)) for m in (re.match(r"^model\.1\.sub\.(\d+)\.RDB", k) for k in state_dict)
+                         if m}
+        trunk_prefix = f"model.1.sub.{max(block_indices) + 1}."
+        state_dict = {("conv_body." + k[len(trunk_prefix):] if k.startswith(trunk_prefix) else k): v
+                      for k, v in state_dict.items()}
+    renamed = OrderedDict()
+    for key, value in state_dict.items():
+        for pattern, replacement in _RENAME_RULES.get(layout, []):
+            new_key, n_subs = re.subn(pattern, replacement, key)
+            if n_subs:
+                key = new_key
+                break
+        renamed[key] = value
+    return renamed
+
+
+def _short_list(keys, limit=5):
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more if keys else "none"
+
+
+def generator_from_official_state_dict(checkpoint):
+    """Build an RRDBNet from an official ESRGAN / Real-ESRGAN / BasicSR weight file and load it strictly.
+
+    Args:
+        checkpoint: what torch.load(path, map_location='cpu', weights_only=True) returned for the file.
+    Returns:
+        (model, description): an RRDBNet (input/output '[0, 1]') with `scaling_factor` 4, 2 or 1, and one line
+        saying what was recognised, e.g. "Real-ESRGAN/BasicSR RRDBNet x4 (23 blocks, 64 features, growth 32,
+        3->3 channels; params_ema)".
+    Raises:
+        ValueError naming the missing and unexpected keys (first few of each) and the supported files, when the
+        file is not (exactly) one of these layouts.
+    """
+    layout = official_layout(checkpoint)
+    if layout is None:
+        sample = list(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"not an ESRGAN / Real-ESRGAN / BasicSR RRDBNet state dict (first keys: {sample}); "
+                         f"{_SUPPORTED_FILES}")
+    state_dict, wrapper_key = _unwrap_official(checkpoint)
+    state_dict = _rename_official(state_dict, layout)
+
+    # Read the hyperparameters off the tensors' shapes.
+    try:
+        conv_first = state_dict["conv_first.weight"]  # (num_feat, num_in_ch * unshuffle^2, 3, 3)
+        num_feat, first_in_channels = conv_first.shape[:2]
+        num_out_ch = state_dict["conv_last.weight"].shape[0]  # (num_out_ch, num_feat, 3, 3)
+        num_grow_ch = state_dict["body.0.rdb1.conv1.weight"].shape[0]  # (num_grow_ch, num_feat, 3, 3)
+    except KeyError as error:
+        raise ValueError(f"incomplete RRDBNet state dict: no {error.args[0]!r} after renaming the {layout!r} "
+                         f"layout to ours; {_SUPPORTED_FILES}") from None
+    num_block = len({key.split(".")[1] for key in state_dict if key.startswith("body.")})
+    # Real-ESRGAN's x2 / x1 models pixel-unshuffle the input by 2 / 4, multiplying conv_first's in-channels by
+    # 4 / 16 (3 -> x4, 12 -> x2, 48 -> x1 for RGB). We assume as many input as output channels.
+    scales = {1: 4, 4: 2, 16: 1}
+    ratio, remainder = divmod(first_in_channels, num_out_ch)
+    if remainder or ratio not in scales:
+        raise ValueError(f"conv_first has {first_in_channels} input channels for {num_out_ch} output channels: "
+                         f"expected {num_out_ch} (x4), {4 * num_out_ch} (x2) or {16 * num_out_ch} (x1)")
+    scale = scales[ratio]
+    kwargs = dict(num_in_ch=num_out_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat,
+                  num_block=num_block, num_grow_ch=num_grow_ch)
+    model = RRDBNet(**kwargs)
+
+    # Strict loading, with an error that says what differs instead of PyTorch's wall of text.
+    expected_keys = set(model.state_dict())
+    missing, unexpected = expected_keys - set(state_dict), set(state_dict) - expected_keys
+    if missing or unexpected:
+        raise ValueError(f"the weights do not fit an RRDBNet{kwargs} (read as layout {layout!r}): "
+                         f"missing keys: {_short_list(missing)}; unexpected keys: {_short_list(unexpected)}. "
+                         f"{_SUPPORTED_FILES}")
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:  # same names, different shapes
+        raise ValueError(f"the weights do not fit an RRDBNet{kwargs}: {error}") from None
+    model.eval()
+
+    names = {"basicsr": "Real-ESRGAN/BasicSR", "esrgan": "ESRGAN", "esrgan-old": "ESRGAN (old architecture)"}
+    weights_note = f"; {wrapper_key}" if wrapper_key else ""
+    description = (f"{names[layout]} RRDBNet x{scale} ({num_block} blocks, {num_feat} features, growth "
+                   f"{num_grow_ch}, {num_out_ch}->{num_out_ch} channels{weights_note})")
+    return model, description
+
+
+# ------------------------------------------------------------------------------------------------------
+# Network interpolation (ESRGAN section 3.4).
+# ------------------------------------------------------------------------------------------------------
+
+def interpolate_state_dicts(psnr_state, gan_state, alpha, skip_mismatched=False):
+    """Blend two trained versions of the same network parameter by parameter:
+
+        theta = (1 - alpha) * theta_PSNR + alpha * theta_GAN
+
+    ESRGAN's trick to trade fidelity for realism without retraining: the PSNR-oriented model (trained with L1 only)
+    is smooth but blurry, the GAN model sharp but with artefacts; because the GAN model was fine-tuned *from* the
+    PSNR model, the two sit in the same basin and every alpha in between gives a sensible network (alpha = 0.8
+    is the paper's showcase). Works on any pair of state dicts with the same layout.
+
+    Args:
+        psnr_state, gan_state: state dicts (name -> tensor) of the same architecture.
+        alpha: in [0, 1]; 0 gives the PSNR model, 1 the GAN model, exactly.
+        skip_mismatched: when True, keys whose shapes differ or that only one dict has keep the PSNR value (or are
+            left out, if only the GAN dict has them) and are reported; when False such keys raise ValueError.
+    Returns:
+        (state_dict, skipped_keys). Non-float tensors (e.g. BatchNorm's num_batches_tracked) keep the PSNR value.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (0: PSNR model, 1: GAN model), got {alpha}")
+    only_psnr = [k for k in psnr_state if k not in gan_state]
+    only_gan = [k for k in gan_state if k not in psnr_state]
+    shape_differs = [k for k in psnr_state if k in gan_state and psnr_state[k].shape != gan_state[k].shape]
+    skipped_keys = only_psnr + shape_differs + only_gan
+    if skipped_keys and not skip_mismatched:
+        raise ValueError(
+            "the two state dicts do not match: "
+            f"only in the PSNR model: {_short_list(only_psnr)}; only in the GAN model: {_short_list(only_gan)}; "
+            f"different shapes: {_short_list(shape_differs)}. Pass skip_mismatched=True to keep the PSNR values "
+            "for these keys.")
+
+    skipped = set(skipped_keys)
+    blended = OrderedDict()
+    for key, psnr_value in psnr_state.items():
+        if key in skipped or not torch.is_floating_point(psnr_value):
+            blended[key] = psnr_value.clone()
+        else:
+            gan_value = gan_state[key].to(device=psnr_value.device, dtype=psnr_value.dtype)
+            blended[key] = (1 - alpha) * psnr_value + alpha * gan_value
+    return blended, skipped_keys
+
+
+# ======================================================================================================
+# Part C -- Real-ESRGAN
+# ======================================================================================================
+
+class UNetDiscriminatorSN(nn.Module):
+    """Real-ESRGAN's U-Net discriminator with spectral normalisation: one real/fake logit PER PIXEL.
+
+    Why a U-Net: Real-ESRGAN's degradations (blur, noise, JPEG, twice) make the generator's job harder and its
+    failures local; a discriminator that answers per pixel gives the generator detailed, local feedback ("this
+    patch of sky is fake") instead of one verdict for the whole image, and the skip connections bring the fine
+    detail of the encoder to the decoder.
+    Why spectral norm: it bounds each layer's Lipschitz constant, keeping the stronger U-Net discriminator from
+    overpowering the generator and stabilising GAN training (Miyato et al., 2018). torch.nn.utils.spectral_norm is
+    the hook-based API Real-ESRGAN uses, which keeps their state-dict names (weight_orig, weight_u, weight_v).
+
+    Shapes (H, W divisible by 8 keep the skips aligned; other sizes are padded and cropped):
+        (N, num_in_ch, H, W)
+        conv0                         (N, F, H, W)          F = num_feat
+        conv1 (stride 2, SN)          (N, 2F, H/2, W/2)
+        conv2 (stride 2, SN)          (N, 4F, H/4, W/4)
+        conv3 (stride 2, SN)          (N, 8F, H/8, W/8)
+        x2 bilinear, conv4 (SN)       (N, 4F, H/4, W/4)     + conv2's output (skip)
+        x2 bilinear, conv5 (SN)       (N, 2F, H/2, W/2)     + conv1's output
+        x2 bilinear, conv6 (SN)       (N, F, H, W)          + conv0's output
+        conv7, conv8 (SN), conv9      (N, 1, H, W)          raw logits (use BCEWithLogits)
+    All activations are LeakyReLU(0.2). Convolutions followed by spectral norm have no bias, as in Real-ESRGAN.
+    """
+
+    def __init__(self, num_in_ch=3, num_feat=64, skip_connection=True):
+        super().__init__()
+        self.skip_connection = skip_connection
+        sn = nn.utils.spectral_norm
+        self.conv0 = nn.Conv2d(num_in_ch, num_feat, kernel_size=3, stride=1, padding=1)
+        # Downsampling: 4x4 kernels with stride 2 halve the size.
+        self.conv1 = sn(nn.Conv2d(num_feat, num_feat * 2, 4, 2, 1, bias=False))
+        self.conv2 = sn(nn.Conv2d(num_feat * 2, num_feat * 4, 4, 2, 1, bias=False))
+        self.conv3 = sn(nn.Conv2d(num_feat * 4, num_feat * 8, 4, 2, 1, bias=False))
+        # Upsampling: bilinear x2, then a 3x3 convolution.
+        self.conv4 = sn(nn.Conv2d(num_feat * 8, num_feat * 4, 3, 1, 1, bias=False))
+        self.conv5 = sn(nn.Conv2d(num_feat * 4, num_feat * 2, 3, 1, 1, bias=False))
+        self.conv6 = sn(nn.Conv2d(num_feat * 2, num_feat, 3, 1, 1, bias=False))
+        # Extra refinement at full size, then one logit per pixel.
+        self.conv7 = sn(nn.Conv2d(num_feat, num_feat, 3, 1, 1, bias=False))
+        self.conv8 = sn(nn.Conv2d(num_feat, num_feat, 3, 1, 1, bias=False))
+        self.conv9 = nn.Conv2d(num_feat, 1, 3, 1, 1)
+
+    def forward(self, imgs):
+        """(N, C, H, W) -> (N, 1, H, W) per-pixel logits."""
+        lrelu = lambda t: F.leaky_relu(t, negative_slope=0.2)  # noqa: E731 (a one-line helper reads best here)
+        up = lambda t: F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)  # noqa: E731
+        x, (height, width) = pad_to_multiple(imgs, 8)
+
+        x0 = lrelu(self.conv0(x))  # (N, F, H, W)
+        x1 = lrelu(self.conv1(x0))  # (N, 2F, H/2, W/2)
+        x2 = lrelu(self.conv2(x1))  # (N, 4F, H/4, W/4)
+        x3 = lrelu(self.conv3(x2))  # (N, 8F, H/8, W/8)
+
+        x4 = lrelu(self.conv4(up(x3)))  # (N, 4F, H/4, W/4)
+        if self.skip_connection:
+            x4 = x4 + x2
+        x5 = lrelu(self.conv5(up(x4)))  # (N, 2F, H/2, W/2)
+        if self.skip_connection:
+            x5 = x5 + x1
+        x6 = lrelu(self.conv6(up(x5)))  # (N, F, H, W)
+        if self.skip_connection:
+            x6 = x6 + x0
+
+        out = lrelu(self.conv7(x6))
+        out = lrelu(self.conv8(out))
+        out = self.conv9(out)  # (N, 1, H, W)
+        return out[..., :height, :width]
+
+
+# ======================================================================================================
+# Choosing a generator by name (used by every script).
+# ======================================================================================================
+
+def build_generator(arch, **kwargs):
+    """'srresnet' -> SRResNet(**kwargs), 'rrdb' -> RRDBNet(**kwargs). Unknown names raise ValueError."""
+    architectures = {"srresnet": SRResNet, "rrdb": RRDBNet}
+    if arch not in architectures:
+        raise ValueError(f"unknown generator architecture {arch!r}; choose one of {sorted(architectures)}")
+    return architectures[arch](**kwargs)
