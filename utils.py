@@ -394,6 +394,18 @@ class GracefulExit:
         self.requested = False
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signal_number, self._handler)
+        # With several processes, all must stop at the same iteration (the others would otherwise wait forever for
+        # the gradients of the one that left). They agree through a small CPU (gloo) group: no GPU synchronisation.
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.group = torch.distributed.new_group(backend="gloo") if distributed else None
+
+    def should_stop(self):
+        """Whether this process or any other received a signal. Call it at the same point in every process."""
+        if self.group is None:
+            return self.requested
+        flag = torch.tensor([int(self.requested)])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.group)
+        return bool(flag.item())
 
     def _handler(self, signal_number, frame):
         if self.requested:  # second Ctrl+C: the user really wants out
@@ -403,13 +415,18 @@ class GracefulExit:
               f"(press Ctrl+C again to quit at once).", file=sys.stderr)
 
 
-def check_finite(loss, iteration, checkpoint_path):
+def check_finite(loss, iteration, checkpoint_path, since_iteration=None):
     """
     Stop training when a loss becomes NaN or infinite: continuing would only overwrite the last good
     checkpoint with garbage. The checkpoint on disk is left as it is.
+
+    `loss` may be a sum of the losses of the iterations since `since_iteration` (one NaN / inf makes the sum NaN /
+    inf): checking a sum now and then instead of every loss spares a GPU synchronisation per iteration.
     """
     if not torch.isfinite(loss):
-        raise RuntimeError(f"The loss became {loss.item()} at iteration {iteration}; training stopped. The last "
+        when = f"at iteration {iteration}" if since_iteration is None else \
+            f"between iterations {since_iteration} and {iteration}"
+        raise RuntimeError(f"The loss became {loss.item()} {when}; training stopped. The last "
                            f"good checkpoint is kept at {checkpoint_path}. Try a lower learning rate or "
                            f"precision='fp32', then resume with --checkpoint {checkpoint_path}.")
 
@@ -521,8 +538,7 @@ def warn_changed_hyperparameters(saved, current, keys_to_ignore=("checkpoint", "
 #   1. LR test images are made with MATLAB's `imresize(hr, 1/s, 'bicubic')` (antialiased, 8 bits per pass).
 #   2. The HR image is cropped top-left to a multiple of s; the SR output is quantised to 8 bits.
 #   3. RGB images are measured on their luma Y (BT.601, MATLAB's `rgb2ycbcr` on the 8-bit image: Y in [16, 235],
-#      itself 8 bits);
-#      single-channel (grey) images are measured on their own values.
+#      itself 8 bits); single-channel (grey) images are measured on their own values.
 #   4. s pixels are shaved from every border (the network cannot see past the image edge there).
 #   5. PSNR in float64; SSIM as in Wang et al. 2004 (11x11 Gaussian window, sigma 1.5, 'valid' filtering).
 # Everything here works on whole arrays at once (no per-pixel Python loops).
@@ -542,11 +558,12 @@ def _cubic(x):
             + (-0.5 * absx3 + 2.5 * absx2 - 4 * absx + 2) * ((absx > 1) & (absx <= 2)))
 
 
-def _resize_matrix(in_length, out_length, scale, antialiasing=True):
-    """The (out_length, in_length) float64 matrix that resizes one axis the way MATLAB's imresize does.
+def _resize_taps(in_length, out_length, scale, antialiasing=True):
+    """The taps of a 1-D resize done the way MATLAB's imresize does it.
 
-    Each output sample is a weighted sum of the input samples under a cubic kernel centred on its position in the
-    input. Writing those weights into a matrix turns a whole 1-D resize into one matrix product.
+    Each output sample is a weighted sum of P input samples under a cubic kernel centred on its position in the
+    input. Returns (weights, indices), both (out_length, P): output sample i = sum over p of
+    weights[i, p] * input[indices[i, p]] (0-based indices, already mirrored at the borders).
     """
     # When shrinking, MATLAB stretches the kernel by 1/scale (a low-pass filter against aliasing).
     if scale < 1 and antialiasing:
@@ -571,11 +588,28 @@ def _resize_matrix(in_length, out_length, scale, antialiasing=True):
     mirror = np.concatenate([np.arange(in_length), np.arange(in_length - 1, -1, -1)])   # 0-based
     indices = mirror[np.mod(indices.astype(np.int64) - 1, 2 * in_length)]
 
-    # Scatter the taps into a dense matrix; taps that mirror onto the same pixel add up.
-    matrix = np.zeros((out_length, in_length), dtype=np.float64)
-    rows = np.broadcast_to(np.arange(out_length)[:, None], indices.shape)
-    np.add.at(matrix, (rows, indices), weights)
-    return matrix
+    # Drop the taps whose weight is 0 for every output sample (MATLAB does the same).
+    used = np.any(weights != 0, axis=0)
+    return weights[:, used], indices[:, used]
+
+
+def _resize_along_axis(img, weights, indices, axis):
+    """Apply the taps of `_resize_taps` along one axis of a numpy array or torch tensor (float).
+
+    The loop runs over the P taps only (6 when upscaling, 4 * s + 2 when shrinking by s); each step handles every
+    pixel at once. Summing tap by tap, in order, is also the order MATLAB sums in.
+    """
+    # Weights broadcast along the other axes: shape (1, ..., out_length, ..., 1).
+    shape = [1] * img.ndim
+    shape[axis] = -1
+    out = 0
+    for p in range(weights.shape[1]):
+        if isinstance(img, torch.Tensor):
+            tap = torch.index_select(img, axis, torch.from_numpy(indices[:, p]).to(img.device))
+            out = out + torch.from_numpy(weights[:, p]).to(device=img.device, dtype=img.dtype).view(shape) * tap
+        else:
+            out = out + weights[:, p].reshape(shape) * np.take(img, indices[:, p], axis=axis)
+    return out
 
 
 def _round_to_uint8(values):
@@ -607,13 +641,13 @@ def imresize(img, scale=None, output_size=None, antialiasing=True):
         height_axis, width_axis = 0, 1
     in_size = (img.shape[height_axis], img.shape[width_axis])
 
-    # Scale factor and output size of each axis. The small tolerance stops float error (1/3 * 321 = 107.00000000000001)
-    # from adding a row that MATLAB does not add.
+    # Scale factor and output size of each axis: ceil(scale * size), in double precision exactly as MATLAB computes it
+    # (so 1.1 * 50 = 55.00000000000001 gives 56 there and here).
     if (scale is None) == (output_size is None):
         raise ValueError("imresize needs exactly one of `scale` or `output_size`")
     if scale is not None:
         scales = (float(scale), float(scale))
-        out_size = tuple(int(math.ceil(s * n - 1e-9)) for s, n in zip(scales, in_size))
+        out_size = tuple(int(math.ceil(s * n)) for s, n in zip(scales, in_size))
     else:
         out_size = (int(output_size[0]), int(output_size[1]))
         scales = (out_size[0] / in_size[0], out_size[1] / in_size[1])
@@ -631,13 +665,8 @@ def imresize(img, scale=None, output_size=None, antialiasing=True):
     order = sorted(range(2), key=lambda k: scales[k])
     for k in order:
         axis = (height_axis, width_axis)[k]
-        matrix = _resize_matrix(in_size[k], out_size[k], scales[k], antialiasing)   # (out_len, in_len)
-        # tensordot puts the resized axis first, (out_len, ...); moving it back restores the layout.
-        if is_tensor:
-            matrix = torch.from_numpy(matrix).to(device=out.device, dtype=out.dtype)
-            out = torch.movedim(torch.tensordot(matrix, out, dims=([1], [axis])), 0, axis)
-        else:
-            out = np.moveaxis(np.tensordot(matrix, out, axes=(1, axis)), 0, axis)
+        weights, indices = _resize_taps(in_size[k], out_size[k], scales[k], antialiasing)   # (out_len, P) each
+        out = _resize_along_axis(out, weights, indices, axis)
         # MATLAB stores each pass's result in the input's class, so 8-bit input is rounded after every pass.
         if is_uint8:
             out = _round_to_uint8(out)
@@ -647,7 +676,8 @@ def imresize(img, scale=None, output_size=None, antialiasing=True):
     return out.astype(np.uint8) if is_uint8 else out.astype(img.dtype)
 
 
-# BT.601 luma weights for 8-bit RGB, as in MATLAB's rgb2ycbcr (Poynton): Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255.
+# BT.601 luma weights for 8-bit RGB, as in MATLAB's rgb2ycbcr (Poynton):
+# Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255.
 # The same numbers as RGB_WEIGHTS_Y above, kept here in float64 because MATLAB computes in double.
 _BT601_Y_WEIGHTS = np.array([65.481, 128.553, 24.966])
 

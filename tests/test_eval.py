@@ -1,0 +1,269 @@
+"""Tests of eval.py: the benchmark protocol end to end, its CLI, its table and JSON, and its errors.
+
+The acceptance test: bicubic with generated LR reproduces the published bicubic baselines (EDSR / RCAN tables)
+within 0.025 dB PSNR and 0.001 SSIM. Set5 and Set14 at x4 run in the default suite; all 9 set/scale pairs
+(BSD100 and x2 take minutes on 2 cores) are marked slow.
+"""
+import importlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skimage_data
+
+import utils
+
+eval_script = importlib.import_module("eval")  # eval.py (the module name shadows no import, only the builtin name)
+
+# The published bicubic baselines (the acceptance criterion; also in eval.PUBLISHED, checked here independently).
+BICUBIC_BASELINES = {
+    ("Set5", 4): (28.42, 0.8104), ("Set14", 4): (26.00, 0.7027), ("BSD100", 4): (25.96, 0.6675),
+    ("Set5", 3): (30.39, 0.8682), ("Set14", 3): (27.55, 0.7742), ("BSD100", 3): (27.21, 0.7385),
+    ("Set5", 2): (33.66, 0.9299), ("Set14", 2): (30.24, 0.8688), ("BSD100", 2): (29.56, 0.8431),
+}
+
+
+def write_list(folder, test_set, paths):
+    """Write `<folder>/<test_set>_test_images.json` as create_data_lists.py does: a JSON list of HR image paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{test_set}_test_images.json", "w") as f:
+        json.dump([str(p) for p in paths], f)
+
+
+@pytest.fixture(scope="module")
+def benchmark_lists(shared_data, tmp_path_factory):
+    """Data lists for the real Set5, Set14 and BSD100 HR images (the images stay in ../shared/data)."""
+    folder = tmp_path_factory.mktemp("lists")
+    for test_set in ("Set5", "Set14", "BSD100"):
+        write_list(folder, test_set, sorted((shared_data / test_set / "HR").glob("*.png")))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photo_lists(tmp_path_factory):
+    """A tiny test set of real photos (scikit-image's, saved as PNG), with no shared data needed."""
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for name in ("astronaut", "coffee"):
+        path = folder / f"{name}.png"
+        Image.fromarray(getattr(skimage_data, name)()[:150, :130]).save(path)
+        paths.append(path)
+    write_list(folder / "lists", "Photos", paths)
+    return folder / "lists"
+
+
+def run_main(argv):
+    """Run eval.py's main as the command line does: errors become one line on stderr and exit code 1."""
+    return utils.run_cli(lambda: eval_script.main(argv))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Acceptance: the published bicubic baselines
+# ------------------------------------------------------------------------------------------------------
+def check_bicubic_baselines(benchmark_lists, scale, test_sets, tmp_path):
+    json_path = tmp_path / f"bicubic_x{scale}.json"
+    eval_script.main(["--model", "bicubic", "--data_folder", str(benchmark_lists), "--scale", str(scale),
+                      "--test_sets", *test_sets, "--json", str(json_path)])
+    results = json.loads(json_path.read_text())["results"]
+    assert [r["test_set"] for r in results] == list(test_sets)
+    for r in results:
+        published_psnr, published_ssim = BICUBIC_BASELINES[(r["test_set"], scale)]
+        assert r["model"] == "bicubic" and r["scale"] == scale
+        assert r["n_images"] == {"Set5": 5, "Set14": 14, "BSD100": 100}[r["test_set"]]
+        assert abs(r["psnr"] - published_psnr) <= 0.025, r
+        assert abs(r["ssim"] - published_ssim) <= 0.001, r
+
+
+def test_bicubic_reproduces_published_baselines_set5_set14_x4(benchmark_lists, tmp_path):
+    check_bicubic_baselines(benchmark_lists, 4, ("Set5", "Set14"), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_bicubic_reproduces_published_baselines_all_sets(benchmark_lists, tmp_path, scale):
+    check_bicubic_baselines(benchmark_lists, scale, ("Set5", "Set14", "BSD100"), tmp_path)
+
+
+def test_provided_lr_gives_the_same_numbers_as_generated_on_set14(benchmark_lists, tmp_path):
+    """Set14's LR images were made by MATLAB; ours are pixel-identical, so both LR sources give the same numbers."""
+    results = {}
+    for lr_source in ("generated", "provided"):
+        results[lr_source] = eval_script.main(["--data_folder", str(benchmark_lists), "--test_sets", "Set14",
+                                               "--scale", "3", "--lr_source", lr_source])[0]
+    assert results["provided"]["psnr"] == pytest.approx(results["generated"]["psnr"], abs=1e-9)
+    assert results["provided"]["ssim"] == pytest.approx(results["generated"]["ssim"], abs=1e-9)
+
+
+def test_provided_lr_of_bsd100_x3_with_one_extra_row(shared_data, tmp_path):
+    """BSD100's x3 LR images are 160x107 (made from a 480x321 crop) while HR is 480x320: the 321-row output is
+    cropped top-left to the HR image cut to a multiple of 3 (318 rows), and measures like our generated LR."""
+    hr_paths = sorted((shared_data / "BSD100" / "HR").glob("*.png"))[:4]
+    write_list(tmp_path, "BSD100", hr_paths)
+    lr = np.asarray(Image.open(eval_script.provided_lr_path(hr_paths[0], 3)))
+    assert 107 in lr.shape[:2]  # the extra row really is there
+    provided = eval_script.main(["--data_folder", str(tmp_path), "--test_sets", "BSD100", "--scale", "3",
+                                 "--lr_source", "provided"])[0]
+    generated = eval_script.main(["--data_folder", str(tmp_path), "--test_sets", "BSD100", "--scale", "3"])[0]
+    assert provided["n_images"] == 4
+    assert provided["psnr"] == pytest.approx(generated["psnr"], abs=0.05)
+    assert provided["ssim"] == pytest.approx(generated["ssim"], abs=0.002)
+
+
+def test_greyscale_image_is_measured_on_its_own_values(shared_data, tmp_path):
+    """Set14's bridge.png is single-channel: LR and SR stay single-channel, measured on grey values."""
+    bridge = shared_data / "Set14" / "HR" / "bridge.png"
+    write_list(tmp_path, "Bridge", [bridge])
+    result = eval_script.main(["--data_folder", str(tmp_path), "--test_sets", "Bridge"])[0]
+    hr = np.asarray(Image.open(bridge))
+    assert hr.ndim == 2
+    sr = utils.imresize(utils.imresize(utils.modcrop_array(hr, 4), scale=1 / 4), scale=4)
+    assert result["psnr"] == pytest.approx(utils.calculate_psnr(sr, utils.modcrop_array(hr, 4), crop_border=4))
+
+
+# ------------------------------------------------------------------------------------------------------
+# CLI, table and JSON (no shared data needed)
+# ------------------------------------------------------------------------------------------------------
+def test_table_and_json(photo_lists, tmp_path, capsys):
+    json_path = tmp_path / "out" / "results.json"
+    results = eval_script.main(["--data_folder", str(photo_lists), "--test_sets", "Photos", "Missing",
+                                "--scale", "2", "--json", str(json_path)])
+    captured = capsys.readouterr()
+    saved = json.loads(json_path.read_text())
+    assert saved == {"results": results}
+    assert len(results) == 1
+    assert set(results[0]) == {"model", "test_set", "scale", "psnr", "ssim", "n_images"}
+    assert results[0]["model"] == "bicubic" and results[0]["test_set"] == "Photos"
+    assert results[0]["scale"] == 2 and results[0]["n_images"] == 2
+    assert 20 < results[0]["psnr"] < 45 and 0.5 < results[0]["ssim"] < 1
+    # The markdown table: header, separator, one row; no published figures for this set.
+    lines = captured.out.strip().splitlines()
+    assert lines[0].startswith("| Model (x2)") and "Photos PSNR / SSIM" in lines[0]
+    assert set(lines[1]) <= {"|", "-"}
+    assert lines[2].startswith("| bicubic") and f"{results[0]['psnr']:.2f} / {results[0]['ssim']:.4f}" in lines[2]
+    assert len(lines) == 3
+    # The missing set is skipped with a note, not an error.
+    assert "skipping Missing" in captured.err
+
+
+def test_table_shows_published_figures_and_differences():
+    results = [{"model": "bicubic", "test_set": "Set5", "scale": 4, "psnr": 28.43, "ssim": 0.8111, "n_images": 5}]
+    table = eval_script.markdown_table(results, ["bicubic"], ["Set5", "Set14"], 4, {"bicubic": "Bicubic"}, "standard")
+    cells = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.splitlines()]
+    assert cells[0] == ["Model (x4)", "Set5 PSNR / SSIM", "Set14 PSNR / SSIM"]
+    assert cells[2] == ["bicubic", "28.43 / 0.8111", "-"]
+    assert cells[3] == ["published: Bicubic", "28.42 / 0.8104", "26.00 / 0.7027"]
+    assert cells[4] == ["diff", "+0.010 / +0.0007", "-"]
+    assert len(cells) == 5
+    # The classic protocol is not comparable with papers: no published rows.
+    assert len(eval_script.markdown_table(results, ["bicubic"], ["Set5"], 4, {"bicubic": "Bicubic"},
+                                          "classic").splitlines()) == 3
+
+
+def test_classic_protocol_runs_and_is_labelled(photo_lists, capsys):
+    standard = eval_script.main(["--data_folder", str(photo_lists), "--test_sets", "Photos"])[0]
+    classic = eval_script.main(["--data_folder", str(photo_lists), "--test_sets", "Photos", "--protocol", "classic"])[0]
+    out = capsys.readouterr().out
+    assert "FOR COMPARISON ONLY" in out
+    assert abs(classic["psnr"] - standard["psnr"]) > 0.01
+
+
+def tiny_checkpoint(path, scaling_factor=4):
+    """A real (untrained) tiny SRResNet checkpoint, saved as train_srresnet.py saves them."""
+    import models
+    kwargs = dict(n_channels=8, n_blocks=1, scaling_factor=scaling_factor)
+    torch.manual_seed(0)
+    model = models.build_generator("srresnet", **kwargs)
+    utils.save_checkpoint({"kind": "srresnet", "generator_arch": "srresnet", "generator_kwargs": kwargs,
+                           "generator": model.state_dict(), "iteration": 0}, path)
+    return model
+
+
+def test_checkpoint_model_is_evaluated_with_its_formats(photo_lists, tmp_path, capsys):
+    """A generator runs on the LR image in its input format, its output is brought back to [0, 1], quantised to
+    8 bits and measured: the same numbers as doing those steps by hand."""
+    checkpoint = tmp_path / "tiny_srresnet.pth"
+    model = tiny_checkpoint(checkpoint).eval()
+    results = eval_script.main(["--model", "bicubic", str(checkpoint), "--data_folder", str(photo_lists),
+                                "--test_sets", "Photos"])
+    out = capsys.readouterr().out
+    assert [r["model"] for r in results] == ["bicubic", str(checkpoint)]
+    assert "published: SRResNet" not in out  # no published SRResNet figures for this set ...
+    # ... and the numbers, by hand.
+    hr_paths = json.loads((photo_lists / "Photos_test_images.json").read_text())
+    psnrs = []
+    for path in hr_paths:
+        hr = np.asarray(Image.open(path))
+        lr = utils.imresize(utils.modcrop_array(hr, 4), scale=1 / 4)
+        with torch.no_grad():
+            sr = model(torch.from_numpy(lr).permute(2, 0, 1).float().div(255).unsqueeze(0))   # [-1, 1] (tanh)
+        sr = ((sr[0].permute(1, 2, 0).double().numpy() + 1) / 2).clip(0, 1)
+        psnrs.append(utils.evaluate_pair(sr, hr, 4)[0])
+    assert results[1]["psnr"] == pytest.approx(np.mean(psnrs), abs=1e-4)
+
+
+def test_checkpoint_rows_get_published_figures_on_benchmark_sets(shared_data, tmp_path, capsys):
+    checkpoint = tmp_path / "tiny_srresnet.pth"
+    tiny_checkpoint(checkpoint)
+    write_list(tmp_path, "Set5", sorted((shared_data / "Set5" / "HR").glob("*.png"))[:1])
+    eval_script.main(["--model", str(checkpoint), "--data_folder", str(tmp_path), "--test_sets", "Set5"])
+    out = capsys.readouterr().out
+    assert "| published: SRResNet" in out and "32.05 / 0.9019" in out
+
+
+# ------------------------------------------------------------------------------------------------------
+# Errors a user can cause: one line on stderr, non-zero exit, nothing computed lost
+# ------------------------------------------------------------------------------------------------------
+def assert_one_line_error(capsys, excinfo, *words):
+    assert excinfo.value.code == 1
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1
+    for word in words:
+        assert word in err_lines[0]
+
+
+def test_missing_data_folder_or_lists(tmp_path, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        run_main(["--data_folder", str(tmp_path / "nowhere")])
+    assert_one_line_error(capsys, excinfo, "Data folder not found")
+    with pytest.raises(SystemExit) as excinfo:
+        run_main(["--data_folder", str(tmp_path)])  # exists, but holds no list
+    assert_one_line_error(capsys, excinfo, "No test list", "create_data_lists.py")
+
+
+def test_unreadable_image_keeps_results_of_finished_sets(photo_lists, tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png at all")
+    write_list(tmp_path, "Broken", [broken])
+    write_list(tmp_path, "Photos", json.loads((photo_lists / "Photos_test_images.json").read_text()))
+    json_path = tmp_path / "partial.json"
+    with pytest.raises(SystemExit) as excinfo:
+        run_main(["--data_folder", str(tmp_path), "--test_sets", "Photos", "Broken", "--json", str(json_path)])
+    captured_json = json.loads(json_path.read_text())
+    assert_one_line_error(capsys, excinfo, "broken.png")
+    assert [r["test_set"] for r in captured_json["results"]] == ["Photos"]
+
+
+def test_wrong_checkpoints(photo_lists, tmp_path, capsys):
+    not_a_checkpoint = tmp_path / "junk.pth"
+    not_a_checkpoint.write_bytes(b"junk")
+    with pytest.raises(SystemExit) as excinfo:
+        run_main(["--model", str(not_a_checkpoint), "--data_folder", str(photo_lists), "--test_sets", "Photos"])
+    assert_one_line_error(capsys, excinfo, "junk.pth")
+    with pytest.raises(SystemExit) as excinfo:
+        run_main(["--model", str(tmp_path / "missing.pth"), "--data_folder", str(photo_lists)])
+    assert_one_line_error(capsys, excinfo, "missing.pth")
+    # A x4 model asked to evaluate at x2.
+    checkpoint = tmp_path / "tiny_x4.pth"
+    tiny_checkpoint(checkpoint)
+    with pytest.raises(SystemExit) as excinfo:
+        run_main(["--model", str(checkpoint), "--data_folder", str(photo_lists), "--test_sets", "Photos",
+                  "--scale", "2"])
+    assert_one_line_error(capsys, excinfo, "x4", "--scale 4")
+
+
+def test_missing_provided_lr(photo_lists, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        run_main(["--data_folder", str(photo_lists), "--test_sets", "Photos", "--lr_source", "provided"])
+    assert_one_line_error(capsys, excinfo, "LR_bicubic", "--lr_source generated")
