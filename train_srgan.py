@@ -48,8 +48,7 @@ hyperparameters = dict(
     augment=False,  # random flips and 90-degree rotations of the crops
     lr_maker="pil",  # how LR crops are made from HR (degradation 'bicubic'): 'pil' or 'matlab'
     degradation="bicubic",  # 'bicubic' (LR = bicubic downscale) or 'realesrgan' (random blur, noise, resize, JPEG)
-    cutblur_prob=0.0,  # CutBlur probability (needs an x1 generator: train_srresnet.py --use_unshuffle true
-    # --unshuffle_scale 4; the generator then takes HR-sized inputs; 0: off)
+    cutblur_prob=0.0,  # CutBlur probability (needs an x1 generator: train_srresnet.py --use_unshuffle true --unshuffle_scale 4; 0: off)
     # Generator: its architecture and starting weights come from the pixel-loss network
     srresnet_checkpoint="checkpoint_srresnet.pth",  # checkpoint of train_srresnet.py to start the generator from
     # Discriminator
@@ -81,6 +80,9 @@ hyperparameters = dict(
     channels_last=True,  # NHWC memory layout, faster for convolutions with bf16 / fp16
     compile=False,  # torch.compile the networks (slow to start, faster per iteration on GPUs)
     workers=4,  # data-loading processes
+    image_cache_mb=2048,  # keep up to this many MB of decoded training images in memory (0: decode an image per crop)
+    sync_batch_norm=True,  # with several GPU processes, batch-norm statistics over the global batch (SyncBatchNorm)
+    fused_adam=True,  # Adam's update as one fused kernel per step (same math; the default is slow for NHWC weights)
     # Bookkeeping
     seed=0,  # random seed
     print_every=100,  # update the running losses shown on the progress bar every this many iterations
@@ -190,12 +192,11 @@ def main():
     generator.load_state_dict(generator_source["generator_ema" if not resumed and "generator_ema" in generator_source
                                                 else "generator"])
     generator = generator.to(device)
-    # With CutBlur the generator takes HR-sized inputs, so it must not upscale (x1).
-    expected_scale = 1 if hp.cutblur_prob > 0 else hp.scaling_factor
-    if generator.scaling_factor != expected_scale:
-        raise ValueError(f"The generator from {hp.srresnet_checkpoint} upscales x{generator.scaling_factor}, but "
-                         f"x{expected_scale} is needed (scaling_factor {hp.scaling_factor}, cutblur_prob "
-                         f"{hp.cutblur_prob}).")
+    # With CutBlur the generator takes HR-sized inputs, so it must not upscale (an x1 pixel-unshuffle model).
+    if hp.scaling_factor % generator.scaling_factor != 0 or (hp.cutblur_prob > 0 and generator.scaling_factor != 1):
+        raise ValueError(f"The generator from {hp.srresnet_checkpoint} upscales x{generator.scaling_factor}, which "
+                         f"does not fit scaling_factor {hp.scaling_factor}"
+                         + (" with CutBlur (it needs an x1 model)." if hp.cutblur_prob > 0 else "."))
 
     discriminator, discriminator_kwargs = build_discriminator(hp)
     discriminator = discriminator.to(device)
@@ -206,8 +207,9 @@ def main():
         generator, discriminator, vgg = (m.to(memory_format=torch.channels_last)
                                          for m in (generator, discriminator, vgg))
 
-    optimizer_g = torch.optim.Adam(generator.parameters(), lr=hp.lr)
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=hp.lr)
+    # fused: one kernel per step updates every weight (see train_srresnet.py).
+    optimizer_g = torch.optim.Adam(generator.parameters(), lr=hp.lr, fused=hp.fused_adam or None)
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=hp.lr, fused=hp.fused_adam or None)
     scheduler_g = torch.optim.lr_scheduler.MultiStepLR(optimizer_g, hp.lr_milestones, hp.lr_gamma)
     scheduler_d = torch.optim.lr_scheduler.MultiStepLR(optimizer_d, hp.lr_milestones, hp.lr_gamma)
     ema = utils.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
@@ -232,6 +234,9 @@ def main():
     # Wrappers for several processes / speed; checkpoints are written from the plain modules.
     generator_model, discriminator_model = generator, discriminator
     if world_size > 1:
+        if hp.sync_batch_norm and device.type == "cuda":  # batch-norm statistics of the global batch (see train_srresnet)
+            nn.SyncBatchNorm.convert_sync_batchnorm(generator)  # swaps the layers in place, keeping the parameters
+            nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
         device_ids = [device.index] if device.type == "cuda" else None
         generator_model = nn.parallel.DistributedDataParallel(generator, device_ids=device_ids)
         discriminator_model = nn.parallel.DistributedDataParallel(discriminator, device_ids=device_ids)
@@ -272,8 +277,9 @@ def main():
     stop = utils.GracefulExit()
     generator.train()
     discriminator.train()
-    running = dict(content=0.0, pixel=0.0, adversarial=0.0, discriminator=0.0)
-    running_count, start_time = 0, time.time()
+    # Running sums of the losses, kept on the device and read only when printed (see train_srresnet.py).
+    running = dict.fromkeys(("content", "pixel", "adversarial", "discriminator"), torch.zeros((), device=device))
+    running_count, start_time, last_checked = 0, time.time(), start_iteration
     progress = tqdm(range(start_iteration, hp.iterations), initial=start_iteration, total=hp.iterations,
                     disable=not is_main_process, desc=f"train_srgan ({hp.recipe})")
     for iteration in progress:
@@ -296,6 +302,8 @@ def main():
         if hp.cutblur_prob > 0:
             cutblur_generator = torch.Generator(device).manual_seed(hp.seed * 1_000_003 + iteration * 1009 + rank + 1)
             lr_imgs, _ = datasets.cutblur(lr_imgs, hr_imgs, hp.scaling_factor, cutblur_generator, prob=hp.cutblur_prob)
+        else:  # an x2 / x1 pixel-unshuffle generator takes the LR nearest-upscaled to its input size
+            lr_imgs = utils.match_generator_input(lr_imgs, generator, hp.scaling_factor)
 
         # ---- Generator step: content + pixel + adversarial loss. ----
         # The discriminator's weights get no gradients here (saves time; its optimiser would ignore them anyway).
@@ -315,7 +323,6 @@ def main():
             adversarial_loss = adversarial_losses(real_logits, fake_logits.float(), hp.gan_type, for_generator=True)
             generator_loss = (hp.perceptual_loss_weight * content_loss + hp.pixel_loss_weight * pixel_loss
                               + hp.adversarial_loss_weight * adversarial_loss)
-        utils.check_finite(generator_loss, iteration, checkpoint_path)
         optimizer_g.zero_grad(set_to_none=True)
         grad_scaler_g.scale(generator_loss).backward()
         grad_scaler_g.step(optimizer_g)
@@ -332,7 +339,6 @@ def main():
             fake_logits = discriminator_model(sr_imgs.detach())
             discriminator_loss = adversarial_losses(real_logits.float(), fake_logits.float(), hp.gan_type,
                                                     for_generator=False)
-        utils.check_finite(discriminator_loss, iteration, checkpoint_path)
         optimizer_d.zero_grad(set_to_none=True)
         grad_scaler_d.scale(discriminator_loss).backward()
         grad_scaler_d.step(optimizer_d)
@@ -342,16 +348,25 @@ def main():
 
         for name, value in (("content", content_loss), ("pixel", pixel_loss), ("adversarial", adversarial_loss),
                             ("discriminator", discriminator_loss)):
-            running[name] += value.item()
+            running[name] = running[name] + value.detach().float()
         running_count += 1
-        if is_main_process and ((iteration + 1) % hp.print_every == 0 or iteration + 1 == hp.iterations):
-            progress.set_postfix({**{name: f"{total / running_count:.4f}" for name, total in running.items()},
-                                  "it_per_s": f"{running_count / (time.time() - start_time):.2f}"})
-            running = dict.fromkeys(running, 0.0)
+        stop_now = stop.should_stop()  # Ctrl+C / SIGTERM in any process: save and leave, all together
+        print_now = (iteration + 1) % hp.print_every == 0 or iteration + 1 == hp.iterations
+        save_now = (iteration + 1) % hp.checkpoint_every == 0 or iteration + 1 == hp.iterations or stop_now
+        if print_now or save_now:
+            # One NaN / inf loss makes its sum NaN / inf: stop before a checkpoint overwrites the last good one.
+            utils.check_finite(sum(running.values()), iteration + 1, checkpoint_path, since_iteration=last_checked)
+            last_checked = iteration + 1
+        if print_now:
+            if is_main_process:
+                progress.set_postfix({**{name: f"{total.item() / running_count:.4f}"
+                                         for name, total in running.items()},
+                                      "it_per_s": f"{running_count / (time.time() - start_time):.2f}"})
+            running = dict.fromkeys(running, torch.zeros((), device=device))
             running_count, start_time = 0, time.time()
-        if (iteration + 1) % hp.checkpoint_every == 0 or iteration + 1 == hp.iterations or stop.requested:
+        if save_now:
             save(iteration + 1)
-        if stop.requested:
+        if stop_now:
             break
     progress.close()
     if is_main_process:

@@ -274,6 +274,53 @@ def load_generator(path, device="cpu"):
     return model.to(device).eval(), description
 
 
+def match_generator_input(lr_imgs, generator, scaling_factor):
+    """
+    Give a generator the input size it expects.
+
+    Most generators upscale by the data's scaling_factor and take the LR image as it is. A pixel-unshuffle model
+    that upscales less (e.g. an x1 model with an x4 body, as CutBlur needs) takes the LR image enlarged by
+    scaling_factor / generator.scaling_factor with nearest-neighbour interpolation, which adds no information.
+
+    :param lr_imgs: (N, 3, h, w) LR images, any range
+    :return: (N, 3, h * k, w * k) with k = scaling_factor / generator.scaling_factor
+    """
+    if scaling_factor % generator.scaling_factor != 0:
+        raise ValueError(f"The generator upscales x{generator.scaling_factor}, which does not divide the scaling "
+                         f"factor {scaling_factor}.")
+    factor = scaling_factor // generator.scaling_factor
+    if factor == 1:
+        return lr_imgs
+    return torch.nn.functional.interpolate(lr_imgs, scale_factor=factor, mode="nearest")
+
+
+def load_interpolated_generator(psnr_path, gan_path, alpha, device="cpu", skip_mismatched=False):
+    """
+    ESRGAN's network interpolation: one generator whose every weight is (1 - alpha) * PSNR + alpha * GAN.
+
+    alpha = 0 gives the smooth PSNR-oriented network (train_srresnet.py), alpha = 1 the sharp GAN one
+    (train_srgan.py, which started from it); values in between trade fidelity for realism without retraining.
+    Layers whose shapes differ (e.g. the first convolution of a pixel-unshuffle variant) raise an error, or, with
+    skip_mismatched, keep the PSNR network's weights and are named in the description.
+
+    :return: (model in eval mode on `device`, a one-line description)
+    """
+    import models
+
+    psnr_model, _ = load_generator(psnr_path)
+    gan_model, _ = load_generator(gan_path)
+    if type(psnr_model) is not type(gan_model):
+        raise ValueError(f"Cannot interpolate a {type(psnr_model).__name__} ({psnr_path}) with a "
+                         f"{type(gan_model).__name__} ({gan_path}): the two networks must share an architecture.")
+    state_dict, skipped = models.interpolate_state_dicts(psnr_model.state_dict(), gan_model.state_dict(), alpha,
+                                                         skip_mismatched=skip_mismatched)
+    psnr_model.load_state_dict(state_dict)
+    description = f"interpolation {1 - alpha:g} x {psnr_path} + {alpha:g} x {gan_path}"
+    if skipped:
+        description += f" (kept from {psnr_path}: {', '.join(skipped)})"
+    return psnr_model.to(device).eval(), description
+
+
 # ------------------------------------------------------------------------------------------------------
 # Reproducibility
 # ------------------------------------------------------------------------------------------------------

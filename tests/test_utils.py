@@ -235,3 +235,55 @@ def test_parse_hyperparameters_types_and_comments(tmp_path):
         "--arch", "rrdb"])
     assert vars(hp) == dict(lr=2e-4, n_blocks=4, augment=True, milestones=[5], checkpoint="a.pth", arch="rrdb")
     assert utils.parse_hyperparameters(defaults, "doc", script, argv=["--milestones"]).milestones == []
+
+
+# ------------------------------------------------------------------------------------------------------
+# Loading generators for inference (our checkpoints, official files, interpolation)
+# ------------------------------------------------------------------------------------------------------
+def _save_generator_checkpoint(path, arch, kwargs, seed, kind="srresnet", ema=False):
+    import models
+
+    torch.manual_seed(seed)
+    model = models.build_generator(arch, **kwargs)
+    state = dict(kind=kind, generator_arch=arch, generator_kwargs=kwargs, generator=model.state_dict(), iteration=3)
+    if ema:  # EMA weights differ from the raw ones: load_generator must prefer them
+        torch.manual_seed(seed + 100)
+        state["generator_ema"] = models.build_generator(arch, **kwargs).state_dict()
+    utils.save_checkpoint(state, path)
+    return state
+
+
+def test_load_generator_prefers_ema_and_reads_official_files(tmp_path):
+    import models
+
+    kwargs = dict(num_feat=8, num_block=1, num_grow_ch=4, scale=4)
+    state = _save_generator_checkpoint(tmp_path / "ours.pth", "rrdb", kwargs, seed=0, ema=True)
+    model, description = utils.load_generator(tmp_path / "ours.pth")
+    assert isinstance(model, models.RRDBNet) and not model.training and "generator_ema" in description
+    assert torch.equal(model.state_dict()["conv_first.weight"], state["generator_ema"]["conv_first.weight"])
+    # The same weights as a Real-ESRGAN file ('params_ema') load to the same network.
+    torch.save({"params_ema": state["generator_ema"]}, tmp_path / "official.pth")
+    official, _ = utils.load_generator(tmp_path / "official.pth")
+    lr_imgs = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(official(lr_imgs), model(lr_imgs))
+    torch.save({"something": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="no generator this project recognises"):
+        utils.load_generator(tmp_path / "other.pth")
+
+
+def test_network_interpolation(tmp_path):
+    kwargs = dict(n_channels=8, n_blocks=1, scaling_factor=2)
+    psnr = _save_generator_checkpoint(tmp_path / "psnr.pth", "srresnet", kwargs, seed=1)["generator"]
+    gan = _save_generator_checkpoint(tmp_path / "gan.pth", "srresnet", kwargs, seed=2, kind="srgan")["generator"]
+    model, description = utils.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "gan.pth", 0.25)
+    name = "conv_block1.conv.weight" if "conv_block1.conv.weight" in psnr else next(iter(psnr))
+    torch.testing.assert_close(model.state_dict()[name], 0.75 * psnr[name] + 0.25 * gan[name])
+    # A pixel-unshuffle variant differs in its first convolution only: skipped (and named) on request.
+    _save_generator_checkpoint(tmp_path / "unshuffle.pth", "srresnet", {**kwargs, "scaling_factor": 4,
+                                                                          "use_unshuffle": True}, seed=3)
+    with pytest.raises(ValueError, match="different shapes"):
+        utils.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "unshuffle.pth", 0.5)
+    model, description = utils.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "unshuffle.pth", 0.5,
+                                                           skip_mismatched=True)
+    assert "kept from" in description and model.scaling_factor == 2

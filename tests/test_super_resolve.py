@@ -1,0 +1,375 @@
+"""Tests for super_resolve.py: tiled inference, real input files, the command line and the comparison grid.
+
+Models used here are tiny so the whole file runs in well under a minute on 2 CPU cores:
+  * TinyNet: three 3x3 convolutions + pixel shuffle, receptive-field radius exactly 3 LR pixels, for exactness;
+  * NearestNet: nearest-neighbour upscaling with a '[-1, 1]' output, whose result we know exactly, for the file
+    round trips (every pixel of the output can be checked, not just the size and mode);
+  * small RRDBNet / SRResNet from models.py (random weights) for the PSNR check, the CLI and the grid.
+"""
+import subprocess
+import sys
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from skimage import data
+from torch import nn
+
+import models
+import super_resolve
+import utils
+
+
+class TinyNet(nn.Module):
+    """conv3x3 - relu - conv3x3 - relu - conv3x3 (3 * s^2 channels) - pixel shuffle: receptive-field radius 3 LR px.
+
+    Each 3x3 convolution widens the region an output pixel depends on by one pixel on each side, and the pixel
+    shuffle only rearranges channels of one LR pixel, so an output pixel depends on LR pixels at most 3 away."""
+
+    input_format = "[0, 1]"
+    output_format = "[0, 1]"
+    receptive_field_radius = 3
+
+    def __init__(self, scaling_factor=2):
+        super().__init__()
+        self.scaling_factor = scaling_factor
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, 3 * scaling_factor ** 2, 3, padding=1),
+                                  nn.PixelShuffle(scaling_factor))
+
+    def forward(self, x):
+        return torch.sigmoid(self.body(x))
+
+
+class NearestNet(nn.Module):
+    """Nearest-neighbour x s upscaling, giving [-1, 1] like SRResNet: the exact output is known for any input."""
+
+    input_format = "[0, 1]"
+    output_format = "[-1, 1]"
+
+    def __init__(self, scaling_factor=2):
+        super().__init__()
+        self.scaling_factor = scaling_factor
+        self.unused = nn.Parameter(torch.zeros(()))  # upscale() reads device and dtype from the parameters
+
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=self.scaling_factor, mode="nearest") * 2 - 1
+
+
+def photo_01(height, width, dtype=torch.float32):
+    """A crop of a real photo (scikit-image's astronaut), (1, 3, height, width) in [0, 1]."""
+    pixels = data.astronaut()[:height, :width]
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None].to(dtype) / 255
+
+
+def nearest_upscale(array, scale):
+    """The expected output of NearestNet for an (H, W) or (H, W, C) array, computed with numpy."""
+    return array.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Tiled inference
+# ------------------------------------------------------------------------------------------------------
+
+def test_tiled_equals_untiled_when_pad_covers_receptive_field():
+    # float64, so that the only possible difference between the runs is the summation order of the convolutions
+    # (different input sizes can make the CPU kernels block the sums differently): that is ~1e-16, while any
+    # missing context shows up as ~1e-2. A 1e-12 tolerance therefore separates the two cases without ambiguity.
+    torch.manual_seed(0)
+    model = TinyNet(scaling_factor=2).double().eval()
+    lr_img = photo_01(37, 53, torch.float64)  # sides not multiples of the tile: ragged last tiles
+    with torch.no_grad():
+        reference = model(lr_img)  # independent reference: the network on the whole image, no tiling code
+    radius = TinyNet.receptive_field_radius
+    for tile in (12, 20):
+        tiled = super_resolve.upscale(model, lr_img, tile=tile, tile_pad=radius)
+        assert tiled.shape == (1, 3, 74, 106) and tiled.dtype == torch.float64
+        assert (tiled - reference).abs().max() < 1e-12, f"tile {tile}"
+    # And the test can fail: one pixel of context too few leaves visible seams.
+    too_little = super_resolve.upscale(model, lr_img, tile=16, tile_pad=radius - 1)
+    assert (too_little - reference).abs().max() > 1e-4
+
+
+def test_tiled_equals_untiled_for_pixel_unshuffle_rrdbnet():
+    # x2 RRDBNet folds 2x2 pixel blocks into channels: tiles must start on even pixels, which upscale() ensures
+    # even for an odd tile size and odd image sides (reflect-padded inside the model). Receptive field: 1 RRDB =
+    # 15 convs + conv_first + conv_body = 17 unshuffled pixels, plus < 1 for the 4 convs after the upsampling,
+    # i.e. 18 unshuffled = 36 LR pixels, +1 for the 2x2 block alignment: 40 covers it.
+    torch.manual_seed(0)
+    model = models.RRDBNet(scale=2, num_feat=8, num_block=1, num_grow_ch=4).double().eval()
+    lr_img = photo_01(51, 69, torch.float64)
+    with torch.no_grad():
+        reference = model(lr_img)
+    tiled = super_resolve.upscale(model, lr_img, tile=31, tile_pad=40)  # tile rounded up to 32: 2 x 3 tiles
+    assert tiled.shape == reference.shape == (1, 3, 102, 138)
+    assert (tiled - reference.clamp(0, 1)).abs().max() < 1e-12
+
+
+def test_default_tiling_psnr_on_real_photo():
+    # With the default tile settings the image must really be split, so use an LR photo larger than one tile.
+    torch.manual_seed(0)
+    model = models.RRDBNet(scale=4, num_feat=8, num_block=2, num_grow_ch=4).eval()
+    lr_img = photo_01(super_resolve.DEFAULT_TILE + 40, super_resolve.DEFAULT_TILE + 24)  # 2 x 2 tiles
+    untiled = super_resolve.upscale(model, lr_img, tile=0)
+    tiled = super_resolve.upscale(model, lr_img)  # default tile and tile_pad
+    assert tiled.shape == untiled.shape == (1, 3, 4 * lr_img.shape[2], 4 * lr_img.shape[3])
+    mse = torch.mean((tiled.double() - untiled.double()) ** 2).item()
+    psnr = 10 * np.log10(1 / mse) if mse > 0 else float("inf")
+    assert psnr >= 45, f"PSNR(tiled, untiled) = {psnr:.2f} dB"
+
+
+def test_precision_modes_on_cpu():
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    lr_img = photo_01(24, 24)
+    fp32 = super_resolve.upscale(model, lr_img, tile=0)
+    bf16 = super_resolve.upscale(model, lr_img, tile=0, precision="bf16")
+    assert bf16.dtype == torch.float32 and 0 < (bf16 - fp32).abs().max() < 0.02  # bf16 ran, and is close
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        super_resolve.upscale(model, lr_img, precision="fp16")
+
+
+def test_upscale_rejects_bad_arguments():
+    model = TinyNet().eval()
+    with pytest.raises(ValueError, match=r"\(1, C, H, W\)"):
+        super_resolve.upscale(model, photo_01(8, 8)[0])
+    with pytest.raises(ValueError, match="tile"):
+        super_resolve.upscale(model, photo_01(8, 8), tile=-1)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Real input files: each kind round-trips with the right mode, size and pixels
+# ------------------------------------------------------------------------------------------------------
+
+def round_trip(path, scale=2):
+    """read -> NearestNet -> PIL image, as the command line does."""
+    return super_resolve.upscale_image(NearestNet(scale).eval(), super_resolve.read_image(path), tile=5, tile_pad=2)
+
+
+def random_pixels(shape, seed=0, high=256, dtype=np.uint8):
+    return np.random.default_rng(seed).integers(0, high, size=shape).astype(dtype)
+
+
+def test_rgb_png_round_trip(tmp_path):
+    pixels = random_pixels((9, 13, 3))
+    Image.fromarray(pixels).save(tmp_path / "rgb.png")
+    out = round_trip(tmp_path / "rgb.png")
+    assert out.mode == "RGB" and out.size == (26, 18)
+    np.testing.assert_array_equal(np.asarray(out), nearest_upscale(pixels, 2))
+
+
+def test_exif_rotated_jpeg_is_upright(tmp_path):
+    # A phone photo: pixels stored landscape (16 wide, 8 high) with EXIF orientation 6 ("rotate 90 clockwise").
+    pixels = np.zeros((8, 16, 3), np.uint8)
+    pixels[:, :8] = (255, 0, 0)  # left half red (stored)
+    pixels[:, 8:] = (0, 0, 255)  # right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    out = np.asarray(round_trip(tmp_path / "phone.jpg"))
+    assert out.shape == (32, 16, 3)  # upright: 8 wide, 16 high, x2
+    # Rotating 90 degrees clockwise puts the stored left (red) half on top.
+    assert out[2, 8, 0] > 200 and out[2, 8, 2] < 60
+    assert out[29, 8, 2] > 200 and out[29, 8, 0] < 60
+
+
+def test_greyscale_round_trip(tmp_path):
+    pixels = random_pixels((7, 11))
+    Image.fromarray(pixels).save(tmp_path / "grey.png")
+    out = round_trip(tmp_path / "grey.png", scale=4)
+    assert out.mode == "L" and out.size == (44, 28)
+    np.testing.assert_array_equal(np.asarray(out), nearest_upscale(pixels, 4))
+
+
+def test_bilevel_image_becomes_greyscale(tmp_path):
+    Image.fromarray(random_pixels((6, 6), high=2).astype(bool)).save(tmp_path / "bw.png")
+    out = round_trip(tmp_path / "bw.png")
+    assert out.mode == "L" and out.size == (12, 12) and set(np.unique(np.asarray(out))) <= {0, 255}
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_is_upscaled_separately(tmp_path, mode):
+    channels = 4 if mode == "RGBA" else 2
+    pixels = random_pixels((10, 12, channels))
+    pixels[..., -1] = 0
+    pixels[:, 6:, -1] = 255  # alpha: transparent left half, opaque right half (a hard edge)
+    Image.fromarray(pixels, mode).save(tmp_path / "alpha.png")
+    out = round_trip(tmp_path / "alpha.png")
+    assert out.mode == mode and out.size == (24, 20)
+    out = np.asarray(out)
+    # The colour went through the network (NearestNet: exact); alpha through bicubic: flat parts stay exact.
+    np.testing.assert_array_equal(out[..., :-1], nearest_upscale(pixels[..., :-1], 2))
+    assert (out[:, :9, -1] == 0).all() and (out[:, 15:, -1] == 255).all()
+    assert 0 < out[5, 12, -1] < 255  # the edge is interpolated, not copied
+
+
+def test_palette_images(tmp_path):
+    pixels = random_pixels((8, 8), high=3) + 1  # palette indices 1..3
+    pixels[:, :4] = 0  # index 0 on the left half
+    palette = [0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * (256 * 3 - 12)
+    opaque = Image.fromarray(pixels, "L").convert("P")
+    opaque.putpalette(palette)
+    opaque.save(tmp_path / "palette.png")
+    out = round_trip(tmp_path / "palette.png")
+    assert out.mode == "RGB" and out.size == (16, 16)
+    colours = np.asarray(opaque.convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(out), nearest_upscale(colours, 2))
+
+    opaque.save(tmp_path / "palette_transparent.png", transparency=0)  # palette index 0 is transparent
+    out = round_trip(tmp_path / "palette_transparent.png")
+    assert out.mode == "RGBA" and out.size == (16, 16)
+    out = np.asarray(out)
+    np.testing.assert_array_equal(out[..., :3], nearest_upscale(colours, 2))
+    assert (out[:, :6, 3] == 0).all() and (out[:, 10:, 3] == 255).all()  # transparent left, opaque right
+
+
+def test_16bit_greyscale_png_keeps_16_bits(tmp_path):
+    pixels = random_pixels((6, 9), high=65536, dtype=np.uint16)
+    pixels[0, 0], pixels[0, 1] = 1, 65535  # levels an 8-bit path could never reproduce / the extremes
+    Image.fromarray(pixels).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+    out = round_trip(tmp_path / "grey16.png")
+    out.save(tmp_path / "out16.png")
+    reread = Image.open(tmp_path / "out16.png")
+    assert reread.mode == "I;16" and reread.size == (18, 12)
+    np.testing.assert_array_equal(np.asarray(reread), nearest_upscale(pixels, 2))
+
+
+def _write_16bit_rgb_png(path, pixels):
+    """A minimal 16-bit RGB PNG writer (Pillow cannot write one): signature, IHDR, one IDAT, IEND."""
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))  # filter 0 per row
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_16bit_rgb_png_is_upscaled_at_8_bits_with_a_warning(tmp_path):
+    pixels = random_pixels((5, 7, 3), high=65536, dtype=np.uint16)
+    _write_16bit_rgb_png(tmp_path / "rgb16.png", pixels)
+    with pytest.warns(UserWarning, match="16-bit"):
+        out = round_trip(tmp_path / "rgb16.png")
+    assert out.mode == "RGB" and out.size == (14, 10)
+    np.testing.assert_array_equal(np.asarray(out), nearest_upscale((pixels >> 8).astype(np.uint8), 2))
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    Image.fromarray(random_pixels((8, 10, 3))).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    assert Image.open(tmp_path / "cmyk.jpg").mode == "CMYK"
+    out = round_trip(tmp_path / "cmyk.jpg")
+    assert out.mode == "RGB" and out.size == (20, 16)
+    expected = np.asarray(Image.open(tmp_path / "cmyk.jpg").convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(out), nearest_upscale(expected, 2))
+
+
+def test_float_images_are_refused(tmp_path):
+    Image.fromarray(np.ones((4, 4), np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(ValueError, match="floating-point"):
+        super_resolve.read_image(tmp_path / "float.tiff")
+
+
+def test_outputs_are_rounded_not_truncated():
+    levels = torch.tensor([0.0, 100.6, 100.4, 254.5, 255.0]) / 255  # 254.5 rounds half to even: 254
+    out = super_resolve.to_pil(levels.reshape(1, 1, 5))
+    assert np.asarray(out).tolist() == [[0, 101, 100, 254, 255]]
+    out16 = super_resolve.to_pil((torch.tensor([1000.7]) / 65535).reshape(1, 1, 1), bits=16)
+    assert out16.mode == "I;16" and np.asarray(out16).tolist() == [[1001]]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Command line and grid
+# ------------------------------------------------------------------------------------------------------
+
+def save_tiny_checkpoint(path, arch, **kwargs):
+    torch.manual_seed(0)
+    generator = models.build_generator(arch, **kwargs)
+    utils.save_checkpoint({"kind": "srgan", "generator_arch": arch, "generator_kwargs": kwargs,
+                           "generator": generator.state_dict(), "iteration": 1}, path)
+    return path
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "super_resolve.py", *map(str, args), "--no_progress"],
+                          cwd=Path(super_resolve.__file__).parent, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_rrdb(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "rrdb.pth", "rrdb",
+                                num_feat=8, num_block=1, num_grow_ch=4)
+
+
+def test_cli_folder_and_bad_inputs(tmp_path, tiny_rrdb):
+    Image.fromarray(random_pixels((12, 10, 3))).save(tmp_path / "a.png")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(random_pixels((9, 11, 4)), "RGBA").save(folder / "b.png")
+    (folder / "notes.txt").write_text("not an image")  # inside a folder: skipped with a warning
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"this is not a png")  # given explicitly: a failure
+    out_folder = tmp_path / "out"
+    out_folder.mkdir()
+    (out_folder / "broken_x4.png").write_bytes(b"an output from an earlier run")
+
+    # Order: a good file, a broken one, a folder (processed after the failure), a missing file.
+    result = run_cli(tmp_path / "a.png", bad, folder, tmp_path / "missing.png", "--model", tiny_rrdb,
+                     "--output_folder", out_folder, "--tile", 4, "--tile_pad", 2)
+    assert result.returncode == 1
+    assert "skipping" in result.stderr and "notes.txt" in result.stderr
+    assert "broken.png" in result.stderr and "missing.png" in result.stderr
+    assert "2 of 4 input(s) failed" in result.stderr
+    assert "Traceback" not in result.stderr
+    # Good inputs were written with the right size and mode; nothing else was touched or left behind.
+    with Image.open(out_folder / "a_x4.png") as a, Image.open(out_folder / "b_x4.png") as b:
+        assert (a.mode, a.size, b.mode, b.size) == ("RGB", (40, 48), "RGBA", (44, 36))
+    assert (out_folder / "broken_x4.png").read_bytes() == b"an output from an earlier run"
+    assert sorted(p.name for p in out_folder.iterdir()) == ["a_x4.png", "b_x4.png", "broken_x4.png"]
+
+    # The CLI's output is exactly what upscale() gives in-process (tiling included).
+    model, _ = utils.load_generator(tiny_rrdb)
+    expected = super_resolve.upscale(model, photo_from_file(tmp_path / "a.png"), tile=4, tile_pad=2)
+    np.testing.assert_array_equal(np.asarray(Image.open(out_folder / "a_x4.png")),
+                                  np.asarray(utils.convert_image(expected[0], "[0, 1]", "pil")))
+
+
+def photo_from_file(path):
+    return utils.convert_image(Image.open(path).convert("RGB"), "pil", "[0, 1]")[None]
+
+
+def test_cli_model_errors(tmp_path, tiny_rrdb, capsys):
+    # In-process (main() returns the exit status) to save the seconds a new Python + torch costs per call.
+    Image.fromarray(random_pixels((8, 8, 3))).save(tmp_path / "a.png")
+    common = [str(tmp_path / "a.png"), "--no_progress", "--output_folder", str(tmp_path / "out")]
+    assert super_resolve.main(common + ["--model", str(tmp_path / "nope.pth")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error:") and "nope.pth" in error and "Traceback" not in error
+    assert super_resolve.main(common + ["--model", str(tiny_rrdb), "--scale", "2"]) == 1
+    assert "x4, not x2" in capsys.readouterr().err
+    assert super_resolve.main(common + ["--model", str(tiny_rrdb), "--precision", "fp16", "--device", "cpu"]) == 1
+    assert "CUDA" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written when the model cannot run
+
+
+def test_comparison_grid(tmp_path, tiny_rrdb):
+    srresnet = save_tiny_checkpoint(tmp_path / "srresnet.pth", "srresnet", n_channels=8, n_blocks=1)
+    hr = np.asarray(Image.fromarray(data.astronaut()).resize((66, 50)))  # not a multiple of 4: mod-cropped
+    Image.fromarray(hr).save(tmp_path / "hr.png")
+    assert super_resolve.main(["--grid", str(tmp_path / "hr.png"), "--model", str(srresnet), str(tiny_rrdb),
+                               "--output_folder", str(tmp_path), "--no_progress"]) == 0
+    grid = np.asarray(Image.open(tmp_path / "hr_grid_x4.png"))
+    # Four 64x48 panels side by side under a label strip; the first panel is the (mod-cropped) HR image.
+    label_height = grid.shape[0] - 48
+    assert label_height > 0 and grid.shape[1] >= 4 * 64 and grid.shape[2] == 3
+    np.testing.assert_array_equal(grid[label_height:, :64], hr[:48, :64])
+    assert (grid[:label_height] < 128).any()  # some label text was drawn
+
+    # Models of different scales cannot share a grid.
+    x2 = models.RRDBNet(scale=2, num_feat=8, num_block=1, num_grow_ch=4).eval()
+    with pytest.raises(ValueError, match="one scale"):
+        super_resolve.comparison_grid(Image.fromarray(hr), [(x2, "x2"), (TinyNet(4).eval(), "x4")])
