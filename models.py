@@ -244,7 +244,7 @@ class Discriminator(nn.Module):
     Dense(1024) - LeakyReLU - Dense(1).
 
     Output: (N,) raw logits -- no sigmoid here; use nn.BCEWithLogitsLoss, which fuses the sigmoid into the loss in
-    a numerically stable way. Input range: whatever the generator produces ([-1, 1] for SRResNet).
+    a numerically stable way. Input range: train_srgan.py feeds HR and SR images in [0, 1].
     """
 
     def __init__(self, kernel_size=3, n_channels=64, n_blocks=8, fc_size=1024):

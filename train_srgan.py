@@ -213,18 +213,12 @@ def main():
     scheduler_g = torch.optim.lr_scheduler.MultiStepLR(optimizer_g, hp.lr_milestones, hp.lr_gamma)
     scheduler_d = torch.optim.lr_scheduler.MultiStepLR(optimizer_d, hp.lr_milestones, hp.lr_gamma)
     ema = utils.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
+    # Everything a checkpoint holds to continue exactly where it stopped.
+    stateful = dict(generator=generator, discriminator=discriminator, optimizer_g=optimizer_g,
+                    optimizer_d=optimizer_d, scheduler_g=scheduler_g, scheduler_d=scheduler_d, generator_ema=ema)
     start_iteration = 0
     if resumed:
-        discriminator.load_state_dict(resumed["discriminator"])
-        optimizer_g.load_state_dict(resumed["optimizer_g"])
-        optimizer_d.load_state_dict(resumed["optimizer_d"])
-        scheduler_g.load_state_dict(resumed["scheduler_g"])
-        scheduler_d.load_state_dict(resumed["scheduler_d"])
-        if ema is not None and "generator_ema" in resumed:
-            ema.load_state_dict(resumed["generator_ema"])
-        utils.set_rng_state(resumed["rng_state"])
-        utils.warn_changed_hyperparameters(resumed["hyperparameters"], vars(hp))
-        start_iteration = resumed["iteration"]
+        start_iteration = utils.resume_training(resumed, stateful, hp)
     if is_main_process:
         print(f"recipe {hp.recipe}: generator {arch} x{generator.scaling_factor} "
               f"({'resumed from ' + hp.checkpoint if resumed else 'from ' + hp.srresnet_checkpoint}), "
@@ -264,14 +258,9 @@ def main():
 
     def save(iteration):
         if is_main_process:
-            state = dict(kind="srgan", generator_arch=arch, generator_kwargs=kwargs,
-                         generator=generator.state_dict(), discriminator_arch=hp.discriminator_arch,
-                         discriminator_kwargs=discriminator_kwargs, discriminator=discriminator.state_dict(),
-                         optimizer_g=optimizer_g.state_dict(), optimizer_d=optimizer_d.state_dict(),
-                         scheduler_g=scheduler_g.state_dict(), scheduler_d=scheduler_d.state_dict(),
-                         iteration=iteration, hyperparameters=vars(hp), rng_state=utils.get_rng_state())
-            if ema is not None:
-                state["generator_ema"] = ema.state_dict()
+            state = utils.training_checkpoint("srgan", iteration, hp, stateful, generator_arch=arch,
+                                              generator_kwargs=kwargs, discriminator_arch=hp.discriminator_arch,
+                                              discriminator_kwargs=discriminator_kwargs)
             utils.save_checkpoint(state, checkpoint_path)
 
     stop = utils.GracefulExit()

@@ -111,16 +111,11 @@ def main():
     optimizer = torch.optim.Adam(generator.parameters(), lr=hp.lr, fused=hp.fused_adam or None)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=hp.lr_milestones, gamma=hp.lr_gamma)
     ema = utils.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
+    # Everything a checkpoint holds to continue exactly where it stopped.
+    stateful = dict(generator=generator, optimizer_g=optimizer, scheduler_g=scheduler, generator_ema=ema)
     start_iteration = 0
     if resumed:
-        generator.load_state_dict(resumed["generator"])
-        optimizer.load_state_dict(resumed["optimizer_g"])
-        scheduler.load_state_dict(resumed["scheduler_g"])
-        if ema is not None and "generator_ema" in resumed:
-            ema.load_state_dict(resumed["generator_ema"])
-        utils.set_rng_state(resumed["rng_state"])
-        utils.warn_changed_hyperparameters(resumed["hyperparameters"], vars(hp))
-        start_iteration = resumed["iteration"]
+        start_iteration = utils.resume_training(resumed, stateful, hp)
         if is_main_process:
             print(f"Resuming from {hp.checkpoint} at iteration {start_iteration}.")
     if is_main_process:
@@ -148,12 +143,8 @@ def main():
 
     def save(iteration):
         if is_main_process:
-            state = dict(kind="srresnet", generator_arch=arch, generator_kwargs=kwargs,
-                         generator=generator.state_dict(), optimizer_g=optimizer.state_dict(),
-                         scheduler_g=scheduler.state_dict(), iteration=iteration,
-                         hyperparameters=vars(hp), rng_state=utils.get_rng_state())
-            if ema is not None:
-                state["generator_ema"] = ema.state_dict()
+            state = utils.training_checkpoint("srresnet", iteration, hp, stateful, generator_arch=arch,
+                                              generator_kwargs=kwargs)
             utils.save_checkpoint(state, checkpoint_path)
 
     # The training loop: one batch of crops per iteration.

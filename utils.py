@@ -111,15 +111,15 @@ def load_image(path, mode="RGB"):
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Image not found: {path}. Check the path, or rebuild the data lists "
-                                f"with create_data_lists.py if the images have moved.")
+        raise FileNotFoundError(f"Image not found: {path}. Check the path (if it comes from a data list, the "
+                                f"images have moved: rebuild the lists with create_data_lists.py).")
     try:
         with Image.open(path) as img:
             img.load()  # decode now: truncated or corrupt data fails here
             img = ImageOps.exif_transpose(img)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"Cannot read image {path}: it is corrupt, truncated or not an image ({error}). "
-                         f"Replace or delete it, then rebuild the data lists with create_data_lists.py.") from None
+                         f"Replace or remove it (and rebuild any data list that names it).") from None
     return img.convert(mode) if mode is not None and img.mode != mode else img
 
 
@@ -557,6 +557,35 @@ class ModelEMA:
 
     def load_state_dict(self, state_dict):
         self.module.load_state_dict(state_dict)
+
+
+def training_checkpoint(kind, iteration, hp, stateful, **extra):
+    """
+    Everything needed to continue a run exactly, as one checkpoint dict.
+
+    :param kind: 'srresnet' or 'srgan' (the script writing it)
+    :param iteration: iterations completed
+    :param hp: the run's hyperparameters (argparse.Namespace)
+    :param stateful: name -> object with a state_dict() (models, optimisers, schedulers, ModelEMA) or None
+    :param extra: further plain values (architecture names and constructor arguments)
+    """
+    state = dict(kind=kind, iteration=iteration, hyperparameters=vars(hp), rng_state=get_rng_state(), **extra)
+    state.update({name: obj.state_dict() for name, obj in stateful.items() if obj is not None})
+    return state
+
+
+def resume_training(checkpoint, stateful, hp):
+    """
+    Restore the objects of training_checkpoint() and the RNG states from a checkpoint.
+
+    :return: the iteration to continue from
+    """
+    for name, obj in stateful.items():
+        if obj is not None and name in checkpoint:
+            obj.load_state_dict(checkpoint[name])
+    set_rng_state(checkpoint["rng_state"])
+    warn_changed_hyperparameters(checkpoint["hyperparameters"], vars(hp))
+    return checkpoint["iteration"]
 
 
 def _unwrap(model):

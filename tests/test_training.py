@@ -317,3 +317,44 @@ def test_torchrun_trains_srgan(data_folder, tmp_path, monkeypatch):
     checkpoint = utils.load_checkpoint(tmp_path / "checkpoint_srgan.pth", expected_kind="srgan")
     assert checkpoint["iteration"] == 2
     assert not any(key.startswith("module.") for key in checkpoint["discriminator"])  # saved unwrapped
+
+
+def test_train_srgan_realesrgan_recipe(data_folder, tmp_path, monkeypatch):
+    """A few iterations of the Real-ESRGAN recipe: on-the-fly degradations, U-Net discriminator, 5-layer VGG loss."""
+    run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--output_folder", tmp_path,
+                                "--iterations", 1, "--crop_size", 48], monkeypatch)
+    run_script(train_srgan, ["--recipe", "realesrgan", "--num_feat_d", 8, "--vgg_weights", "random",
+                             "--data_folder", data_folder, "--srresnet_checkpoint", tmp_path / "checkpoint_srresnet.pth",
+                             "--crop_size", 48, "--batch_size", 2, "--workers", 0, "--iterations", 2,
+                             "--output_folder", tmp_path], monkeypatch)
+    checkpoint = utils.load_checkpoint(tmp_path / "checkpoint_srgan.pth", expected_kind="srgan")
+    hyperparameters = checkpoint["hyperparameters"]
+    assert checkpoint["iteration"] == 2 and checkpoint["discriminator_arch"] == "unet"
+    assert hyperparameters["degradation"] == "realesrgan" and len(hyperparameters["perceptual_layers"]) == 5
+    assert hyperparameters["jpeg_range"] == datasets.DEGRADATION_DEFAULTS["jpeg_range"]  # degradation flags exist
+    assert "generator_ema" in checkpoint
+    assert "conv9.weight" in checkpoint["discriminator"]  # Real-ESRGAN's key names
+
+
+def test_pixel_unshuffle_models_and_cutblur(data_folder, tmp_path, monkeypatch):
+    """x2 and x1 pixel-unshuffle SRResNets train on x2 / x4 data; the x1 one then trains with CutBlur."""
+    unshuffle = ["--use_unshuffle", "true", "--workers", 0, "--iterations", 1, "--n_blocks", 1, "--n_channels", 8,
+                 "--crop_size", 32, "--batch_size", 2, "--data_folder", data_folder]
+    run_script(train_srresnet, [*unshuffle, "--scaling_factor", 2, "--unshuffle_scale", 2,
+                                "--output_folder", tmp_path / "x2"], monkeypatch)
+    model, _ = utils.load_generator(tmp_path / "x2" / "checkpoint_srresnet.pth")
+    assert model.scaling_factor == 2 and model(torch.rand(1, 3, 7, 9)).shape == (1, 3, 14, 18)
+    run_script(train_srresnet, [*unshuffle, "--scaling_factor", 4, "--unshuffle_scale", 4,
+                                "--output_folder", tmp_path / "x1"], monkeypatch)
+    assert utils.load_generator(tmp_path / "x1" / "checkpoint_srresnet.pth")[0].scaling_factor == 1
+    run_script(train_srgan, [*TINY_DISCRIMINATOR, "--cutblur_prob", 1.0, "--data_folder", data_folder,
+                             "--srresnet_checkpoint", tmp_path / "x1" / "checkpoint_srresnet.pth", "--crop_size", 32,
+                             "--batch_size", 2, "--workers", 0, "--iterations", 2, "--perceptual_layers", "conv2_2",
+                             "--output_folder", tmp_path / "x1"], monkeypatch)
+    assert utils.load_checkpoint(tmp_path / "x1" / "checkpoint_srgan.pth")["iteration"] == 2
+    # CutBlur with an x4 generator is refused with a clear message.
+    with pytest.raises(ValueError, match="needs an x1 model"):
+        run_script(train_srgan, [*TINY_DISCRIMINATOR, "--cutblur_prob", 0.5, "--data_folder", data_folder,
+                                 "--srresnet_checkpoint", tmp_path / "x2" / "checkpoint_srresnet.pth",
+                                 "--scaling_factor", 2, "--iterations", 1, "--workers", 0,
+                                 "--output_folder", tmp_path / "x2"], monkeypatch)
