@@ -16,7 +16,7 @@ Recipes (--recipe) set the hyperparameters of each paper; any flag given explici
               perceptual loss, sharpened targets
 
 Quick start (CPU):  python train_srgan.py --data_folder data_lists --srresnet_checkpoint checkpoint_srresnet.pth \\
-                        --iterations 100 --vgg_weights random
+                        --iterations 100 --vgg_weights random --pixel_loss_weight 1
 Classic SRGAN:      python train_srgan.py --data_folder data_lists
 ESRGAN:             python train_srgan.py --data_folder data_lists --recipe esrgan
 Resume:             python train_srgan.py --data_folder data_lists --checkpoint checkpoint_srgan.pth
