@@ -23,7 +23,7 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])
 
 # ITU-R BT.601 luma coefficients scaled for RGB in [0, 1] (MATLAB's rgb2ycbcr): Y lies in [16, 235].
-RGB_WEIGHTS_Y = torch.tensor([65.481, 128.553, 24.966])
+RGB_WEIGHTS_Y = torch.tensor([65.481, 128.553, 24.966], dtype=torch.float64)  # float64: MATLAB computes in double
 
 IMAGE_FORMATS = ("pil", "[0, 1]", "[-1, 1]", "imagenet-norm", "y-channel")
 
@@ -754,8 +754,8 @@ def imresize(img, scale=None, output_size=None, antialiasing=True):
 
 # BT.601 luma weights for 8-bit RGB, as in MATLAB's rgb2ycbcr (Poynton):
 # Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255.
-# The same numbers as RGB_WEIGHTS_Y above, kept here in float64 because MATLAB computes in double.
-_BT601_Y_WEIGHTS = np.array([65.481, 128.553, 24.966])
+# The luma weights of the core section (RGB_WEIGHTS_Y), as a float64 numpy array for the numpy metrics.
+_BT601_Y_WEIGHTS = RGB_WEIGHTS_Y.numpy()
 
 
 def rgb2y(img):
