@@ -4,11 +4,13 @@
 # Section: SRDataset (lead) -- (LR, HR) pairs from the JSON lists written by create_data_lists.py.
 # ======================================================================================================
 import json
+import math
 import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -213,10 +215,6 @@ def make_train_loader(hp, start_iteration=0, rank=0, world_size=1):
 #
 # CutBlur (Yoo et al., 2020) is an independent augmentation at the bottom of this section; see `cutblur`.
 
-import math
-
-import torch
-import torch.nn.functional as F
 
 # Real-ESRGAN's defaults, from its options/train_realesrnet_x4plus.yml and train_realesrgan_x4plus.yml (the two
 # files use identical degradation settings). Names are Real-ESRGAN's option names; the keys after

@@ -24,7 +24,6 @@ Resume:             python train_srgan.py --data_folder data_lists --checkpoint 
 Every hyperparameter below can be overridden by a flag of the same name; --help lists them.
 """
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -266,9 +265,8 @@ def main():
     stop = utils.GracefulExit()
     generator.train()
     discriminator.train()
-    # Running sums of the losses, kept on the device and read only when printed (see train_srresnet.py).
-    running = dict.fromkeys(("content", "pixel", "adversarial", "discriminator"), torch.zeros((), device=device))
-    running_count, start_time, last_checked = 0, time.time(), start_iteration
+    running_losses = utils.RunningLosses(["content", "pixel", "adversarial", "discriminator"], device,
+                                         start_iteration)  # for the progress bar and the NaN check
     progress = tqdm(range(start_iteration, hp.iterations), initial=start_iteration, total=hp.iterations,
                     disable=not is_main_process, desc=f"train_srgan ({hp.recipe})")
     for iteration in progress:
@@ -335,24 +333,17 @@ def main():
         scheduler_g.step()
         scheduler_d.step()
 
-        for name, value in (("content", content_loss), ("pixel", pixel_loss), ("adversarial", adversarial_loss),
-                            ("discriminator", discriminator_loss)):
-            running[name] = running[name] + value.detach().float()
-        running_count += 1
+        running_losses.add(content=content_loss, pixel=pixel_loss, adversarial=adversarial_loss,
+                           discriminator=discriminator_loss)
         stop_now = stop.should_stop()  # Ctrl+C / SIGTERM in any process: save and leave, all together
         print_now = (iteration + 1) % hp.print_every == 0 or iteration + 1 == hp.iterations
         save_now = (iteration + 1) % hp.checkpoint_every == 0 or iteration + 1 == hp.iterations or stop_now
         if print_now or save_now:
-            # One NaN / inf loss makes its sum NaN / inf: stop before a checkpoint overwrites the last good one.
-            utils.check_finite(sum(running.values()), iteration + 1, checkpoint_path, since_iteration=last_checked)
-            last_checked = iteration + 1
+            running_losses.check_finite(iteration + 1, checkpoint_path)  # never save a NaN model over a good one
         if print_now:
+            summary = running_losses.report()
             if is_main_process:
-                progress.set_postfix({**{name: f"{total.item() / running_count:.4f}"
-                                         for name, total in running.items()},
-                                      "it_per_s": f"{running_count / (time.time() - start_time):.2f}"})
-            running = dict.fromkeys(running, torch.zeros((), device=device))
-            running_count, start_time = 0, time.time()
+                progress.set_postfix(summary)
         if save_now:
             save(iteration + 1)
         if stop_now:

@@ -15,7 +15,6 @@ Resume:                       python train_srresnet.py --data_folder data_lists 
 
 Every hyperparameter below can be overridden by a flag of the same name; --help lists them.
 """
-import time
 from pathlib import Path
 
 import torch
@@ -150,10 +149,7 @@ def main():
     # The training loop: one batch of crops per iteration.
     stop = utils.GracefulExit()
     generator.train()
-    # The losses are summed on the device and read (.item()) only when printed: reading a GPU value makes the CPU wait
-    # for the GPU, which would otherwise already be queuing the next iteration's work.
-    running_loss, running_count, start_time = torch.zeros((), device=device), 0, time.time()
-    last_checked = start_iteration  # the running sum holds the losses of the iterations since this one
+    running_losses = utils.RunningLosses(["loss"], device, start_iteration)  # for the progress bar and NaN check
     progress = tqdm(range(start_iteration, hp.iterations), initial=start_iteration, total=hp.iterations,
                     disable=not is_main_process, desc="train_srresnet")
     for iteration in progress:
@@ -181,20 +177,16 @@ def main():
         if ema is not None:
             ema.update(generator)
 
-        running_loss, running_count = running_loss + loss.detach(), running_count + 1
+        running_losses.add(loss=loss)
         stop_now = stop.should_stop()  # Ctrl+C / SIGTERM in any process: save and leave, all together
         print_now = (iteration + 1) % hp.print_every == 0 or iteration + 1 == hp.iterations
         save_now = (iteration + 1) % hp.checkpoint_every == 0 or iteration + 1 == hp.iterations or stop_now
         if print_now or save_now:
-            # One NaN / inf loss makes the sum NaN / inf: stop before a checkpoint overwrites the last good one.
-            utils.check_finite(running_loss, iteration + 1, checkpoint_path, since_iteration=last_checked)
-            last_checked = iteration + 1
+            running_losses.check_finite(iteration + 1, checkpoint_path)  # never save a NaN model over a good one
         if print_now:
+            summary = running_losses.report()
             if is_main_process:
-                progress.set_postfix(loss=f"{running_loss.item() / running_count:.4f}",
-                                     lr=f"{scheduler.get_last_lr()[0]:.1e}",
-                                     it_per_s=f"{running_count / (time.time() - start_time):.2f}")
-            running_loss, running_count, start_time = torch.zeros((), device=device), 0, time.time()
+                progress.set_postfix(summary, lr=f"{scheduler.get_last_lr()[0]:.1e}")
         if save_now:
             save(iteration + 1)
         if stop_now:

@@ -5,12 +5,14 @@
 # ======================================================================================================
 import argparse
 import copy
+import math
 import os
 import pickle
 import random
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -481,6 +483,41 @@ def check_finite(loss, iteration, checkpoint_path, since_iteration=None):
 # ------------------------------------------------------------------------------------------------------
 # Training machinery shared by train_srresnet.py and train_srgan.py
 # ------------------------------------------------------------------------------------------------------
+class RunningLosses:
+    """
+    The losses of the iterations since the last report, for the progress bar and the NaN check.
+
+    They are summed on the device and read (.item()) only when reported: reading a GPU value makes the CPU wait
+    for the GPU, which would otherwise already be queuing the next iteration's work.
+    """
+
+    def __init__(self, names, device, start_iteration):
+        self.names, self.device = names, device
+        self.last_checked = start_iteration  # the sums hold the losses of the iterations since this one
+        self._reset()
+
+    def _reset(self):
+        self.sums = {name: torch.zeros((), device=self.device) for name in self.names}
+        self.count, self.start_time = 0, time.time()
+
+    def add(self, **losses):
+        for name, value in losses.items():
+            self.sums[name] = self.sums[name] + value.detach().float()
+        self.count += 1
+
+    def check_finite(self, iteration, checkpoint_path):
+        """One NaN / inf loss makes its sum NaN / inf: stop before a checkpoint overwrites the last good one."""
+        check_finite(sum(self.sums.values()), iteration, checkpoint_path, since_iteration=self.last_checked)
+        self.last_checked = iteration
+
+    def report(self):
+        """The mean of each loss and the iterations per second since the last report (then start afresh)."""
+        summary = {name: f"{total.item() / self.count:.4f}" for name, total in self.sums.items()}
+        summary["it_per_s"] = f"{self.count / (time.time() - self.start_time):.2f}"
+        self._reset()
+        return summary
+
+
 def setup_distributed():
     """
     Join the process group when the script was started by torchrun, else run as a single process.
@@ -618,11 +655,6 @@ def warn_changed_hyperparameters(saved, current, keys_to_ignore=("checkpoint", "
 #   4. s pixels are shaved from every border (the network cannot see past the image edge there).
 #   5. PSNR in float64; SSIM as in Wang et al. 2004 (11x11 Gaussian window, sigma 1.5, 'valid' filtering).
 # Everything here works on whole arrays at once (no per-pixel Python loops).
-
-import math
-
-import numpy as np
-import torch
 
 
 def _cubic(x):
