@@ -534,6 +534,12 @@ def setup_distributed():
         return 0, 1, get_device()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
+        # One process per GPU: NCCL cannot put two processes on one GPU.
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"torchrun started process {local_rank} of this machine, but only "
+                               f"{torch.cuda.device_count()} GPU(s) are visible: use --nproc_per_node "
+                               f"{torch.cuda.device_count()} (one process per GPU), or CUDA_VISIBLE_DEVICES= to "
+                               f"train on the CPU.")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:

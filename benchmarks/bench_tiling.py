@@ -1,9 +1,10 @@
-"""Tiled vs untiled super-resolution: time and peak memory (RSS) of super_resolve.upscale on the CPU.
+"""Tiled vs untiled super-resolution: time and peak memory (RSS) of super_resolve.upscale on the CPU (or a GPU).
 
     python benchmarks/bench_tiling.py                      # 1024x1024 LR -> 4096x4096, full RRDBNet, x4
     python benchmarks/bench_tiling.py --size 4096          # 4096x4096 LR -> 16384x16384, tiled only (hours on CPU)
     python benchmarks/bench_tiling.py --size 256 --num_block 2   # a quick look
     python benchmarks/bench_tiling.py --size 4096 --num_feat 8 --num_block 1 --write_png   # 16384^2 output, minutes
+    python benchmarks/bench_tiling.py --device cuda --size 4096   # on a GPU: also its peak memory
 
 What is measured, and how:
   * Each variant (untiled = `tile 0`, tiled = `--tile/--tile_pad`) runs in its own child process, so that one
@@ -12,6 +13,8 @@ What is measured, and how:
     see almost nothing). The child also reports its RSS just before upscaling (model + input + Python + torch),
     so the growth caused by inference itself is visible.
   * Time is the wall time of upscale() alone (model built and input made before the clock starts).
+  * With --device cuda the model runs on the GPU (the output is still assembled on the CPU, as super_resolve.py
+    does); the child also reports the GPU's peak allocated memory.
   * The weights are random (no pretrained weights here): that is fine for time and memory, which do not depend on
     the weights. The PSNR between tiled and untiled outputs printed at the end is reported too, but random weights
     are only a proxy for how far a trained network "looks" (see the note printed with it).
@@ -47,7 +50,8 @@ def parse_args(argv=None):
     parser.add_argument("--tile_pad", type=int, default=None, help="tile pad (default: super_resolve.DEFAULT_TILE_PAD)")
     parser.add_argument("--variants", nargs="+", default=None, choices=("untiled", "tiled"),
                         help="what to run (default: both for --size <= 1024, tiled only above)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--device", default="cpu", help="where the model runs: 'cpu' (default) or 'cuda'")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--estimate_only", action="store_true", help="only print the time estimates")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one variant
@@ -71,13 +75,15 @@ def run_child(args):
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = models.RRDBNet(scale=args.scale, num_block=args.num_block, num_feat=args.num_feat,
-                           num_grow_ch=args.num_grow_ch).eval()  # random weights
+                           num_grow_ch=args.num_grow_ch).eval().to(args.device)  # random weights
     photo = Image.fromarray(data.astronaut()).resize((args.size, args.size), Image.Resampling.LANCZOS)
     lr_img = torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]  # (1,3,S,S)
 
     if args.child == "calibrate":
-        # A small 96x96 crop: ~1% of a 1024x1024 run, enough to know the cost per pixel.
+        # A small 96x96 crop: ~1% of a 1024x1024 run, enough to know the cost per pixel (on a GPU, after a warm-up).
         side = min(96, args.size)
+        if args.device != "cpu":
+            super_resolve.upscale(model, lr_img[:, :, :side, :side].contiguous(), tile=0, precision=args.precision)
         start = time.perf_counter()
         super_resolve.upscale(model, lr_img[:, :, :side, :side].contiguous(), tile=0, precision=args.precision)
         print(json.dumps({"seconds": time.perf_counter() - start, "side": side}))
@@ -90,6 +96,8 @@ def run_child(args):
                                    progress=sys.stderr.isatty())  # (1, 3, S*s, S*s), [0, 1]; bar on a terminal
     seconds = time.perf_counter() - start
     report = {"seconds": seconds, "rss_before_mb": rss_before_mb, "shape": list(sr_img.shape)}
+    if args.device != "cpu":
+        report["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     if args.write_png:
         # The rest of what the command line does: round to 8 bits (band by band) and write the PNG atomically.
         start = time.perf_counter()
@@ -108,7 +116,7 @@ def spawn(args, variant, output=None):
     command = [sys.executable, __file__, "--child", variant, "--size", str(args.size), "--scale", str(args.scale),
                "--num_block", str(args.num_block), "--num_feat", str(args.num_feat),
                "--num_grow_ch", str(args.num_grow_ch), "--tile", str(args.tile), "--tile_pad", str(args.tile_pad),
-               "--precision", args.precision]
+               "--precision", args.precision, "--device", args.device]
     if args.threads:
         command += ["--threads", str(args.threads)]
     if args.write_png and variant != "calibrate":
@@ -136,7 +144,7 @@ def main():
         return
     variants = args.variants or (["untiled", "tiled"] if args.size <= 1024 else ["tiled"])
     print(f"RRDBNet(num_block={args.num_block}, num_feat={args.num_feat}, num_grow_ch={args.num_grow_ch}) "
-          f"x{args.scale}, random weights, {args.precision}, CPU; "
+          f"x{args.scale}, random weights, {args.precision}, {args.device}; "
           f"LR {args.size}x{args.size} -> SR {args.size * args.scale}x{args.size * args.scale}; "
           f"tile {args.tile}, tile_pad {args.tile_pad}", flush=True)
 
@@ -162,8 +170,9 @@ def main():
             results[variant] = (report, peak_mb)
             png = (f", then 8-bit PNG ({report['png_mb']:.0f} MB) written in {report['png_seconds']:.1f} s"
                    if "png_seconds" in report else "")
+            gpu = f"   GPU peak {report['gpu_peak_mb']:6.0f} MB" if "gpu_peak_mb" in report else ""
             print(f"{variant:>8}: upscale {report['seconds']:8.1f} s   peak RSS {peak_mb:8.0f} MB   "
-                  f"(RSS before upscaling {report['rss_before_mb']:.0f} MB){png}", flush=True)
+                  f"(RSS before upscaling {report['rss_before_mb']:.0f} MB){gpu}{png}", flush=True)
         if compare:
             import numpy as np
             untiled = np.load(os.path.join(folder, "untiled.npy")).astype(np.float64) / 65535

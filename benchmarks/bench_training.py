@@ -9,6 +9,11 @@ RRDBNet (crop 96; batch 16 on a GPU, 2 on a CPU, where one RRDB iteration at bat
             fused Adam, ...)
 and prints a table and the ratios. Optional extra rows (--extra): 'bf16', 'channels_last_off', 'compile'.
 
+Speed is worth nothing if the faster arithmetic trains a worse model. With --quality_iterations N, it also trains
+SRResNet N iterations twice from the same seed (same initial weights, same crops): once in fp32 and once with the
+defaults (which differ only in their arithmetic: bf16 autocast where 'auto' picks it), and compares the two models'
+Set5 PSNR (x4, standard protocol; Set5 from ../shared/data or $SR_SHARED_DATA).
+
 It times the real script: each measurement runs train_srresnet.main() in a fresh process, and records the time at
 which the loop asks for batch `warmup` and for batch `warmup + iterations`; that interval holds `iterations` whole
 iterations (loading, forward, backward, optimiser step), without start-up, warm-up (including compilation) or the
@@ -18,6 +23,7 @@ peak for that precision (from the table below; 'unknown' for other GPUs), and th
 
     python benchmarks/bench_training.py                      # both models, baseline vs defaults
     python benchmarks/bench_training.py --models srresnet --iterations 10 --extra bf16 compile
+    python benchmarks/bench_training.py --models srresnet --quality_iterations 500   # + the fp32-vs-defaults PSNR
 """
 import argparse
 import json
@@ -86,12 +92,15 @@ def measure(argv, warmup, iterations):
     make_train_loader = datasets.make_train_loader
 
     def timed_train_loader(hp, *args, **kwargs):
-        """The script's loader, noting the time each batch is asked for (after the GPU has finished its work)."""
+        """The script's loader, noting the time at which batches `warmup` and `warmup + iterations` are asked for.
+        On a GPU it waits there for the queued work to finish, and only there: waiting at every batch would stop the
+        CPU from queuing the next iteration while the GPU runs this one, and add the two times up."""
         loader = make_train_loader(hp, *args, **kwargs)
-        for batch in loader:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times.append(time.perf_counter())
+        for index, batch in enumerate(loader):
+            if index in (warmup, warmup + iterations):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter())
             yield batch
 
     datasets.make_train_loader = timed_train_loader
@@ -102,7 +111,7 @@ def measure(argv, warmup, iterations):
     train_srresnet.main()
     # Batch `warmup` is asked for at the start of iteration `warmup`, batch `warmup + iterations` at the start of the
     # iteration after the last timed one.
-    seconds = times[warmup + iterations] - times[warmup]
+    seconds = times[1] - times[0]
     result = dict(it_per_s=iterations / seconds)
 
     hp = utils.parse_hyperparameters(train_srresnet.hyperparameters, "", argv=argv)
@@ -127,14 +136,55 @@ def measure(argv, warmup, iterations):
 # ------------------------------------------------------------------------------------------------------
 # The benchmark (parent process): one child per (model, configuration), then the table.
 # ------------------------------------------------------------------------------------------------------
+SHARED_DATA = Path(os.environ.get("SR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
 def make_data_lists(folder):
-    """Data lists of the real training images in ../shared/data/train, else of scikit-image's sample photos."""
+    """Data lists of the real training images in ../shared/data/train (else of scikit-image's sample photos), and of
+    Set5 for the quality check when it is there."""
     import create_data_lists
 
-    shared_train = Path(os.environ.get("SR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "train"
+    shared_train, set5 = SHARED_DATA / "train", SHARED_DATA / "Set5" / "HR"
     train_folders = [str(shared_train)] if shared_train.is_dir() else []
-    create_data_lists.create_data_lists(train_folders, [], min_size=96, output_folder=str(folder))
-    return "T91 + BSD200 + SunHays80" if train_folders else "scikit-image sample photos"
+    test_folders = [str(set5)] if set5.is_dir() else []
+    create_data_lists.create_data_lists(train_folders, test_folders, min_size=96, output_folder=str(folder))
+    names = ", ".join(sorted(p.name for p in shared_train.iterdir() if p.is_dir())) if train_folders else ""
+    return names or "scikit-image sample photos"
+
+
+def quality_check(work_folder, iterations):
+    """Train SRResNet `iterations` iterations in fp32 and with the defaults (same seed), evaluate both on Set5 (x4,
+    standard protocol) and print the two PSNRs and their difference."""
+    lists = Path(work_folder) / "lists"
+    if not (lists / "Set5_test_images.json").is_file():
+        print(f"\nquality check skipped: no Set5 in {SHARED_DATA}")
+        return
+    checkpoints = {}
+    for name, flags in [("fp32", ["--precision", "fp32"]), ("defaults", [])]:
+        output_folder = Path(work_folder) / f"quality_{name}"
+        command = [sys.executable, "train_srresnet.py", "--data_folder", str(lists), "--output_folder",
+                   str(output_folder), "--iterations", str(iterations), "--checkpoint_every", str(iterations),
+                   "--print_every", str(iterations), *flags]
+        start = time.perf_counter()
+        child = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+        if child.returncode != 0:
+            print(f"\nquality check: the {name} run failed\n{child.stderr[-2000:]}")
+            return
+        print(f"  trained {name}: {iterations} iterations in {time.perf_counter() - start:.0f} s", flush=True)
+        checkpoints[name] = str(output_folder / "checkpoint_srresnet.pth")
+    json_path = Path(work_folder) / "quality.json"
+    child = subprocess.run([sys.executable, "eval.py", "--data_folder", str(lists), "--test_sets", "Set5", "--model",
+                            checkpoints["fp32"], checkpoints["defaults"], "--json", str(json_path)],
+                           cwd=REPO_ROOT, capture_output=True, text=True)
+    if child.returncode != 0:
+        print(f"\nquality check: evaluation failed\n{child.stderr[-2000:]}")
+        return
+    psnr = {name: next(r["psnr"] for r in json.loads(json_path.read_text())["results"] if r["model"] == path)
+            for name, path in checkpoints.items()}
+    difference = psnr["defaults"] - psnr["fp32"]
+    print(f"  Set5 x4 PSNR after {iterations} iterations: fp32 {psnr['fp32']:.4f} dB, defaults "
+          f"{psnr['defaults']:.4f} dB, difference {difference:+.4f} dB "
+          f"({'within' if abs(difference) <= 0.05 else 'OUTSIDE'} the 0.05 dB target)")
 
 
 def format_row(name, result, baseline):
@@ -155,6 +205,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=None, help="untimed iterations (default: 2 CPU, 20 GPU)")
     parser.add_argument("--iterations", type=int, default=None, help="timed iterations (default: 5 CPU, 100 GPU)")
     parser.add_argument("--rrdb_batch_size", type=int, default=None, help="RRDB's batch (default: 2 CPU, 16 GPU)")
+    parser.add_argument("--quality_iterations", type=int, default=0,
+                        help="also compare fp32 and the defaults after this many SRResNet iterations (0: skip)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: JSON of one measurement to run
     args = parser.parse_args()
 
@@ -203,6 +255,9 @@ def main():
             if "baseline" in results and "defaults" in results:
                 ratio = results["defaults"]["it_per_s"] / results["baseline"]["it_per_s"]
                 print(f"  => defaults / baseline: {ratio:.2f}x")
+        if args.quality_iterations:
+            print("\nquality (SRResNet, batch 16, crop 96, fp32 vs defaults, seed 0):", flush=True)
+            quality_check(work_folder, args.quality_iterations)
 
 
 if __name__ == "__main__":
