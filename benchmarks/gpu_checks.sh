@@ -4,9 +4,9 @@
 # prints FAILED and the rest still run.
 #
 #     bash benchmarks/gpu_checks.sh checks       [DATA]   # correctness: tests, scripts, precisions (~5 min on an H100)
-#     bash benchmarks/gpu_checks.sh benchmarks   [DATA]   # training speed and quality, tiling at 1024 and 4096 px
+#     bash benchmarks/gpu_checks.sh benchmarks   [DATA]   # training speed and quality, tiling at 1024 and 4096 px (~10 min)
 #
-# DATA is the folder holding Set5/, Set14/, BSD100/ and train/T91 (default ../shared/data).
+# DATA is the folder holding Set5/, Set14/, BSD100/, train/T91 and MANIFEST.tsv (default ../shared/data).
 set -u
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
