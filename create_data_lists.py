@@ -52,7 +52,7 @@ import os
 from PIL import Image
 from skimage import data as skimage_data
 
-from utils import load_image, run_cli
+from utils import atomic_write, atomic_write_all, load_image, run_cli
 
 # File name endings that count as images (compared in lower case).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -150,57 +150,24 @@ def save_sample_images(output_folder):
         os.makedirs(folder, exist_ok=True)
         for name, load_photo in photos.items():
             img = Image.fromarray(load_photo())  # (H, W, 3) uint8 in [0, 255] -> PIL RGB
-            path = os.path.join(folder, f"{name}.png")
             # Atomic, like the lists: an interrupted run never leaves a half-written PNG behind.
-            os.replace(write_to_temp_file(path, lambda file: img.save(file, format="PNG")), path)
+            atomic_write(os.path.join(folder, f"{name}.png"), lambda file: img.save(file, format="PNG"))
     return train_folder, test_folder
-
-
-def write_to_temp_file(path, write):
-    """
-    Write a file's new content next to it under a temporary name, and return that name.
-
-    The caller then moves it over `path` with os.replace, which is atomic within one folder: readers see either
-    the old file or the complete new one, never half of it.
-
-    :param path: the file that will eventually be replaced
-    :param write: function that writes the content into the open (binary) file object it is given
-    """
-    temp_path = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(temp_path, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())  # on disk before the rename, so a crash cannot leave an empty file
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
-    return temp_path
 
 
 def write_lists(lists, output_folder):
     """
-    Write several JSON lists so that either all of them are complete on disk or the old ones are untouched.
+    Write several JSON lists so that either all of them are complete on disk or the old ones are untouched
+    (utils.atomic_write_all: every list goes to a temporary file first, and only then are they all renamed).
 
     :param lists: dict file name -> list of image paths
     :return: the paths of the files written
     """
-    os.makedirs(output_folder, exist_ok=True)
-    temp_paths = {}
-    try:
-        # First every list goes to a temporary file; an error here (disk full, ...) changes no existing list.
-        for file_name, image_paths in lists.items():
-            text = json.dumps(image_paths, indent=2) + "\n"
-            temp_paths[file_name] = write_to_temp_file(os.path.join(output_folder, file_name),
-                                                       lambda file: file.write(text.encode("utf-8")))
-        # Then each complete file takes its final name in one atomic step.
-        for file_name, temp_path in temp_paths.items():
-            os.replace(temp_path, os.path.join(output_folder, file_name))
-    finally:
-        for temp_path in temp_paths.values():
-            if os.path.exists(temp_path):  # only left over when something above failed
-                os.remove(temp_path)
+    writers = {}
+    for file_name, image_paths in lists.items():
+        data = (json.dumps(image_paths, indent=2) + "\n").encode("utf-8")
+        writers[os.path.join(output_folder, file_name)] = lambda file, data=data: file.write(data)  # its own data
+    atomic_write_all(writers)
     return [os.path.join(output_folder, file_name) for file_name in lists]
 
 

@@ -6,23 +6,32 @@ Contents, in the order the papers introduced them:
       ConvolutionalBlock, SubPixelConvolutionalBlock, ResidualBlock   the building blocks
       SRResNet, Generator                                             the generator (trained with MSE, then as a GAN)
       Discriminator                                                   the SRGAN discriminator (one logit per image)
-      load_vgg19, TruncatedVGG19, VGGFeatureExtractor                 the frozen VGG19 behind the perceptual losses
-      build_generator                                                 'srresnet' | 'rrdb' -> a generator
+      load_vgg19, VGGFeatureExtractor                                 the frozen VGG19 behind the perceptual losses
 
   Part B -- ESRGAN (Wang et al., 2018, "ESRGAN: Enhanced Super-Resolution GANs")
       ResidualDenseBlock, RRDB, RRDBNet                               the residual-in-residual dense generator
-      pixel shuffle in PyTorch / TensorFlow / Caffe order             porting sub-pixel weights between frameworks
-      generator_from_official_state_dict                              load the official ESRGAN / Real-ESRGAN files
-      interpolate_state_dicts                                         network interpolation (PSNR <-> GAN model)
 
   Part C -- Real-ESRGAN (Wang et al., 2021, "Real-ESRGAN: Training Real-World Blind Super-Resolution ...")
       UNetDiscriminatorSN                                             U-Net discriminator with spectral norm
 
-Conventions shared by the whole project (see the team contract):
+  Later additions: pixel-unshuffle x2 / x1 models
+      pad_to_multiple, SRResNetUnshuffle, RRDBNetUnshuffle            an x4 network behind a pixel-unshuffle
+
+  Porting weights between frameworks and releases
+      pixel shuffle in PyTorch / TensorFlow / Caffe order             porting sub-pixel weights between frameworks
+      generator_from_official_state_dict                              load the official ESRGAN / Real-ESRGAN files
+      interpolate_state_dicts                                         network interpolation (PSNR <-> GAN model)
+
+  Choosing a generator by name (at the end of the file)
+      build_generator                                                 'srresnet' | 'rrdb' -> a generator, from the
+                                                                      constructor arguments a checkpoint stores
+
+Conventions shared by the whole project:
   * image tensors are float32 (N, C, H, W);
-  * every generator says what it eats and what it gives through the class attributes `input_format` and
-    `output_format` (strings understood by utils.convert_image), and how much it enlarges through the int
-    attribute `scaling_factor`; scripts convert with these and never need to know which architecture they hold.
+  * every generator says what it eats and what it gives through the attributes `input_format` and `output_format`
+    (strings understood by utils.convert_image), and how much it enlarges through the int attribute
+    `scaling_factor` (pixel-unshuffle models also have `unshuffle_scale`); scripts convert with these and never
+    need to know which architecture they hold.
 """
 import math
 import os
@@ -32,34 +41,6 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-# ======================================================================================================
-# Shared helper: make an image's sides divisible by r (pixel-unshuffle front ends, the U-Net discriminator).
-# ======================================================================================================
-
-def pad_to_multiple(imgs, multiple):
-    """Pad the bottom and right of `imgs` so that height and width are divisible by `multiple`.
-
-    Pixel-unshuffle by r needs H and W divisible by r. We reflect-pad (mirror the last rows / columns) rather than
-    zero-pad, because a black border would be a strong, fake edge that the network would try to sharpen; after the
-    network runs, the caller crops the output back to (H * scale, W * scale), so the padding never reaches the user.
-
-    Args:
-        imgs: (N, C, H, W) tensor, any range.
-        multiple: int >= 1.
-    Returns:
-        (N, C, H', W') with H' = ceil(H / multiple) * multiple (same for W), and the original (H, W).
-    """
-    height, width = imgs.shape[-2:]
-    pad_h = (-height) % multiple
-    pad_w = (-width) % multiple
-    if pad_h or pad_w:
-        # 'reflect' needs the pad to be smaller than the side; tiny images (a side of 1 px) fall back to copying the
-        # edge pixel, which is the next best thing.
-        mode = "reflect" if (pad_h < height and pad_w < width) else "replicate"
-        imgs = F.pad(imgs, (0, pad_w, 0, pad_h), mode=mode)
-    return imgs, (height, width)
 
 
 # ======================================================================================================
@@ -145,66 +126,45 @@ class ResidualBlock(nn.Module):
         return x + residual
 
 
-def _check_unshuffle_scale(body_scale, unshuffle_scale):
-    """Overall scale of a network whose x`body_scale` body is fed a pixel-unshuffled (by r) input: body_scale / r."""
-    if unshuffle_scale < 1 or body_scale % unshuffle_scale != 0:
-        raise ValueError(
-            f"unshuffle_scale must divide the network's upscaling factor {body_scale}, got {unshuffle_scale}: "
-            f"use 2 (for an overall x{body_scale // 2}) or {body_scale} (for x1)")
-    return body_scale // unshuffle_scale
-
-
 class SRResNet(nn.Module):
     """The SRResNet generator of the SRGAN paper.
 
-    Pipeline (shapes for the classic x4 model with a 24x24 input):
-        (N, 3, 24, 24) in [0, 1]
-        -> 9x9 conv + PReLU                          (N, 64, 24, 24)   the "large kernel" sees a wide context
-        -> 16 residual blocks                        (N, 64, 24, 24)   the body: all the heavy lifting at LR size
-        -> 3x3 conv + BN, plus the 9x9 conv's output (N, 64, 24, 24)   a long skip around the whole body
-        -> 2 sub-pixel blocks, x2 each               (N, 64, 96, 96)   upsampling happens only at the very end
-        -> 9x9 conv + tanh                           (N, 3, 96, 96) in [-1, 1]
-
-    Pixel-unshuffle option (as Real-ESRGAN does for its x2 and x1 models): with use_unshuffle=True the input is first
-    folded by nn.PixelUnshuffle(r): every r x r patch of pixels becomes 3*r*r channels of one pixel, so the image
-    is r times smaller on each side and the same x4 body now gives an overall x(4 / r) -- a x2 model (r = 2) that
-    costs a quarter of the compute of running the body on the full-size input, and reuses every layer unchanged
-    except the first convolution's input channels. Inputs whose sides are not divisible by r are reflect-padded
-    and the output is cropped back to (H * scale, W * scale).
+    Pipeline (shapes for an h x w LR input at x4; the paper trains on 24 x 24 crops, so h = w = 24):
+        (N, 3, h, w) in [0, 1]
+        -> 9x9 conv + PReLU                          (N, 64, h, w)     the "large kernel" sees a wide context
+        -> 16 residual blocks                        (N, 64, h, w)     the body: all the heavy lifting at LR size
+        -> 3x3 conv + BN, plus the 9x9 conv's output (N, 64, h, w)     a long skip around the whole body
+        -> 2 sub-pixel blocks, x2 each               (N, 64, 4h, 4w)   upsampling happens only at the very end
+        -> 9x9 conv + tanh                           (N, 3, 4h, 4w) in [-1, 1]
 
     Args:
         large_kernel_size: kernel of the first and last convolutions (9).
         small_kernel_size: kernel everywhere else (3).
         n_channels: feature channels in the body (64).
         n_blocks: number of residual blocks (16).
-        scaling_factor: upscaling of the body: 2, 4 or 8.
-        use_unshuffle, unshuffle_scale: see above; the attribute `scaling_factor` is then scaling_factor / r.
+        scaling_factor: how much the network enlarges: 2, 4 or 8 (one x2 sub-pixel block per factor of 2); also
+            the attribute `scaling_factor`.
     """
 
     input_format = "[0, 1]"
     output_format = "[-1, 1]"
 
-    def __init__(self, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16, scaling_factor=4,
-                 use_unshuffle=False, unshuffle_scale=2):
+    def __init__(self, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16, scaling_factor=4):
         super().__init__()
         scaling_factor = int(scaling_factor)
         if scaling_factor not in {2, 4, 8}:
             raise ValueError(f"SRResNet's scaling_factor must be 2, 4 or 8, got {scaling_factor}")
-        self.unshuffle_scale = int(unshuffle_scale) if use_unshuffle else 1
-        # Overall upscaling of the whole network, what scripts read: 4, or 4 / r with pixel-unshuffle.
-        self.scaling_factor = _check_unshuffle_scale(scaling_factor, self.unshuffle_scale)
+        self.scaling_factor = scaling_factor
 
-        # Front end: optional fold of r x r pixels into channels, then the large-kernel convolution.
-        self.pixel_unshuffle = nn.PixelUnshuffle(self.unshuffle_scale) if use_unshuffle else nn.Identity()
-        in_channels = 3 * self.unshuffle_scale ** 2
-        self.conv_block1 = ConvolutionalBlock(in_channels, n_channels, large_kernel_size, activation="prelu")
+        # Front end: from 3 colour channels to n_channels features, with a large kernel.
+        self.conv_block1 = ConvolutionalBlock(3, n_channels, large_kernel_size, activation="prelu")
 
         # Body: residual blocks at low resolution, then a convolution closing the long skip connection.
         self.residual_blocks = nn.Sequential(
             *[ResidualBlock(small_kernel_size, n_channels) for _ in range(n_blocks)])
         self.conv_block2 = ConvolutionalBlock(n_channels, n_channels, small_kernel_size, batch_norm=True)
 
-        # Upsampling: one x2 sub-pixel block per factor of 2 of the body's scale (x4 -> 2 blocks).
+        # Upsampling: one x2 sub-pixel block per factor of 2 (x4 -> 2 blocks).
         n_subpixel_blocks = int(math.log2(scaling_factor))
         self.subpixel_convolutional_blocks = nn.Sequential(
             *[SubPixelConvolutionalBlock(small_kernel_size, n_channels, scaling_factor=2)
@@ -215,15 +175,13 @@ class SRResNet(nn.Module):
 
     def forward(self, lr_imgs):
         """(N, 3, H, W) in [0, 1] -> (N, 3, H * scaling_factor, W * scaling_factor) in [-1, 1]."""
-        lr_imgs, (height, width) = pad_to_multiple(lr_imgs, self.unshuffle_scale)
-        x = self.pixel_unshuffle(lr_imgs)  # (N, 3 r^2, H / r, W / r)
-        x = self.conv_block1(x)  # (N, 64, H / r, W / r)
-        residual = x
-        x = self.residual_blocks(x)
-        x = self.conv_block2(x) + residual  # long skip: the body learns what to add to the shallow features
-        x = self.subpixel_convolutional_blocks(x)  # (N, 64, 4 H / r, 4 W / r)
-        sr_imgs = self.conv_block3(x)  # (N, 3, 4 H / r, 4 W / r), in [-1, 1]
-        return sr_imgs[..., :height * self.scaling_factor, :width * self.scaling_factor]
+        output = self.conv_block1(lr_imgs)  # (N, 64, H, W)
+        residual = output
+        output = self.residual_blocks(output)  # (N, 64, H, W)
+        output = self.conv_block2(output) + residual  # long skip: the body learns what to add to the shallow features
+        output = self.subpixel_convolutional_blocks(output)  # (N, 64, H * s, W * s)
+        sr_imgs = self.conv_block3(output)  # (N, 3, H * s, W * s), in [-1, 1]
+        return sr_imgs
 
 
 class Generator(SRResNet):
@@ -278,7 +236,7 @@ class Discriminator(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------
-# The frozen VGG19 behind the perceptual ("content") losses.
+# The frozen VGG19 behind the perceptual losses
 # ------------------------------------------------------------------------------------------------------
 
 # VGG19's convolutions per block (all 3x3), each followed by a ReLU; each block ends in a 2x2 max-pool.
@@ -289,7 +247,8 @@ def vgg19_layer_names():
     """Names of the modules of torchvision's vgg19().features, in order (37 of them).
 
     'conv{b}_{k}' is the k-th convolution of block b, 'relu{b}_{k}' its ReLU, 'pool{b}' the max-pool closing
-    block b -- the names the SRGAN/ESRGAN papers use (e.g. "VGG54" = conv5_4). The list index is the module's
+    block b. So 'conv5_4' is the feature map before its ReLU and 'relu5_4' the same one after it (the SRGAN paper's
+    "VGG54", phi_{5,4}, is taken after the activation: relu5_4; ESRGAN's is conv5_4). The list index is the module's
     index in torchvision's nn.Sequential, so this list is the one place that knows the layout.
     """
     names = []
@@ -348,91 +307,60 @@ def load_vgg19(weights="imagenet"):
     return model.eval()
 
 
-class _FrozenVGG19(nn.Module):
-    """Base of the two VGG feature modules: the first `n_layers` modules of VGG19's `features`, frozen.
+class VGGFeatureExtractor(nn.Module):
+    """The frozen VGG19 behind the perceptual losses: its feature maps at the layers you name.
+
+    Layers have their literal names (vgg19_layer_names): 'conv5_4' is the output of the 4th convolution of block 5,
+    BEFORE its ReLU; 'relu5_4' is the same feature map after the ReLU (the SRGAN paper's phi_{5,4}: "the feature
+    map obtained by the 4th convolution (after activation) before the 5th max-pooling layer").
+      * SRGAN compares relu5_4.
+      * ESRGAN compares conv5_4: after the ReLU most features are zero (sparse), which weakens the supervision and
+        lets the brightness drift.
+      * Real-ESRGAN weighs the L1 distances of conv1_2, conv2_2, conv3_4, conv4_4 and conv5_4 by 0.1, 0.1, 1, 1, 1:
+        shallow layers keep colours and fine texture honest, deep ones the structure.
 
     Frozen means: no parameter requires a gradient (the optimizer never touches VGG, and backward does not waste
     memory on its weight gradients -- gradients still flow *through* it to the generator), and the module stays in
     eval mode even when a parent calls .train() (VGG19 has no dropout/BN in `features`, but a loss network must
     never change behaviour between training and evaluation).
-    """
-
-    def __init__(self, n_layers, weights):
-        super().__init__()
-        vgg19 = load_vgg19(weights)
-        layers = list(vgg19.features.children())[:n_layers]
-        # torchvision's ReLUs work in place; ours must not, or a feature map taken *before* a ReLU (ESRGAN's
-        # conv5_4) would be overwritten by that ReLU when the next layer runs.
-        layers = [nn.ReLU(inplace=False) if isinstance(layer, nn.ReLU) else layer for layer in layers]
-        self.features = nn.Sequential(*layers)
-        for param in self.features.parameters():
-            param.requires_grad = False
-        self.eval()
-
-    def train(self, mode=True):
-        # Ignore the requested mode: a frozen feature extractor is always in eval mode.
-        return super().train(False)
-
-
-def _vgg_feature_index(conv_name, before_activation):
-    """Index (in vgg19_layer_names()) of the module whose output is 'conv{b}_{k}''s feature map."""
-    names = vgg19_layer_names()
-    if conv_name not in names:
-        raise ValueError(f"unknown VGG19 layer {conv_name!r}; valid names: {', '.join(names)}")
-    if conv_name.startswith("conv") and not before_activation:
-        conv_name = "relu" + conv_name[4:]  # take the feature map after the ReLU
-    return names.index(conv_name)
-
-
-class TruncatedVGG19(_FrozenVGG19):
-    """VGG19 up to the j-th convolution before the i-th max-pool: the SRGAN paper's feature map phi_{i,j}.
-
-    SRGAN's content loss is the MSE between phi_{5,4}(SR) and phi_{5,4}(HR) (after the ReLU); ESRGAN takes the
-    same conv5_4 *before* its ReLU (before_activation=True) because post-ReLU features are sparse and dim
-    (most are zero), which weakens the supervision.
-
-    Input: (N, 3, H, W) images in 'imagenet-norm' (utils.convert_image). Output: (N, C, H / 2^(i-1), W / 2^(i-1))
-    with C = 64, 128, 256, 512, 512 for i = 1..5.
-    """
-
-    def __init__(self, i=5, j=4, weights="imagenet", before_activation=False):
-        if not 1 <= i <= len(VGG19_CONVS_PER_BLOCK) or not 1 <= j <= VGG19_CONVS_PER_BLOCK[i - 1]:
-            raise ValueError(f"VGG19 has no convolution {j} before max-pool {i} "
-                             f"(convolutions per block: {VGG19_CONVS_PER_BLOCK})")
-        n_layers = _vgg_feature_index(f"conv{i}_{j}", before_activation) + 1
-        super().__init__(n_layers, weights)
-        self.i, self.j, self.before_activation = i, j, before_activation
-
-    def forward(self, imgs):
-        return self.features(imgs)
-
-
-class VGGFeatureExtractor(_FrozenVGG19):
-    """Several VGG19 feature maps at once, for the multi-layer perceptual loss of Real-ESRGAN.
-
-    Real-ESRGAN weighs the L1 distances of conv1_2, conv2_2, conv3_4, conv4_4 and conv5_4 (before activation) by
-    0.1, 0.1, 1, 1, 1: shallow layers keep colours and fine texture honest, deep ones the structure.
 
     Args:
-        layer_weights: dict {'conv5_4': 1.0, ...} or a list of layer names (then every weight is 1.0); kept as the
-                       attribute `layer_weights` for the loss to use.
+        layer_weights: dict {'relu5_4': 1.0, ...} or a list of layer names (then every weight is 1.0); kept as the
+                       attribute `layer_weights` for the loss to use. Default: Real-ESRGAN's five layers.
         weights: see load_vgg19.
-        before_activation: take 'convX_Y' before its ReLU (True, as ESRGAN/Real-ESRGAN) or after it.
-    Forward: (N, 3, H, W) 'imagenet-norm' -> {name: feature map}; only runs VGG as deep as the deepest layer asked.
+    Forward: (N, 3, H, W) 'imagenet-norm' (utils.convert_image) -> {name: feature map}, e.g. relu5_4 or conv5_4:
+    (N, 512, H / 16, W / 16). VGG only runs as deep as the deepest layer asked for.
     """
 
-    def __init__(self, layer_weights=None, weights="imagenet", before_activation=True):
+    def __init__(self, layer_weights=None, weights="imagenet"):
+        super().__init__()
         if layer_weights is None:
             layer_weights = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0}
         if not isinstance(layer_weights, dict):
             layer_weights = {name: 1.0 for name in layer_weights}
         if not layer_weights:
             raise ValueError("VGGFeatureExtractor needs at least one layer name")
-        indices = {name: _vgg_feature_index(name, before_activation) for name in layer_weights}
-        super().__init__(max(indices.values()) + 1, weights)
+        names = vgg19_layer_names()
+        for name in layer_weights:
+            if name not in names:
+                raise ValueError(f"unknown VGG19 layer {name!r}; valid names: {', '.join(names)} (convX_Y: before "
+                                 f"the ReLU, reluX_Y: after it)")
+        indices = {name: names.index(name) for name in layer_weights}
+
+        layers = list(load_vgg19(weights).features.children())[:max(indices.values()) + 1]
+        # torchvision's ReLUs work in place; ours must not, or a feature map taken *before* a ReLU (ESRGAN's
+        # conv5_4) would be overwritten by that ReLU when the next layer runs.
+        layers = [nn.ReLU(inplace=False) if isinstance(layer, nn.ReLU) else layer for layer in layers]
+        self.features = nn.Sequential(*layers)
+        for param in self.features.parameters():
+            param.requires_grad = False
         self.layer_weights = dict(layer_weights)
-        self.before_activation = before_activation
         self._index_to_name = {index: name for name, index in indices.items()}
+        self.eval()
+
+    def train(self, mode=True):
+        # Ignore the requested mode: a frozen feature extractor is always in eval mode.
+        return super().train(False)
 
     def forward(self, imgs):
         features = {}
@@ -520,41 +448,41 @@ class RRDB(nn.Module):
 
 
 class RRDBNet(nn.Module):
-    """The ESRGAN / Real-ESRGAN generator, with the exact state-dict names of BasicSR / Real-ESRGAN.
+    """The ESRGAN / Real-ESRGAN generator, with the exact constructor arguments and state-dict names of BasicSR /
+    Real-ESRGAN.
 
-    Pipeline for scale=4 (shapes for a 32x32 input):
-        (N, 3, 32, 32) in [0, 1]
-        conv_first                                   (N, 64, 32, 32)
-        body: num_block RRDBs, then conv_body        (N, 64, 32, 32)   plus conv_first's output (long skip)
-        nearest x2, conv_up1, lrelu                  (N, 64, 64, 64)
-        nearest x2, conv_up2, lrelu                  (N, 64, 128, 128)
-        conv_hr, lrelu, conv_last                    (N, 3, 128, 128) roughly in [0, 1] (not clamped: clamp to show)
+    Pipeline (shapes for an h x w input; x4):
+        (N, 3, h, w) in [0, 1]
+        conv_first                                   (N, 64, h, w)
+        body: num_block RRDBs, then conv_body        (N, 64, h, w)     plus conv_first's output (long skip)
+        nearest x2, conv_up1, lrelu                  (N, 64, 2h, 2w)
+        nearest x2, conv_up2, lrelu                  (N, 64, 4h, 4w)
+        conv_hr, lrelu, conv_last                    (N, 3, 4h, 4w) roughly in [0, 1] (not clamped: clamp to show)
 
     Why nearest-neighbour interpolation + convolution instead of pixel shuffle: ESRGAN's choice; the convolution
     after a nearest upsample sees whole copies of each pixel, which avoids checkerboard patterns as well.
 
-    scale=2 and scale=1 (Real-ESRGAN): the same x4 network is fed a pixel-unshuffled input (every 2x2 or 4x4
-    patch folded into channels: num_in_ch * 4 or * 16 channels at half or quarter size), so the expensive body
-    runs at a quarter (or a sixteenth) of the pixels and the output is x4 of that, i.e. x2 (or x1) overall.
-    Sides not divisible by 2 (or 4) are reflect-padded and the output cropped back.
-
     Args:
         num_in_ch, num_out_ch: image channels (3).
-        scale: 4, 2 or 1 (the attribute `scaling_factor`).
+        scale: 4 (the attribute `scaling_factor`). RRDBNet(scale=2) and RRDBNet(scale=1), Real-ESRGAN's x2 / x1
+            models, build an RRDBNetUnshuffle (see "Later additions"), as BasicSR's RRDBNet does with those scales.
         num_feat: feature channels (64). num_block: RRDBs (23). num_grow_ch: dense growth channels (32).
     """
 
     input_format = "[0, 1]"
     output_format = "[0, 1]"
 
+    def __new__(cls, num_in_ch=3, num_out_ch=3, scale=4, *args, **kwargs):
+        if cls is RRDBNet and int(scale) != 4:
+            cls = RRDBNetUnshuffle
+        return super().__new__(cls)
+
     def __init__(self, num_in_ch=3, num_out_ch=3, scale=4, num_feat=64, num_block=23, num_grow_ch=32):
         super().__init__()
-        scale = int(scale)
-        if scale not in (1, 2, 4):
+        if int(scale) != 4:
             raise ValueError(f"RRDBNet's scale must be 4, 2 or 1, got {scale}")
-        self.scaling_factor = scale
-        self.unshuffle_scale = 4 // scale  # 1 (x4), 2 (x2) or 4 (x1)
-        self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle_scale ** 2, num_feat, 3, 1, 1)
+        self.scaling_factor = 4
+        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*[RRDB(num_feat, num_grow_ch) for _ in range(num_block)])
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
@@ -564,17 +492,183 @@ class RRDBNet(nn.Module):
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
 
     def forward(self, lr_imgs):
-        """(N, num_in_ch, H, W) in [0, 1] -> (N, num_out_ch, H * scale, W * scale), about [0, 1]."""
-        x, (height, width) = pad_to_multiple(lr_imgs, self.unshuffle_scale)
-        if self.unshuffle_scale > 1:
-            x = F.pixel_unshuffle(x, self.unshuffle_scale)  # (N, C r^2, H / r, W / r)
-        feat = self.conv_first(x)  # (N, num_feat, h, w)
+        """(N, num_in_ch, H, W) in [0, 1] -> (N, num_out_ch, 4 H, 4 W), about [0, 1]."""
+        feat = self.conv_first(lr_imgs)  # (N, num_feat, H, W)
         feat = feat + self.conv_body(self.body(feat))  # long skip around the whole trunk
-        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))  # (N, F, 2h, 2w)
-        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))  # (N, F, 4h, 4w)
-        sr_imgs = self.conv_last(self.lrelu(self.conv_hr(feat)))  # (N, num_out_ch, 4h, 4w)
+        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))  # (N, F, 2H, 2W)
+        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))  # (N, F, 4H, 4W)
+        return self.conv_last(self.lrelu(self.conv_hr(feat)))  # (N, num_out_ch, 4H, 4W)
+
+
+# ======================================================================================================
+# Part C -- Real-ESRGAN
+# ======================================================================================================
+
+class UNetDiscriminatorSN(nn.Module):
+    """Real-ESRGAN's U-Net discriminator with spectral normalisation: one real/fake logit PER PIXEL.
+
+    Why a U-Net: Real-ESRGAN's degradations (blur, noise, JPEG, twice) make the generator's job harder and its
+    failures local; a discriminator that answers per pixel gives the generator detailed, local feedback ("this
+    patch of sky is fake") instead of one verdict for the whole image, and the skip connections bring the fine
+    detail of the encoder to the decoder.
+    Why spectral norm: it bounds each layer's Lipschitz constant, keeping the stronger U-Net discriminator from
+    overpowering the generator and stabilising GAN training (Miyato et al., 2018). torch.nn.utils.spectral_norm is
+    the hook-based API Real-ESRGAN uses, which keeps their state-dict names (weight_orig, weight_u, weight_v).
+
+    Shapes (H, W divisible by 8 keep the skips aligned; other sizes are padded and cropped):
+        (N, num_in_ch, H, W)
+        conv0                         (N, F, H, W)          F = num_feat
+        conv1 (stride 2, SN)          (N, 2F, H/2, W/2)
+        conv2 (stride 2, SN)          (N, 4F, H/4, W/4)
+        conv3 (stride 2, SN)          (N, 8F, H/8, W/8)
+        x2 bilinear, conv4 (SN)       (N, 4F, H/4, W/4)     + conv2's output (skip)
+        x2 bilinear, conv5 (SN)       (N, 2F, H/2, W/2)     + conv1's output
+        x2 bilinear, conv6 (SN)       (N, F, H, W)          + conv0's output
+        conv7, conv8 (SN), conv9      (N, 1, H, W)          raw logits (use BCEWithLogits)
+    All activations are LeakyReLU(0.2). Convolutions followed by spectral norm have no bias, as in Real-ESRGAN.
+    """
+
+    def __init__(self, num_in_ch=3, num_feat=64, skip_connection=True):
+        super().__init__()
+        self.skip_connection = skip_connection
+        sn = nn.utils.spectral_norm
+        self.conv0 = nn.Conv2d(num_in_ch, num_feat, kernel_size=3, stride=1, padding=1)
+        # Downsampling: 4x4 kernels with stride 2 halve the size.
+        self.conv1 = sn(nn.Conv2d(num_feat, num_feat * 2, 4, 2, 1, bias=False))
+        self.conv2 = sn(nn.Conv2d(num_feat * 2, num_feat * 4, 4, 2, 1, bias=False))
+        self.conv3 = sn(nn.Conv2d(num_feat * 4, num_feat * 8, 4, 2, 1, bias=False))
+        # Upsampling: bilinear x2, then a 3x3 convolution.
+        self.conv4 = sn(nn.Conv2d(num_feat * 8, num_feat * 4, 3, 1, 1, bias=False))
+        self.conv5 = sn(nn.Conv2d(num_feat * 4, num_feat * 2, 3, 1, 1, bias=False))
+        self.conv6 = sn(nn.Conv2d(num_feat * 2, num_feat, 3, 1, 1, bias=False))
+        # Extra refinement at full size, then one logit per pixel.
+        self.conv7 = sn(nn.Conv2d(num_feat, num_feat, 3, 1, 1, bias=False))
+        self.conv8 = sn(nn.Conv2d(num_feat, num_feat, 3, 1, 1, bias=False))
+        self.conv9 = nn.Conv2d(num_feat, 1, 3, 1, 1)
+
+    def forward(self, imgs):
+        """(N, C, H, W) -> (N, 1, H, W) per-pixel logits."""
+        lrelu = lambda t: F.leaky_relu(t, negative_slope=0.2)  # noqa: E731 (a one-line helper reads best here)
+        up = lambda t: F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)  # noqa: E731
+        x, (height, width) = pad_to_multiple(imgs, 8)  # see "Later additions"; cropped back at the end
+
+        x0 = lrelu(self.conv0(x))  # (N, F, H, W)
+        x1 = lrelu(self.conv1(x0))  # (N, 2F, H/2, W/2)
+        x2 = lrelu(self.conv2(x1))  # (N, 4F, H/4, W/4)
+        x3 = lrelu(self.conv3(x2))  # (N, 8F, H/8, W/8)
+
+        x4 = lrelu(self.conv4(up(x3)))  # (N, 4F, H/4, W/4)
+        if self.skip_connection:
+            x4 = x4 + x2
+        x5 = lrelu(self.conv5(up(x4)))  # (N, 2F, H/2, W/2)
+        if self.skip_connection:
+            x5 = x5 + x1
+        x6 = lrelu(self.conv6(up(x5)))  # (N, F, H, W)
+        if self.skip_connection:
+            x6 = x6 + x0
+
+        out = lrelu(self.conv7(x6))
+        out = lrelu(self.conv8(out))
+        out = self.conv9(out)  # (N, 1, H, W)
+        return out[..., :height, :width]
+
+
+# ======================================================================================================
+# Later additions: pixel-unshuffle x2 / x1 models
+# ======================================================================================================
+#
+# Real-ESRGAN's x2 model is its x4 RRDBNet fed a pixel-unshuffled input: nn.PixelUnshuffle(r) folds every r x r
+# patch of pixels into 3 r^2 channels of one pixel, so the image is r times smaller on each side and the same x4
+# network now gives an overall x(4 / r): an x2 model (r = 2) whose expensive body runs on a quarter of the pixels,
+# or an x1 model (r = 4, what CutBlur needs). Only the first convolution changes (3 r^2 input channels instead of
+# 3); the state-dict keys stay the same. Inputs whose sides are not divisible by r are reflect-padded and the output
+# is cropped back.
+
+def pad_to_multiple(imgs, multiple):
+    """Pad the bottom and right of `imgs` so that height and width are divisible by `multiple`.
+
+    Pixel-unshuffle by r needs H and W divisible by r. We reflect-pad (mirror the last rows / columns) rather than
+    zero-pad, because a black border would be a strong, fake edge that the network would try to sharpen; after the
+    network runs, the caller crops the output back to (H * scale, W * scale), so the padding never reaches the user.
+
+    Args:
+        imgs: (N, C, H, W) tensor, any range.
+        multiple: int >= 1.
+    Returns:
+        (N, C, H', W') with H' = ceil(H / multiple) * multiple (same for W), and the original (H, W).
+    """
+    height, width = imgs.shape[-2:]
+    pad_h = (-height) % multiple
+    pad_w = (-width) % multiple
+    if pad_h or pad_w:
+        # 'reflect' needs the pad to be smaller than the side; tiny images (a side of 1 px) fall back to copying the
+        # edge pixel, which is the next best thing.
+        mode = "reflect" if (pad_h < height and pad_w < width) else "replicate"
+        imgs = F.pad(imgs, (0, pad_w, 0, pad_h), mode=mode)
+    return imgs, (height, width)
+
+
+class _PixelUnshuffleFrontEnd:
+    """The forward pass of the pixel-unshuffle models, in front of their parent network's own forward:
+
+        (N, 3, H, W) -> pad to multiples of r -> PixelUnshuffle(r) -> (N, 3 r^2, H' / r, W' / r)
+        -> the parent network (x scaling_factor * r) -> (N, 3, s H', s W') -> cropped to (N, 3, s H, s W)
+    """
+
+    def forward(self, lr_imgs):
+        x, (height, width) = pad_to_multiple(lr_imgs, self.unshuffle_scale)
+        x = F.pixel_unshuffle(x, self.unshuffle_scale)  # (N, 3 r^2, H / r, W / r)
+        sr_imgs = super().forward(x)  # the parent class's network
         return sr_imgs[..., :height * self.scaling_factor, :width * self.scaling_factor]
 
+
+class SRResNetUnshuffle(_PixelUnshuffleFrontEnd, SRResNet):
+    """An SRResNet behind a pixel-unshuffle by `unshuffle_scale` r: an x(scaling_factor) model made of an
+    x(scaling_factor * r) SRResNet, e.g. x2 = an x4 SRResNet behind r = 2, x1 = an x4 SRResNet behind r = 4.
+
+    Same state-dict keys as SRResNet (only conv_block1's weight has 3 r^2 input channels), so checkpoints of the
+    earlier SRResNet(use_unshuffle=True) load as they are.
+    """
+
+    def __init__(self, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16, scaling_factor=2,
+                 unshuffle_scale=2):
+        scaling_factor, unshuffle_scale = int(scaling_factor), int(unshuffle_scale)
+        if unshuffle_scale < 2 or scaling_factor * unshuffle_scale not in {2, 4, 8}:
+            raise ValueError(f"unshuffle_scale {unshuffle_scale} with an overall scaling_factor {scaling_factor} "
+                             f"needs an x{scaling_factor * unshuffle_scale} SRResNet, which does not exist: use "
+                             f"unshuffle_scale 2 or 4, with scaling_factor * unshuffle_scale 2, 4 or 8 (e.g. 2 and 2, "
+                             f"or 1 and 4)")
+        super().__init__(large_kernel_size, small_kernel_size, n_channels, n_blocks,
+                         scaling_factor=scaling_factor * unshuffle_scale)
+        # The only layer that changes: the first convolution takes the 3 r^2 channels of the folded image.
+        self.conv_block1 = ConvolutionalBlock(3 * unshuffle_scale ** 2, n_channels, large_kernel_size,
+                                              activation="prelu")
+        self.scaling_factor = scaling_factor  # overall: what the scripts read
+        self.unshuffle_scale = unshuffle_scale
+
+
+class RRDBNetUnshuffle(_PixelUnshuffleFrontEnd, RRDBNet):
+    """Real-ESRGAN's x2 and x1 models: the x4 RRDBNet behind a pixel-unshuffle by 2 or 4.
+
+    Constructor arguments and state-dict keys are BasicSR's RRDBNet(scale=2) / RRDBNet(scale=1) (conv_first takes
+    num_in_ch * 4 or * 16 channels), so `RRDBNet(scale=2)` builds one of these, and the official x2 files load.
+    """
+
+    def __init__(self, num_in_ch=3, num_out_ch=3, scale=2, num_feat=64, num_block=23, num_grow_ch=32):
+        scale = int(scale)
+        if scale not in (1, 2):
+            raise ValueError(f"RRDBNet's scale must be 4, 2 or 1 (2 and 1: the x4 network behind a pixel-unshuffle), "
+                             f"got {scale}")
+        super().__init__(num_in_ch, num_out_ch, 4, num_feat, num_block, num_grow_ch)
+        self.unshuffle_scale = 4 // scale  # 2 (x2) or 4 (x1)
+        # The only layer that changes: the first convolution takes the num_in_ch r^2 channels of the folded image.
+        self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle_scale ** 2, num_feat, 3, 1, 1)
+        self.scaling_factor = scale  # overall: what the scripts read
+
+
+# ======================================================================================================
+# Porting weights between frameworks and releases
+# ======================================================================================================
 
 # ------------------------------------------------------------------------------------------------------
 # Pixel shuffle across frameworks: the same idea, three channel orders.
@@ -896,85 +990,43 @@ def interpolate_state_dicts(psnr_state, gan_state, alpha, skip_mismatched=False)
 
 
 # ======================================================================================================
-# Part C -- Real-ESRGAN
+# Choosing a generator by name (used by every script)
 # ======================================================================================================
 
-class UNetDiscriminatorSN(nn.Module):
-    """Real-ESRGAN's U-Net discriminator with spectral normalisation: one real/fake logit PER PIXEL.
+def upgrade_generator_kwargs(arch, kwargs):
+    """A generator's constructor arguments in today's form, from a checkpoint of any version.
 
-    Why a U-Net: Real-ESRGAN's degradations (blur, noise, JPEG, twice) make the generator's job harder and its
-    failures local; a discriminator that answers per pixel gives the generator detailed, local feedback ("this
-    patch of sky is fake") instead of one verdict for the whole image, and the skip connections bring the fine
-    detail of the encoder to the decoder.
-    Why spectral norm: it bounds each layer's Lipschitz constant, keeping the stronger U-Net discriminator from
-    overpowering the generator and stabilising GAN training (Miyato et al., 2018). torch.nn.utils.spectral_norm is
-    the hook-based API Real-ESRGAN uses, which keeps their state-dict names (weight_orig, weight_u, weight_v).
-
-    Shapes (H, W divisible by 8 keep the skips aligned; other sizes are padded and cropped):
-        (N, num_in_ch, H, W)
-        conv0                         (N, F, H, W)          F = num_feat
-        conv1 (stride 2, SN)          (N, 2F, H/2, W/2)
-        conv2 (stride 2, SN)          (N, 4F, H/4, W/4)
-        conv3 (stride 2, SN)          (N, 8F, H/8, W/8)
-        x2 bilinear, conv4 (SN)       (N, 4F, H/4, W/4)     + conv2's output (skip)
-        x2 bilinear, conv5 (SN)       (N, 2F, H/2, W/2)     + conv1's output
-        x2 bilinear, conv6 (SN)       (N, F, H, W)          + conv0's output
-        conv7, conv8 (SN), conv9      (N, 1, H, W)          raw logits (use BCEWithLogits)
-    All activations are LeakyReLU(0.2). Convolutions followed by spectral norm have no bias, as in Real-ESRGAN.
+    Checkpoints written before the pixel-unshuffle SRResNet had its own class stored, for 'srresnet',
+    {..., 'scaling_factor': the BODY's scale, 'use_unshuffle': bool, 'unshuffle_scale': r (also when unused)}.
+    Today 'scaling_factor' is the overall scale (the body's / r) and 'unshuffle_scale' is given only for the
+    pixel-unshuffle model.
     """
-
-    def __init__(self, num_in_ch=3, num_feat=64, skip_connection=True):
-        super().__init__()
-        self.skip_connection = skip_connection
-        sn = nn.utils.spectral_norm
-        self.conv0 = nn.Conv2d(num_in_ch, num_feat, kernel_size=3, stride=1, padding=1)
-        # Downsampling: 4x4 kernels with stride 2 halve the size.
-        self.conv1 = sn(nn.Conv2d(num_feat, num_feat * 2, 4, 2, 1, bias=False))
-        self.conv2 = sn(nn.Conv2d(num_feat * 2, num_feat * 4, 4, 2, 1, bias=False))
-        self.conv3 = sn(nn.Conv2d(num_feat * 4, num_feat * 8, 4, 2, 1, bias=False))
-        # Upsampling: bilinear x2, then a 3x3 convolution.
-        self.conv4 = sn(nn.Conv2d(num_feat * 8, num_feat * 4, 3, 1, 1, bias=False))
-        self.conv5 = sn(nn.Conv2d(num_feat * 4, num_feat * 2, 3, 1, 1, bias=False))
-        self.conv6 = sn(nn.Conv2d(num_feat * 2, num_feat, 3, 1, 1, bias=False))
-        # Extra refinement at full size, then one logit per pixel.
-        self.conv7 = sn(nn.Conv2d(num_feat, num_feat, 3, 1, 1, bias=False))
-        self.conv8 = sn(nn.Conv2d(num_feat, num_feat, 3, 1, 1, bias=False))
-        self.conv9 = nn.Conv2d(num_feat, 1, 3, 1, 1)
-
-    def forward(self, imgs):
-        """(N, C, H, W) -> (N, 1, H, W) per-pixel logits."""
-        lrelu = lambda t: F.leaky_relu(t, negative_slope=0.2)  # noqa: E731 (a one-line helper reads best here)
-        up = lambda t: F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)  # noqa: E731
-        x, (height, width) = pad_to_multiple(imgs, 8)
-
-        x0 = lrelu(self.conv0(x))  # (N, F, H, W)
-        x1 = lrelu(self.conv1(x0))  # (N, 2F, H/2, W/2)
-        x2 = lrelu(self.conv2(x1))  # (N, 4F, H/4, W/4)
-        x3 = lrelu(self.conv3(x2))  # (N, 8F, H/8, W/8)
-
-        x4 = lrelu(self.conv4(up(x3)))  # (N, 4F, H/4, W/4)
-        if self.skip_connection:
-            x4 = x4 + x2
-        x5 = lrelu(self.conv5(up(x4)))  # (N, 2F, H/2, W/2)
-        if self.skip_connection:
-            x5 = x5 + x1
-        x6 = lrelu(self.conv6(up(x5)))  # (N, F, H, W)
-        if self.skip_connection:
-            x6 = x6 + x0
-
-        out = lrelu(self.conv7(x6))
-        out = lrelu(self.conv8(out))
-        out = self.conv9(out)  # (N, 1, H, W)
-        return out[..., :height, :width]
+    kwargs = dict(kwargs)
+    if arch == "srresnet" and "use_unshuffle" in kwargs:
+        use_unshuffle = kwargs.pop("use_unshuffle")
+        unshuffle_scale = int(kwargs.pop("unshuffle_scale", 2))
+        if use_unshuffle:
+            kwargs["scaling_factor"] = int(kwargs.get("scaling_factor", 4)) // unshuffle_scale
+            kwargs["unshuffle_scale"] = unshuffle_scale
+    return kwargs
 
 
-# ======================================================================================================
-# Choosing a generator by name (used by every script).
-# ======================================================================================================
+GENERATOR_ARCHITECTURES = ("srresnet", "rrdb")
+
 
 def build_generator(arch, **kwargs):
-    """'srresnet' -> SRResNet(**kwargs), 'rrdb' -> RRDBNet(**kwargs). Unknown names raise ValueError."""
-    architectures = {"srresnet": SRResNet, "rrdb": RRDBNet}
-    if arch not in architectures:
-        raise ValueError(f"unknown generator architecture {arch!r}; choose one of {sorted(architectures)}")
-    return architectures[arch](**kwargs)
+    """A generator from the name and constructor arguments that checkpoints store.
+
+    'srresnet' -> SRResNet(**kwargs), or SRResNetUnshuffle when kwargs has an unshuffle_scale above 1;
+    'rrdb' -> RRDBNet(**kwargs) (scale 2 or 1: RRDBNetUnshuffle). Older checkpoints' arguments are accepted too
+    (upgrade_generator_kwargs). Unknown names raise ValueError.
+    """
+    if arch not in GENERATOR_ARCHITECTURES:
+        raise ValueError(f"unknown generator architecture {arch!r}; choose one of {sorted(GENERATOR_ARCHITECTURES)}")
+    kwargs = upgrade_generator_kwargs(arch, kwargs)
+    if arch == "rrdb":
+        return RRDBNet(**kwargs)
+    if kwargs.get("unshuffle_scale", 1) > 1:
+        return SRResNetUnshuffle(**kwargs)
+    kwargs.pop("unshuffle_scale", None)
+    return SRResNet(**kwargs)

@@ -11,11 +11,13 @@ and, for learners, it still draws the tutorial's comparison (HR | bicubic | SRRe
     python super_resolve.py --grid butterfly.png --model srresnet.pth srgan.pth --output_folder out/
 
 How it works, top to bottom:
-  1. `upscale()`: the core. A (1, C, H, W) image in [0, 1] -> (1, C, H*s, W*s) in [0, 1], cut into overlapping
-     tiles so that only one tile's activations are ever in memory (the output is assembled on the CPU).
-  2. `read_image()` / `write_image()`: real files -- phone photos (EXIF orientation), greyscale, transparency
+  1. `read_image()` / `write_image()`: real files -- phone photos (EXIF orientation), greyscale, transparency
      (RGBA / LA / palette), 16-bit greyscale PNGs, CMYK JPEGs -- in, and a PNG of the same kind out.
-  3. `comparison_grid()`: the tutorial's figure, with a label (and PSNR against HR) on each panel.
+  2. `upscale_image()`: an image of any of these kinds through the network. The network itself runs in tiles in
+     utils.upscale (so that only one tile's activations are ever in memory), which lives in utils.py because
+     eval.py runs generators the same way (metrics.evaluate_set), and a training script can too.
+  3. `comparison_grid()`: the tutorial's figure, with a label (and PSNR against HR, as eval.py measures it) on each
+     panel.
   4. `main()`: the command line -- files and folders in, `<stem>_x<s>.png` out, failures listed at the end.
 
 Output files are always PNG (lossless, and the only common format that holds transparency and 16 bits); a JPEG
@@ -27,10 +29,7 @@ a file is upscaled and saved as 8-bit RGB (a warning says so); only 16-bit *grey
 16 bits end to end. 32-bit float images ('F') are refused. Animated images use their first frame.
 """
 import argparse
-import math
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -40,138 +39,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from tqdm import tqdm
 
+import metrics
 import utils
 
-# Default tile settings. A 256-pixel LR tile (1024 pixels at x4) keeps the full RRDBNet (ESRGAN) at about 1 GB of
-# activations in fp32 whatever the image size: for a 1024x1024 input at x4 on the CPU, the process peaks at ~2 GB
-# tiled vs ~14 GB untiled (benchmarks/bench_tiling.py; the memory peak is in the full-size x4 tail, which every
-# RRDBNet depth shares). Time hardly suffers: tiles fit the caches better, so tiled was even faster on an AVX-512 CPU
-# (283 s vs 428 s) and ~15% slower on an older AVX2 one. The 16-pixel pad is far less than the RRDBNet's theoretical
-# receptive field (~350 LR pixels), but the *effective* influence of far pixels decays fast: in every network we
-# could measure (random and briefly trained RRDBNets) pad 8 already gave >= 84 dB PSNR between tiled and untiled
-# outputs, and the tests check >= 45 dB with these defaults on a real photo. No pretrained ESRGAN was available to
-# confirm it on; if you ever see a seam, raise --tile_pad (32 costs ~20% more time).
-DEFAULT_TILE = 256
-DEFAULT_TILE_PAD = 16
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 # ======================================================================================================
-# 1. The core: tiled inference
-# ======================================================================================================
-
-def _tile_starts(length, tile):
-    """Start offsets of the tiles along one side: 0, tile, 2*tile, ... (the last tile may be shorter)."""
-    return list(range(0, length, tile))
-
-
-def _round_up(value, multiple):
-    return int(math.ceil(value / multiple) * multiple)
-
-
-def upscale(model, lr_img, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD, precision="fp32", progress=False):
-    """
-    Super-resolve one image, tile by tile, with any generator of the project.
-
-    Why tiles? A network's activations are many times larger than its input: the full RRDBNet keeps maps of
-    64-192 channels at LR size and 64 channels at 2x and 4x size, so a 1024x1024 photo needs ~13 GB at once.
-    Cutting the LR image into tile x tile pieces bounds that by the tile size instead of the image size.
-
-    Why do tiles overlap? A convolution near a tile's edge sees the zero padding of the tile instead of the real
-    neighbouring pixels, so pasting independently upscaled tiles side by side shows seams. We therefore run each
-    tile with `tile_pad` extra LR pixels of real context on each side (clamped at the image border), and keep only
-    the upscaled centre. An output pixel depends only on the input pixels within the network's receptive-field
-    radius r (a stack of L 3x3 convolutions has r = L). If tile_pad >= r, every kept output pixel sees exactly
-    the same inputs as in the untiled run -- and where the padded tile is clamped at the image border, the tile's
-    border *is* the image's border, so the zero padding there is also the same. Tiled == untiled then, up to
-    floating-point summation order. Real networks have huge theoretical receptive fields, but far pixels matter
-    very little, so a small pad already makes the seams invisible (see DEFAULT_TILE_PAD).
-
-    Models that pixel-unshuffle their input by r (x2 / x1 variants) fold r x r blocks of pixels into channels,
-    so tile borders and pads are kept on multiples of r; otherwise a tile would be folded differently from the
-    whole image.
-
-    :param model: a generator with `scaling_factor`, `input_format` and `output_format` attributes, in eval mode;
-                  its device (and dtype, e.g. float64 in tests) is where the tiles run
-    :param lr_img: (1, C, H, W) float tensor in [0, 1], on any device
-    :param tile: LR tile side in pixels; 0 (or >= the image) runs the whole image at once
-    :param tile_pad: LR pixels of context added on each side of a tile
-    :param precision: 'fp32', 'bf16' (torch.autocast on CPU and CUDA) or 'fp16' (CUDA only)
-    :param progress: show a tqdm bar over the tiles (only when there is more than one)
-    :return: (1, C, H * s, W * s) tensor in [0, 1] on the CPU, with lr_img's float dtype (float32 for integer input)
-    """
-    if lr_img.dim() != 4 or lr_img.shape[0] != 1:
-        raise ValueError(f"upscale() takes one image of shape (1, C, H, W), got {tuple(lr_img.shape)}.")
-    if tile < 0 or tile_pad < 0:
-        raise ValueError(f"tile and tile_pad must be >= 0 (tile 0 = whole image), got {tile} and {tile_pad}.")
-    parameter = next(model.parameters())
-    device, model_dtype = parameter.device, parameter.dtype
-    autocast = _autocast_context(precision, device)
-    scale = int(model.scaling_factor)
-    out_dtype = lr_img.dtype if lr_img.is_floating_point() else torch.float32
-
-    # Tile borders on multiples of the model's pixel-unshuffle factor (1 for models without unshuffle).
-    multiple = int(getattr(model, "unshuffle_scale", 1))
-    _, _, height, width = lr_img.shape
-    if tile == 0 or (tile >= height and tile >= width):
-        tile = max(height, width)  # one tile: the whole image
-    tile = _round_up(tile, multiple)
-    tile_pad = _round_up(tile_pad, multiple)
-
-    tiles = [(top, left) for top in _tile_starts(height, tile) for left in _tile_starts(width, tile)]
-    sr_img = None  # allocated once we know the model's output channels
-    with tqdm(total=len(tiles), desc="tiles", unit="tile", leave=False,
-              disable=not progress or len(tiles) == 1) as bar:
-        for top, left in tiles:
-            bottom, right = min(top + tile, height), min(left + tile, width)
-            # The tile plus its context, clamped at the image border.
-            pad_top, pad_left = max(top - tile_pad, 0), max(left - tile_pad, 0)
-            pad_bottom, pad_right = min(bottom + tile_pad, height), min(right + tile_pad, width)
-            lr_tile = lr_img[:, :, pad_top:pad_bottom, pad_left:pad_right]  # (1, C, h + pads, w + pads), [0, 1]
-
-            sr_tile = _run_model(model, lr_tile, device, model_dtype, out_dtype, autocast)  # (1, C', s*.., s*..)
-
-            # Keep only the upscaled centre: drop the s * pad pixels that came from the context.
-            y0, x0 = (top - pad_top) * scale, (left - pad_left) * scale
-            sr_centre = sr_tile[:, :, y0:y0 + (bottom - top) * scale, x0:x0 + (right - left) * scale]
-            if len(tiles) == 1:
-                return sr_centre.cpu()  # untiled: the model's output is the result, no second copy
-            if sr_img is None:
-                # The whole output lives on the CPU: only the current tile occupies the accelerator.
-                sr_img = torch.empty((1, sr_tile.shape[1], height * scale, width * scale), dtype=out_dtype)
-            sr_img[:, :, top * scale:bottom * scale, left * scale:right * scale] = sr_centre.cpu()
-            bar.update(1)
-    return sr_img  # (1, C', H * s, W * s), in [0, 1]
-
-
-def _autocast_context(precision, device):
-    """fp32: no autocast. bf16: torch.autocast on CPU or CUDA. fp16: CUDA only (CPU fp16 convolutions are slow
-    or missing, and fp16's narrow range is only worth it on GPU tensor cores)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
-    if precision == "fp32":
-        return torch.autocast(device_type=device.type, enabled=False)
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision 'fp16' needs a CUDA GPU; on the CPU use --precision bf16 or fp32.")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _run_model(model, lr_tile, device, model_dtype, out_dtype, autocast):
-    """One forward pass: [0, 1] -> the model's input format -> model -> [0, 1], clamped (no gradients kept)."""
-    # channels_last (NHWC) input: PyTorch then runs every convolution of the model in NHWC, which oneDNN (CPU) and
-    # cuDNN (GPU) do much faster than NCHW -- 1.5x for the full RRDBNet in fp32 on an AVX-512 CPU. Same numbers.
-    x = lr_tile.to(device=device, dtype=model_dtype).contiguous(memory_format=torch.channels_last)
-    x = utils.convert_image(x, "[0, 1]", model.input_format)
-    with torch.inference_mode(), autocast:
-        y = model(x)
-    # Back to full precision before rescaling: bf16 / fp16 outputs would lose levels in the arithmetic.
-    y = utils.convert_image(y.to(out_dtype), model.output_format, "[0, 1]")
-    return y.clamp(0.0, 1.0)
-
-
-# ======================================================================================================
-# 2. Real files in and out
+# 1. Real files in and out
 # ======================================================================================================
 
 # Modes that Pillow gives 16-bit (or wider integer) greyscale PNG / TIFF data in.
@@ -262,7 +137,8 @@ def _png_bit_depth_and_colour_type(path):
     return header[24], header[25]
 
 
-def upscale_image(model, image, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD, precision="fp32", progress=False):
+def upscale_image(model, image, tile=utils.DEFAULT_TILE, tile_pad=utils.DEFAULT_TILE_PAD, precision="fp32",
+                  progress=False):
     """
     Upscale an ImageData into a PIL image of the same kind (L / LA / RGB / RGBA / I;16), s times larger.
 
@@ -272,13 +148,13 @@ def upscale_image(model, image, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD, pr
     colour (same pixel-centre convention as the network's x s grid).
     """
     scale = int(model.scaling_factor)
-    sr_rgb = upscale(model, image.rgb, tile=tile, tile_pad=tile_pad, precision=precision,
-                     progress=progress)  # (1, 3, H*s, W*s), [0, 1]
+    sr_rgb = utils.upscale(model, image.rgb, tile=tile, tile_pad=tile_pad, precision=precision,
+                           progress=progress)  # (1, 3, H*s, W*s), [0, 1]
     channels = sr_rgb[0]  # (3, H*s, W*s)
     if image.grey:
         # Back to one channel with the BT.601 luma weights (what Pillow's convert('L') uses). The input channels
         # were equal, so this only averages away the small colour casts the network may add.
-        weights = torch.tensor([0.299, 0.587, 0.114], dtype=channels.dtype)
+        weights = utils.LUMA_WEIGHTS.to(channels.dtype)
         channels = torch.einsum("chw,c->hw", channels, weights)[None]  # (1, H*s, W*s)
     if image.alpha is not None:
         sr_alpha = F.interpolate(image.alpha, scale_factor=scale, mode="bicubic", align_corners=False)
@@ -312,40 +188,24 @@ def to_pil(channels, bits=8):
 
 
 def write_image(img, path):
-    """
-    Save a PIL image as PNG atomically: write '<dir>/.<name>.*.tmp', then rename it over `path`.
-
-    os.replace is atomic, so a crash, a full disk or Ctrl+C leaves either the old file or the complete new one,
-    never half a PNG that an image viewer (or the next script) chokes on.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary_path = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            img.save(file, format="PNG")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary_path, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(temporary_path, path)
-    except BaseException:
-        if os.path.exists(temporary_path):
-            os.remove(temporary_path)
-        raise
+    """Save a PIL image as PNG atomically (utils.atomic_write): a crash, a full disk or Ctrl+C leaves either the old
+    file or the complete new one, never half a PNG that an image viewer (or the next script) chokes on."""
+    utils.atomic_write(path, lambda file: img.save(file, format="PNG"))
 
 
 # ======================================================================================================
-# 3. The tutorial's comparison grid
+# 2. The tutorial's comparison grid
 # ======================================================================================================
 
-def comparison_grid(hr_img, models, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD, precision="fp32",
-                    progress=False):
+def comparison_grid(hr_img, models, tile=utils.DEFAULT_TILE, tile_pad=utils.DEFAULT_TILE_PAD, precision="fp32"):
     """
     The tutorial's figure: HR | bicubic | each model's output, side by side, labelled with name and PSNR.
 
-    The HR image is cropped to a multiple of the scale and downsampled with bicubic (as the training LR images
-    are made, utils.make_lr_image); "bicubic" upscales that LR image back with bicubic, and each model upscales
-    the same LR image. PSNR (RGB, against HR) is only a rough guide: GAN outputs look sharper yet score lower.
+    The panels are made and measured as eval.py makes and measures them (metrics.py): the HR image is cropped
+    top-left to a multiple of the scale and shrunk with MATLAB's bicubic imresize; "bicubic" upscales that LR image
+    back with imresize, and each model upscales the same LR image (in tiles, utils.upscale). Each PSNR is the
+    standard protocol's (luma Y, `scale` pixels shaved from the borders), so it is the figure eval.py gives for this
+    image. GAN outputs look sharper yet score lower.
 
     :param hr_img: PIL image (any mode; converted to RGB)
     :param models: list of (model, label) pairs, all with the same scaling_factor
@@ -356,18 +216,18 @@ def comparison_grid(hr_img, models, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD
         raise ValueError(f"The grid compares models of one scale, but got scales {sorted(scales)}; "
                          f"pass models of the same scale.")
     scale = scales.pop()
-    hr_img = utils.modcrop(hr_img.convert("RGB"), scale)
-    width, height = hr_img.size
-    if width < scale or height < scale:
-        raise ValueError(f"The HR image ({width}x{height}) is too small for x{scale}; use a larger image.")
-    lr_img = utils.make_lr_image(hr_img, scale)
-    bicubic_img = lr_img.resize((width, height), Image.Resampling.BICUBIC)
+    hr = metrics.modcrop_array(np.asarray(hr_img.convert("RGB")), scale)  # (H, W, 3), uint8
+    height, width = hr.shape[:2]
+    if min(height, width) < 2 * scale + 11:
+        raise ValueError(f"The HR image ({width}x{height} after cropping to a multiple of {scale}) is too small for a "
+                         f"x{scale} grid: measuring it needs {2 * scale + 11} pixels a side; use a larger image.")
+    lr = metrics.imresize(hr, scale=1 / scale)  # (H / s, W / s, 3), uint8
 
-    panels = [("HR", hr_img), ("Bicubic", bicubic_img)]
-    lr_tensor = utils.convert_image(lr_img, "pil", "[0, 1]")[None]  # (1, 3, h, w), [0, 1]
-    for model, label in models:
-        sr_tensor = upscale(model, lr_tensor, tile=tile, tile_pad=tile_pad, precision=precision, progress=progress)
-        panels.append((label, utils.convert_image(sr_tensor[0], "[0, 1]", "pil")))
+    panels = [("HR", Image.fromarray(hr))]
+    for model, label in [(None, "Bicubic"), *models]:
+        sr = metrics.upscale_array(model, lr, scale, precision=precision, tile=tile, tile_pad=tile_pad)
+        psnr, _ = metrics.evaluate_pair(sr, hr, scale)
+        panels.append((f"{label}  {psnr:.2f} dB", Image.fromarray(sr)))
 
     # Layout: one row of panels, a label strip above each. ImageFont.load_default(size) is Pillow's built-in
     # scalable font (no font file needed, works offline); text is measured with textbbox / textlength, which
@@ -380,13 +240,9 @@ def comparison_grid(hr_img, models, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD
     gap, label_height = max(4, width // 64), font_size + 12
     canvas = Image.new("RGB", (len(panels) * width + (len(panels) - 1) * gap, height + label_height), "white")
     draw = ImageDraw.Draw(canvas)
-    hr_array = np.asarray(hr_img, dtype=np.float64)
     for index, (label, panel) in enumerate(panels):
         left = index * (width + gap)
         canvas.paste(panel, (left, label_height))
-        if index > 0:  # PSNR against HR, on 8-bit RGB
-            mse = np.mean((np.asarray(panel, dtype=np.float64) - hr_array) ** 2)
-            label = f"{label}  {10 * math.log10(255 ** 2 / mse):.2f} dB" if mse > 0 else f"{label}  inf dB"
         while draw.textlength(label, font=font) > width and len(label) > 1:  # shorten labels that do not fit
             label = label[:-2] + "…"
         draw.text((left + 2, 4), label, fill="black", font=font)
@@ -394,22 +250,8 @@ def comparison_grid(hr_img, models, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD
 
 
 # ======================================================================================================
-# 4. Command line
+# 3. Command line
 # ======================================================================================================
-
-def load_model(path, device, scale=None):
-    """
-    utils.load_generator (our checkpoints or official ESRGAN / Real-ESRGAN files), plus the --scale check.
-
-    A weight file holds one network with one scale (a pixel-unshuffle x2 variant is its own file), so --scale
-    only confirms which one you meant; a mismatch is an error rather than a silent x4 when you asked for x2.
-    """
-    model, description = utils.load_generator(path, device=device)
-    if scale is not None and scale != model.scaling_factor:
-        raise ValueError(f"{path} upscales x{model.scaling_factor}, not x{scale}; use a model trained for x{scale} "
-                         f"(for x2 / x1 a pixel-unshuffle variant) or drop --scale.")
-    return model, description
-
 
 def find_inputs(inputs):
     """
@@ -451,12 +293,12 @@ def parse_args(argv=None):
                         help="generator file(s): our checkpoints or official ESRGAN / Real-ESRGAN weights "
                              "(architecture detected); several only with --grid")
     parser.add_argument("--output_folder", required=True, help="where <stem>_x<s>.png files are written")
-    parser.add_argument("--scale", type=int, default=None,
-                        help="expected upscaling factor; an error if the model does not provide it")
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
-                        help=f"LR tile side in pixels, 0 = whole image at once (default {DEFAULT_TILE})")
-    parser.add_argument("--tile_pad", type=int, default=DEFAULT_TILE_PAD,
-                        help=f"LR context pixels around each tile (default {DEFAULT_TILE_PAD})")
+    utils.add_scaling_factor_argument(parser, default=None,
+                                      help="expected upscaling factor; an error if the model does not provide it")
+    parser.add_argument("--tile", type=int, default=utils.DEFAULT_TILE,
+                        help=f"LR tile side in pixels, 0 = whole image at once (default {utils.DEFAULT_TILE})")
+    parser.add_argument("--tile_pad", type=int, default=utils.DEFAULT_TILE_PAD,
+                        help=f"LR context pixels around each tile (default {utils.DEFAULT_TILE_PAD})")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="fp32; bf16 (CPU or CUDA autocast); fp16 (CUDA only)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -500,8 +342,8 @@ def main(argv=None):
     progress = not args.no_progress
     try:
         device = torch.device(args.device)
-        models = [load_model(path, device, args.scale) for path in args.model]
-        _autocast_context(args.precision, device)  # fail now, not after the first image, on a bad precision
+        models = [utils.load_generator(path, device, args.scaling_factor) for path in args.model]
+        utils.resolve_precision(args.precision, device)  # fail now, not after the first image, on a bad precision
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -509,9 +351,9 @@ def main(argv=None):
     if args.grid is not None:
         try:
             labelled = [(model, f"{Path(path).stem} ({description.split(' ')[0]})")
-                        for (model, description), path in zip(models, args.model)]
+                        for (model, description, _), path in zip(models, args.model)]
             grid = comparison_grid(utils.load_image(args.grid, mode="RGB"), labelled, tile=args.tile,
-                                   tile_pad=args.tile_pad, precision=args.precision, progress=progress)
+                                   tile_pad=args.tile_pad, precision=args.precision)
             grid_path = Path(args.output_folder) / f"{Path(args.grid).stem}_grid_x{labelled[0][0].scaling_factor}.png"
             write_image(grid, grid_path)
         except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
@@ -521,7 +363,7 @@ def main(argv=None):
         if not args.inputs:
             return 0
 
-    model, description = models[0]
+    model, description, _ = models[0]
     scale = int(model.scaling_factor)
     print(f"model: {description}")
     failures, written = [], {}

@@ -8,18 +8,19 @@ textures); train_srgan.py then starts from this network and makes it produce sha
 
 Quick start (CPU, minutes):   python train_srresnet.py --data_folder data_lists --iterations 200 --n_blocks 4
 Classic SRResNet (GPU, days): python train_srresnet.py --data_folder data_lists
-ESRGAN's RRDB-PSNR:           python train_srresnet.py --data_folder data_lists --generator_arch rrdb \\
-                                  --pixel_loss l1 --lr 2e-4 --lr_milestones 200000 400000 600000 800000 --lr_gamma 0.5
+ESRGAN's RRDB-PSNR:           python train_srresnet.py --data_folder data_lists --generator_arch rrdb --pixel_loss l1 \\
+                                  --learning_rate 2e-4 --learning_rate_milestones 200000 400000 600000 800000 \\
+                                  --learning_rate_gamma 0.5
 Several processes:            torchrun --nproc_per_node 2 train_srresnet.py --data_folder data_lists
 Resume:                       python train_srresnet.py --data_folder data_lists --checkpoint checkpoint_srresnet.pth
 
 Every hyperparameter below can be overridden by a flag of the same name; --help lists them.
+(--lr, --lr_milestones and --lr_gamma, the old names of the learning-rate flags, still work.)
 """
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 import datasets
 import models
@@ -44,25 +45,19 @@ hyperparameters = dict(
     num_feat=64,  # RRDB: feature channels
     num_block=23,  # RRDB: residual-in-residual dense blocks (23 in ESRGAN, 6 in the Real-ESRGAN anime model)
     num_grow_ch=32,  # RRDB: channels added by each dense layer
-    use_unshuffle=False,  # an x4 body behind a pixel-unshuffle: an x2 (unshuffle_scale 2) or x1 (4) model, fed the LR nearest-upscaled to match
+    use_unshuffle=False,  # an x4 network behind a pixel-unshuffle: an x2 (unshuffle_scale 2) or x1 (4) model, fed the LR nearest-upscaled to match
     unshuffle_scale=2,  # the pixel-unshuffle factor when use_unshuffle is on
     # Learning
     pixel_loss="mse",  # 'mse' (SRResNet) or 'l1' (ESRGAN's RRDB-PSNR)
     batch_size=16,  # crops per iteration (over all processes together)
     iterations=1_000_000,  # training iterations (the SRGAN paper: 1e6)
-    lr=1e-4,  # Adam's learning rate
-    lr_milestones=[],  # iterations at which the learning rate is multiplied by lr_gamma
-    lr_gamma=0.5,  # factor applied at each milestone
+    learning_rate=1e-4,  # Adam's learning rate
+    learning_rate_milestones=[],  # iterations at which the learning rate is multiplied by learning_rate_gamma
+    learning_rate_gamma=0.5,  # factor applied at each milestone
     ema_decay=0.0,  # keep an exponential moving average of the weights with this decay (0: off; e.g. 0.999)
     grad_clip=0.0,  # clip the gradient norm to this value (0: off)
-    # Speed
-    precision="auto",  # 'auto', 'fp32', 'bf16' or 'fp16' (autocast); 'auto' picks what the hardware does well
-    channels_last=True,  # NHWC memory layout, faster for convolutions with bf16 / fp16
-    compile=False,  # torch.compile the generator (slow to start, faster per iteration on GPUs)
-    workers=4,  # data-loading processes
-    image_cache_mb=2048,  # keep up to this many MB of decoded training images in memory (0: decode an image per crop)
-    sync_batch_norm=True,  # with several GPU processes, batch-norm statistics over the global batch (SyncBatchNorm)
-    fused_adam=True,  # Adam's update as one fused kernel per step (same math; the default is slow for NHWC weights)
+    # Speed: precision, channels_last, compile, workers, image_cache_mb, sync_batch_norm and fused_adam, shared by both
+    # training scripts: see utils.SPEED_HYPERPARAMETERS (added below)
     # Bookkeeping
     seed=0,  # random seed: same seed, same crops, same initial weights
     print_every=100,  # update the running losses shown on the progress bar every this many iterations
@@ -70,25 +65,27 @@ hyperparameters = dict(
     output_folder=".",  # where checkpoint_srresnet.pth is written
     checkpoint=None,  # path of a checkpoint_srresnet.pth to resume from
 )
+hyperparameters.update(utils.SPEED_HYPERPARAMETERS)  # precision, channels_last, compile, workers, ...
 
 
 def generator_kwargs(hp):
-    """The generator's constructor arguments, taken from the hyperparameters."""
+    """The generator's constructor arguments, taken from the hyperparameters (models.build_generator takes them)."""
+    # With pixel-unshuffle, an x4 network behind a fold by r: overall x(4 / r), whatever the data's scaling factor
+    # (an x1 model trains on x4 data, fed the LR crops nearest-upscaled: utils.match_generator_input).
+    scaling_factor = 4 // hp.unshuffle_scale if hp.use_unshuffle else hp.scaling_factor
     if hp.generator_arch == "srresnet":
-        return dict(large_kernel_size=hp.large_kernel_size, small_kernel_size=hp.small_kernel_size,
-                    n_channels=hp.n_channels, n_blocks=hp.n_blocks,
-                    scaling_factor=4 if hp.use_unshuffle else hp.scaling_factor,  # the body's scale
-                    use_unshuffle=hp.use_unshuffle, unshuffle_scale=hp.unshuffle_scale)
+        kwargs = dict(large_kernel_size=hp.large_kernel_size, small_kernel_size=hp.small_kernel_size,
+                      n_channels=hp.n_channels, n_blocks=hp.n_blocks, scaling_factor=scaling_factor)
+        return {**kwargs, "unshuffle_scale": hp.unshuffle_scale} if hp.use_unshuffle else kwargs
     if hp.generator_arch == "rrdb":
-        # RRDBNet's scale is the overall scale: x4 natively, x2 / x1 through pixel-unshuffle.
-        scale = 4 // hp.unshuffle_scale if hp.use_unshuffle else hp.scaling_factor
-        return dict(scale=scale, num_feat=hp.num_feat, num_block=hp.num_block,
-                    num_grow_ch=hp.num_grow_ch)
+        # RRDBNet's `scale` (BasicSR's name) is the overall scale: 4 natively, 2 / 1 through pixel-unshuffle.
+        return dict(scale=scaling_factor, num_feat=hp.num_feat, num_block=hp.num_block, num_grow_ch=hp.num_grow_ch)
     raise ValueError(f"generator_arch must be 'srresnet' or 'rrdb', not {hp.generator_arch!r}.")
 
 
 def main():
-    hp = utils.parse_hyperparameters(hyperparameters, __doc__, __file__)
+    hp = utils.parse_hyperparameters(hyperparameters, __doc__, [__file__, utils.__file__],
+                                     aliases=utils.RENAMED_HYPERPARAMETERS)
     rank, world_size, device = utils.setup_distributed()
     is_main_process = rank == 0  # only one process prints and writes checkpoints
     precision = utils.resolve_precision(hp.precision, device)
@@ -98,7 +95,7 @@ def main():
     # The generator: a new one, or the one of the checkpoint we resume (its architecture comes with it).
     resumed = utils.load_checkpoint(hp.checkpoint, expected_kind="srresnet") if hp.checkpoint else None
     arch = resumed["generator_arch"] if resumed else hp.generator_arch
-    kwargs = resumed["generator_kwargs"] if resumed else generator_kwargs(hp)
+    kwargs = models.upgrade_generator_kwargs(arch, resumed["generator_kwargs"]) if resumed else generator_kwargs(hp)
     generator = models.build_generator(arch, **kwargs).to(device)
     if hp.scaling_factor % generator.scaling_factor != 0:
         raise ValueError(f"The {arch} generator upscales x{generator.scaling_factor}, which does not divide "
@@ -107,53 +104,33 @@ def main():
         generator = generator.to(memory_format=torch.channels_last)
     # fused: one kernel updates every weight; the default (foreach) runs ~10 operations per weight tensor, and on CPUs
     # they take a slow path for channels_last weights (about 15x slower for SRResNet, measured on an AVX2 CPU).
-    optimizer = torch.optim.Adam(generator.parameters(), lr=hp.lr, fused=hp.fused_adam or None)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=hp.lr_milestones, gamma=hp.lr_gamma)
+    optimizer = torch.optim.Adam(generator.parameters(), lr=hp.learning_rate, fused=hp.fused_adam or None)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=hp.learning_rate_milestones,
+                                                     gamma=hp.learning_rate_gamma)
     ema = utils.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
     # Everything a checkpoint holds to continue exactly where it stopped.
     stateful = dict(generator=generator, optimizer_g=optimizer, scheduler_g=scheduler, generator_ema=ema)
-    start_iteration = 0
-    if resumed:
-        start_iteration = utils.resume_training(resumed, stateful, hp)
-        if is_main_process:
-            print(f"Resuming from {hp.checkpoint} at iteration {start_iteration}.")
+    start_iteration = utils.resume_training(resumed, stateful, hp, utils.RENAMED_HYPERPARAMETERS) if resumed else 0
     if is_main_process:
         n_parameters = sum(p.numel() for p in generator.parameters())
+        resuming = f"; resuming from {hp.checkpoint} at iteration {start_iteration}" if resumed else ""
         print(f"{arch} x{generator.scaling_factor}: {n_parameters:,} parameters; device {device} "
-              f"(x{world_size} processes), precision {precision}.")
+              f"(x{world_size} processes), precision {precision}{resuming}.")
 
-    # Model wrappers for speed / several processes. Their state dicts add prefixes, so checkpoints are
-    # always written from the plain `generator`.
-    model = generator
-    if world_size > 1:
-        if hp.sync_batch_norm and device.type == "cuda":
-            # Batch norm normalises with the statistics of the batch, but each process holds only its slice of it:
-            # SyncBatchNorm gathers the statistics of the whole global batch. (PyTorch has it for GPUs only: on CPUs
-            # each process normalises over its own slice, which changes results slightly for models with batch norm.)
-            nn.SyncBatchNorm.convert_sync_batchnorm(generator)  # swaps the layers in place, keeping the parameters
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if hp.compile:
-        model = torch.compile(model)
-
+    model = utils.wrap_for_training(generator, hp, device, world_size)  # DDP / torch.compile, as asked
     loss_function = nn.MSELoss() if hp.pixel_loss == "mse" else nn.L1Loss()
     grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 needs loss scaling
     train_loader = datasets.make_train_loader(hp, start_iteration, rank, world_size)
     memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
-
-    def save(iteration):
-        if is_main_process:
-            state = utils.training_checkpoint("srresnet", iteration, hp, stateful, generator_arch=arch,
-                                              generator_kwargs=kwargs)
-            utils.save_checkpoint(state, checkpoint_path)
+    save = utils.checkpoint_saver("srresnet", checkpoint_path, hp, stateful, is_main_process, generator_arch=arch,
+                                  generator_kwargs=kwargs)
 
     # The training loop: one batch of crops per iteration.
-    stop = utils.GracefulExit()
     generator.train()
-    running_losses = utils.RunningLosses(["loss"], device, start_iteration)  # for the progress bar and NaN check
-    progress = tqdm(range(start_iteration, hp.iterations), initial=start_iteration, total=hp.iterations,
-                    disable=not is_main_process, desc="train_srresnet")
-    for iteration in progress:
-        lr_imgs, hr_imgs = next(train_loader)  # (N, 3, 24, 24) and (N, 3, 96, 96), in [0, 1]
+    log = utils.TrainingLog(["loss"], hp, start_iteration, device, save, checkpoint_path, is_main_process,
+                            "train_srresnet", learning_rate=lambda: scheduler.get_last_lr()[0])
+    for iteration in log.iterations():
+        lr_imgs, hr_imgs = next(train_loader)  # (N, 3, crop / s, crop / s) and (N, 3, crop, crop), in [0, 1]
         # Move to the device, and into the ranges the generator takes and gives (SRResNet: LR in [0, 1], SR in
         # [-1, 1]; RRDB: both in [0, 1]), so that the loss compares like with like.
         # (An x2 / x1 pixel-unshuffle model takes the LR crops nearest-upscaled to its input size.)
@@ -163,7 +140,7 @@ def main():
         hr_imgs = utils.convert_image(hr_imgs.to(device, non_blocking=True), "[0, 1]", generator.output_format)
 
         with utils.autocast(device, precision):
-            sr_imgs = model(lr_imgs)  # (N, 3, 96, 96), in the generator's output range
+            sr_imgs = model(lr_imgs)  # (N, 3, crop, crop), in the generator's output range
         loss = loss_function(sr_imgs.float(), hr_imgs)  # the loss itself in fp32
 
         optimizer.zero_grad(set_to_none=True)
@@ -177,25 +154,10 @@ def main():
         if ema is not None:
             ema.update(generator)
 
-        running_losses.add(loss=loss)
-        stop_now = stop.should_stop()  # Ctrl+C / SIGTERM in any process: save and leave, all together
-        print_now = (iteration + 1) % hp.print_every == 0 or iteration + 1 == hp.iterations
-        save_now = (iteration + 1) % hp.checkpoint_every == 0 or iteration + 1 == hp.iterations or stop_now
-        if print_now or save_now:
-            running_losses.check_finite(iteration + 1, checkpoint_path)  # never save a NaN model over a good one
-        if print_now:
-            summary = running_losses.report()
-            if is_main_process:
-                progress.set_postfix(summary, lr=f"{scheduler.get_last_lr()[0]:.1e}")
-        if save_now:
-            save(iteration + 1)
-        if stop_now:
+        if log.end_of_iteration(iteration, loss=loss):  # print / check / save as due; True on Ctrl+C or SIGTERM
             break
-    progress.close()
-    if is_main_process:
-        print(f"Checkpoint: {checkpoint_path}")
-    if world_size > 1:
-        torch.distributed.destroy_process_group()
+    log.close()
+    utils.end_distributed()
 
 
 if __name__ == "__main__":

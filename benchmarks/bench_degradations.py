@@ -11,7 +11,6 @@ size) and one CutBlur input.
 """
 import argparse
 import io
-import math
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,8 @@ from PIL import Image, ImageDraw
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from datasets import cutblur, degrade_batch, jpeg_compress, make_realesrgan_batch  # noqa: E402
+import metrics  # noqa: E402
+from degradations import cutblur, degrade_batch, jpeg_compress, make_realesrgan_batch  # noqa: E402
 
 SCALING_FACTOR = 4
 
@@ -84,8 +84,8 @@ def jpeg_check():
         Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
         reference = torch.from_numpy(np.asarray(Image.open(buffer)).copy()).permute(2, 0, 1).float() / 255
         ours = jpeg_compress(image, quality)[0]
-        ours_vs_pil = 10 * math.log10(1 / ((ours - reference) ** 2).mean().item())
-        pil_vs_original = 10 * math.log10(1 / ((reference - image[0]) ** 2).mean().item())
+        ours_vs_pil = metrics.calculate_psnr(ours.numpy(), reference.numpy(), data_range=1.0)
+        pil_vs_original = metrics.calculate_psnr(reference.numpy(), image[0].numpy(), data_range=1.0)
         print(f"  quality {quality:3d}: ours vs PIL {ours_vs_pil:5.1f}   (PIL vs original {pil_vs_original:5.1f})")
 
 

@@ -1,7 +1,7 @@
 """How long the standard evaluation takes: bicubic on Set5, Set14 and BSD100 at x4, end to end and stage by stage.
 
     python benchmarks/bench_eval.py                         # images from ../shared/data, scale 4
-    python benchmarks/bench_eval.py --scale 2 --repeats 3
+    python benchmarks/bench_eval.py --scaling_factor 2 --repeats 3
 
 What is measured, and how:
   * End to end: eval.main() with `--model bicubic`, as a user runs it (reading the PNGs, making the LR images with
@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from skimage.metrics import structural_similarity  # noqa: E402
 
+import metrics  # noqa: E402
 import utils  # noqa: E402
 
 eval_script = __import__("eval")  # eval.py at the repository root
@@ -50,7 +51,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared_data", default=str(REPO_ROOT.parent / "shared" / "data"),
                         help="folder holding Set5/HR, Set14/HR, BSD100/HR (default: ../shared/data)")
-    parser.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
+    utils.add_scaling_factor_argument(parser, default=4, choices=(2, 3, 4), help="upscaling factor (default 4)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per figure; the best is kept (default 1)")
     args = parser.parse_args()
 
@@ -60,14 +61,14 @@ def main():
         sys.exit(f"error: benchmark images not found in {shared_data} (need Set5/HR, Set14/HR, BSD100/HR)")
 
     # --- End to end: eval.py as a user runs it, one set at a time ---
-    print(f"Bicubic, x{args.scale}, standard protocol, LR generated with utils.imresize (best of {args.repeats})")
+    print(f"Bicubic, x{args.scaling_factor}, standard protocol, LR generated with metrics.imresize (best of {args.repeats})")
     with tempfile.TemporaryDirectory() as lists_folder:
         for name, paths in hr_paths.items():
             with open(Path(lists_folder) / f"{name}_test_images.json", "w") as f:
                 json.dump([str(p) for p in paths], f)
         total = 0.0
         for name in TEST_SETS:
-            argv = ["--data_folder", lists_folder, "--test_sets", name, "--scale", str(args.scale)]
+            argv = ["--data_folder", lists_folder, "--test_sets", name, "--scaling_factor", str(args.scaling_factor)]
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 seconds, results = best_time(lambda: eval_script.main(argv), args.repeats)   # eval's table muted
             total += seconds
@@ -77,7 +78,7 @@ def main():
         print(f"  all three sets: {total:.2f} s")
 
     # --- Stage by stage, averaged over every image of the three sets ---
-    s = args.scale
+    s = args.scaling_factor
     stage_times = {"read PNG": 0.0, "imresize down (LR)": 0.0, "imresize up (SR)": 0.0, "rgb2y (HR and SR)": 0.0,
                    "PSNR": 0.0, "SSIM (ours)": 0.0, "SSIM (scikit-image)": 0.0}
     n_images = 0
@@ -86,19 +87,19 @@ def main():
         for path in paths:
             t, hr = best_time(lambda: np.asarray(Image.open(path)), args.repeats)
             stage_times["read PNG"] += t
-            hr = utils.modcrop_array(hr, s)
-            t, lr = best_time(lambda: utils.imresize(hr, scale=1 / s), args.repeats)
+            hr = metrics.modcrop_array(hr, s)
+            t, lr = best_time(lambda: metrics.imresize(hr, scale=1 / s), args.repeats)
             stage_times["imresize down (LR)"] += t
-            t, sr = best_time(lambda: utils.imresize(lr, scale=s), args.repeats)
+            t, sr = best_time(lambda: metrics.imresize(lr, scale=s), args.repeats)
             stage_times["imresize up (SR)"] += t
             if hr.ndim == 3:
-                t, (hr_y, sr_y) = best_time(lambda: (utils.rgb2y(hr), utils.rgb2y(sr)), args.repeats)
+                t, (hr_y, sr_y) = best_time(lambda: (metrics.rgb2y(hr), metrics.rgb2y(sr)), args.repeats)
                 stage_times["rgb2y (HR and SR)"] += t
             else:
                 hr_y, sr_y = hr.astype(np.float64), sr.astype(np.float64)
-            t, _ = best_time(lambda: utils.calculate_psnr(sr_y, hr_y, crop_border=s), args.repeats)
+            t, _ = best_time(lambda: metrics.calculate_psnr(sr_y, hr_y, crop_border=s), args.repeats)
             stage_times["PSNR"] += t
-            t, ours = best_time(lambda: utils.calculate_ssim(sr_y, hr_y, crop_border=s), args.repeats)
+            t, ours = best_time(lambda: metrics.calculate_ssim(sr_y, hr_y, crop_border=s), args.repeats)
             stage_times["SSIM (ours)"] += t
             hr_c, sr_c = hr_y[s:-s, s:-s], sr_y[s:-s, s:-s]
             t, reference = best_time(lambda: structural_similarity(

@@ -1,4 +1,4 @@
-"""Tiled vs untiled super-resolution: time and peak memory (RSS) of super_resolve.upscale on the CPU (or a GPU).
+"""Tiled vs untiled super-resolution: time and peak memory (RSS) of utils.upscale on the CPU (or a GPU).
 
     python benchmarks/bench_tiling.py                      # 1024x1024 LR -> 4096x4096, full RRDBNet, x4
     python benchmarks/bench_tiling.py --size 4096          # 4096x4096 LR -> 16384x16384, tiled only (hours on CPU)
@@ -40,14 +40,15 @@ sys.path.insert(0, str(REPO_ROOT))
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=1024, help="LR side in pixels (default 1024)")
-    parser.add_argument("--scale", type=int, default=4, choices=(1, 2, 4), help="RRDBNet scale (default 4)")
+    parser.add_argument("--scaling_factor", "--scale", type=int, default=4, choices=(1, 2, 4),
+                        help="RRDBNet's upscaling factor (default 4; --scale is its old name)")
     parser.add_argument("--num_block", type=int, default=23, help="RRDBs (23 = the full ESRGAN generator)")
     parser.add_argument("--num_feat", type=int, default=64, help="feature channels (64 = the full generator)")
     parser.add_argument("--num_grow_ch", type=int, default=32, help="dense growth channels (32 = the full one)")
     parser.add_argument("--write_png", action="store_true",
                         help="also convert the output to 8 bits and write it as a PNG (the whole CLI path)")
-    parser.add_argument("--tile", type=int, default=None, help="tile side (default: super_resolve.DEFAULT_TILE)")
-    parser.add_argument("--tile_pad", type=int, default=None, help="tile pad (default: super_resolve.DEFAULT_TILE_PAD)")
+    parser.add_argument("--tile", type=int, default=None, help="tile side (default: utils.DEFAULT_TILE)")
+    parser.add_argument("--tile_pad", type=int, default=None, help="tile pad (default: utils.DEFAULT_TILE_PAD)")
     parser.add_argument("--variants", nargs="+", default=None, choices=("untiled", "tiled"),
                         help="what to run (default: both for --size <= 1024, tiled only above)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
@@ -70,11 +71,12 @@ def run_child(args):
 
     import models
     import super_resolve
+    import utils
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = models.RRDBNet(scale=args.scale, num_block=args.num_block, num_feat=args.num_feat,
+    model = models.RRDBNet(scale=args.scaling_factor, num_block=args.num_block, num_feat=args.num_feat,
                            num_grow_ch=args.num_grow_ch).eval().to(args.device)  # random weights
     photo = Image.fromarray(data.astronaut()).resize((args.size, args.size), Image.Resampling.LANCZOS)
     lr_img = torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]  # (1,3,S,S)
@@ -83,16 +85,16 @@ def run_child(args):
         # A small 96x96 crop: ~1% of a 1024x1024 run, enough to know the cost per pixel (on a GPU, after a warm-up).
         side = min(96, args.size)
         if args.device != "cpu":
-            super_resolve.upscale(model, lr_img[:, :, :side, :side].contiguous(), tile=0, precision=args.precision)
+            utils.upscale(model, lr_img[:, :, :side, :side].contiguous(), tile=0, precision=args.precision)
         start = time.perf_counter()
-        super_resolve.upscale(model, lr_img[:, :, :side, :side].contiguous(), tile=0, precision=args.precision)
+        utils.upscale(model, lr_img[:, :, :side, :side].contiguous(), tile=0, precision=args.precision)
         print(json.dumps({"seconds": time.perf_counter() - start, "side": side}))
         return
 
     rss_before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tile = 0 if args.child == "untiled" else args.tile
     start = time.perf_counter()
-    sr_img = super_resolve.upscale(model, lr_img, tile=tile, tile_pad=args.tile_pad, precision=args.precision,
+    sr_img = utils.upscale(model, lr_img, tile=tile, tile_pad=args.tile_pad, precision=args.precision,
                                    progress=sys.stderr.isatty())  # (1, 3, S*s, S*s), [0, 1]; bar on a terminal
     seconds = time.perf_counter() - start
     report = {"seconds": seconds, "rss_before_mb": rss_before_mb, "shape": list(sr_img.shape)}
@@ -113,7 +115,7 @@ def run_child(args):
 
 def spawn(args, variant, output=None):
     """Run one variant in a child process; return (its JSON report, its peak RSS in MB)."""
-    command = [sys.executable, __file__, "--child", variant, "--size", str(args.size), "--scale", str(args.scale),
+    command = [sys.executable, __file__, "--child", variant, "--size", str(args.size), "--scaling_factor", str(args.scaling_factor),
                "--num_block", str(args.num_block), "--num_feat", str(args.num_feat),
                "--num_grow_ch", str(args.num_grow_ch), "--tile", str(args.tile), "--tile_pad", str(args.tile_pad),
                "--precision", args.precision, "--device", args.device]
@@ -135,17 +137,17 @@ def spawn(args, variant, output=None):
 
 def main():
     args = parse_args()
-    import super_resolve  # only for the default tile settings (the parent itself never runs the model)
+    import utils  # only for the default tile settings (the parent itself never runs the model)
 
-    args.tile = super_resolve.DEFAULT_TILE if args.tile is None else args.tile
-    args.tile_pad = super_resolve.DEFAULT_TILE_PAD if args.tile_pad is None else args.tile_pad
+    args.tile = utils.DEFAULT_TILE if args.tile is None else args.tile
+    args.tile_pad = utils.DEFAULT_TILE_PAD if args.tile_pad is None else args.tile_pad
     if args.child:
         run_child(args)
         return
     variants = args.variants or (["untiled", "tiled"] if args.size <= 1024 else ["tiled"])
     print(f"RRDBNet(num_block={args.num_block}, num_feat={args.num_feat}, num_grow_ch={args.num_grow_ch}) "
-          f"x{args.scale}, random weights, {args.precision}, {args.device}; "
-          f"LR {args.size}x{args.size} -> SR {args.size * args.scale}x{args.size * args.scale}; "
+          f"x{args.scaling_factor}, random weights, {args.precision}, {args.device}; "
+          f"LR {args.size}x{args.size} -> SR {args.size * args.scaling_factor}x{args.size * args.scaling_factor}; "
           f"tile {args.tile}, tile_pad {args.tile_pad}", flush=True)
 
     # Estimate first: the cost per pixel of a small crop, times the (padded) area of the whole run.
@@ -177,8 +179,8 @@ def main():
             import numpy as np
             untiled = np.load(os.path.join(folder, "untiled.npy")).astype(np.float64) / 65535
             tiled = np.load(os.path.join(folder, "tiled.npy")).astype(np.float64) / 65535
-            mse = np.mean((tiled - untiled) ** 2)
-            psnr = 10 * math.log10(1 / mse) if mse > 0 else math.inf
+            import metrics
+            psnr = metrics.calculate_psnr(tiled, untiled, data_range=1.0)
             print(f"PSNR(tiled, untiled) = {psnr:.2f} dB, max |difference| = "
                   f"{np.abs(tiled - untiled).max() * 255:.2f} grey levels "
                   f"(random weights: a trained network may look further, so treat this as indicative)")

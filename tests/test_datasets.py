@@ -1,6 +1,7 @@
-"""Tests of datasets.py's SRDataset, TrainingSampler and training loader (the degradations have their own file)."""
+"""Tests of datasets.py: crops, augmentation and LR making, SRDataset, TrainingSampler and the training loader."""
 import itertools
 import json
+import random
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,6 +10,13 @@ import torch
 from PIL import Image
 
 import datasets
+import utils
+
+
+def random_pil(width=17, height=13, seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
 
 
 @pytest.fixture
@@ -95,3 +103,58 @@ def test_train_loader_batches(data_folder):
     loader = datasets.make_train_loader(hp)
     lr_imgs, hr_imgs = next(loader)
     assert lr_imgs.shape == (4, 3, 8, 8) and hr_imgs.shape == (4, 3, 24, 24)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Crops, augmentation, LR images
+# ------------------------------------------------------------------------------------------------------
+def test_random_crop_reaches_every_position_including_the_edges():
+    img = Image.fromarray(np.arange(10 * 12, dtype=np.uint8).reshape(10, 12))  # 12 wide, 10 high
+    rng = random.Random(0)
+    corners = set()
+    for _ in range(400):
+        crop = np.asarray(datasets.random_crop(img, 8, rng))
+        corners.add((int(crop[0, 0]) // 12, int(crop[0, 0]) % 12))  # (top, left) of the crop
+    assert corners == {(top, left) for top in range(3) for left in range(5)}
+
+
+def test_random_crop_of_an_image_exactly_the_crop_size_and_too_small():
+    img = random_pil(96, 96)
+    assert np.array_equal(np.asarray(datasets.random_crop(img, 96, random.Random(1))), np.asarray(img))
+    with pytest.raises(ValueError, match="min_size"):
+        datasets.random_crop(random_pil(95, 200), 96, random.Random(1))
+
+
+def test_modcrop_keeps_the_top_left():
+    img = random_pil(103, 77)
+    cropped = datasets.modcrop(img, 4)
+    assert cropped.size == (100, 76)
+    assert np.array_equal(np.asarray(cropped), np.asarray(img)[:76, :100])
+
+
+def test_augment_gives_all_eight_symmetries():
+    img = Image.fromarray(np.arange(9, dtype=np.uint8).reshape(3, 3))
+    rng = random.Random(0)
+    seen = {np.asarray(datasets.augment(img, rng)).tobytes() for _ in range(200)}
+    assert len(seen) == 8
+
+
+@pytest.mark.parametrize("lr_maker", ["pil", "matlab"])
+def test_make_lr_image_size(lr_maker):
+    hr = random_pil(48, 36)
+    lr = datasets.make_lr_image(hr, 4, lr_maker)
+    assert lr.size == (12, 9) and lr.mode == "RGB"
+
+
+def test_make_lr_image_unknown_maker():
+    with pytest.raises(ValueError, match="lr_maker"):
+        datasets.make_lr_image(random_pil(8, 8), 2, "lanczos")
+
+
+def test_sampler_streams_come_from_utils_random_seed():
+    """Epoch orders and crops have their own random streams (utils.random_seed), shared by every rank."""
+    keys = list(itertools.islice(iter(datasets.TrainingSampler(n_images=5, batch_size=2, seed=7)), 10))
+    assert [seed for _, seed in keys] == [utils.random_seed(7, "crop", k) for k in range(10)]
+    for epoch in (0, 1):
+        order = torch.randperm(5, generator=utils.random_generator(7, "epoch_order", epoch)).tolist()
+        assert [index for index, _ in keys[5 * epoch: 5 * epoch + 5]] == order

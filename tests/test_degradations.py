@@ -1,4 +1,4 @@
-"""Tests of the Real-ESRGAN degradations and CutBlur (datasets.py, section "degradations").
+"""Tests of degradations.py: the Real-ESRGAN degradations and CutBlur.
 
 Each building block is checked against an independent reference where one exists: the blur kernels against
 their formulas evaluated with numpy (covariance-matrix form) and scipy's Bessel function, the grouped
@@ -15,11 +15,11 @@ import skimage.data
 import torch
 from PIL import Image
 
-from datasets import (DEGRADATION_DEFAULTS, add_gaussian_noise, add_poisson_noise, anisotropic_gaussian_kernel,
-                      cutblur, degrade_batch, filter_per_image, generalized_gaussian_kernel,
-                      isotropic_gaussian_kernel, jpeg_compress, make_realesrgan_batch, plateau_kernel,
-                      random_blur_kernel, sinc_kernel, usm_sharpen)
-from datasets import _JPEG_CHROMA_TABLE, _JPEG_LUMA_TABLE, _jpeg_tables  # the tables are checked against PIL
+from degradations import (DEGRADATION_DEFAULTS, add_gaussian_noise, add_poisson_noise, anisotropic_gaussian_kernel,
+                          cutblur, degrade_batch, filter_per_image, generalized_gaussian_kernel,
+                          isotropic_gaussian_kernel, jpeg_compress, make_realesrgan_batch, plateau_kernel,
+                          random_blur_kernel, sinc_kernel, usm_sharpen)
+from degradations import _JPEG_CHROMA_TABLE, _JPEG_LUMA_TABLE, _jpeg_tables  # the tables are checked against PIL
 
 
 def photo_crop(size=64, top=40, left=180):

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 
+import metrics
 import utils
 
 eval_script = importlib.import_module("eval")  # eval.py (the module name shadows no import, only the builtin name)
@@ -64,7 +65,7 @@ def run_main(argv):
 # ------------------------------------------------------------------------------------------------------
 def check_bicubic_baselines(benchmark_lists, scale, test_sets, tmp_path):
     json_path = tmp_path / f"bicubic_x{scale}.json"
-    eval_script.main(["--model", "bicubic", "--data_folder", str(benchmark_lists), "--scale", str(scale),
+    eval_script.main(["--model", "bicubic", "--data_folder", str(benchmark_lists), "--scaling_factor", str(scale),
                       "--test_sets", *test_sets, "--json", str(json_path)])
     results = json.loads(json_path.read_text())["results"]
     assert [r["test_set"] for r in results] == list(test_sets)
@@ -91,7 +92,7 @@ def test_provided_lr_gives_the_same_numbers_as_generated_on_set14(benchmark_list
     results = {}
     for lr_source in ("generated", "provided"):
         results[lr_source] = eval_script.main(["--data_folder", str(benchmark_lists), "--test_sets", "Set14",
-                                               "--scale", "3", "--lr_source", lr_source])[0]
+                                               "--scaling_factor", "3", "--lr_source", lr_source])[0]
     assert results["provided"]["psnr"] == pytest.approx(results["generated"]["psnr"], abs=1e-9)
     assert results["provided"]["ssim"] == pytest.approx(results["generated"]["ssim"], abs=1e-9)
 
@@ -101,11 +102,11 @@ def test_provided_lr_of_bsd100_x3_with_one_extra_row(shared_data, tmp_path):
     cropped top-left to the HR image cut to a multiple of 3 (318 rows), and measures like our generated LR."""
     hr_paths = sorted((shared_data / "BSD100" / "HR").glob("*.png"))[:4]
     write_list(tmp_path, "BSD100", hr_paths)
-    lr = np.asarray(Image.open(eval_script.provided_lr_path(hr_paths[0], 3)))
+    lr = np.asarray(Image.open(metrics.provided_lr_path(hr_paths[0], 3)))
     assert 107 in lr.shape[:2]  # the extra row really is there
-    provided = eval_script.main(["--data_folder", str(tmp_path), "--test_sets", "BSD100", "--scale", "3",
+    provided = eval_script.main(["--data_folder", str(tmp_path), "--test_sets", "BSD100", "--scaling_factor", "3",
                                  "--lr_source", "provided"])[0]
-    generated = eval_script.main(["--data_folder", str(tmp_path), "--test_sets", "BSD100", "--scale", "3"])[0]
+    generated = eval_script.main(["--data_folder", str(tmp_path), "--test_sets", "BSD100", "--scaling_factor", "3"])[0]
     assert provided["n_images"] == 4
     assert provided["psnr"] == pytest.approx(generated["psnr"], abs=0.05)
     assert provided["ssim"] == pytest.approx(generated["ssim"], abs=0.002)
@@ -118,8 +119,8 @@ def test_greyscale_image_is_measured_on_its_own_values(shared_data, tmp_path):
     result = eval_script.main(["--data_folder", str(tmp_path), "--test_sets", "Bridge"])[0]
     hr = np.asarray(Image.open(bridge))
     assert hr.ndim == 2
-    sr = utils.imresize(utils.imresize(utils.modcrop_array(hr, 4), scale=1 / 4), scale=4)
-    assert result["psnr"] == pytest.approx(utils.calculate_psnr(sr, utils.modcrop_array(hr, 4), crop_border=4))
+    sr = metrics.imresize(metrics.imresize(metrics.modcrop_array(hr, 4), scale=1 / 4), scale=4)
+    assert result["psnr"] == pytest.approx(metrics.calculate_psnr(sr, metrics.modcrop_array(hr, 4), crop_border=4))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ def test_greyscale_image_is_measured_on_its_own_values(shared_data, tmp_path):
 def test_table_and_json(photo_lists, tmp_path, capsys):
     json_path = tmp_path / "out" / "results.json"
     results = eval_script.main(["--data_folder", str(photo_lists), "--test_sets", "Photos", "Missing",
-                                "--scale", "2", "--json", str(json_path)])
+                                "--scaling_factor", "2", "--json", str(json_path)])
     captured = capsys.readouterr()
     saved = json.loads(json_path.read_text())
     assert saved == {"results": results}
@@ -195,12 +196,27 @@ def test_checkpoint_model_is_evaluated_with_its_formats(photo_lists, tmp_path, c
     psnrs = []
     for path in hr_paths:
         hr = np.asarray(Image.open(path))
-        lr = utils.imresize(utils.modcrop_array(hr, 4), scale=1 / 4)
+        lr = metrics.imresize(metrics.modcrop_array(hr, 4), scale=1 / 4)
         with torch.no_grad():
             sr = model(torch.from_numpy(lr).permute(2, 0, 1).float().div(255).unsqueeze(0))   # [-1, 1] (tanh)
         sr = ((sr[0].permute(1, 2, 0).double().numpy() + 1) / 2).clip(0, 1)
-        psnrs.append(utils.evaluate_pair(sr, hr, 4)[0])
+        psnrs.append(metrics.evaluate_pair(sr, hr, 4)[0])
     assert results[1]["psnr"] == pytest.approx(np.mean(psnrs), abs=1e-4)
+
+
+def test_evaluate_set_gives_eval_pys_numbers_and_scale_keeps_its_old_name(photo_lists, tmp_path, capsys):
+    """metrics.evaluate_set, which a training script can call on its generator, measures exactly what eval.py
+    prints; --scale, the old name of --scaling_factor, still works and says what replaced it."""
+    checkpoint = tmp_path / "tiny_srresnet.pth"
+    model = tiny_checkpoint(checkpoint).eval()
+    results = eval_script.main(["--model", str(checkpoint), "--data_folder", str(photo_lists), "--test_sets", "Photos",
+                                "--scale", "4"])
+    assert "note: --scale is deprecated, use --scaling_factor" in capsys.readouterr().err
+    pairs = metrics.load_test_pairs(metrics.read_test_list(photo_lists, "Photos"), 4)
+    psnr, ssim = metrics.evaluate_set(model, pairs, 4)
+    assert (psnr, ssim) == (results[0]["psnr"], results[0]["ssim"])
+    bicubic = eval_script.main(["--data_folder", str(photo_lists), "--test_sets", "Photos"])[0]
+    assert metrics.evaluate_set(None, pairs, 4) == (bicubic["psnr"], bicubic["ssim"])  # None: the bicubic baseline
 
 
 def test_checkpoint_rows_get_published_figures_on_benchmark_sets(shared_data, tmp_path, capsys):
@@ -259,8 +275,8 @@ def test_wrong_checkpoints(photo_lists, tmp_path, capsys):
     tiny_checkpoint(checkpoint)
     with pytest.raises(SystemExit) as excinfo:
         run_main(["--model", str(checkpoint), "--data_folder", str(photo_lists), "--test_sets", "Photos",
-                  "--scale", "2"])
-    assert_one_line_error(capsys, excinfo, "x4", "--scale 4")
+                  "--scaling_factor", "2"])
+    assert_one_line_error(capsys, excinfo, "x4", "--scaling_factor 4")
 
 
 def test_missing_provided_lr(photo_lists, capsys):

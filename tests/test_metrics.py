@@ -1,4 +1,4 @@
-"""Tests of the MATLAB-compatible imresize and of the evaluation metrics (utils.py, 'imresize and metrics' section).
+"""Tests of metrics.py: the MATLAB-compatible imresize, the metrics, the protocols and evaluating a test set.
 
 Checked against independent references: MATLAB-made LR images (../shared/data), scikit-image's SSIM / PSNR /
 rgb2ycbcr, and values computed by hand from the cubic kernel's formula.
@@ -13,7 +13,7 @@ from skimage import data as skimage_data
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-import utils
+import metrics
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_imresize_reproduces_matlab_lr_images_of_set14(shared_data, scale):
         hr = np.asarray(Image.open(hr_path))  # bridge.png is greyscale (H, W): resized as such
         lr_path = shared_data / "Set14" / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}.png"
         lr_matlab = np.asarray(Image.open(lr_path))
-        lr_ours = utils.imresize(utils.modcrop_array(hr, scale), scale=1 / scale)
+        lr_ours = metrics.imresize(metrics.modcrop_array(hr, scale), scale=1 / scale)
         assert lr_ours.dtype == np.uint8
         assert lr_ours.shape == lr_matlab.shape, hr_path.name
         diff = np.abs(lr_ours.astype(int) - lr_matlab.astype(int))
@@ -59,7 +59,7 @@ def test_imresize_upscale_impulse_matches_hand_computed_cubic_weights():
     """
     row = np.full((1, 8), 101, dtype=np.uint8)
     row[0, 3] = 165
-    out = utils.imresize(row, scale=2)
+    out = metrics.imresize(row, scale=2)
     expected = [101, 101, 101, 100, 97, 116, 157, 157, 116, 97, 100, 101, 101, 101, 101, 101]
     assert out.shape == (2, 16)
     np.testing.assert_array_equal(out, np.array([expected, expected], dtype=np.uint8))
@@ -72,7 +72,7 @@ def test_imresize_downscale_impulse_gives_the_stretched_antialiasing_kernel():
     (hand-computed values above); |d| >= 4 is outside the kernel."""
     row = np.zeros((1, 16))
     row[0, 7] = 1.0  # 1-based position 8
-    out = utils.imresize(row, output_size=(1, 8))
+    out = metrics.imresize(row, output_size=(1, 8))
     expected = [0, 0, -0.03515625, 0.43359375, 0.11328125, -0.01171875, 0, 0]
     np.testing.assert_allclose(out[0], expected, atol=1e-12)
 
@@ -81,9 +81,9 @@ def test_imresize_downscale_impulse_gives_the_stretched_antialiasing_kernel():
 def test_imresize_keeps_a_constant_image_constant(scale):
     """Each row of weights sums to 1, so a flat image stays flat -- borders included (mirrored padding)."""
     flat_uint8 = np.full((37, 29, 3), 173, dtype=np.uint8)
-    np.testing.assert_array_equal(utils.imresize(flat_uint8, scale=scale), 173)
+    np.testing.assert_array_equal(metrics.imresize(flat_uint8, scale=scale), 173)
     flat_float = np.full((37, 29), 0.25)
-    np.testing.assert_allclose(utils.imresize(flat_float, scale=scale), 0.25, atol=1e-12)
+    np.testing.assert_allclose(metrics.imresize(flat_float, scale=scale), 0.25, atol=1e-12)
 
 
 @pytest.mark.parametrize("size, scale, expected", [
@@ -96,39 +96,39 @@ def test_imresize_keeps_a_constant_image_constant(scale):
     ((5, 7), 0.5, (3, 4)),
 ])
 def test_imresize_output_size_is_ceil_of_scale_times_size(size, scale, expected):
-    assert utils.imresize(np.zeros(size, dtype=np.uint8), scale=scale).shape == expected
-    assert utils.imresize(np.zeros(size + (3,)), scale=scale).shape == expected + (3,)
+    assert metrics.imresize(np.zeros(size, dtype=np.uint8), scale=scale).shape == expected
+    assert metrics.imresize(np.zeros(size + (3,)), scale=scale).shape == expected + (3,)
 
 
 def test_imresize_output_size_argument_and_bad_arguments():
     img = np.zeros((20, 30, 3), dtype=np.uint8)
-    assert utils.imresize(img, output_size=(7, 11)).shape == (7, 11, 3)
+    assert metrics.imresize(img, output_size=(7, 11)).shape == (7, 11, 3)
     with pytest.raises(ValueError):
-        utils.imresize(img)  # neither scale nor output_size
+        metrics.imresize(img)  # neither scale nor output_size
     with pytest.raises(ValueError):
-        utils.imresize(img, scale=2, output_size=(40, 60))  # both
+        metrics.imresize(img, scale=2, output_size=(40, 60))  # both
     with pytest.raises(ValueError):
-        utils.imresize(np.zeros((2, 2, 2, 2)), scale=2)  # not an image
+        metrics.imresize(np.zeros((2, 2, 2, 2)), scale=2)  # not an image
 
 
 def test_imresize_rounds_uint8_after_each_pass(astronaut):
     """MATLAB stores each 1-D pass in the input's class: on uint8 input the first pass is already rounded to 8 bits.
     Rebuild that from two float passes (one axis at a time) with explicit rounding and compare."""
     crop = astronaut[:90, :72]                                                    # 90 / 30 = 72 / 24 = 3 exactly
-    ours = utils.imresize(crop, scale=1 / 3)                                      # (30, 24, 3), uint8
-    heights_done = utils.imresize(crop.astype(np.float64), output_size=(30, 72))  # height pass only (width x1)
+    ours = metrics.imresize(crop, scale=1 / 3)                                      # (30, 24, 3), uint8
+    heights_done = metrics.imresize(crop.astype(np.float64), output_size=(30, 72))  # height pass only (width x1)
     heights_done = np.clip(np.floor(heights_done + 0.5), 0, 255)                  # rounded to 8 bits
-    both_done = utils.imresize(heights_done, output_size=(30, 24))                # width pass
+    both_done = metrics.imresize(heights_done, output_size=(30, 24))                # width pass
     np.testing.assert_array_equal(ours, np.clip(np.floor(both_done + 0.5), 0, 255).astype(np.uint8))
     # ... which is not the same as rounding once at the end (so the test can tell the two apart).
-    once = utils.imresize(crop.astype(np.float64), scale=1 / 3)
+    once = metrics.imresize(crop.astype(np.float64), scale=1 / 3)
     assert not np.array_equal(ours, np.clip(np.floor(once + 0.5), 0, 255).astype(np.uint8))
 
 
 def test_imresize_float_keeps_dtype_and_overshoot(astronaut):
     """Float in -> float out, not clipped: bicubic overshoots near edges, and nothing is rounded."""
     img = astronaut[:64, :64].astype(np.float32) / 255
-    out = utils.imresize(img, scale=2)
+    out = metrics.imresize(img, scale=2)
     assert out.dtype == np.float32 and out.shape == (128, 128, 3)
     assert out.min() < 0 or out.max() > 1
     assert not np.allclose(out * 255, np.round(out * 255))
@@ -139,9 +139,9 @@ def test_imresize_on_torch_batches_matches_numpy(astronaut):
     img = astronaut[:60, :50].astype(np.float64) / 255
     batch = torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).repeat(2, 1, 1, 1).float()   # (2, 3, 60, 50)
     for scale in (1 / 4, 3):
-        out = utils.imresize(batch, scale=scale)
+        out = metrics.imresize(batch, scale=scale)
         assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
-        expected = utils.imresize(img, scale=scale)
+        expected = metrics.imresize(img, scale=scale)
         np.testing.assert_allclose(out[1].permute(1, 2, 0).numpy(), expected, atol=1e-5)
 
 
@@ -154,20 +154,20 @@ def test_rgb2y_hand_computed_values():
                       dtype=np.uint8)
     # black 16; white 16 + 219 = 235; red 16 + 65.481 = 81.481; green 144.553; blue 40.966; grey 16 + 219 * 128 / 255
     expected = [[16, 235, 81, 145, 41, 126]]
-    y = utils.rgb2y(pixels)
+    y = metrics.rgb2y(pixels)
     assert y.dtype == np.float64
     np.testing.assert_array_equal(y, expected)
 
 
 def test_rgb2y_agrees_with_skimage_rgb2ycbcr(astronaut):
     """skimage's rgb2ycbcr gives the same luma unrounded: ours is it rounded to the nearest whole number."""
-    ours = utils.rgb2y(astronaut)
+    ours = metrics.rgb2y(astronaut)
     reference = rgb2ycbcr(astronaut)[..., 0]
     assert np.abs(ours - reference).max() <= 0.5 + 1e-9
     assert np.mean(ours == np.floor(reference + 0.5)) > 0.9999  # only exact halves may tip either way
     assert 16 <= ours.min() and ours.max() <= 235
     with pytest.raises(ValueError):
-        utils.rgb2y(astronaut.astype(np.float32))
+        metrics.rgb2y(astronaut.astype(np.float32))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -176,24 +176,24 @@ def test_rgb2y_agrees_with_skimage_rgb2ycbcr(astronaut):
 def test_psnr_hand_computed_cases():
     hr = np.zeros((10, 10))
     # MSE 100 -> 10 log10(255^2 / 100)
-    assert utils.calculate_psnr(np.full((10, 10), 10.0), hr) == pytest.approx(10 * math.log10(65025 / 100), abs=1e-12)
+    assert metrics.calculate_psnr(np.full((10, 10), 10.0), hr) == pytest.approx(10 * math.log10(65025 / 100), abs=1e-12)
     # One pixel off by 255 among 100: MSE = 650.25 = 255^2 / 100 -> exactly 20 dB.
     sr = hr.copy()
     sr[5, 5] = 255
-    assert utils.calculate_psnr(sr, hr) == pytest.approx(20.0, abs=1e-12)
+    assert metrics.calculate_psnr(sr, hr) == pytest.approx(20.0, abs=1e-12)
     # The same error inside a 1-pixel border that is cropped away: identical -> infinite PSNR.
     sr_border = hr.copy()
     sr_border[0, 3] = 255
-    assert utils.calculate_psnr(sr_border, hr, crop_border=1) == math.inf
+    assert metrics.calculate_psnr(sr_border, hr, crop_border=1) == math.inf
     # Computed in float64 even for uint8 input (no wrap-around of 0 - 255).
-    assert utils.calculate_psnr(sr.astype(np.uint8), hr.astype(np.uint8)) == pytest.approx(20.0, abs=1e-12)
+    assert metrics.calculate_psnr(sr.astype(np.uint8), hr.astype(np.uint8)) == pytest.approx(20.0, abs=1e-12)
     with pytest.raises(ValueError):
-        utils.calculate_psnr(np.zeros((4, 4)), np.zeros((4, 5)))
+        metrics.calculate_psnr(np.zeros((4, 4)), np.zeros((4, 5)))
 
 
 def test_psnr_agrees_with_skimage(astronaut):
-    sr = utils.imresize(utils.imresize(astronaut, scale=1 / 4), scale=4)
-    ours = utils.calculate_psnr(sr, astronaut, crop_border=4)
+    sr = metrics.imresize(metrics.imresize(astronaut, scale=1 / 4), scale=4)
+    ours = metrics.calculate_psnr(sr, astronaut, crop_border=4)
     reference = peak_signal_noise_ratio(astronaut[4:-4, 4:-4], sr[4:-4, 4:-4], data_range=255)
     assert ours == pytest.approx(reference, abs=1e-10)
 
@@ -210,9 +210,9 @@ def _real_y_pairs(shared_data):
                    np.asarray(Image.open(shared_data / "Set14" / "HR" / "baboon.png"))]
     pairs = []
     for photo in photos:
-        hr = utils.modcrop_array(photo[:200, :160], 4)
-        sr = utils.imresize(utils.imresize(hr, scale=1 / 4), scale=4)
-        pairs.append((utils.rgb2y(sr), utils.rgb2y(hr)))
+        hr = metrics.modcrop_array(photo[:200, :160], 4)
+        sr = metrics.imresize(metrics.imresize(hr, scale=1 / 4), scale=4)
+        pairs.append((metrics.rgb2y(sr), metrics.rgb2y(hr)))
     return pairs
 
 
@@ -228,7 +228,7 @@ def y_pairs(request):
 def test_ssim_agrees_with_skimage_gaussian_ssim(y_pairs):
     """Wang et al.'s SSIM = skimage's with gaussian_weights=True, sigma=1.5, use_sample_covariance=False."""
     for sr_y, hr_y in y_pairs:
-        ours = utils.calculate_ssim(sr_y, hr_y, crop_border=4)
+        ours = metrics.calculate_ssim(sr_y, hr_y, crop_border=4)
         reference = structural_similarity(hr_y[4:-4, 4:-4], sr_y[4:-4, 4:-4], gaussian_weights=True, sigma=1.5,
                                           use_sample_covariance=False, data_range=255)
         assert 0.1 < ours < 0.99  # a real, imperfect reconstruction
@@ -238,24 +238,24 @@ def test_ssim_agrees_with_skimage_gaussian_ssim(y_pairs):
 def test_ssim_skimage_default_variant_agrees_with_skimage_default(y_pairs):
     """The classic tutorial's SSIM (skimage's defaults: 7x7 uniform window, sample covariance)."""
     for sr_y, hr_y in y_pairs:
-        ours = utils.calculate_ssim(sr_y, hr_y, gaussian_weights=False, win_size=7, sample_covariance=True)
+        ours = metrics.calculate_ssim(sr_y, hr_y, gaussian_weights=False, win_size=7, sample_covariance=True)
         reference = structural_similarity(hr_y, sr_y, data_range=255)
         assert ours == pytest.approx(reference, abs=1e-9)
 
 
 def test_ssim_basic_properties(astronaut):
-    y = utils.rgb2y(astronaut)
-    assert utils.calculate_ssim(y, y) == pytest.approx(1.0, abs=1e-12)
+    y = metrics.rgb2y(astronaut)
+    assert metrics.calculate_ssim(y, y) == pytest.approx(1.0, abs=1e-12)
     noisy = np.clip(y + np.random.default_rng(0).normal(0, 10, y.shape), 0, 255)
-    assert utils.calculate_ssim(noisy, y) == pytest.approx(utils.calculate_ssim(y, noisy), abs=1e-12)  # symmetric
-    assert utils.calculate_ssim(noisy, y) < 0.9
+    assert metrics.calculate_ssim(noisy, y) == pytest.approx(metrics.calculate_ssim(y, noisy), abs=1e-12)  # symmetric
+    assert metrics.calculate_ssim(noisy, y) < 0.9
     # Colour: mean of the per-channel SSIMs.
     rgb = astronaut[:64, :64].astype(np.float64)
     rgb_noisy = np.clip(rgb + 5, 0, 255)
-    per_channel = [utils.calculate_ssim(rgb_noisy[..., c], rgb[..., c]) for c in range(3)]
-    assert utils.calculate_ssim(rgb_noisy, rgb) == pytest.approx(np.mean(per_channel), abs=1e-12)
+    per_channel = [metrics.calculate_ssim(rgb_noisy[..., c], rgb[..., c]) for c in range(3)]
+    assert metrics.calculate_ssim(rgb_noisy, rgb) == pytest.approx(np.mean(per_channel), abs=1e-12)
     with pytest.raises(ValueError):
-        utils.calculate_ssim(np.zeros((12, 12)), np.zeros((12, 12)), crop_border=2)  # 8x8 left: below 11x11
+        metrics.calculate_ssim(np.zeros((12, 12)), np.zeros((12, 12)), crop_border=2)  # 8x8 left: below 11x11
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -266,34 +266,34 @@ def test_standard_protocol_steps(astronaut):
     scale = 3
     hr = astronaut[:101, :98]                                   # not multiples of 3
     hr_crop = hr[:99, :96]                                      # top-left crop, as MATLAB's modcrop
-    sr_float = utils.imresize(utils.imresize(hr_crop, scale=1 / scale).astype(np.float64) / 255, scale=scale)
-    psnr, ssim = utils.evaluate_pair(sr_float, hr, scale)
+    sr_float = metrics.imresize(metrics.imresize(hr_crop, scale=1 / scale).astype(np.float64) / 255, scale=scale)
+    psnr, ssim = metrics.evaluate_pair(sr_float, hr, scale)
     sr_uint8 = np.clip(np.floor(sr_float * 255 + 0.5), 0, 255).astype(np.uint8)
-    hr_y, sr_y = utils.rgb2y(hr_crop), utils.rgb2y(sr_uint8)
+    hr_y, sr_y = metrics.rgb2y(hr_crop), metrics.rgb2y(sr_uint8)
     assert psnr == pytest.approx(peak_signal_noise_ratio(hr_y[3:-3, 3:-3], sr_y[3:-3, 3:-3], data_range=255), abs=1e-10)
     reference_ssim = structural_similarity(hr_y[3:-3, 3:-3], sr_y[3:-3, 3:-3], gaussian_weights=True, sigma=1.5,
                                            use_sample_covariance=False, data_range=255)
     assert ssim == pytest.approx(reference_ssim, abs=1e-9)
     # The float SR is quantised first: same numbers as the 8-bit SR.
-    assert utils.evaluate_pair(sr_uint8, hr, scale) == (psnr, ssim)
+    assert metrics.evaluate_pair(sr_uint8, hr, scale) == (psnr, ssim)
     # Extra rows/columns past the multiple of the scale are ignored (top-left crop, not centred).
-    assert utils.evaluate_pair(sr_uint8, hr_crop, scale) == (psnr, ssim)
+    assert metrics.evaluate_pair(sr_uint8, hr_crop, scale) == (psnr, ssim)
     with pytest.raises(ValueError):
-        utils.evaluate_pair(sr_uint8[:-3], hr, scale)         # SR does not match the cropped HR
+        metrics.evaluate_pair(sr_uint8[:-3], hr, scale)         # SR does not match the cropped HR
     with pytest.raises(ValueError):
-        utils.evaluate_pair(sr_uint8, hr, scale, protocol="tutorial")
+        metrics.evaluate_pair(sr_uint8, hr, scale, protocol="tutorial")
 
 
 def test_standard_protocol_measures_grey_images_on_their_own_values(astronaut):
     """A single-channel HR image is measured on its grey values, not on a luma of them (which would squeeze them
     into [16, 235] and raise PSNR by 20 log10(255 / 219) = 1.32 dB)."""
-    grey = utils.rgb2y(astronaut).astype(np.uint8)[:96, :96]
-    sr = utils.imresize(utils.imresize(grey, scale=1 / 4), scale=4)
-    psnr, ssim = utils.evaluate_pair(sr, grey, 4)
-    assert psnr == pytest.approx(utils.calculate_psnr(sr, grey, crop_border=4), abs=1e-12)
-    assert ssim == pytest.approx(utils.calculate_ssim(sr, grey, crop_border=4), abs=1e-12)
+    grey = metrics.rgb2y(astronaut).astype(np.uint8)[:96, :96]
+    sr = metrics.imresize(metrics.imresize(grey, scale=1 / 4), scale=4)
+    psnr, ssim = metrics.evaluate_pair(sr, grey, 4)
+    assert psnr == pytest.approx(metrics.calculate_psnr(sr, grey, crop_border=4), abs=1e-12)
+    assert ssim == pytest.approx(metrics.calculate_ssim(sr, grey, crop_border=4), abs=1e-12)
     # A model returns RGB for it (grey repeated into 3 channels): measured as the same grey values.
-    assert utils.evaluate_pair(np.repeat(sr[..., None], 3, axis=2), grey, 4) == pytest.approx((psnr, ssim))
+    assert metrics.evaluate_pair(np.repeat(sr[..., None], 3, axis=2), grey, 4) == pytest.approx((psnr, ssim))
 
 
 def test_classic_protocol_matches_a_reimplementation_of_the_tutorial(astronaut):
@@ -302,13 +302,13 @@ def test_classic_protocol_matches_a_reimplementation_of_the_tutorial(astronaut):
     scale = 3
     hr = astronaut[:101, :98]
     hr_crop = hr[1:100, 1:97]                                   # centred: 101 % 3 = 2 -> 1 row off the top
-    sr = np.clip(utils.imresize(hr_crop.astype(np.float64) / 255, scale=1 / 3), 0, 1)
-    sr = np.clip(utils.imresize(sr, scale=3) + 0.001, 0, 1)      # float, between 8-bit levels
+    sr = np.clip(metrics.imresize(hr_crop.astype(np.float64) / 255, scale=1 / 3), 0, 1)
+    sr = np.clip(metrics.imresize(sr, scale=3) + 0.001, 0, 1)      # float, between 8-bit levels
     weights = np.array([65.481, 128.553, 24.966])
     hr_y = (hr_crop.astype(np.float64) / 255)[4:-4, 4:-4] @ weights + 16
     sr_y = sr[4:-4, 4:-4] @ weights + 16
-    psnr, ssim = utils.evaluate_pair(sr, hr, scale, protocol="classic")
+    psnr, ssim = metrics.evaluate_pair(sr, hr, scale, protocol="classic")
     assert psnr == pytest.approx(peak_signal_noise_ratio(hr_y, sr_y, data_range=255), abs=1e-9)
     assert ssim == pytest.approx(structural_similarity(hr_y, sr_y, data_range=255), abs=1e-9)
     # ... and it is a different protocol: its numbers differ from the standard one's on the same images.
-    assert abs(psnr - utils.evaluate_pair(sr, hr_crop, scale)[0]) > 0.01
+    assert abs(psnr - metrics.evaluate_pair(sr, hr_crop, scale)[0]) > 0.01

@@ -99,9 +99,11 @@ def test_generator_is_srresnet_with_same_keys():
 
 @pytest.mark.parametrize("unshuffle_scale, overall", [(2, 2), (4, 1)])
 def test_srresnet_pixel_unshuffle_scales_and_odd_sizes(unshuffle_scale, overall):
-    model = tiny_srresnet(use_unshuffle=True, unshuffle_scale=unshuffle_scale).eval()
+    model = models.SRResNetUnshuffle(n_channels=8, n_blocks=2, scaling_factor=overall,
+                                     unshuffle_scale=unshuffle_scale).eval()
     plain = tiny_srresnet().eval()
-    assert model.scaling_factor == overall
+    assert isinstance(model, models.SRResNet) and model.scaling_factor == overall
+    assert model.unshuffle_scale == unshuffle_scale
     assert model.conv_block1.conv_block[0].in_channels == 3 * unshuffle_scale ** 2
     # Same state-dict layout as the plain model except the first conv's input channels.
     shapes, plain_shapes = ({k: v.shape for k, v in m.state_dict().items()} for m in (model, plain))
@@ -125,7 +127,20 @@ def test_srresnet_pixel_unshuffle_scales_and_odd_sizes(unshuffle_scale, overall)
 
 def test_srresnet_unshuffle_scale_must_divide():
     with pytest.raises(ValueError, match="unshuffle_scale"):
-        models.SRResNet(use_unshuffle=True, unshuffle_scale=3)
+        models.SRResNetUnshuffle(scaling_factor=2, unshuffle_scale=3)
+    with pytest.raises(ValueError, match="unshuffle_scale"):
+        models.SRResNetUnshuffle(scaling_factor=4, unshuffle_scale=1)
+
+
+def test_plain_forwards_read_like_the_papers():
+    """SRResNet and RRDBNet run no padding or folding of their own: their forward is the paper's network."""
+    srresnet = tiny_srresnet().eval()
+    x = torch.rand(1, 3, 5, 6)
+    with torch.no_grad():
+        feat = srresnet.conv_block1(x)
+        feat = srresnet.conv_block2(srresnet.residual_blocks(feat)) + feat
+        assert torch.equal(srresnet(x), srresnet.conv_block3(srresnet.subpixel_convolutional_blocks(feat)))
+    assert not hasattr(srresnet, "unshuffle_scale") and type(models.RRDBNet()) is models.RRDBNet
 
 
 @pytest.mark.parametrize("size", [96, 128])
@@ -148,11 +163,28 @@ def test_discriminator_layout():
 
 
 def test_build_generator():
-    assert isinstance(models.build_generator("srresnet", n_blocks=1, n_channels=4), models.SRResNet)
+    assert type(models.build_generator("srresnet", n_blocks=1, n_channels=4)) is models.SRResNet
     rrdb = models.build_generator("rrdb", num_block=1, num_feat=8, num_grow_ch=4, scale=2)
-    assert isinstance(rrdb, models.RRDBNet) and rrdb.scaling_factor == 2
+    assert isinstance(rrdb, models.RRDBNet) and rrdb.scaling_factor == 2 and rrdb.unshuffle_scale == 2
+    unshuffle = models.build_generator("srresnet", n_blocks=1, n_channels=4, scaling_factor=1, unshuffle_scale=4)
+    assert isinstance(unshuffle, models.SRResNetUnshuffle) and unshuffle.scaling_factor == 1
     with pytest.raises(ValueError, match="srresnet"):
         models.build_generator("edsr")
+
+
+@pytest.mark.parametrize("use_unshuffle, unshuffle_scale, body_scale, overall", [
+    (False, 2, 4, 4), (False, 2, 2, 2), (True, 2, 4, 2), (True, 4, 4, 1)])
+def test_build_generator_accepts_the_arguments_older_checkpoints_stored(use_unshuffle, unshuffle_scale, body_scale,
+                                                                         overall):
+    """Before SRResNetUnshuffle existed, checkpoints stored the BODY's scale, use_unshuffle and unshuffle_scale."""
+    old = dict(large_kernel_size=3, small_kernel_size=3, n_channels=4, n_blocks=1, scaling_factor=body_scale,
+               use_unshuffle=use_unshuffle, unshuffle_scale=unshuffle_scale)
+    model = models.build_generator("srresnet", **old)
+    assert model.scaling_factor == overall and isinstance(model, models.SRResNetUnshuffle) == use_unshuffle
+    new = models.upgrade_generator_kwargs("srresnet", old)
+    assert "use_unshuffle" not in new and new["scaling_factor"] == overall
+    assert new.get("unshuffle_scale") == (unshuffle_scale if use_unshuffle else None)
+    assert models.upgrade_generator_kwargs("srresnet", new) == new  # today's arguments are left as they are
 
 
 # ======================================================================================================
@@ -191,9 +223,10 @@ def independent_vgg_index(i, j, before_activation):
 
 @pytest.fixture(scope="module")
 def vgg54():
+    """SRGAN's VGG54: relu5_4, the 4th convolution before the 5th max-pool, after its ReLU."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(models, "load_vgg19", random_vgg19)
-        return models.TruncatedVGG19(i=5, j=4, weights="random")
+        return models.VGGFeatureExtractor(["relu5_4"], weights="random")
 
 
 def test_vgg19_layer_names_match_torchvision():
@@ -206,18 +239,19 @@ def test_vgg19_layer_names_match_torchvision():
 
 
 @pytest.mark.parametrize("i, j, before", [(5, 4, False), (2, 2, False), (5, 4, True), (2, 2, True)])
-def test_truncated_vgg_truncation_index(i, j, before, vgg54, shared_random_vgg):
+def test_vgg_layer_names_are_literal(i, j, before, vgg54, shared_random_vgg):
+    name = f"{'conv' if before else 'relu'}{i}_{j}"  # convX_Y: before its ReLU; reluX_Y: after it
     expected_len = independent_vgg_index(i, j, before) + 1
-    model = vgg54 if (i, j, before) == (5, 4, False) else models.TruncatedVGG19(i, j, "random", before)
+    model = vgg54 if name == "relu5_4" else models.VGGFeatureExtractor([name], weights="random")
     assert len(model.features) == expected_len
     assert isinstance(model.features[-1], nn.Conv2d if before else nn.ReLU)
-    out = model(torch.randn(1, 3, 32, 32))
+    out = model(torch.randn(1, 3, 32, 32))[name]
     channels = {2: 128, 5: 512}[i]
     assert out.shape == (1, channels, 32 // 2 ** (i - 1), 32 // 2 ** (i - 1))
     assert (out.min() < 0) == before  # before the ReLU there are negatives, after it none
 
 
-def test_truncated_vgg_is_frozen_and_stays_eval(vgg54, shared_random_vgg):
+def test_vgg_is_frozen_and_stays_eval(vgg54, shared_random_vgg):
     assert all(not p.requires_grad for p in vgg54.parameters())
     parent = nn.Sequential(nn.Conv2d(3, 3, 1), vgg54)
     parent.train()
@@ -225,10 +259,8 @@ def test_truncated_vgg_is_frozen_and_stays_eval(vgg54, shared_random_vgg):
     assert not any(m.training for m in vgg54.modules())
     # Gradients flow through it to its input (the generator), but not into it.
     x = torch.randn(1, 3, 16, 16, requires_grad=True)
-    vgg54(x).sum().backward()
+    vgg54(x)["relu5_4"].sum().backward()
     assert x.grad is not None and all(p.grad is None for p in vgg54.parameters())
-    with pytest.raises(ValueError, match="convolution"):
-        models.TruncatedVGG19(i=2, j=3, weights="random")
 
 
 def test_vgg_feature_extractor_layers(vgg54, shared_random_vgg):
@@ -245,9 +277,9 @@ def test_vgg_feature_extractor_layers(vgg54, shared_random_vgg):
     assert torch.equal(feats["conv1_2"], extractor.features[:3](x)) and feats["conv1_2"].min() < 0
     assert torch.allclose(feats["conv5_4"], vgg54.features[:35](x))
     # A list of names gives weight 1 each; after-activation features are non-negative.
-    after = models.VGGFeatureExtractor(["conv2_2"], weights="random", before_activation=False)
-    assert after.layer_weights == {"conv2_2": 1.0}
-    assert after(x)["conv2_2"].min() >= 0
+    after = models.VGGFeatureExtractor(["relu2_2"], weights="random")
+    assert after.layer_weights == {"relu2_2": 1.0}
+    assert after(x)["relu2_2"].min() >= 0
     with pytest.raises(ValueError, match="unknown VGG19 layer"):
         models.VGGFeatureExtractor(["conv6_1"], weights="random")
 
@@ -262,7 +294,7 @@ def test_vgg_weights_unavailable_gives_actionable_error(monkeypatch):
 
     monkeypatch.setattr(torchvision.models, "vgg19", offline_vgg19)
     with pytest.raises(RuntimeError) as info:
-        models.TruncatedVGG19(weights="imagenet")
+        models.VGGFeatureExtractor(["relu5_4"], weights="imagenet")
     message = str(info.value)
     url = torchvision.models.VGG19_Weights.IMAGENET1K_V1.url
     assert "vgg19-dcbb9e9d.pth" in message and url in message
@@ -535,7 +567,8 @@ def test_interpolation_exact_at_0_half_1():
 
 
 def test_interpolation_mismatches():
-    psnr, gan = tiny_srresnet().state_dict(), tiny_srresnet(use_unshuffle=True).state_dict()
+    psnr = tiny_srresnet().state_dict()
+    gan = models.SRResNetUnshuffle(n_channels=8, n_blocks=2, scaling_factor=2, unshuffle_scale=2).state_dict()
     gan["extra.weight"] = torch.zeros(1)
     del gan["conv_block3.conv_block.0.bias"]
     with pytest.raises(ValueError) as info:
@@ -581,11 +614,21 @@ def test_unet_discriminator_realesrgan_state_dict_names():
     expected = {"conv0.weight", "conv0.bias", "conv9.weight", "conv9.bias"}
     expected |= {f"conv{i}.{p}" for i in range(1, 9) for p in ("weight_orig", "weight_u", "weight_v")}
     assert set(state) == expected
-    # A Real-ESRGAN-named state dict (built from ours, with changed values) loads strictly and is used.
-    state = {k: v + 0.5 if k == "conv9.bias" else v for k, v in state.items()}
-    other = models.UNetDiscriminatorSN(num_feat=8)
-    other.load_state_dict(state, strict=True)
-    assert torch.equal(other.conv9.bias, state["conv9.bias"])
+    # A state dict written out from Real-ESRGAN's architecture (names AND shapes, independently of models.py; conv1 to
+    # conv8 are spectral-normalised and have no bias) loads strictly, and its values are the ones used.
+    f = 8
+    shapes = {"conv0.weight": (f, 3, 3, 3), "conv0.bias": (f,), "conv9.weight": (1, f, 3, 3), "conv9.bias": (1,)}
+    normalised = {1: (2 * f, f, 4, 4), 2: (4 * f, 2 * f, 4, 4), 3: (8 * f, 4 * f, 4, 4), 4: (4 * f, 8 * f, 3, 3),
+                  5: (2 * f, 4 * f, 3, 3), 6: (f, 2 * f, 3, 3), 7: (f, f, 3, 3), 8: (f, f, 3, 3)}
+    for i, shape in normalised.items():
+        shapes[f"conv{i}.weight_orig"] = shape
+        shapes[f"conv{i}.weight_u"] = (shape[0],)  # power-iteration vectors: output size, and input size x kernel
+        shapes[f"conv{i}.weight_v"] = (shape[1] * shape[2] * shape[3],)
+    realesrgan = {name: torch.randn(shape) for name, shape in shapes.items()}
+    other = models.UNetDiscriminatorSN(num_feat=f)
+    other.load_state_dict(realesrgan, strict=True)
+    assert torch.equal(other.conv9.bias, realesrgan["conv9.bias"])
+    assert torch.equal(other.conv3.weight_orig, realesrgan["conv3.weight_orig"])
     # Skip connections change the output (they are wired in).
     no_skip = models.UNetDiscriminatorSN(num_feat=8, skip_connection=False)
     no_skip.load_state_dict(model.state_dict())

@@ -1,10 +1,10 @@
-"""Tests for super_resolve.py: tiled inference, real input files, the command line and the comparison grid.
+"""Tests for super_resolve.py: real input files, the command line and the comparison grid (the tiled inference
+itself, utils.upscale, is tested in test_utils.py).
 
 Models used here are tiny so the whole file runs in well under a minute on 2 CPU cores:
-  * TinyNet: three 3x3 convolutions + pixel shuffle, receptive-field radius exactly 3 LR pixels, for exactness;
   * NearestNet: nearest-neighbour upscaling with a '[-1, 1]' output, whose result we know exactly, for the file
     round trips (every pixel of the output can be checked, not just the size and mode);
-  * small RRDBNet / SRResNet from models.py (random weights) for the PSNR check, the CLI and the grid.
+  * small RRDBNet / SRResNet from models.py (random weights) for the CLI and the grid.
 """
 import subprocess
 import sys
@@ -20,30 +20,10 @@ from PIL import Image
 from skimage import data
 from torch import nn
 
+import metrics
 import models
 import super_resolve
 import utils
-
-
-class TinyNet(nn.Module):
-    """conv3x3 - relu - conv3x3 - relu - conv3x3 (3 * s^2 channels) - pixel shuffle: receptive-field radius 3 LR px.
-
-    Each 3x3 convolution widens the region an output pixel depends on by one pixel on each side, and the pixel
-    shuffle only rearranges channels of one LR pixel, so an output pixel depends on LR pixels at most 3 away."""
-
-    input_format = "[0, 1]"
-    output_format = "[0, 1]"
-    receptive_field_radius = 3
-
-    def __init__(self, scaling_factor=2):
-        super().__init__()
-        self.scaling_factor = scaling_factor
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(8, 3 * scaling_factor ** 2, 3, padding=1),
-                                  nn.PixelShuffle(scaling_factor))
-
-    def forward(self, x):
-        return torch.sigmoid(self.body(x))
 
 
 class NearestNet(nn.Module):
@@ -61,85 +41,9 @@ class NearestNet(nn.Module):
         return F.interpolate(x, scale_factor=self.scaling_factor, mode="nearest") * 2 - 1
 
 
-def photo_01(height, width, dtype=torch.float32):
-    """A crop of a real photo (scikit-image's astronaut), (1, 3, height, width) in [0, 1]."""
-    pixels = data.astronaut()[:height, :width]
-    return torch.from_numpy(pixels).permute(2, 0, 1)[None].to(dtype) / 255
-
-
 def nearest_upscale(array, scale):
     """The expected output of NearestNet for an (H, W) or (H, W, C) array, computed with numpy."""
     return array.repeat(scale, axis=0).repeat(scale, axis=1)
-
-
-# ------------------------------------------------------------------------------------------------------
-# Tiled inference
-# ------------------------------------------------------------------------------------------------------
-
-def test_tiled_equals_untiled_when_pad_covers_receptive_field():
-    # float64, so that the only possible difference between the runs is the summation order of the convolutions
-    # (different input sizes can make the CPU kernels block the sums differently): that is ~1e-16, while any
-    # missing context shows up as ~1e-2. A 1e-12 tolerance therefore separates the two cases without ambiguity.
-    torch.manual_seed(0)
-    model = TinyNet(scaling_factor=2).double().eval()
-    lr_img = photo_01(37, 53, torch.float64)  # sides not multiples of the tile: ragged last tiles
-    with torch.no_grad():
-        reference = model(lr_img)  # independent reference: the network on the whole image, no tiling code
-    radius = TinyNet.receptive_field_radius
-    for tile in (12, 20):
-        tiled = super_resolve.upscale(model, lr_img, tile=tile, tile_pad=radius)
-        assert tiled.shape == (1, 3, 74, 106) and tiled.dtype == torch.float64
-        assert (tiled - reference).abs().max() < 1e-12, f"tile {tile}"
-    # And the test can fail: one pixel of context too few leaves visible seams.
-    too_little = super_resolve.upscale(model, lr_img, tile=16, tile_pad=radius - 1)
-    assert (too_little - reference).abs().max() > 1e-4
-
-
-def test_tiled_equals_untiled_for_pixel_unshuffle_rrdbnet():
-    # x2 RRDBNet folds 2x2 pixel blocks into channels: tiles must start on even pixels, which upscale() ensures
-    # even for an odd tile size and odd image sides (reflect-padded inside the model). Receptive field: 1 RRDB =
-    # 15 convs + conv_first + conv_body = 17 unshuffled pixels, plus < 1 for the 4 convs after the upsampling,
-    # i.e. 18 unshuffled = 36 LR pixels, +1 for the 2x2 block alignment: 40 covers it.
-    torch.manual_seed(0)
-    model = models.RRDBNet(scale=2, num_feat=8, num_block=1, num_grow_ch=4).double().eval()
-    lr_img = photo_01(51, 69, torch.float64)
-    with torch.no_grad():
-        reference = model(lr_img)
-    tiled = super_resolve.upscale(model, lr_img, tile=31, tile_pad=40)  # tile rounded up to 32: 2 x 3 tiles
-    assert tiled.shape == reference.shape == (1, 3, 102, 138)
-    assert (tiled - reference.clamp(0, 1)).abs().max() < 1e-12
-
-
-def test_default_tiling_psnr_on_real_photo():
-    # With the default tile settings the image must really be split, so use an LR photo larger than one tile.
-    torch.manual_seed(0)
-    model = models.RRDBNet(scale=4, num_feat=8, num_block=2, num_grow_ch=4).eval()
-    lr_img = photo_01(super_resolve.DEFAULT_TILE + 40, super_resolve.DEFAULT_TILE + 24)  # 2 x 2 tiles
-    untiled = super_resolve.upscale(model, lr_img, tile=0)
-    tiled = super_resolve.upscale(model, lr_img)  # default tile and tile_pad
-    assert tiled.shape == untiled.shape == (1, 3, 4 * lr_img.shape[2], 4 * lr_img.shape[3])
-    mse = torch.mean((tiled.double() - untiled.double()) ** 2).item()
-    psnr = 10 * np.log10(1 / mse) if mse > 0 else float("inf")
-    assert psnr >= 45, f"PSNR(tiled, untiled) = {psnr:.2f} dB"
-
-
-def test_precision_modes_on_cpu():
-    torch.manual_seed(0)
-    model = TinyNet().eval()
-    lr_img = photo_01(24, 24)
-    fp32 = super_resolve.upscale(model, lr_img, tile=0)
-    bf16 = super_resolve.upscale(model, lr_img, tile=0, precision="bf16")
-    assert bf16.dtype == torch.float32 and 0 < (bf16 - fp32).abs().max() < 0.02  # bf16 ran, and is close
-    with pytest.raises(ValueError, match="fp16.*CUDA"):
-        super_resolve.upscale(model, lr_img, precision="fp16")
-
-
-def test_upscale_rejects_bad_arguments():
-    model = TinyNet().eval()
-    with pytest.raises(ValueError, match=r"\(1, C, H, W\)"):
-        super_resolve.upscale(model, photo_01(8, 8)[0])
-    with pytest.raises(ValueError, match="tile"):
-        super_resolve.upscale(model, photo_01(8, 8), tile=-1)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -332,8 +236,8 @@ def test_cli_folder_and_bad_inputs(tmp_path, tiny_rrdb):
     assert sorted(p.name for p in out_folder.iterdir()) == ["a_x4.png", "b_x4.png", "broken_x4.png"]
 
     # The CLI's output is exactly what upscale() gives in-process (tiling included).
-    model, _ = utils.load_generator(tiny_rrdb)
-    expected = super_resolve.upscale(model, photo_from_file(tmp_path / "a.png"), tile=4, tile_pad=2)
+    model, _, _ = utils.load_generator(tiny_rrdb)
+    expected = utils.upscale(model, photo_from_file(tmp_path / "a.png"), tile=4, tile_pad=2)
     np.testing.assert_array_equal(np.asarray(Image.open(out_folder / "a_x4.png")),
                                   np.asarray(utils.convert_image(expected[0], "[0, 1]", "pil")))
 
@@ -349,15 +253,24 @@ def test_cli_model_errors(tmp_path, tiny_rrdb, capsys):
     assert super_resolve.main(common + ["--model", str(tmp_path / "nope.pth")]) == 1
     error = capsys.readouterr().err
     assert error.startswith("error:") and "nope.pth" in error and "Traceback" not in error
-    assert super_resolve.main(common + ["--model", str(tiny_rrdb), "--scale", "2"]) == 1
+    assert super_resolve.main(common + ["--model", str(tiny_rrdb), "--scaling_factor", "2"]) == 1
     assert "x4, not x2" in capsys.readouterr().err
+    # The old name of the flag still works, and says what replaced it.
+    assert super_resolve.main(common + ["--model", str(tiny_rrdb), "--scale", "2"]) == 1
+    error = capsys.readouterr().err
+    assert "note: --scale is deprecated, use --scaling_factor" in error and "x4, not x2" in error
     assert super_resolve.main(common + ["--model", str(tiny_rrdb), "--precision", "fp16", "--device", "cpu"]) == 1
     assert "CUDA" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written when the model cannot run
 
 
-def test_comparison_grid(tmp_path, tiny_rrdb):
+def test_comparison_grid(tmp_path, tiny_rrdb, monkeypatch):
     srresnet = save_tiny_checkpoint(tmp_path / "srresnet.pth", "srresnet", n_channels=8, n_blocks=1)
+    # Every label's PSNR is eval.py's: the standard protocol of metrics.evaluate_pair, against the HR image.
+    measured = []
+    evaluate_pair = metrics.evaluate_pair
+    monkeypatch.setattr(metrics, "evaluate_pair", lambda sr, hr, s, *args: measured.append((sr, hr, s, args))
+                        or evaluate_pair(sr, hr, s, *args))
     hr = np.asarray(Image.fromarray(data.astronaut()).resize((66, 50)))  # not a multiple of 4: mod-cropped
     Image.fromarray(hr).save(tmp_path / "hr.png")
     assert super_resolve.main(["--grid", str(tmp_path / "hr.png"), "--model", str(srresnet), str(tiny_rrdb),
@@ -368,8 +281,14 @@ def test_comparison_grid(tmp_path, tiny_rrdb):
     assert label_height > 0 and grid.shape[1] >= 4 * 64 and grid.shape[2] == 3
     np.testing.assert_array_equal(grid[label_height:, :64], hr[:48, :64])
     assert (grid[:label_height] < 128).any()  # some label text was drawn
+    assert len(measured) == 3 and all(s == 4 and args == () for _, _, s, args in measured)  # bicubic + 2 models
+    np.testing.assert_array_equal(measured[0][1], hr[:48, :64])
+    # The bicubic panel is MATLAB's imresize of the LR image, as eval.py's bicubic baseline.
+    expected_bicubic = metrics.imresize(metrics.imresize(hr[:48, :64], scale=1 / 4), scale=4)
+    np.testing.assert_array_equal(measured[0][0], expected_bicubic)
+    np.testing.assert_array_equal(grid[label_height:, 64 + max(4, 64 // 64):][:, :64], expected_bicubic)
 
     # Models of different scales cannot share a grid.
     x2 = models.RRDBNet(scale=2, num_feat=8, num_block=1, num_grow_ch=4).eval()
     with pytest.raises(ValueError, match="one scale"):
-        super_resolve.comparison_grid(Image.fromarray(hr), [(x2, "x2"), (TinyNet(4).eval(), "x4")])
+        super_resolve.comparison_grid(Image.fromarray(hr), [(x2, "x2"), (NearestNet(4).eval(), "x4")])

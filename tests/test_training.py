@@ -9,8 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,6 +18,7 @@ from skimage import data as skimage_data
 
 import create_data_lists
 import datasets
+import degradations
 import models
 import train_srgan
 import train_srresnet
@@ -80,7 +81,7 @@ def test_train_srresnet_runs(data_folder, tmp_path, monkeypatch, arch_args, loss
                if value.is_floating_point() and not torch.equal(value, initial[name])]
     assert changed
     assert any(not torch.equal(checkpoint["generator_ema"][name], checkpoint["generator"][name]) for name in changed)
-    model, _ = utils.load_generator(tmp_path / "checkpoint_srresnet.pth")
+    model, _, _ = utils.load_generator(tmp_path / "checkpoint_srresnet.pth")
     assert model(torch.rand(1, 3, 6, 6)).shape == (1, 3, 24, 24)
 
 
@@ -106,7 +107,7 @@ def test_train_srgan_runs_from_srresnet_checkpoint(data_folder, tmp_path, monkey
 
 def test_tiny_srresnet_learns(data_folder, tmp_path, monkeypatch):
     """The learning test: a small SRResNet fits a few images; its loss on training crops falls clearly."""
-    args = [*TINY_SRRESNET, "--data_folder", data_folder, "--lr", 1e-3, "--checkpoint_every", 10_000]
+    args = [*TINY_SRRESNET, "--data_folder", data_folder, "--learning_rate", 1e-3, "--checkpoint_every", 10_000]
     run_script(train_srresnet, [*args, "--iterations", 40, "--output_folder", tmp_path], monkeypatch)
     trained = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
     # The same network at iteration 0: same seed, same initial weights.
@@ -135,7 +136,7 @@ def test_tiny_srresnet_learns(data_folder, tmp_path, monkeypatch):
 def test_resume_is_exact(data_folder, tmp_path, monkeypatch, workers):
     """4 iterations in one go == 2 iterations, stop, resume to 4: identical weights, optimiser, EMA, scheduler."""
     args = [*TINY_SRRESNET, "--workers", workers, "--data_folder", data_folder, "--augment", "true",
-            "--ema_decay", 0.5, "--lr_milestones", 3, "--lr_gamma", 0.1]
+            "--ema_decay", 0.5, "--learning_rate_milestones", 3, "--learning_rate_gamma", 0.1]
     run_script(train_srresnet, [*args, "--iterations", 4, "--output_folder", tmp_path / "whole"], monkeypatch)
     run_script(train_srresnet, [*args, "--iterations", 2, "--output_folder", tmp_path / "halves"], monkeypatch)
     first_half = utils.load_checkpoint(tmp_path / "halves" / "checkpoint_srresnet.pth")
@@ -340,8 +341,8 @@ def test_train_srgan_realesrgan_recipe(data_folder, tmp_path, monkeypatch):
                                 "--iterations", 1, "--crop_size", 48], monkeypatch)
     # Count the degraded batches: the recipe must make its LR images with Real-ESRGAN's pipeline, on every iteration.
     calls = []
-    real_make_batch = datasets.make_realesrgan_batch
-    monkeypatch.setattr(datasets, "make_realesrgan_batch",
+    real_make_batch = degradations.make_realesrgan_batch
+    monkeypatch.setattr(degradations, "make_realesrgan_batch",
                         lambda *args, **kwargs: calls.append(args[0].shape) or real_make_batch(*args, **kwargs))
     run_script(train_srgan, ["--recipe", "realesrgan", "--num_feat_d", 8, "--vgg_weights", "random",
                              "--data_folder", data_folder, "--srresnet_checkpoint", tmp_path / "checkpoint_srresnet.pth",
@@ -351,7 +352,7 @@ def test_train_srgan_realesrgan_recipe(data_folder, tmp_path, monkeypatch):
     hyperparameters = checkpoint["hyperparameters"]
     assert checkpoint["iteration"] == 2 and checkpoint["discriminator_arch"] == "unet"
     assert hyperparameters["degradation"] == "realesrgan" and len(hyperparameters["perceptual_layers"]) == 5
-    assert hyperparameters["jpeg_range"] == datasets.DEGRADATION_DEFAULTS["jpeg_range"]  # degradation flags exist
+    assert hyperparameters["jpeg_range"] == degradations.DEGRADATION_DEFAULTS["jpeg_range"]  # degradation flags exist
     assert "generator_ema" in checkpoint
     assert "conv9.weight" in checkpoint["discriminator"]  # Real-ESRGAN's key names
     assert calls == [(2, 3, 48, 48)] * 2  # HR crops in, once per iteration
@@ -363,19 +364,69 @@ def test_pixel_unshuffle_models_and_cutblur(data_folder, tmp_path, monkeypatch):
                  "--crop_size", 32, "--batch_size", 2, "--data_folder", data_folder]
     run_script(train_srresnet, [*unshuffle, "--scaling_factor", 2, "--unshuffle_scale", 2,
                                 "--output_folder", tmp_path / "x2"], monkeypatch)
-    model, _ = utils.load_generator(tmp_path / "x2" / "checkpoint_srresnet.pth")
+    model, _, _ = utils.load_generator(tmp_path / "x2" / "checkpoint_srresnet.pth")
     assert model.scaling_factor == 2 and model(torch.rand(1, 3, 7, 9)).shape == (1, 3, 14, 18)
     run_script(train_srresnet, [*unshuffle, "--scaling_factor", 4, "--unshuffle_scale", 4,
                                 "--output_folder", tmp_path / "x1"], monkeypatch)
     assert utils.load_generator(tmp_path / "x1" / "checkpoint_srresnet.pth")[0].scaling_factor == 1
+    # CutBlur: spy on the batches it makes, and on what the generator is given.
+    cutblur_calls, generator_inputs = [], []
+    real_cutblur = degradations.cutblur
+
+    def spy_cutblur(lr_imgs, hr_imgs, *args, **kwargs):
+        mixed_imgs, target_imgs = real_cutblur(lr_imgs, hr_imgs, *args, **kwargs)
+        cutblur_calls.append((lr_imgs.clone(), hr_imgs.clone(), mixed_imgs.clone()))
+        return mixed_imgs, target_imgs
+
+    monkeypatch.setattr(degradations, "cutblur", spy_cutblur)
+    real_convert = utils.convert_image
+    monkeypatch.setattr(utils, "convert_image", lambda img, source, target: (
+        generator_inputs.append(img.detach().clone()) if (source, target) == ("[0, 1]", "[0, 1]") else None)
+        or real_convert(img, source, target))  # the generator's input conversion: SRResNet takes '[0, 1]'
     run_script(train_srgan, [*TINY_DISCRIMINATOR, "--cutblur_prob", 1.0, "--data_folder", data_folder,
                              "--srresnet_checkpoint", tmp_path / "x1" / "checkpoint_srresnet.pth", "--crop_size", 32,
-                             "--batch_size", 2, "--workers", 0, "--iterations", 2, "--perceptual_layers", "conv2_2",
+                             "--batch_size", 2, "--workers", 0, "--iterations", 2, "--perceptual_layers", "relu2_2",
                              "--output_folder", tmp_path / "x1"], monkeypatch)
-    assert utils.load_checkpoint(tmp_path / "x1" / "checkpoint_srgan.pth")["iteration"] == 2
+    monkeypatch.setattr(utils, "convert_image", real_convert)
+    checkpoint = utils.load_checkpoint(tmp_path / "x1" / "checkpoint_srgan.pth")
+    assert checkpoint["iteration"] == 2
+    assert len(cutblur_calls) == 2  # once per iteration
+    for lr_imgs, hr_imgs, mixed_imgs in cutblur_calls:
+        assert lr_imgs.shape == (2, 3, 8, 8) and hr_imgs.shape == mixed_imgs.shape == (2, 3, 32, 32)
+        lr_upscaled = torch.nn.functional.interpolate(lr_imgs, scale_factor=4, mode="nearest")
+        from_hr = (mixed_imgs == hr_imgs).all(dim=1) & (mixed_imgs != lr_upscaled).any(dim=1)
+        from_lr = (mixed_imgs == lr_upscaled).all(dim=1) & (mixed_imgs != hr_imgs).any(dim=1)
+        assert from_hr.flatten(1).any(dim=1).all() and from_lr.flatten(1).any(dim=1).all()  # every image is mixed
+        # ... and the x1 generator ran on exactly these HR-sized mixtures.
+        assert any(torch.equal(mixed_imgs, seen) for seen in generator_inputs)
+    # The generator trained from its x1 start (and is still the x1 model).
+    start = utils.load_checkpoint(tmp_path / "x1" / "checkpoint_srresnet.pth")
+    assert checkpoint["generator_kwargs"] == start["generator_kwargs"] == dict(
+        large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=1, scaling_factor=1, unshuffle_scale=4)
+    assert any(not torch.equal(value, start["generator"][name]) for name, value in checkpoint["generator"].items()
+               if value.is_floating_point())
     # CutBlur with an x4 generator is refused with a clear message.
     with pytest.raises(ValueError, match="needs an x1 model"):
         run_script(train_srgan, [*TINY_DISCRIMINATOR, "--cutblur_prob", 0.5, "--data_folder", data_folder,
                                  "--srresnet_checkpoint", tmp_path / "x2" / "checkpoint_srresnet.pth",
                                  "--scaling_factor", 2, "--iterations", 1, "--workers", 0,
                                  "--output_folder", tmp_path / "x2"], monkeypatch)
+
+
+def test_training_batches_differ_across_ranks_and_repeat_exactly():
+    """The degradations and CutBlur of one iteration: other random draws in each process (the old seeds made rank
+    r's CutBlur stream rank r + 1's degradation stream), the same draws every time for the same process."""
+    argv = ["--recipe", "realesrgan", "--cutblur_prob", "1.0", "--channels_last", "false"]
+    hp = utils.parse_hyperparameters(train_srgan.apply_recipe(train_srgan.hyperparameters, argv), "", argv=argv)
+    torch.manual_seed(0)
+    hr_imgs = torch.rand(2, 3, 32, 32)
+    lr_imgs = torch.nn.functional.interpolate(hr_imgs, scale_factor=0.25, mode="area")
+    x1_generator = SimpleNamespace(scaling_factor=1)
+
+    def batch(iteration, rank):
+        return train_srgan.make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank, x1_generator, torch.device("cpu"))
+
+    rank0, rank1, again = batch(5, 0), batch(5, 1), batch(5, 0)
+    assert rank0[0].shape == (2, 3, 32, 32)  # CutBlur: HR-sized inputs for the x1 generator
+    assert all(torch.equal(a, b) for a, b in zip(rank0, again))
+    assert not torch.equal(rank0[0], rank1[0]) and not torch.equal(rank0[0], batch(6, 0)[0])

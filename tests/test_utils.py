@@ -1,11 +1,18 @@
-"""Tests of utils.py's core helpers: conversions, image loading, crops, LR making, checkpoints, hyperparameters."""
-import random
+"""Tests of utils.py: conversions, image loading, atomic writes, checkpoints, generators and tiled inference, seeds,
+the command line (hyperparameters and deprecated flags) and the training bookkeeping."""
+import argparse
+import os
+import stat
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from skimage import data
+from torch import nn
 
+import models
 import utils
 
 
@@ -98,59 +105,13 @@ def test_load_image_converts_greyscale_and_applies_exif_orientation(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Crops, augmentation, LR images
-# ------------------------------------------------------------------------------------------------------
-def test_random_crop_reaches_every_position_including_the_edges():
-    img = Image.fromarray(np.arange(10 * 12, dtype=np.uint8).reshape(10, 12))  # 12 wide, 10 high
-    rng = random.Random(0)
-    corners = set()
-    for _ in range(400):
-        crop = np.asarray(utils.random_crop(img, 8, rng))
-        corners.add((int(crop[0, 0]) // 12, int(crop[0, 0]) % 12))  # (top, left) of the crop
-    assert corners == {(top, left) for top in range(3) for left in range(5)}
-
-
-def test_random_crop_of_an_image_exactly_the_crop_size_and_too_small():
-    img = random_pil(96, 96)
-    assert np.array_equal(np.asarray(utils.random_crop(img, 96, random.Random(1))), np.asarray(img))
-    with pytest.raises(ValueError, match="min_size"):
-        utils.random_crop(random_pil(95, 200), 96, random.Random(1))
-
-
-def test_modcrop_keeps_the_top_left():
-    img = random_pil(103, 77)
-    cropped = utils.modcrop(img, 4)
-    assert cropped.size == (100, 76)
-    assert np.array_equal(np.asarray(cropped), np.asarray(img)[:76, :100])
-
-
-def test_augment_gives_all_eight_symmetries():
-    img = Image.fromarray(np.arange(9, dtype=np.uint8).reshape(3, 3))
-    rng = random.Random(0)
-    seen = {np.asarray(utils.augment(img, rng)).tobytes() for _ in range(200)}
-    assert len(seen) == 8
-
-
-@pytest.mark.parametrize("lr_maker", ["pil", "matlab"])
-def test_make_lr_image_size(lr_maker):
-    hr = random_pil(48, 36)
-    lr = utils.make_lr_image(hr, 4, lr_maker)
-    assert lr.size == (12, 9) and lr.mode == "RGB"
-
-
-def test_make_lr_image_unknown_maker():
-    with pytest.raises(ValueError, match="lr_maker"):
-        utils.make_lr_image(random_pil(8, 8), 2, "lanczos")
-
-
-# ------------------------------------------------------------------------------------------------------
 # Checkpoints
 # ------------------------------------------------------------------------------------------------------
 def test_checkpoint_round_trip_and_kind_check(tmp_path):
     path = tmp_path / "ckpt.pth"
     state = dict(kind="srresnet", generator={"w": torch.arange(3.0)}, iteration=7, hyperparameters={"lr": 1e-4})
     utils.save_checkpoint(state, path)
-    assert not (tmp_path / "ckpt.pth.tmp").exists()  # the temporary file was renamed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]  # the temporary file was renamed
     loaded = utils.load_checkpoint(path, expected_kind="srresnet")
     assert loaded["iteration"] == 7 and torch.equal(loaded["generator"]["w"], torch.arange(3.0))
     with pytest.raises(ValueError, match="written by train_srresnet.py, but a checkpoint of train_srgan.py"):
@@ -193,8 +154,8 @@ def test_save_checkpoint_keeps_the_old_file_if_saving_fails(tmp_path, monkeypatc
     path = tmp_path / "ckpt.pth"
     utils.save_checkpoint({"iteration": 1}, path)
 
-    def failing_save(obj, f):
-        open(f, "wb").write(b"half a file")
+    def failing_save(obj, file):
+        file.write(b"half a file")
         raise KeyboardInterrupt  # e.g. Ctrl+C in the middle of writing
 
     monkeypatch.setattr(torch, "save", failing_save)
@@ -202,6 +163,68 @@ def test_save_checkpoint_keeps_the_old_file_if_saving_fails(tmp_path, monkeypatc
         utils.save_checkpoint({"iteration": 2}, path)
     monkeypatch.undo()
     assert utils.load_checkpoint(path)["iteration"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]  # no temporary file left behind
+
+
+# ------------------------------------------------------------------------------------------------------
+# Atomic writes
+# ------------------------------------------------------------------------------------------------------
+def test_atomic_write_content_permissions_and_temporary_names(tmp_path, monkeypatch):
+    names_seen = []
+
+    def write(file):  # while it writes, the temporary file is the one new name in the folder
+        names_seen.extend(name for name in os.listdir(tmp_path / "sub") if name != "out.txt")
+        file.write(b"new content")
+
+    (tmp_path / "out.txt").write_bytes(b"old content")
+    utils.atomic_write(tmp_path / "sub" / "out.txt", write)  # the folder is created
+    assert (tmp_path / "sub" / "out.txt").read_bytes() == b"new content"
+    # The temporary file sat in the same folder, hidden, named after the file, unique: ".out.txt.<random>.tmp".
+    assert len(names_seen) == 1 and names_seen[0].startswith(".out.txt.") and names_seen[0].endswith(".tmp")
+    utils.atomic_write(tmp_path / "sub" / "out.txt", write)
+    assert len(names_seen) == 2 and names_seen[0] != names_seen[1]
+    # The usual permissions of a new file (0o666 minus the umask), not mkstemp's 0o600.
+    old_umask = os.umask(0o022)
+    try:
+        utils.atomic_write(tmp_path / "sub" / "perm.txt", write)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / "sub" / "perm.txt").stat().st_mode) == 0o644
+    # The content is on the disk before the rename.
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    utils.atomic_write(tmp_path / "sub" / "synced.txt", lambda file: file.write(b"x"))
+    assert len(synced) == 1
+
+
+@pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt])
+def test_atomic_write_failure_keeps_the_old_file_and_leaves_nothing(tmp_path, error):
+    (tmp_path / "out.txt").write_bytes(b"old content")
+
+    def failing(file):
+        file.write(b"half")
+        raise error
+
+    with pytest.raises(error):
+        utils.atomic_write(tmp_path / "out.txt", failing)
+    assert (tmp_path / "out.txt").read_bytes() == b"old content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_atomic_write_all_is_all_or_nothing(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"old a")
+
+    def failing(file):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        utils.atomic_write_all({tmp_path / "a.txt": lambda file: file.write(b"new a"), tmp_path / "b.txt": failing})
+    assert (tmp_path / "a.txt").read_bytes() == b"old a"  # the first file was not replaced either
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+    utils.atomic_write_all({tmp_path / "a.txt": lambda file: file.write(b"new a"),
+                            tmp_path / "b.txt": lambda file: file.write(b"new b")})
+    assert (tmp_path / "a.txt").read_bytes() == b"new a" and (tmp_path / "b.txt").read_bytes() == b"new b"
 
 
 def test_check_finite():
@@ -221,6 +244,134 @@ def test_model_ema_moves_towards_the_weights():
     assert not ema.module.weight.requires_grad
 
 
+class TinyNet(nn.Module):
+    """conv3x3 - relu - conv3x3 - relu - conv3x3 (3 * s^2 channels) - pixel shuffle: receptive-field radius 3 LR px.
+
+    Each 3x3 convolution widens the region an output pixel depends on by one pixel on each side, and the pixel
+    shuffle only rearranges channels of one LR pixel, so an output pixel depends on LR pixels at most 3 away."""
+
+    input_format = "[0, 1]"
+    output_format = "[0, 1]"
+    receptive_field_radius = 3
+
+    def __init__(self, scaling_factor=2):
+        super().__init__()
+        self.scaling_factor = scaling_factor
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, 3 * scaling_factor ** 2, 3, padding=1),
+                                  nn.PixelShuffle(scaling_factor))
+
+    def forward(self, x):
+        return torch.sigmoid(self.body(x))
+
+
+def photo_01(height, width, dtype=torch.float32):
+    """A crop of a real photo (scikit-image's astronaut), (1, 3, height, width) in [0, 1]."""
+    pixels = data.astronaut()[:height, :width]
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None].to(dtype) / 255
+
+
+# ------------------------------------------------------------------------------------------------------
+# Running a generator: run_generator and the tiled utils.upscale
+# ------------------------------------------------------------------------------------------------------
+
+def test_tiled_equals_untiled_when_pad_covers_receptive_field():
+    # float64, so that the only possible difference between the runs is the summation order of the convolutions
+    # (different input sizes can make the CPU kernels block the sums differently): that is ~1e-16, while any
+    # missing context shows up as ~1e-2. A 1e-12 tolerance therefore separates the two cases without ambiguity.
+    torch.manual_seed(0)
+    model = TinyNet(scaling_factor=2).double().eval()
+    lr_img = photo_01(37, 53, torch.float64)  # sides not multiples of the tile: ragged last tiles
+    with torch.no_grad():
+        reference = model(lr_img)  # independent reference: the network on the whole image, no tiling code
+    radius = TinyNet.receptive_field_radius
+    for tile in (12, 20):
+        tiled = utils.upscale(model, lr_img, tile=tile, tile_pad=radius)
+        assert tiled.shape == (1, 3, 74, 106) and tiled.dtype == torch.float64
+        assert (tiled - reference).abs().max() < 1e-12, f"tile {tile}"
+    # And the test can fail: one pixel of context too few leaves visible seams.
+    too_little = utils.upscale(model, lr_img, tile=16, tile_pad=radius - 1)
+    assert (too_little - reference).abs().max() > 1e-4
+
+
+def test_tiled_equals_untiled_for_pixel_unshuffle_rrdbnet():
+    # x2 RRDBNet folds 2x2 pixel blocks into channels: tiles must start on even pixels, which upscale() ensures
+    # even for an odd tile size and odd image sides (reflect-padded inside the model). Receptive field: 1 RRDB =
+    # 15 convs + conv_first + conv_body = 17 unshuffled pixels, plus < 1 for the 4 convs after the upsampling,
+    # i.e. 18 unshuffled = 36 LR pixels, +1 for the 2x2 block alignment: 40 covers it.
+    torch.manual_seed(0)
+    model = models.RRDBNet(scale=2, num_feat=8, num_block=1, num_grow_ch=4).double().eval()
+    lr_img = photo_01(51, 69, torch.float64)
+    with torch.no_grad():
+        reference = model(lr_img)
+    tiled = utils.upscale(model, lr_img, tile=31, tile_pad=40)  # tile rounded up to 32: 2 x 3 tiles
+    assert tiled.shape == reference.shape == (1, 3, 102, 138)
+    assert (tiled - reference.clamp(0, 1)).abs().max() < 1e-12
+
+
+def test_default_tiling_psnr_on_real_photo():
+    # With the default tile settings the image must really be split, so use an LR photo larger than one tile.
+    torch.manual_seed(0)
+    model = models.RRDBNet(scale=4, num_feat=8, num_block=2, num_grow_ch=4).eval()
+    lr_img = photo_01(utils.DEFAULT_TILE + 40, utils.DEFAULT_TILE + 24)  # 2 x 2 tiles
+    untiled = utils.upscale(model, lr_img, tile=0)
+    tiled = utils.upscale(model, lr_img)  # default tile and tile_pad
+    assert tiled.shape == untiled.shape == (1, 3, 4 * lr_img.shape[2], 4 * lr_img.shape[3])
+    mse = torch.mean((tiled.double() - untiled.double()) ** 2).item()
+    psnr = 10 * np.log10(1 / mse) if mse > 0 else float("inf")
+    assert psnr >= 45, f"PSNR(tiled, untiled) = {psnr:.2f} dB"
+
+
+def test_precision_modes_on_cpu():
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    lr_img = photo_01(24, 24)
+    fp32 = utils.upscale(model, lr_img, tile=0)
+    bf16 = utils.upscale(model, lr_img, tile=0, precision="bf16")
+    assert bf16.dtype == torch.float32 and 0 < (bf16 - fp32).abs().max() < 0.02  # bf16 ran, and is close
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        utils.upscale(model, lr_img, precision="fp16")
+
+
+def test_upscale_rejects_bad_arguments():
+    model = TinyNet().eval()
+    with pytest.raises(ValueError, match=r"\(1, C, H, W\)"):
+        utils.upscale(model, photo_01(8, 8)[0])
+    with pytest.raises(ValueError, match="tile"):
+        utils.upscale(model, photo_01(8, 8), tile=-1)
+
+
+def test_run_generator_converts_formats_and_keeps_no_gradients():
+    torch.manual_seed(0)
+    model = models.SRResNet(n_channels=8, n_blocks=1).eval()  # takes [0, 1], gives [-1, 1]
+    lr_imgs = photo_01(6, 7).double()
+    sr_imgs = utils.run_generator(model, lr_imgs)
+    with torch.no_grad():
+        expected = ((model(lr_imgs.float()) + 1) / 2).clamp(0, 1).double()
+    assert sr_imgs.dtype == torch.float64 and not sr_imgs.requires_grad
+    torch.testing.assert_close(sr_imgs, expected, atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Random streams
+# ------------------------------------------------------------------------------------------------------
+def test_random_seeds_differ_across_purposes_iterations_and_ranks_and_are_reproducible():
+    keys = [(seed, purpose, iteration, rank) for seed in (0, 1) for purpose in ("crop", "epoch_order", "degradation",
+            "cutblur") for iteration in range(20) for rank in range(4)]
+    seeds = [utils.random_seed(*key) for key in keys]
+    assert len(set(seeds)) == len(keys)  # no two streams share a seed
+    assert seeds == [utils.random_seed(*key) for key in keys]  # the same every time (and in every process)
+    assert all(0 <= seed < 2 ** 63 for seed in seeds)
+    # The collision of the arithmetic seeds (seed * 1000003 + iteration * 1009 + rank, + 1 for CutBlur): rank r's
+    # CutBlur stream was rank r + 1's degradation stream. Not any more, and the streams themselves differ.
+    assert utils.random_seed(0, "cutblur", 5, 0) != utils.random_seed(0, "degradation", 5, 1)
+    draws = {(purpose, rank): torch.rand(8, generator=utils.random_generator(0, purpose, 5, rank))
+             for purpose in ("degradation", "cutblur") for rank in (0, 1)}
+    assert len({tuple(values.tolist()) for values in draws.values()}) == 4
+    torch.testing.assert_close(torch.rand(8, generator=utils.random_generator(0, "cutblur", 5, 1)),
+                               draws["cutblur", 1])
+
+
 # ------------------------------------------------------------------------------------------------------
 # Hyperparameters from the command line
 # ------------------------------------------------------------------------------------------------------
@@ -235,6 +386,79 @@ def test_parse_hyperparameters_types_and_comments(tmp_path):
         "--arch", "rrdb"])
     assert vars(hp) == dict(lr=2e-4, n_blocks=4, augment=True, milestones=[5], checkpoint="a.pth", arch="rrdb")
     assert utils.parse_hyperparameters(defaults, "doc", script, argv=["--milestones"]).milestones == []
+
+
+def test_deprecated_flags_still_work_and_say_what_replaced_them(capsys):
+    defaults = dict(learning_rate=1e-4, learning_rate_milestones=[10], layers=["relu5_4"])
+    aliases = {"lr": "learning_rate", "lr_milestones": "learning_rate_milestones",
+               "before": utils.Renamed("layers", convert=lambda before, hp: [f"{before}:{name}" for name in hp["layers"]],
+                                       example=False, note="name the layers instead")}
+    hp = utils.parse_hyperparameters(defaults, "doc", argv=["--lr", "2e-4", "--lr_milestones", "5", "6"],
+                                     aliases=aliases)
+    assert vars(hp) == dict(learning_rate=2e-4, learning_rate_milestones=[5, 6], layers=["relu5_4"])
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["note: --lr is deprecated, use --learning_rate",
+                   "note: --lr_milestones is deprecated, use --learning_rate_milestones"]
+    # A conversion sees the other hyperparameters after the whole command line is parsed, whatever the order.
+    hp = utils.parse_hyperparameters(defaults, "doc", argv=["--before", "true", "--layers", "conv1_2"],
+                                     aliases=aliases)
+    assert hp.layers == ["True:conv1_2"] and not hasattr(hp, "deprecated_before")
+    assert capsys.readouterr().err.strip() == "note: --before is deprecated, name the layers instead"
+    # Nothing is said when the old flags are not used, and --help does not list them.
+    assert vars(utils.parse_hyperparameters(defaults, "doc", argv=[], aliases=aliases)) == defaults
+    with pytest.raises(SystemExit):
+        utils.parse_hyperparameters(defaults, "doc", argv=["--help"], aliases=aliases)
+    help_text = capsys.readouterr().out
+    assert "--learning_rate" in help_text and "--lr " not in help_text and "--before" not in help_text
+    # The hyperparameters saved in an older checkpoint are read under today's names.
+    saved = dict(lr=1e-3, lr_milestones=[7], layers=["conv5_4"], before=False)
+    assert utils.rename_hyperparameters(saved, aliases) == dict(learning_rate=1e-3, learning_rate_milestones=[7],
+                                                                layers=["False:conv5_4"])
+
+
+def test_scaling_factor_argument_and_its_old_name(capsys):
+    parser = argparse.ArgumentParser()
+    utils.add_scaling_factor_argument(parser, default=4, choices=(2, 3, 4))
+    assert parser.parse_args([]).scaling_factor == 4
+    assert parser.parse_args(["--scaling_factor", "2"]).scaling_factor == 2
+    assert capsys.readouterr().err == ""
+    assert parser.parse_args(["--scale", "3"]).scaling_factor == 3
+    assert capsys.readouterr().err.strip() == "note: --scale is deprecated, use --scaling_factor"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--scale", "5"])  # the old name is checked like the new one
+
+
+# ------------------------------------------------------------------------------------------------------
+# Training bookkeeping
+# ------------------------------------------------------------------------------------------------------
+def test_training_log_reports_checks_saves_and_stops(tmp_path, monkeypatch):
+    hp = SimpleNamespace(iterations=7, print_every=3, checkpoint_every=2)
+    saved, reports = [], []
+    log = utils.TrainingLog(["loss"], hp, 0, torch.device("cpu"), saved.append, tmp_path / "ckpt.pth", True,
+                            learning_rate=lambda: 0.5)
+    monkeypatch.setattr(log, "report", lambda iteration, summary: reports.append((iteration, summary)))
+    stops = [log.end_of_iteration(iteration, loss=torch.tensor(float(iteration))) for iteration in log.iterations()]
+    monkeypatch.undo()
+    log.report(7, {"loss": "6.0000"})  # the real report: the losses and the learning rate on the progress bar
+    assert log.progress.postfix == "loss=6.0000, learning_rate=5.0e-01"
+    log.close()
+    assert stops == [False] * 7
+    assert saved == [2, 4, 6, 7]  # every checkpoint_every iterations, and at the end
+    assert [iteration for iteration, _ in reports] == [3, 6, 7]
+    assert [summary["loss"] for _, summary in reports] == ["1.0000", "4.0000", "6.0000"]  # means since the last
+    # A NaN loss stops training before the next save, and names the iterations it happened between.
+    saved.clear()
+    log = utils.TrainingLog(["loss"], hp, 0, torch.device("cpu"), saved.append, tmp_path / "ckpt.pth", False)
+    for iteration in range(4):
+        log.end_of_iteration(iteration, loss=torch.tensor(1.0))  # checked at 2 (save) and 3 (report)
+    log.end_of_iteration(4, loss=torch.tensor(float("nan")))  # iteration 5: neither report nor save, no check
+    with pytest.raises(RuntimeError, match="between iterations 4 and 6"):
+        log.end_of_iteration(5, loss=torch.tensor(1.0))  # iteration 6: the save is due, the check comes first
+    assert saved == [2, 4]
+    # A signal: save now, and stop.
+    log = utils.TrainingLog(["loss"], hp, 0, torch.device("cpu"), saved.append, tmp_path / "ckpt.pth", False)
+    log.stop_signal.requested = True
+    assert log.end_of_iteration(0, loss=torch.tensor(1.0)) and saved[-1] == 1
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -258,18 +482,24 @@ def test_load_generator_prefers_ema_and_reads_official_files(tmp_path):
 
     kwargs = dict(num_feat=8, num_block=1, num_grow_ch=4, scale=4)
     state = _save_generator_checkpoint(tmp_path / "ours.pth", "rrdb", kwargs, seed=0, ema=True)
-    model, description = utils.load_generator(tmp_path / "ours.pth")
+    model, description, reference = utils.load_generator(tmp_path / "ours.pth")
     assert isinstance(model, models.RRDBNet) and not model.training and "generator_ema" in description
+    assert reference == "RRDB-PSNR"  # an RRDB trained by train_srresnet.py: ESRGAN's PSNR-oriented model
     assert torch.equal(model.state_dict()["conv_first.weight"], state["generator_ema"]["conv_first.weight"])
     # The same weights as a Real-ESRGAN file ('params_ema') load to the same network.
     torch.save({"params_ema": state["generator_ema"]}, tmp_path / "official.pth")
-    official, _ = utils.load_generator(tmp_path / "official.pth")
+    official, _, reference = utils.load_generator(tmp_path / "official.pth")
+    assert reference is None  # no published figures for a file of that name
     lr_imgs = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(official(lr_imgs), model(lr_imgs))
     torch.save({"something": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="no generator this project recognises"):
         utils.load_generator(tmp_path / "other.pth")
+    # The scale check: a clear error naming both scales and the flag.
+    with pytest.raises(ValueError, match=r"upscales x4, not x2.*--scaling_factor 4"):
+        utils.load_generator(tmp_path / "ours.pth", scaling_factor=2)
+    assert utils.load_generator(tmp_path / "ours.pth", scaling_factor=4)[0].scaling_factor == 4
 
 
 def test_network_interpolation(tmp_path):
@@ -277,13 +507,26 @@ def test_network_interpolation(tmp_path):
     psnr = _save_generator_checkpoint(tmp_path / "psnr.pth", "srresnet", kwargs, seed=1)["generator"]
     gan = _save_generator_checkpoint(tmp_path / "gan.pth", "srresnet", kwargs, seed=2, kind="srgan")["generator"]
     model, description = utils.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "gan.pth", 0.25)
-    name = "conv_block1.conv.weight" if "conv_block1.conv.weight" in psnr else next(iter(psnr))
-    torch.testing.assert_close(model.state_dict()[name], 0.75 * psnr[name] + 0.25 * gan[name])
+    blended = model.state_dict()
+    assert blended.keys() == psnr.keys() and "conv_block1.conv_block.0.weight" in blended
+    differing = [name for name, value in psnr.items() if not torch.equal(value, gan[name])]
+    conv_weights = [name for name in psnr if name.endswith("conv_block.0.weight") or name.endswith("conv.weight")]
+    assert len(conv_weights) >= 4 and set(conv_weights) <= set(differing)  # what the check below can see
+    for name, value in psnr.items():
+        if value.is_floating_point():  # every weight is the blend
+            torch.testing.assert_close(blended[name], 0.75 * value + 0.25 * gan[name])
+        else:  # integer buffers (batch-norm counters) keep the PSNR network's value
+            assert torch.equal(blended[name], value)
     # A pixel-unshuffle variant differs in its first convolution only: skipped (and named) on request.
-    _save_generator_checkpoint(tmp_path / "unshuffle.pth", "srresnet", {**kwargs, "scaling_factor": 4,
-                                                                          "use_unshuffle": True}, seed=3)
+    _save_generator_checkpoint(tmp_path / "unshuffle.pth", "srresnet", {**kwargs, "unshuffle_scale": 2}, seed=3)
     with pytest.raises(ValueError, match="different shapes"):
         utils.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "unshuffle.pth", 0.5)
     model, description = utils.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "unshuffle.pth", 0.5,
                                                            skip_mismatched=True)
-    assert "kept from" in description and model.scaling_factor == 2
+    assert "kept from" in description and "conv_block1.conv_block.0.weight" in description
+    assert model.scaling_factor == 2
+    # Different architectures cannot be blended at all.
+    _save_generator_checkpoint(tmp_path / "rrdb.pth", "rrdb", dict(num_feat=8, num_block=1, num_grow_ch=4, scale=2),
+                               seed=4)
+    with pytest.raises(ValueError, match="share an architecture"):
+        utils.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "rrdb.pth", 0.5)
