@@ -26,6 +26,18 @@ Sub-folders: training folders are searched recursively, so one folder holding se
 Test folders are NOT searched recursively: a benchmark folder such as `Set5/` also holds `LR_bicubic/X4/...`,
 whose small LR images must not slip into the HR test set, so give the folder that holds the HR images itself.
 
+Paired training data: if you already have LR images for your training images (made by your own camera pipeline,
+or the benchmark packs' LR_bicubic folders), give them with --train_lr_folders, one folder per --train_folders
+folder, and their scale with --scaling_factor. Each HR image is matched by relative path and name with an LR image
+(LR/<name>.<any ext>, or <name>x<s>.<any ext> as in LR_bicubic/X4/babyx4.png), and the training list then holds
+{"hr": ..., "lr": ..., "scaling_factor": s} entries: training cuts aligned crops of both (datasets.random_paired_crop)
+instead of making LR images itself. An LR image must be exactly HR // s a side; a missing LR image, an unreadable
+one or a wrong size skips the pair and is reported here by name, not hours into training. (Plain lists of paths,
+like those written before, still work as they are.)
+
+    python create_data_lists.py --train_folders ../shared/data/Set14/HR \\
+        --train_lr_folders ../shared/data/Set14/LR_bicubic/X4 --scaling_factor 4 --output_folder paired_lists
+
 Quick start (no download): with no folders, the script saves a few photos bundled with scikit-image into
 `<output_folder>/sample_images/` and builds the lists from them, enough to check that training runs end to end:
 
@@ -52,7 +64,7 @@ import os
 from PIL import Image
 from skimage import data as skimage_data
 
-from utils import atomic_write, atomic_write_all, load_image, run_cli
+from utils import add_scaling_factor_argument, atomic_write, atomic_write_all, load_image, run_cli
 
 # File name endings that count as images (compared in lower case).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -104,38 +116,103 @@ def find_image_files(folder, recursive):
     return sorted(paths)
 
 
-def why_unusable(path, min_size):
+def checked_size(path, min_size):
     """
-    Check one image by decoding it fully: None if it is usable, else the reason (a short sentence).
+    Check one image by decoding it fully: ((width, height), None) if it is usable, else (None, the reason, a short
+    sentence).
 
     :param path: image file
-    :param min_size: smallest allowed shorter side in pixels, or None not to check the size (test sets)
+    :param min_size: smallest allowed shorter side in pixels, or None not to check the size (test sets, LR images)
     """
     try:
         img = load_image(path)  # decodes every pixel, so truncated files fail here
     except (FileNotFoundError, ValueError, OSError, Image.DecompressionBombError) as error:
-        return f"unreadable: {error}"
+        return None, f"unreadable: {error}"
     width, height = img.size
     if min_size is not None and min(width, height) < min_size:
-        return f"too small: {width}x{height}, shorter side below --min_size {min_size}"
-    return None
+        return None, f"too small: {width}x{height}, shorter side below --min_size {min_size}"
+    return img.size, None
 
 
-def collect_images(folders, min_size, recursive, skipped):
+def collect_images(folders, min_size, recursive, skipped, exclude=(), sizes=None):
     """
     The usable images of some folders, as one sorted list of absolute paths (an image found twice counts once).
 
-    Unusable images are appended to `skipped` as (path, reason) pairs.
+    Unusable images are appended to `skipped` as (path, reason) pairs. Images inside the `exclude` folders (the LR
+    folders of paired training data) are left out. When `sizes` is a dict, it receives path -> (width, height).
     """
+    excluded = [os.path.join(os.path.realpath(folder), "") for folder in exclude]
     usable = set()
     for folder in folders:
         for path in find_image_files(folder, recursive):
-            reason = why_unusable(path, min_size)
+            if any(os.path.realpath(path).startswith(prefix) for prefix in excluded):
+                continue
+            size, reason = checked_size(path, min_size)
             if reason is None:
                 usable.add(path)
             else:
                 skipped.append((path, reason))
+            if sizes is not None:
+                sizes[path] = size
     return sorted(usable)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Paired training data: LR images the user already has, beside the HR ones
+# ------------------------------------------------------------------------------------------------------
+def lr_image_index(lr_folder, scaling_factor):
+    """
+    The LR images of a folder (searched recursively), by (sub-folder, HR name) -> [paths].
+
+    An LR image stands for the HR image of the same relative sub-folder and name (LR/baby.png for HR/baby.png), with
+    or without the benchmark packs' scale suffix (LR_bicubic/X4/babyx4.png for HR/baby.png); any image extension.
+    """
+    suffix = f"x{scaling_factor}"
+    index = {}
+    for path in find_image_files(lr_folder, recursive=True):
+        relative = os.path.relpath(path, os.path.abspath(lr_folder))
+        folder, stem = os.path.dirname(relative), os.path.splitext(os.path.basename(relative))[0]
+        names = {stem, stem[:-len(suffix)]} if stem.endswith(suffix) and len(stem) > len(suffix) else {stem}
+        for name in names:
+            index.setdefault((folder, name), []).append(path)
+    return index
+
+
+def collect_pairs(train_folders, lr_folders, min_size, scaling_factor, skipped):
+    """
+    The usable (HR, LR) pairs of training folders and their LR folders (one LR folder per training folder), as a
+    sorted list of {"hr": path, "lr": path, "scaling_factor": s} entries.
+
+    A pair is usable when both images decode, the HR image is at least min_size a side, and the LR image is exactly
+    the HR image divided by the scale (HR width // s x HR height // s: the size of an x s LR image of it, also when
+    the HR sides are not multiples of s). Anything else is appended to `skipped` as (HR path, reason): an HR image
+    without an LR image (or with two), an unreadable LR image, sizes that do not match.
+    """
+    pairs, sizes = {}, {}
+    for folder, lr_folder in zip(train_folders, lr_folders):
+        index = lr_image_index(lr_folder, scaling_factor)
+        for hr_path in collect_images([folder], min_size, True, skipped, exclude=lr_folders, sizes=sizes):
+            relative = os.path.relpath(hr_path, os.path.abspath(folder))
+            key = (os.path.dirname(relative), os.path.splitext(os.path.basename(relative))[0])
+            candidates = index.get(key, [])
+            if len(candidates) != 1:
+                what = "no LR image" if not candidates else f"{len(candidates)} LR images ({', '.join(candidates)})"
+                skipped.append((hr_path, f"{what} in {lr_folder} for it (expected {os.path.join(*key)}.<ext> or "
+                                         f"{os.path.join(*key)}x{scaling_factor}.<ext>)"))
+                continue
+            lr_path = candidates[0]
+            lr_size, reason = checked_size(lr_path, None)
+            hr_size = sizes[hr_path]
+            expected = (hr_size[0] // scaling_factor, hr_size[1] // scaling_factor)
+            if reason is not None:
+                skipped.append((hr_path, f"its LR image {lr_path} is {reason}"))
+            elif lr_size != expected:
+                skipped.append((hr_path, f"its LR image {lr_path} is {lr_size[0]}x{lr_size[1]}, but an "
+                                         f"x{scaling_factor} LR image of this {hr_size[0]}x{hr_size[1]} HR image "
+                                         f"is {expected[0]}x{expected[1]} (HR // {scaling_factor})"))
+            else:
+                pairs[hr_path] = {"hr": hr_path, "lr": lr_path, "scaling_factor": scaling_factor}
+    return [pairs[hr_path] for hr_path in sorted(pairs)]
 
 
 def save_sample_images(output_folder):
@@ -171,28 +248,40 @@ def write_lists(lists, output_folder):
     return [os.path.join(output_folder, file_name) for file_name in lists]
 
 
-def create_data_lists(train_folders, test_folders, min_size=100, output_folder="data_lists"):
+def create_data_lists(train_folders, test_folders, min_size=100, output_folder="data_lists", train_lr_folders=None,
+                      scaling_factor=4):
     """
     Check every image in the given folders and write the JSON data lists.
 
     :param train_folders: folders of training images (searched recursively); may be empty
+    :param train_lr_folders: optional, one per training folder: the LR images the user already has for its images
+                             (same relative names, or <name>x<s>), listed as pairs instead of HR images alone
+    :param scaling_factor: the scale of those LR images (LR = HR // scaling_factor)
     :param test_folders: folders of test images, one test set each (not searched recursively); may be empty.
                          With no folders at all, scikit-image's bundled photos are used instead.
     :param min_size: training images whose shorter side is below this many pixels are skipped
                      (use at least the training crop size, 96 by default)
     :param output_folder: where the lists (and, in the quick start, the sample photos) are written
-    :return: summary dict: 'train_images' (list of paths, or None when no training folders were given),
+    :return: summary dict: 'train_images' (list of paths, or of {"hr", "lr", "scaling_factor"} pairs with
+             train_lr_folders; None when no training folders were given),
              'test_images' (dict test set name -> list of paths), 'skipped' (list of (path, reason)),
              'list_files' (the JSON files written), 'used_sample_images' (bool)
     :raises FileNotFoundError: a folder does not exist
-    :raises ValueError: no usable training images, an empty test set, two test sets with the same name, bad min_size
+    :raises ValueError: no usable training images, an empty test set, two test sets with the same name, bad min_size,
+                        not one LR folder per training folder
     """
     train_folders, test_folders = list(train_folders or []), list(test_folders or [])
+    train_lr_folders = list(train_lr_folders or [])
     if min_size < 0:
         raise ValueError(f"--min_size must be 0 or more, not {min_size}.")
+    if train_lr_folders and len(train_lr_folders) != len(train_folders):
+        raise ValueError(f"Give one --train_lr_folders folder per --train_folders folder, in the same order (got "
+                         f"{len(train_lr_folders)} for {len(train_folders)}).")
+    if train_lr_folders and scaling_factor < 1:
+        raise ValueError(f"--scaling_factor must be 1 or more, not {scaling_factor}.")
 
     # Check every folder before doing any work, so a typo fails at once and writes nothing.
-    for folder in train_folders + test_folders:
+    for folder in train_folders + train_lr_folders + test_folders:
         if not os.path.exists(folder):
             raise FileNotFoundError(f"The folder {folder} does not exist; check the path or run without folders "
                                     f"for the bundled sample images.")
@@ -226,13 +315,17 @@ def create_data_lists(train_folders, test_folders, min_size=100, output_folder="
 
     skipped = []  # (path, reason) for every image left out
 
-    # Training images: recursive search, size filter.
+    # Training images: recursive search, size filter (and, with LR folders, an LR image of the right size each).
     train_images = None
-    if train_folders:
+    if train_lr_folders:
+        train_images = collect_pairs(train_folders, train_lr_folders, min_size, scaling_factor, skipped)
+    elif train_folders:
         train_images = collect_images(train_folders, min_size, recursive=True, skipped=skipped)
+    if train_images is not None:
         if not train_images:
+            first = f"; the first because: {skipped[0][1]}" if skipped else ""
             raise ValueError(f"No usable training images in {', '.join(train_folders)} ({len(skipped)} skipped: "
-                             f"{describe_skipped(skipped)}). Give folders of .png/.jpg/... images of at least "
+                             f"{describe_skipped(skipped)}{first}). Give folders of .png/.jpg/... images of at least "
                              f"{min_size} px a side, lower --min_size, or run without folders for the bundled "
                              f"sample images.")
 
@@ -250,7 +343,8 @@ def create_data_lists(train_folders, test_folders, min_size=100, output_folder="
 
     # A test image that is also a training image makes its test figures meaningless: warn (not an error,
     # since someone may do it on purpose, e.g. to check that a model can overfit).
-    train_real_paths = {os.path.realpath(path) for path in train_images or []}
+    train_real_paths = {os.path.realpath(entry["hr"] if isinstance(entry, dict) else entry)
+                        for entry in train_images or []}
     for name, paths in test_images.items():
         overlap = [path for path in paths if os.path.realpath(path) in train_real_paths]
         if overlap:
@@ -278,7 +372,10 @@ def describe_skipped(skipped):
 
 def print_report(summary, output_folder):
     """Print what was written and what was skipped (and why)."""
-    if summary["train_images"] is not None:
+    if summary["train_images"] and isinstance(summary["train_images"][0], dict):
+        print(f"Training pairs (HR images with their x{summary['train_images'][0]['scaling_factor']} LR images): "
+              f"{len(summary['train_images'])} -> {os.path.join(output_folder, 'train_images.json')}")
+    elif summary["train_images"] is not None:
         print(f"Training images: {len(summary['train_images'])} -> "
               f"{os.path.join(output_folder, 'train_images.json')}")
     else:
@@ -301,10 +398,19 @@ if __name__ == "__main__":
     parser.add_argument("--test_folders", nargs="+", default=[], metavar="FOLDER",
                         help="folders of test images, one test set each, named after the folder "
                              "(or its parent when the folder is called HR); not searched recursively")
+    parser.add_argument("--train_lr_folders", nargs="+", default=[], metavar="FOLDER",
+                        help="LR images you already have for the training images, one folder per --train_folders "
+                             "folder in the same order (LR/<name>.png or the benchmark packs' "
+                             "LR_bicubic/X4/<name>x4.png); the training list then holds (LR, HR) pairs, and training "
+                             "crops them instead of making LR images (use it with --degradation bicubic)")
+    add_scaling_factor_argument(parser, default=4,
+                                help="the scale of the --train_lr_folders images: each is HR // scaling_factor "
+                                     "(default: %(default)s)")
     parser.add_argument("--min_size", type=int, default=100,
                         help="skip training images whose shorter side is below this (pixels); keep it at least "
                              "the training crop size (default: %(default)s)")
     parser.add_argument("--output_folder", default="data_lists",
                         help="where to write the JSON lists (default: %(default)s)")
     args = parser.parse_args()
-    run_cli(lambda: create_data_lists(args.train_folders, args.test_folders, args.min_size, args.output_folder))
+    run_cli(lambda: create_data_lists(args.train_folders, args.test_folders, args.min_size, args.output_folder,
+                                      args.train_lr_folders, args.scaling_factor))

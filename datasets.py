@@ -1,9 +1,11 @@
 """The training and test data: (LR, HR) pairs cut from the images listed by create_data_lists.py.
 
 Contents, top to bottom:
-  read_data_list                              the JSON lists of image paths
-  random_crop, modcrop, augment, make_lr_image   crops, flips / rotations, and the bicubic LR image of an HR crop
-  SRDataset                                   one (LR, HR) pair per item, as float tensors in [0, 1]
+  read_data_list, paired_lists                the JSON lists of image paths (HR images, or (LR, HR) pairs)
+  random_crop, random_paired_crop, modcrop,   crops (aligned LR / HR crops of paired images), flips / rotations,
+  augment, make_lr_image                      and the bicubic LR image of an HR crop
+  SRDataset                                   one (LR, HR) pair per item, as float tensors in [0, 1] (HR only when
+                                              the degradations make the LR image on the device)
   TrainingSampler, make_train_loader          the endless, reproducible and resumable stream of training batches
 
 (The Real-ESRGAN degradations, which make LR images on the device inside the training step, are in degradations.py;
@@ -20,6 +22,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+import degradations
 import metrics
 import utils
 
@@ -31,7 +34,8 @@ def read_data_list(data_folder, split, test_data_name=None):
     :param data_folder: the folder holding train_images.json and <name>_test_images.json
     :param split: 'train' or 'test'
     :param test_data_name: for split='test', the test set's name (e.g. 'Set5')
-    :return: list of image paths (str)
+    :return: list of image paths (str); a training list of paired images (create_data_lists.py --train_lr_folders)
+             has {"hr": path, "lr": path, "scaling_factor": s} entries instead
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}.")
@@ -44,6 +48,27 @@ def read_data_list(data_folder, split, test_data_name=None):
     if not image_paths:
         raise ValueError(f"The data list {list_path} is empty; rebuild it with create_data_lists.py.")
     return image_paths
+
+
+def paired_lists(entries, scaling_factor):
+    """
+    (HR paths, LR paths or None) of a data list's entries: plain paths (HR images only), or the pairs
+    {"hr", "lr", "scaling_factor"} that create_data_lists.py writes for LR images the user already has.
+
+    :raises ValueError: a list mixing both kinds, or pairs made for another scaling factor
+    """
+    paired = [isinstance(entry, dict) for entry in entries]
+    if not any(paired):
+        return list(entries), None
+    if not all(paired):
+        raise ValueError("The training list mixes plain images and (LR, HR) pairs; rebuild it with "
+                         "create_data_lists.py, giving --train_lr_folders for every training folder or for none.")
+    scales = sorted({entry["scaling_factor"] for entry in entries})
+    if scales != [scaling_factor]:
+        raise ValueError(f"The training list pairs HR images with LR images made at x{', x'.join(map(str, scales))}, "
+                         f"but scaling_factor is {scaling_factor}: train with --scaling_factor {scales[0]}, or list "
+                         f"LR images of x{scaling_factor} (create_data_lists.py --scaling_factor).")
+    return [entry["hr"] for entry in entries], [entry["lr"] for entry in entries]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -70,6 +95,30 @@ def random_crop(img, crop_size, rng):
     return img.crop((left, top, left + crop_size, top + crop_size))
 
 
+def random_paired_crop(lr_img, hr_img, crop_size, scaling_factor, rng):
+    """
+    Cut aligned random crops out of an LR image and its HR image (LR = HR / s, s = scaling_factor).
+
+    The LR crop (crop_size / s a side) starts at any LR pixel (left, top); the HR crop is the crop_size square at
+    (s left, s top), a position that is a multiple of s: exactly the HR pixels that the LR crop's pixels stand for.
+
+    :param lr_img, hr_img: PIL images, the LR one (width // s, height // s) of the HR one (width, height)
+    :param rng: a random.Random
+    :return: (LR crop, HR crop), PIL images
+    """
+    lr_crop_size = crop_size // scaling_factor
+    width, height = lr_img.size
+    if width < lr_crop_size or height < lr_crop_size:
+        raise ValueError(f"LR image of {width}x{height} is smaller than the {lr_crop_size}px LR crop (HR crop "
+                         f"{crop_size} at x{scaling_factor}). Rebuild the data lists with create_data_lists.py "
+                         f"--min_size {crop_size} (or larger) to skip such images.")
+    left = rng.randint(0, width - lr_crop_size)  # randint includes both ends
+    top = rng.randint(0, height - lr_crop_size)
+    lr_img = lr_img.crop((left, top, left + lr_crop_size, top + lr_crop_size))
+    hr_left, hr_top = left * scaling_factor, top * scaling_factor
+    return lr_img, hr_img.crop((hr_left, hr_top, hr_left + crop_size, hr_top + crop_size))
+
+
 def modcrop(img, scaling_factor):
     """
     Crop a PIL image at the top-left so that both sides are multiples of the scaling factor.
@@ -83,19 +132,17 @@ def modcrop(img, scaling_factor):
 
 def augment(img, rng):
     """
-    Random flips and 90-degree rotations (the 8 symmetries of a square) of a PIL image.
+    Random flips and 90-degree rotations (the 8 symmetries of a square) of a PIL image, or of a list of them.
 
     Natural images look just as natural mirrored or rotated, so this multiplies the variety of training
-    crops by 8 at no cost. The same transform must be applied to LR and HR, so apply it to the HR crop
-    before making the LR image from it.
+    crops by 8 at no cost. The same transform must be applied to LR and HR: apply it to the HR crop before
+    making the LR image from it, or give the (LR, HR) crops of paired images as a list, which all get the same one.
     """
-    if rng.random() < 0.5:
-        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if rng.random() < 0.5:
-        img = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-    if rng.random() < 0.5:
-        img = img.transpose(Image.Transpose.ROTATE_90)
-    return img
+    imgs = list(img) if isinstance(img, (list, tuple)) else [img]
+    for transpose in (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_90):
+        if rng.random() < 0.5:
+            imgs = [one.transpose(transpose) for one in imgs]
+    return imgs if isinstance(img, (list, tuple)) else imgs[0]
 
 
 def make_lr_image(hr_img, scaling_factor, lr_maker="pil"):
@@ -124,10 +171,12 @@ class SRDataset(Dataset):
     """
     (LR, HR) image pairs for training or testing, both as float tensors in [0, 1].
 
-    Training: each item is a random crop_size x crop_size HR crop of one image (optionally flipped / rotated),
-    and the LR image made from it by bicubic downscaling: LR (3, crop_size/s, crop_size/s), HR (3, crop_size,
-    crop_size). The item key may be an image index or an (image index, crop seed) pair from TrainingSampler,
-    which makes every crop reproducible from the seed alone, in any worker process.
+    Training: each item is a random crop_size x crop_size HR crop of one image (optionally flipped / rotated) and its
+    LR crop (3, crop_size/s, crop_size/s): the bicubic downscale of the HR crop made with `lr_maker`, or, when the
+    data list pairs each HR image with an LR image the user already has, the aligned crop of that LR image
+    (random_paired_crop; the same flips and rotations). With lr_maker None no LR is made, and the item's LR is None:
+    the Real-ESRGAN degradations make it on the device. The item key may be an image index or an (image index, crop
+    seed) pair from TrainingSampler, which makes every crop reproducible from the seed alone, in any worker process.
 
     Testing: each item is a whole image, cropped top-left to a multiple of the scaling factor, and its LR.
     """
@@ -137,16 +186,22 @@ class SRDataset(Dataset):
         if split == "train" and crop_size % scaling_factor != 0:
             raise ValueError(f"crop_size ({crop_size}) must be a multiple of scaling_factor ({scaling_factor}), so "
                              f"that the LR crop is exactly crop_size / scaling_factor pixels.")
-        self.image_paths = read_data_list(data_folder, split, test_data_name)
+        self.image_paths, self.lr_paths = paired_lists(read_data_list(data_folder, split, test_data_name),
+                                                       scaling_factor)
         self.split = split
         self.crop_size = crop_size
         self.scaling_factor = scaling_factor
         self.augment = augment
         self.lr_maker = lr_maker
-        self.decoded_images = {}  # image index -> decoded PIL image, filled by cache_images()
+        self.decoded_images = {}  # image index -> (decoded HR image, its paired LR image or None), by cache_images()
 
     def __len__(self):
         return len(self.image_paths)
+
+    def _decode(self, image_index):
+        """(HR image, paired LR image or None), decoded from the files."""
+        lr_img = utils.load_image(self.lr_paths[image_index]) if self.lr_paths else None
+        return utils.load_image(self.image_paths[image_index]), lr_img
 
     def cache_images(self, max_megabytes, n_threads=4):
         """
@@ -165,29 +220,39 @@ class SRDataset(Dataset):
         budget = max_megabytes * 2 ** 20
         indices = range(len(self.image_paths)) if budget > 0 else []
         with ThreadPoolExecutor(max(1, n_threads)) as pool:
-            for image_index, img in zip(indices, pool.map(lambda i: utils.load_image(self.image_paths[i]), indices)):
-                n_bytes = img.width * img.height * len(img.getbands())
+            for image_index, imgs in zip(indices, pool.map(self._decode, indices)):
+                n_bytes = sum(img.width * img.height * len(img.getbands()) for img in imgs if img is not None)
                 if n_bytes > budget:
                     break  # the budget is spent; the rest are decoded on use (pool.map's leftovers are dropped)
-                self.decoded_images[image_index] = img
+                self.decoded_images[image_index] = imgs
                 budget -= n_bytes
         return len(self.decoded_images)
 
     def __getitem__(self, key):
         image_index, crop_seed = key if isinstance(key, tuple) else (key, key)
-        hr_img = self.decoded_images.get(image_index)  # PIL, RGB (crop() below makes a copy: the cache is untouched)
-        if hr_img is None:
-            hr_img = utils.load_image(self.image_paths[image_index])
+        # PIL, RGB (crop() below makes a copy: the cache is untouched)
+        hr_img, lr_img = self.decoded_images.get(image_index) or self._decode(image_index)
+        if lr_img is not None and lr_img.size != (hr_img.width // self.scaling_factor,
+                                                  hr_img.height // self.scaling_factor):
+            raise ValueError(f"The LR image {self.lr_paths[image_index]} ({lr_img.width}x{lr_img.height}) is not "
+                             f"its HR image {self.image_paths[image_index]} ({hr_img.width}x{hr_img.height}) "
+                             f"divided by {self.scaling_factor}; rebuild the data lists with create_data_lists.py.")
         if self.split == "train":
             rng = random.Random(crop_seed)  # this crop's own generator: reproducible in any worker
-            hr_img = random_crop(hr_img, self.crop_size, rng)
-            if self.augment:
+            if lr_img is None:
+                hr_img = random_crop(hr_img, self.crop_size, rng)
+            else:
+                lr_img, hr_img = random_paired_crop(lr_img, hr_img, self.crop_size, self.scaling_factor, rng)
+            if self.augment and lr_img is None:
                 hr_img = augment(hr_img, rng)
+            elif self.augment:
+                lr_img, hr_img = augment([lr_img, hr_img], rng)  # the same flips / rotations for both
         else:
             hr_img = modcrop(hr_img, self.scaling_factor)
-        lr_img = make_lr_image(hr_img, self.scaling_factor, self.lr_maker)
-        # (3, h, w) and (3, h*s, w*s), in [0, 1]
-        return TF.to_tensor(lr_img), TF.to_tensor(hr_img)
+        if lr_img is None and self.lr_maker is not None:
+            lr_img = make_lr_image(hr_img, self.scaling_factor, self.lr_maker)
+        # (3, h, w) or None, and (3, h*s, w*s), in [0, 1]
+        return (TF.to_tensor(lr_img) if lr_img is not None else None), TF.to_tensor(hr_img)
 
 
 class TrainingSampler(Sampler):
@@ -233,20 +298,35 @@ class TrainingSampler(Sampler):
             iteration += 1
 
 
+def _collate(items):
+    """Stack the items' LR and HR crops into a batch; the LR stays None when the dataset makes none."""
+    lr_imgs, hr_imgs = zip(*items)
+    return (None if lr_imgs[0] is None else torch.stack(lr_imgs)), torch.stack(hr_imgs)
+
+
 def make_train_loader(hp, start_iteration=0, rank=0, world_size=1):
     """
     The training DataLoader shared by train_srresnet.py and train_srgan.py.
 
     :param hp: the script's hyperparameters (data_folder, crop_size, scaling_factor, augment, lr_maker,
-               batch_size, seed, workers, and optionally image_cache_mb)
-    :return: an endless iterator of (lr_imgs, hr_imgs): (N, 3, crop/s, crop/s) and (N, 3, crop, crop), in [0, 1]
+               batch_size, seed, workers, and optionally image_cache_mb and degradation)
+    :return: an endless iterator of (lr_imgs, hr_imgs): (N, 3, crop/s, crop/s) and (N, 3, crop, crop), in [0, 1];
+             lr_imgs is None with degradation 'realesrgan', which makes the LR images on the device (no bicubic LR
+             is made only to be thrown away)
     """
+    degradation = getattr(hp, "degradation", "bicubic")
+    if degradation not in degradations.DEGRADATIONS:
+        raise ValueError(f"degradation must be one of {', '.join(degradations.DEGRADATIONS)}, not {degradation!r}.")
     dataset = SRDataset(hp.data_folder, "train", crop_size=hp.crop_size, scaling_factor=hp.scaling_factor,
-                        augment=hp.augment, lr_maker=hp.lr_maker)
+                        augment=hp.augment, lr_maker=None if degradation == "realesrgan" else hp.lr_maker)
+    if dataset.lr_paths is not None and degradation == "realesrgan":
+        raise ValueError("The training list pairs LR images with the HR images, but degradation 'realesrgan' makes "
+                         "its own LR images from HR: train on these pairs with --degradation bicubic, or list the HR "
+                         "images alone (create_data_lists.py without --train_lr_folders).")
     # Decode the training images once, before the workers start (they then share the decoded pixels).
     dataset.cache_images(getattr(hp, "image_cache_mb", 0), n_threads=max(1, hp.workers))
     sampler = TrainingSampler(len(dataset), hp.batch_size, seed=hp.seed, start_iteration=start_iteration,
                               rank=rank, world_size=world_size)
     loader = DataLoader(dataset, batch_size=sampler.local_batch_size, sampler=sampler, num_workers=hp.workers,
-                        pin_memory=torch.cuda.is_available(), persistent_workers=hp.workers > 0)
+                        collate_fn=_collate, pin_memory=torch.cuda.is_available(), persistent_workers=hp.workers > 0)
     return iter(loader)

@@ -28,7 +28,7 @@ gives the same degradations every time (on the same device type; CPU and CUDA no
 As in Real-ESRGAN, the resize scale and resize mode are shared by the whole batch (a batch must keep one
 spatial size); all other choices are made per image.
 
-How a training step uses it (train_srgan.py, recipe 'realesrgan'):
+How a training step uses it (make_training_batch at the end of this file does this for both training scripts):
 
     settings = {**DEGRADATION_DEFAULTS, **overrides}           # train_srgan.py: every key is also a flag
     generator = utils.random_generator(seed, "degradation", iteration, rank)   # a CPU torch.Generator
@@ -40,8 +40,9 @@ How a training step uses it (train_srgan.py, recipe 'realesrgan'):
     real_for_discriminator = hr_usm_imgs if settings['gan_gt_usm'] else hr_imgs
 
 Contents, top to bottom: DEGRADATION_DEFAULTS; random draws; blur kernels; unsharp masking (USM); noise; JPEG;
-the two-stage pipeline (degrade_batch, make_realesrgan_batch); and CutBlur (Yoo et al., 2020), an independent
-augmentation, at the end.
+the two-stage pipeline (degrade_batch, make_realesrgan_batch); CutBlur (Yoo et al., 2020), an independent
+augmentation; and, at the end, the training batch of both training scripts (make_training_batch) with Real-ESRGAN's
+training-pair pool (TrainingPairPool).
 """
 import math
 
@@ -722,3 +723,155 @@ def cutblur(lr_imgs, hr_imgs, scaling_factor, generator=None, prob=1.0, alpha=0.
     mixed_imgs = torch.where(take_hr.unsqueeze(1), hr_imgs, lr_upscaled)
     return mixed_imgs, hr_imgs
 
+
+
+# ------------------------------------------------------------------------------------------------------
+# The training batch of both training scripts (train_srresnet.py for the pixel-loss network, Real-ESRNet included,
+# and train_srgan.py): the LR images, made on the device or taken from the loader, drawn through Real-ESRGAN's
+# training-pair pool, and the sharpened targets.
+#
+# Why a pool? The pipeline above shares the resize scale and mode across a batch (a batch must keep one spatial
+# size), so all the pairs of one iteration were shrunk the same way. Real-ESRGAN therefore keeps a pool ("queue")
+# of queue_size degraded pairs and trains on pairs drawn from it: once the pool is full, each iteration shuffles it,
+# takes the first batch out and puts the new batch in, so one batch mixes pairs degraded at many iterations.
+# Here a random choice of batch_size positions is exchanged instead of shuffling the whole pool first: the same
+# draw (a uniformly random subset of the pool), without copying the pool every iteration.
+# ------------------------------------------------------------------------------------------------------
+# The hyperparameters of the training batch, shared by both training scripts (each also a flag; the comments are
+# their --help text). The degradation settings themselves are DEGRADATION_DEFAULTS.
+BATCH_HYPERPARAMETERS = dict(
+    degradation="bicubic",  # how LR images are made: 'bicubic' (the loader's: bicubic downscales of HR, or the LR images paired with HR in the data list) or 'realesrgan' (Real-ESRGAN's random blur, noise, resize and JPEG, on the device)
+    queue_size=0,  # Real-ESRGAN's training-pair pool: keep this many (LR, HR) pairs and draw each batch from it, so that a batch mixes pairs of many iterations (Real-ESRGAN: 180; at least batch_size; 0: off)
+)
+DEGRADATIONS = ("bicubic", "realesrgan")
+
+
+def _to_levels(imgs):
+    """[0, 1] images of 8-bit levels (k / 255) -> uint8 k: lossless for them, and 4 times smaller than float32."""
+    return (imgs * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+class TrainingPairPool:
+    """
+    Real-ESRGAN's training-pair pool: queue_size (LR, HR) pairs, from which every batch is drawn.
+
+    While the pool fills up, each batch trains as it is and is stored; once it is full, each iteration takes
+    batch_size random pairs out (the batch trained on) and puts the new batch in their place. The random positions
+    come from utils.random_generator(seed, 'pair_pool', iteration), so a run is reproducible, and the pool's pairs
+    are part of the checkpoint (state_dict), so a resumed run draws exactly what an uninterrupted one would.
+
+    The pairs are stored as uint8: LR images are rounded to 8-bit levels by the degradations (and are 8-bit files
+    otherwise), HR crops come from 8-bit images, so nothing is lost, and Real-ESRGAN's pool of 180 pairs of 256 x 256
+    HR crops takes 35 MB for HR + 2 MB for LR (142 MB + 9 MB in float32). The sharpened HR images are not stored:
+    USM is a fixed function of HR, recomputed for the drawn batch (as Real-ESRGAN does).
+
+    With several processes the pool is global, like the batch: every process gathers the whole global batch, makes
+    the same exchange (the random stream is shared: rank 0's), keeps an identical copy of the pool, and takes its
+    own slice of the drawn batch. The first process's checkpoint therefore holds everyone's pool.
+    """
+
+    def __init__(self, queue_size, batch_size, seed, rank=0, world_size=1):
+        """
+        :param queue_size: pairs in the pool (Real-ESRGAN: 180), at least batch_size
+        :param batch_size: the global batch (over all processes); each process brings batch_size / world_size pairs
+        """
+        if queue_size < batch_size:
+            raise ValueError(f"queue_size ({queue_size}) must be at least batch_size ({batch_size}): each iteration "
+                             f"draws a whole batch from the pool (Real-ESRGAN uses 180; 0 turns the pool off).")
+        self.queue_size, self.seed, self.rank, self.world_size = queue_size, seed, rank, world_size
+        self.count = 0  # pairs stored so far (queue_size once full)
+        self.lr_levels = self.hr_levels = None  # (queue_size, 3, h, w) and (queue_size, 3, H, W) uint8, on the device
+
+    def _gather(self, imgs):
+        """The global batch: every process's slice, in rank order (only this process's with one process)."""
+        if self.world_size == 1:
+            return imgs
+        slices = [torch.empty_like(imgs) for _ in range(self.world_size)]
+        torch.distributed.all_gather(slices, imgs.contiguous())
+        return torch.cat(slices)
+
+    @torch.no_grad()
+    def exchange(self, lr_imgs, hr_imgs, iteration):
+        """
+        Put this iteration's pairs into the pool and return the pairs to train on.
+
+        :param lr_imgs: (n, 3, h, w), hr_imgs: (n, 3, H, W), in [0, 1] and 8-bit levels, this process's slice
+        :return: (lr_imgs, hr_imgs), the same shapes and device, float32: the new pairs themselves while the pool
+                 fills up, then pairs drawn from it (from earlier iterations, or these)
+        """
+        lr_levels, hr_levels = self._gather(_to_levels(lr_imgs)), self._gather(_to_levels(hr_imgs))  # (N, ...)
+        if self.lr_levels is None:
+            self.lr_levels = lr_levels.new_zeros((self.queue_size, *lr_levels.shape[1:]))
+            self.hr_levels = hr_levels.new_zeros((self.queue_size, *hr_levels.shape[1:]))
+        elif (self.lr_levels.shape[1:], self.hr_levels.shape[1:]) != (lr_levels.shape[1:], hr_levels.shape[1:]):
+            raise ValueError(f"the training-pair pool holds {tuple(self.hr_levels.shape[1:])} HR crops, but this "
+                             f"batch has {tuple(hr_levels.shape[1:])}: keep crop_size and scaling_factor when resuming "
+                             f"with a pool.")
+        self.lr_levels, self.hr_levels = self.lr_levels.to(lr_imgs.device), self.hr_levels.to(hr_imgs.device)
+        if self.count < self.queue_size:  # still filling: store what fits, train on the batch as it is
+            stored = min(len(lr_levels), self.queue_size - self.count)
+            self.lr_levels[self.count:self.count + stored] = lr_levels[:stored]
+            self.hr_levels[self.count:self.count + stored] = hr_levels[:stored]
+            self.count += stored
+            return lr_imgs, hr_imgs
+        # Full: take a random batch out, put the new one in its place (one stream for all processes: same pool).
+        generator = utils.random_generator(self.seed, "pair_pool", iteration)
+        positions = torch.randperm(self.queue_size, generator=generator)[:len(lr_levels)].to(lr_imgs.device)
+        drawn_lr, drawn_hr = self.lr_levels[positions], self.hr_levels[positions]  # copies (advanced indexing)
+        self.lr_levels[positions], self.hr_levels[positions] = lr_levels, hr_levels
+        # This process's slice of the drawn global batch, back to [0, 1].
+        local = slice(self.rank * len(lr_imgs), (self.rank + 1) * len(lr_imgs))
+        return drawn_lr[local].float() / 255, drawn_hr[local].float() / 255
+
+    def state_dict(self):
+        """The pool's pairs (uint8, on the CPU) and fill count, for a checkpoint."""
+        if self.lr_levels is None:
+            return {"count": 0}
+        return {"count": self.count, "lr_levels": self.lr_levels.cpu(), "hr_levels": self.hr_levels.cpu()}
+
+    def load_state_dict(self, state):
+        if state["count"] and len(state["lr_levels"]) != self.queue_size:
+            raise ValueError(f"the checkpoint's training-pair pool holds {len(state['lr_levels'])} pairs, not "
+                             f"queue_size {self.queue_size}: resume with --queue_size {len(state['lr_levels'])}.")
+        self.count = state["count"]
+        self.lr_levels, self.hr_levels = state.get("lr_levels"), state.get("hr_levels")  # moved to the device on use
+
+
+def make_pair_pool(hp, rank=0, world_size=1):
+    """The run's TrainingPairPool, or None when hp.queue_size is 0 (no pool)."""
+    return TrainingPairPool(hp.queue_size, hp.batch_size, hp.seed, rank, world_size) if hp.queue_size > 0 else None
+
+
+@torch.no_grad()
+def make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank, device, pair_pool=None):
+    """
+    The (LR, HR) pairs of one training iteration, on `device`, for both training scripts.
+
+      bicubic     the loader's LR crops as they are (bicubic downscales of HR, or the LR images paired with HR in
+                  the data list); the "sharpened" HR is HR itself.
+      realesrgan  Real-ESRGAN: the loader gives HR crops only (lr_imgs is None); the HR crops are sharpened (USM)
+                  and the LR images degraded from the sharpened ones, on the device.
+    With a pair pool (hp.queue_size > 0), the pairs then go through it (see TrainingPairPool), and the sharpened
+    HR is recomputed for the pairs drawn. The random choices come from utils.random_generator(seed, purpose,
+    iteration, rank): reproducible, resumable, different in every process.
+
+    :param lr_imgs: (N, 3, h, w) in [0, 1], or None (degradation 'realesrgan')
+    :param hr_imgs: (N, 3, H, W) in [0, 1], H = s h (s = hp.scaling_factor; e.g. H = 256 with Real-ESRGAN's crops)
+    :return: (lr_imgs (N, 3, h, w), hr_imgs (N, 3, H, W), hr_usm_imgs (N, 3, H, W)), in [0, 1], on `device`, in
+             the memory format of hp.channels_last; which target each loss uses is the script's choice
+             (l1_gt_usm, percep_gt_usm, gan_gt_usm)
+    """
+    memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
+    hr_imgs = hr_imgs.to(device, memory_format=memory_format, non_blocking=True)
+    if hp.degradation == "realesrgan":
+        settings = {name: getattr(hp, name) for name in DEGRADATION_DEFAULTS if hasattr(hp, name)}
+        random_generator = utils.random_generator(hp.seed, "degradation", iteration, rank)
+        lr_imgs, hr_imgs, hr_usm_imgs = make_realesrgan_batch(hr_imgs, hp.scaling_factor, settings, random_generator)
+    else:
+        lr_imgs, hr_usm_imgs = lr_imgs.to(device, memory_format=memory_format, non_blocking=True), hr_imgs
+    if pair_pool is not None:
+        lr_imgs, hr_imgs = pair_pool.exchange(lr_imgs, hr_imgs, iteration)
+        # The drawn HR images may be other iterations': sharpen them again (USM is a fixed function of HR).
+        hr_usm_imgs = (usm_sharpen(hr_imgs, hp.usm_weight, hp.usm_radius, hp.usm_threshold)
+                       if hp.degradation == "realesrgan" else hr_imgs)
+    return tuple(img.contiguous(memory_format=memory_format) for img in (lr_imgs, hr_imgs, hr_usm_imgs))

@@ -17,9 +17,12 @@ to a paper's, and prints them beside the published figures:
 
 Inputs:
   --model       one or more of `bicubic` (MATLAB-style bicubic upscaling of the LR image, the usual baseline) or
-                checkpoint paths (ours, or official ESRGAN / Real-ESRGAN / BasicSR weights), loaded with
-                utils.load_generator, and run in tiles (utils.upscale). A model's scaling_factor must equal
-                --scaling_factor (--scale, its old name, still works).
+                checkpoint paths (ours, export.py's .pth / .safetensors files, or official ESRGAN / Real-ESRGAN /
+                BasicSR weights), loaded with utils.load_generator, and run in tiles (utils.upscale). A model's
+                scaling_factor must equal --scaling_factor (--scale, its old name, still works).
+  --interpolate_with, --alpha
+                network interpolation: the one checkpoint of --model blended with another one, weight by weight,
+                (1 - alpha) x model + alpha x other (utils.load_generator_or_blend, as in super_resolve.py).
   --test_sets   names of test sets; each is read from `<data_folder>/<name>_test_images.json`, the JSON list of HR
                 image paths written by create_data_lists.py. Sets without a list are skipped with a note.
   --lr_source   `generated` (default): the LR image is made here from the HR image with metrics.imresize, which
@@ -129,7 +132,10 @@ def parse_args(argv=None):
                         help="'standard' (comparable with papers) or 'classic' (the old tutorial's, for comparison "
                              "only)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results to this JSON file")
-    return parser.parse_args(argv)
+    utils.add_interpolation_arguments(parser)
+    args = parser.parse_args(argv)
+    utils.check_interpolation_arguments(parser, args, [model for model in args.model if model != "bicubic"])
+    return args
 
 
 def main(argv=None):
@@ -143,26 +149,21 @@ def main(argv=None):
     device = utils.get_device()
 
     # Load every model first: a wrong checkpoint fails now, before minutes of evaluation.
+    # (With --interpolate_with, the one checkpoint is the blend, and its row is named 'A ~ B @ alpha'.)
     models, references = {}, {}
     for model_arg in args.model:
+        name = model_arg
         if model_arg == "bicubic":
             model, description, reference = None, "MATLAB-style bicubic upscaling of the LR image", "Bicubic"
         else:
-            model, description, reference = utils.load_generator(model_arg, device, args.scaling_factor)
-        models[model_arg], references[model_arg] = model, reference
-        print(f"{model_arg}: {description}", file=sys.stderr)
+            model, description, reference, name = utils.load_generator_or_blend(
+                model_arg, device, args.scaling_factor, args.interpolate_with, args.alpha)
+        models[name], references[name] = model, reference
+        print(f"{name}: {description}", file=sys.stderr)
+    args.model = list(models)  # the rows of the table
 
     # Find the test lists; a set without one is skipped with a note.
-    test_lists = {}
-    for test_set in args.test_sets:
-        hr_paths = metrics.read_test_list(args.data_folder, test_set)
-        if hr_paths is None:
-            print(f"note: skipping {test_set}: no {Path(args.data_folder) / (test_set + '_test_images.json')} "
-                  f"(create it with create_data_lists.py --test_folders ...)", file=sys.stderr)
-        elif not hr_paths:
-            print(f"note: skipping {test_set}: its list is empty", file=sys.stderr)
-        else:
-            test_lists[test_set] = hr_paths
+    test_lists = metrics.find_test_lists(args.data_folder, args.test_sets)
     if not test_lists:
         raise FileNotFoundError(f"No test list found in {args.data_folder} for {', '.join(args.test_sets)}. "
                                 f"Run create_data_lists.py --test_folders ... first, or fix --data_folder.")

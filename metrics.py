@@ -19,6 +19,7 @@ Contents, top to bottom:
 """
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -392,6 +393,27 @@ def read_test_list(data_folder, test_set):
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise ValueError(f"{list_path} should hold a JSON list of image paths; rebuild it with create_data_lists.py.")
     return [Path(p) if Path(p).exists() or Path(p).is_absolute() else list_path.parent / p for p in paths]
+
+
+def find_test_lists(data_folder, test_sets, skipping="skipping"):
+    """The HR image paths of each test set that has a non-empty list (read_test_list); each other set is skipped
+    with one note line on stderr (a missing set is not an error: eval.py measures the others, training validates
+    on the others).
+
+    :param skipping: how the note starts, e.g. 'skipping' (eval.py) or 'not validating on' (training)
+    :return: dict test set name -> list of HR image paths, in the order of test_sets
+    """
+    test_lists = {}
+    for test_set in test_sets:
+        hr_paths = read_test_list(data_folder, test_set)
+        if hr_paths is None:
+            print(f"note: {skipping} {test_set}: no {Path(data_folder) / (test_set + '_test_images.json')} "
+                  f"(create it with create_data_lists.py --test_folders ...)", file=sys.stderr)
+        elif not hr_paths:
+            print(f"note: {skipping} {test_set}: its list is empty", file=sys.stderr)
+        else:
+            test_lists[test_set] = hr_paths
+    return test_lists
 
 
 def provided_lr_path(hr_path, scaling_factor):

@@ -14,17 +14,23 @@ Contents, in the order the papers introduced them:
   Part C -- Real-ESRGAN (Wang et al., 2021, "Real-ESRGAN: Training Real-World Blind Super-Resolution ...")
       UNetDiscriminatorSN                                             U-Net discriminator with spectral norm
 
+  Part D -- Real-ESRGAN's compact network (realesr-animevideov3, realesr-general-x4v3)
+      SRVGGNetCompact                                                 a plain stack of convolutions at LR size, and
+                                                                      why its initialisation matters
+
   Later additions: pixel-unshuffle x2 / x1 models
       pad_to_multiple, SRResNetUnshuffle, RRDBNetUnshuffle            an x4 network behind a pixel-unshuffle
 
   Porting weights between frameworks and releases
       pixel shuffle in PyTorch / TensorFlow / Caffe order             porting sub-pixel weights between frameworks
       generator_from_official_state_dict                              load the official ESRGAN / Real-ESRGAN files
+                                                                      (RRDBNet and SRVGGNetCompact)
       interpolate_state_dicts                                         network interpolation (PSNR <-> GAN model)
 
   Choosing a generator by name (at the end of the file)
-      build_generator                                                 'srresnet' | 'rrdb' -> a generator, from the
-                                                                      constructor arguments a checkpoint stores
+      build_generator                                                 'srresnet' | 'rrdb' | 'compact' -> a generator,
+                                                                      from the constructor arguments a checkpoint
+                                                                      stores
 
 Conventions shared by the whole project:
   * image tensors are float32 (N, C, H, W);
@@ -574,6 +580,105 @@ class UNetDiscriminatorSN(nn.Module):
 
 
 # ======================================================================================================
+# Part D -- Real-ESRGAN's compact network (SRVGGNetCompact)
+# ======================================================================================================
+#
+# Real-ESRGAN's later models for anime video and for fast general use, realesr-animevideov3 and realesr-general-x4v3
+# (and its weak-denoise twin realesr-general-wdn-x4v3), drop RRDBNet for a plain VGG-style stack of 3x3 convolutions
+# with 15 to 29 times less computation. Why it is so much faster, for the same LR image:
+#   * everything runs at LR resolution. RRDBNet's upsampler runs four 64-channel convolutions at 2x and 4x size
+#     (conv_up1, conv_up2, conv_hr, conv_last); here the last convolution makes the 3 s^2 sub-pixel values of each
+#     LR pixel and a free PixelShuffle lays them out: no convolution ever sees an HR-sized map;
+#   * no dense connections. An RRDB's convolutions read the concatenation of all earlier feature maps (up to 192
+#     channels in, 69 such blocks); here every convolution reads exactly the 64 channels of the one before;
+#   * a plain stack: 16 or 32 convolutions instead of ~350, no residual-in-residual bookkeeping, no concatenations,
+#     so little memory traffic besides the convolutions themselves (and it maps well onto mobile and video engines).
+# Multiply-adds per LR pixel (the weights times 1, since everything is at LR size): 0.62 million for num_conv 16,
+# 1.21 million for 32, against ~18 million for the 23-block RRDBNet (16.5 million in its body, 1.4 million in its
+# upsampler): 15 to 29 times less.
+#
+# The network only learns a correction: its output is added to the nearest-neighbour upsampled input, so the stack
+# never has to carry the image itself through 17 or 33 layers.
+#
+# Initialisation matters here, and it is a good lesson on why. The network has no batch norm (like RRDBNet, see Part
+# B) and no skip connections inside the stack. PyTorch's default convolution init (uniform, std 1 / sqrt(3 fan_in))
+# with a PReLU after it multiplies the variance of what passes through by about 1/3 x (1 + 0.25^2) / 2 = 0.18 per
+# layer (divides the std by ~2.4), forward and backward: after a few layers the activations are mostly the biases, not
+# the image, and through the 17 layers of num_conv 16 the gradient reaching the first convolution is ~1e-10 (measured:
+# 7e-11 on average, against 2.5e-4 with the init below). That is below Adam's eps (1e-8), which then dominates Adam's
+# normalisation: its step there is lr x g / (|g| + eps), about lr / 100 instead of about lr, so the first layers
+# barely move, and what they pass on carries too little of the image for the later layers to learn from. Trained from
+# scratch (num_conv 16, L1, batch 16, crop 96, lr 5e-4, on the 370 images of ../shared/data/train) such a network
+# stalls at nearest-neighbour quality: after 250 iterations it scores 26.25 dB on Set5 x4, exactly what nearest
+# upsampling scores. Kaiming (He) normal init for PReLU keeps the variance of the activations the same through every
+# layer (std = gain / sqrt(fan_in), gain = sqrt(2 / (1 + a^2)) with a = 0.25, PReLU's initial slope), so every layer
+# gets a gradient of the same order; biases start at zero, and the last convolution is scaled by 0.1 so that the
+# untrained network is almost exactly the nearest upsampling it adds to (a small, safe start, as RRDBNet's 0.1-scaled
+# residual branches). With that, the same training reaches 28.39 dB after 250 iterations (Set5 x4; bicubic is 28.42).
+# Batch norm would hide the problem by renormalising every layer; without it, the init is what keeps a deep plain
+# stack trainable.
+# (Real-ESRGAN's released weights load over this init, so it matters only when training.)
+
+class SRVGGNetCompact(nn.Module):
+    """Real-ESRGAN's compact generator, with its constructor arguments and state-dict keys.
+
+    Pipeline (shapes for an h x w input, s = upscale; F = num_feat):
+        (N, num_in_ch, h, w) in [0, 1]
+        body.0  3x3 conv         (N, F, h, w)
+        body.1  PReLU(F)                                one learned negative slope per channel
+        body.2k, body.2k+1       (N, F, h, w)           k = 1 .. num_conv: 3x3 conv + PReLU(F), all at LR size
+        body.2(num_conv+1)       (N, num_out_ch s^2, h, w)   the last conv: s^2 sub-pixel values per pixel and channel
+        PixelShuffle(s)          (N, num_out_ch, s h, s w)   the correction
+        + nearest x s of the input                      (N, num_out_ch, s h, s w) about [0, 1] (not clamped)
+
+    The state-dict keys are Real-ESRGAN's: body.{N}.weight / body.{N}.bias for the convolutions (N even) and
+    body.{N}.weight for the PReLU slopes (N odd), so the official files load as they are.
+
+    Args:
+        num_in_ch, num_out_ch: image channels (3); the nearest-upsampled input is added, so they must match.
+        num_feat: feature channels (64 in the released models).
+        num_conv: 3x3 convolutions between the first and the last (16: realesr-animevideov3, 32: realesr-general-x4v3).
+        upscale: the scale s (any integer >= 1; Real-ESRGAN's name), also the attribute `scaling_factor`.
+    Real-ESRGAN's act_type option (ReLU or LeakyReLU instead of PReLU) is left out: every released model uses PReLU.
+    """
+
+    input_format = "[0, 1]"
+    output_format = "[0, 1]"
+
+    def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4):
+        super().__init__()
+        if int(upscale) < 1 or num_in_ch != num_out_ch:
+            raise ValueError(f"SRVGGNetCompact needs upscale >= 1 and as many input as output channels (the input is "
+                             f"added to the output), got upscale {upscale}, {num_in_ch} -> {num_out_ch} channels")
+        self.scaling_factor = self.upscale = int(upscale)
+        # One flat list, in Real-ESRGAN's order (so its key names): conv, PReLU, num_conv x (conv, PReLU), conv.
+        layers = [nn.Conv2d(num_in_ch, num_feat, 3, 1, 1), nn.PReLU(num_feat)]
+        for _ in range(num_conv):
+            layers += [nn.Conv2d(num_feat, num_feat, 3, 1, 1), nn.PReLU(num_feat)]
+        layers.append(nn.Conv2d(num_feat, num_out_ch * self.upscale ** 2, 3, 1, 1))
+        self.body = nn.ModuleList(layers)
+        self.upsampler = nn.PixelShuffle(self.upscale)
+        self._initialise()
+
+    @torch.no_grad()
+    def _initialise(self):
+        """Kaiming-normal init for PReLU (a = 0.25), zero biases, the last convolution scaled by 0.1 (see above)."""
+        convolutions = [layer for layer in self.body if isinstance(layer, nn.Conv2d)]
+        for conv in convolutions:
+            nn.init.kaiming_normal_(conv.weight, a=0.25, nonlinearity="leaky_relu")
+            conv.bias.zero_()
+        convolutions[-1].weight.mul_(0.1)
+
+    def forward(self, lr_imgs):
+        """(N, C, H, W) in [0, 1] -> (N, C, H * upscale, W * upscale), about [0, 1]."""
+        features = lr_imgs
+        for layer in self.body:  # conv, PReLU, ..., conv, all at LR size
+            features = layer(features)  # last: (N, C s^2, H, W)
+        correction = self.upsampler(features)  # (N, C, s H, s W)
+        return F.interpolate(lr_imgs, scale_factor=self.upscale, mode="nearest") + correction
+
+
+# ======================================================================================================
 # Later additions: pixel-unshuffle x2 / x1 models
 # ======================================================================================================
 #
@@ -793,11 +898,16 @@ def shuffle_channel_permutation(n_channels, r, source_order="tensorflow"):
 #                model.3 / model.6 = the two upsampling convolutions (after an Upsample at model.2 / model.5, each
 #                followed by a LeakyReLU), model.8 = HR conv, model.10 = last conv. (Mapping checked against
 #                xinntao/ESRGAN's transer_RRDB_models.py, which converts between the two ESRGAN layouts.)
+# Real-ESRGAN's compact network has one layout, ours (Part D):
+#   'compact'    body.{N}.weight / body.{N}.bias (N even: the convolutions) and body.{N}.weight (N odd: the PReLU
+#                slopes), in {'params': ...} or {'params_ema': ...} (realesr-general-x4v3.pth,
+#                realesr-general-wdn-x4v3.pth, realesr-animevideov3.pth).
 # ------------------------------------------------------------------------------------------------------
 
 _SUPPORTED_FILES = (
     "supported files: Real-ESRGAN / BasicSR RRDBNet weights (e.g. RealESRGAN_x4plus.pth, RealESRGAN_x2plus.pth; "
-    "a dict with 'params_ema' or 'params', or a bare state dict), xinntao/ESRGAN weights (RRDB_ESRGAN_x4.pth, "
+    "a dict with 'params_ema' or 'params', or a bare state dict), Real-ESRGAN's compact SRVGGNetCompact weights "
+    "(realesr-general-x4v3.pth, realesr-animevideov3.pth), xinntao/ESRGAN weights (RRDB_ESRGAN_x4.pth, "
     "RRDB_PSNR_x4.pth) and old-architecture ESRGAN weights (RRDB_ESRGAN_x4_old_arch.pth)")
 
 # Renaming rules, (regular expression, replacement), applied to each key of a file in that layout.
@@ -830,7 +940,8 @@ def _unwrap_official(checkpoint):
 
 
 def official_layout(checkpoint):
-    """'basicsr', 'esrgan', 'esrgan-old', or None when `checkpoint` is none of the official RRDBNet layouts.
+    """'basicsr', 'esrgan', 'esrgan-old' (RRDBNet), 'compact' (SRVGGNetCompact), or None when `checkpoint` is none of
+    the official layouts.
 
     Accepts what torch.load returned for an official file (a bare state dict or {'params_ema': ...}). Cheap: looks
     at key names only. utils.load_generator uses this to tell official files from our own checkpoints.
@@ -845,11 +956,14 @@ def official_layout(checkpoint):
         return "esrgan"
     if "model.0.weight" in keys and any(key.startswith("model.1.sub.0.RDB1.") for key in keys):
         return "esrgan-old"
+    if {"body.0.weight", "body.1.weight", "body.2.weight"} <= set(keys) and "conv_first.weight" not in keys:
+        return "compact"  # a convolution, its PReLU, the next convolution
     return None
 
 
 def is_official_generator_state_dict(checkpoint):
-    """True when `checkpoint` (a loaded file) is an ESRGAN / Real-ESRGAN / BasicSR RRDBNet state dict."""
+    """True when `checkpoint` (a loaded file) is an ESRGAN / Real-ESRGAN / BasicSR RRDBNet or a Real-ESRGAN
+    SRVGGNetCompact state dict."""
     return official_layout(checkpoint) is not None
 
 
@@ -880,28 +994,8 @@ def _short_list(keys, limit=5):
     return ", ".join(keys[:limit]) + more if keys else "none"
 
 
-def generator_from_official_state_dict(checkpoint):
-    """Build an RRDBNet from an official ESRGAN / Real-ESRGAN / BasicSR weight file and load it strictly.
-
-    Args:
-        checkpoint: what torch.load(path, map_location='cpu', weights_only=True) returned for the file.
-    Returns:
-        (model, description): an RRDBNet (input/output '[0, 1]') with `scaling_factor` 4, 2 or 1, and one line
-        saying what was recognised, e.g. "Real-ESRGAN/BasicSR RRDBNet x4 (23 blocks, 64 features, growth 32,
-        3->3 channels; params_ema)".
-    Raises:
-        ValueError naming the missing and unexpected keys (first few of each) and the supported files, when the
-        file is not (exactly) one of these layouts.
-    """
-    layout = official_layout(checkpoint)
-    if layout is None:
-        sample = list(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"not an ESRGAN / Real-ESRGAN / BasicSR RRDBNet state dict (first keys: {sample}); "
-                         f"{_SUPPORTED_FILES}")
-    state_dict, wrapper_key = _unwrap_official(checkpoint)
-    state_dict = _rename_official(state_dict, layout)
-
-    # Read the hyperparameters off the tensors' shapes.
+def _rrdbnet_architecture(state_dict, layout):
+    """RRDBNet's constructor arguments, read off the shapes of an official state dict (renamed to our keys)."""
     try:
         conv_first = state_dict["conv_first.weight"]  # (num_feat, num_in_ch * unshuffle^2, 3, 3)
         num_feat, first_in_channels = conv_first.shape[:2]
@@ -918,29 +1012,78 @@ def generator_from_official_state_dict(checkpoint):
     if remainder or ratio not in scales:
         raise ValueError(f"conv_first has {first_in_channels} input channels for {num_out_ch} output channels: "
                          f"expected {num_out_ch} (x4), {4 * num_out_ch} (x2) or {16 * num_out_ch} (x1)")
-    scale = scales[ratio]
-    kwargs = dict(num_in_ch=num_out_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat,
-                  num_block=num_block, num_grow_ch=num_grow_ch)
-    model = RRDBNet(**kwargs)
+    return dict(num_in_ch=num_out_ch, num_out_ch=num_out_ch, scale=scales[ratio], num_feat=num_feat,
+                num_block=num_block, num_grow_ch=num_grow_ch)
+
+
+def _compact_architecture(state_dict):
+    """SRVGGNetCompact's constructor arguments, read off the shapes of a Real-ESRGAN compact state dict."""
+    # The convolutions are the 4-D weights body.0, body.2, ..., body.2(num_conv + 1); the PReLUs sit between them.
+    conv_indices = sorted(int(key.split(".")[1]) for key, value in state_dict.items()
+                          if re.fullmatch(r"body\.\d+\.weight", key) and value.dim() == 4)
+    if len(conv_indices) < 2 or conv_indices != list(range(0, 2 * len(conv_indices), 2)):
+        raise ValueError(f"not a Real-ESRGAN SRVGGNetCompact state dict: its convolutions are body.{conv_indices}, "
+                         f"expected body.0, body.2, body.4, ... with a PReLU between each two; {_SUPPORTED_FILES}")
+    num_feat, num_in_ch = state_dict["body.0.weight"].shape[:2]  # (num_feat, num_in_ch, 3, 3)
+    last_out_channels = state_dict[f"body.{conv_indices[-1]}.weight"].shape[0]  # num_out_ch * upscale^2
+    # The output channels are the input's (the input is added to the output): the rest of the ratio is the scale^2.
+    upscale = math.isqrt(last_out_channels // num_in_ch)
+    if upscale < 1 or upscale ** 2 * num_in_ch != last_out_channels:
+        raise ValueError(f"the last convolution of this SRVGGNetCompact has {last_out_channels} output channels, "
+                         f"which is not {num_in_ch} (the image channels) times a square scale^2")
+    return dict(num_in_ch=num_in_ch, num_out_ch=num_in_ch, num_feat=num_feat, num_conv=len(conv_indices) - 2,
+                upscale=upscale)
+
+
+def generator_from_official_state_dict(checkpoint):
+    """Build the generator of an official ESRGAN / Real-ESRGAN / BasicSR weight file and load it strictly.
+
+    Args:
+        checkpoint: what torch.load(path, map_location='cpu', weights_only=True) returned for the file.
+    Returns:
+        (model, description): an RRDBNet with `scaling_factor` 4, 2 or 1, or an SRVGGNetCompact (both input/output
+        '[0, 1]'), in eval mode, and one line saying what was recognised, e.g. "Real-ESRGAN/BasicSR RRDBNet x4 (23
+        blocks, 64 features, growth 32, 3->3 channels; params_ema)". The architecture (blocks or convolutions,
+        features, scale, channels) is read off the tensors' shapes.
+    Raises:
+        ValueError naming the missing and unexpected keys (first few of each) and the supported files, when the
+        file is not (exactly) one of these layouts.
+    """
+    layout = official_layout(checkpoint)
+    if layout is None:
+        sample = list(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"not an ESRGAN / Real-ESRGAN / BasicSR generator state dict (first keys: {sample}); "
+                         f"{_SUPPORTED_FILES}")
+    state_dict, wrapper_key = _unwrap_official(checkpoint)
+    state_dict = _rename_official(state_dict, layout)
+    if layout == "compact":
+        network, kwargs = SRVGGNetCompact, _compact_architecture(state_dict)
+    else:
+        network, kwargs = RRDBNet, _rrdbnet_architecture(state_dict, layout)
+    model = build_generator("compact" if layout == "compact" else "rrdb", **kwargs)  # keeps its arch and kwargs
 
     # Strict loading, with an error that says what differs instead of PyTorch's wall of text.
+    name = network.__name__
     expected_keys = set(model.state_dict())
     missing, unexpected = expected_keys - set(state_dict), set(state_dict) - expected_keys
     if missing or unexpected:
-        raise ValueError(f"the weights do not fit an RRDBNet{kwargs} (read as layout {layout!r}): "
+        raise ValueError(f"the weights do not fit an {name}{kwargs} (read as layout {layout!r}): "
                          f"missing keys: {_short_list(missing)}; unexpected keys: {_short_list(unexpected)}. "
                          f"{_SUPPORTED_FILES}")
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:  # same names, different shapes
-        raise ValueError(f"the weights do not fit an RRDBNet{kwargs}: {error}") from None
+        raise ValueError(f"the weights do not fit an {name}{kwargs}: {error}") from None
     model.eval()
 
-    names = {"basicsr": "Real-ESRGAN/BasicSR", "esrgan": "ESRGAN", "esrgan-old": "ESRGAN (old architecture)"}
     weights_note = f"; {wrapper_key}" if wrapper_key else ""
-    description = (f"{names[layout]} RRDBNet x{scale} ({num_block} blocks, {num_feat} features, growth "
-                   f"{num_grow_ch}, {num_out_ch}->{num_out_ch} channels{weights_note})")
-    return model, description
+    channels = f"{kwargs['num_out_ch']}->{kwargs['num_out_ch']} channels{weights_note}"
+    if layout == "compact":
+        return model, (f"Real-ESRGAN SRVGGNetCompact x{kwargs['upscale']} ({kwargs['num_conv']} convolutions, "
+                       f"{kwargs['num_feat']} features, {channels})")
+    names = {"basicsr": "Real-ESRGAN/BasicSR", "esrgan": "ESRGAN", "esrgan-old": "ESRGAN (old architecture)"}
+    return model, (f"{names[layout]} RRDBNet x{kwargs['scale']} ({kwargs['num_block']} blocks, {kwargs['num_feat']} "
+                   f"features, growth {kwargs['num_grow_ch']}, {channels})")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -1011,22 +1154,30 @@ def upgrade_generator_kwargs(arch, kwargs):
     return kwargs
 
 
-GENERATOR_ARCHITECTURES = ("srresnet", "rrdb")
+GENERATOR_ARCHITECTURES = ("srresnet", "rrdb", "compact")
 
 
 def build_generator(arch, **kwargs):
     """A generator from the name and constructor arguments that checkpoints store.
 
     'srresnet' -> SRResNet(**kwargs), or SRResNetUnshuffle when kwargs has an unshuffle_scale above 1;
-    'rrdb' -> RRDBNet(**kwargs) (scale 2 or 1: RRDBNetUnshuffle). Older checkpoints' arguments are accepted too
-    (upgrade_generator_kwargs). Unknown names raise ValueError.
+    'rrdb' -> RRDBNet(**kwargs) (scale 2 or 1: RRDBNetUnshuffle); 'compact' -> SRVGGNetCompact(**kwargs). Older
+    checkpoints' arguments are accepted too (upgrade_generator_kwargs). Unknown names raise ValueError.
+    The generator keeps the name and the arguments (today's form) as the attributes `generator_arch` and
+    `generator_kwargs`, so that whoever holds it can save it again (export.py, a GAN started from an exported file).
     """
     if arch not in GENERATOR_ARCHITECTURES:
         raise ValueError(f"unknown generator architecture {arch!r}; choose one of {sorted(GENERATOR_ARCHITECTURES)}")
     kwargs = upgrade_generator_kwargs(arch, kwargs)
+    if arch == "srresnet" and kwargs.get("unshuffle_scale", 1) <= 1:
+        kwargs.pop("unshuffle_scale", None)  # a plain SRResNet
     if arch == "rrdb":
-        return RRDBNet(**kwargs)
-    if kwargs.get("unshuffle_scale", 1) > 1:
-        return SRResNetUnshuffle(**kwargs)
-    kwargs.pop("unshuffle_scale", None)
-    return SRResNet(**kwargs)
+        generator = RRDBNet(**kwargs)
+    elif arch == "compact":
+        generator = SRVGGNetCompact(**kwargs)
+    elif "unshuffle_scale" in kwargs:
+        generator = SRResNetUnshuffle(**kwargs)
+    else:
+        generator = SRResNet(**kwargs)
+    generator.generator_arch, generator.generator_kwargs = arch, kwargs
+    return generator

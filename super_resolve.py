@@ -5,8 +5,13 @@ upscales the image you give it, as it is:
 
     python super_resolve.py photo.jpg scans/ --model checkpoint_srgan.pth --output_folder upscaled/
     python super_resolve.py big.png --model RealESRGAN_x4plus.pth --output_folder out/ --tile 256 --precision bf16
+    python super_resolve.py photo.jpg --model realesr-general-x4v3.pth --outscale 3.5 --output_folder out/
+    python super_resolve.py photo.jpg --model realesr-general-wdn-x4v3.pth \\
+        --interpolate_with realesr-general-x4v3.pth --alpha 0.5 --output_folder out/   # Real-ESRGAN's denoise 0.5
 
-and, for learners, it still draws the tutorial's comparison (HR | bicubic | SRResNet | SRGAN/ESRGAN ...):
+(--outscale: any output scale, the network's output resized; --interpolate_with / --alpha: network interpolation,
+(1 - alpha) x model + alpha x the other, utils.load_generator_or_blend.) And, for learners, it still draws the
+tutorial's comparison (HR | bicubic | SRResNet | SRGAN/ESRGAN ...):
 
     python super_resolve.py --grid butterfly.png --model srresnet.pth srgan.pth --output_folder out/
 
@@ -15,7 +20,8 @@ How it works, top to bottom:
      (RGBA / LA / palette), 16-bit greyscale PNGs, CMYK JPEGs -- in, and a PNG of the same kind out.
   2. `upscale_image()`: an image of any of these kinds through the network. The network itself runs in tiles in
      utils.upscale (so that only one tile's activations are ever in memory), which lives in utils.py because
-     eval.py runs generators the same way (metrics.evaluate_set), and a training script can too.
+     eval.py runs generators the same way (metrics.evaluate_set), and a training script can too. Any other output
+     scale is a resize of the network's output (`resize_to_outscale()`).
   3. `comparison_grid()`: the tutorial's figure, with a label (and PSNR against HR, as eval.py measures it) on each
      panel.
   4. `main()`: the command line -- files and folders in, `<stem>_x<s>.png` out, failures listed at the end.
@@ -29,6 +35,7 @@ a file is upscaled and saved as 8-bit RGB (a warning says so); only 16-bit *grey
 16 bits end to end. 32-bit float images ('F') are refused. Animated images use their first frame.
 """
 import argparse
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -138,9 +145,10 @@ def _png_bit_depth_and_colour_type(path):
 
 
 def upscale_image(model, image, tile=utils.DEFAULT_TILE, tile_pad=utils.DEFAULT_TILE_PAD, precision="fp32",
-                  progress=False):
+                  progress=False, outscale=None):
     """
-    Upscale an ImageData into a PIL image of the same kind (L / LA / RGB / RGBA / I;16), s times larger.
+    Upscale an ImageData into a PIL image of the same kind (L / LA / RGB / RGBA / I;16), s times larger, or
+    `outscale` times larger (any factor, e.g. 3.5 with an x4 model: see resize_to_outscale).
 
     Why is alpha upscaled separately, with plain bicubic? The networks were trained on RGB photos only: they
     have no input for a 4th channel, and an alpha mask (flat areas, hard edges) is not a photo anyway -- a
@@ -159,7 +167,31 @@ def upscale_image(model, image, tile=utils.DEFAULT_TILE, tile_pad=utils.DEFAULT_
     if image.alpha is not None:
         sr_alpha = F.interpolate(image.alpha, scale_factor=scale, mode="bicubic", align_corners=False)
         channels = torch.cat([channels, sr_alpha[0].clamp(0.0, 1.0).to(channels.dtype)])  # (C + 1, H*s, W*s)
+    if outscale is not None and outscale != scale:
+        channels = resize_to_outscale(channels, image.rgb.shape[-2:], outscale)
     return to_pil(channels, bits=image.bits)
+
+
+def outscale_size(height, width, outscale):
+    """The output size for an h x w input at `outscale`: (round(h * outscale), round(w * outscale)), halves rounded
+    up, at least 1 pixel."""
+    return tuple(max(1, math.floor(side * outscale + 0.5)) for side in (height, width))
+
+
+def resize_to_outscale(channels, input_size, outscale):
+    """
+    Real-ESRGAN's --outscale: the network runs at its own scale s, and its output is resized to the requested
+    factor, (C, H s, W s) -> (C, round(H outscale), round(W outscale)), in [0, 1], before rounding to 8 or 16 bits.
+
+    The filter is metrics.imresize on the float values: MATLAB's bicubic (Keys' cubic, a = -0.5), widened when
+    shrinking, which is the common case (x4 -> x3.5 or x2 shrinks the network's output): a plain bicubic or a
+    nearest pick would alias fine detail then. It is the same filter as the evaluation's, it works on floats, so
+    16-bit outputs keep their precision and nothing is rounded twice, and any number of channels (alpha too) is
+    resized alike. (Real-ESRGAN resizes with OpenCV's Lanczos; Lanczos is a touch sharper, with a little more
+    ringing; bicubic is the filter the rest of this project, and its tests, already rely on.)
+    """
+    output_size = outscale_size(*input_size, outscale)
+    return metrics.imresize(channels, output_size=output_size).clamp_(0.0, 1.0)  # bicubic overshoots a little
 
 
 def to_pil(channels, bits=8):
@@ -281,8 +313,9 @@ def find_inputs(inputs):
 
 
 def output_path(input_path, output_folder, scale):
-    """`<output_folder>/<stem>_x<s>.png` -- always PNG (lossless; holds alpha and 16-bit grey)."""
-    return Path(output_folder) / f"{Path(input_path).stem}_x{scale}.png"
+    """`<output_folder>/<stem>_x<s>.png` (e.g. photo_x4.png, photo_x3.5.png) -- always PNG (lossless; holds alpha
+    and 16-bit grey)."""
+    return Path(output_folder) / f"{Path(input_path).stem}_x{scale:g}.png"
 
 
 def parse_args(argv=None):
@@ -290,8 +323,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", help="image files and/or folders of images to upscale")
     parser.add_argument("--model", nargs="+", required=True,
-                        help="generator file(s): our checkpoints or official ESRGAN / Real-ESRGAN weights "
-                             "(architecture detected); several only with --grid")
+                        help="generator file(s): our checkpoints, export.py's .pth / .safetensors files, or official "
+                             "ESRGAN / Real-ESRGAN weights (architecture detected); several only with --grid")
     parser.add_argument("--output_folder", required=True, help="where <stem>_x<s>.png files are written")
     utils.add_scaling_factor_argument(parser, default=None,
                                       help="expected upscaling factor; an error if the model does not provide it")
@@ -303,6 +336,11 @@ def parse_args(argv=None):
                         help="fp32; bf16 (CPU or CUDA autocast); fp16 (CUDA only)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--outscale", type=float, default=None, metavar="FACTOR",
+                        help="the output's scale, any factor (e.g. 3.5 with an x4 model): the network runs at its "
+                             "own scale and its output is resized to round(H x FACTOR) x round(W x FACTOR) with "
+                             "MATLAB-style bicubic (default: the model's scale)")
+    utils.add_interpolation_arguments(parser)
     parser.add_argument("--grid", metavar="HR_IMAGE", default=None,
                         help="draw the comparison grid HR | bicubic | each --model for this HR image")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -314,19 +352,23 @@ def parse_args(argv=None):
                      f"are for --grid. Put the input images before --model: INPUT... --model PATH")
     if args.tile < 0 or args.tile_pad < 0:
         parser.error("--tile and --tile_pad must be >= 0")
+    if args.outscale is not None and (args.outscale <= 0 or args.grid is not None):
+        parser.error("--outscale must be > 0, and is for upscaling files: the --grid compares models at their own "
+                     "scale")
+    utils.check_interpolation_arguments(parser, args, args.model)
     return args
 
 
 def _upscale_all(args, model, scale, progress, failures, written):
     """The main loop: every input, one at a time; failures are collected, never fatal."""
     for input_path, _ in tqdm(find_inputs(args.inputs), desc="images", unit="image", disable=not progress):
-        target = output_path(input_path, args.output_folder, scale)
+        target = output_path(input_path, args.output_folder, args.outscale or scale)
         try:
             if target in written:  # photo.jpg and photo.png would both become photo_x4.png
                 raise ValueError(f"its output {target} was already written from {written[target]} in this run; "
                                  f"rename one of the two inputs.")
             sr_img = upscale_image(model, read_image(input_path), tile=args.tile, tile_pad=args.tile_pad,
-                                   precision=args.precision, progress=progress)
+                                   precision=args.precision, progress=progress, outscale=args.outscale)
             write_image(sr_img, target)
             written[target] = input_path
             tqdm.write(f"wrote {target} ({sr_img.mode} {sr_img.width}x{sr_img.height})")
@@ -342,7 +384,9 @@ def main(argv=None):
     progress = not args.no_progress
     try:
         device = torch.device(args.device)
-        models = [utils.load_generator(path, device, args.scaling_factor) for path in args.model]
+        # (--interpolate_with: the one --model blended with another, utils.load_generator_or_blend.)
+        models = [utils.load_generator_or_blend(path, device, args.scaling_factor, args.interpolate_with,
+                                                args.alpha)[:3] for path in args.model]
         utils.resolve_precision(args.precision, device)  # fail now, not after the first image, on a bad precision
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -23,6 +23,8 @@ Quick start (CPU):  python train_srgan.py --data_folder data_lists --srresnet_ch
 Classic SRGAN:      python train_srgan.py --data_folder data_lists
 ESRGAN:             python train_srgan.py --data_folder data_lists --recipe esrgan
 Resume:             python train_srgan.py --data_folder data_lists --checkpoint checkpoint_srgan.pth
+Watch it:           tensorboard --logdir <output_folder> (validation on --val_sets every --val_every iterations;
+                        the weights of the best PSNR go to best_srgan.pth, the numbers also to log_srgan.jsonl)
 
 Every hyperparameter below can be overridden by a flag of the same name; --help lists them.
 (Old flags still work and say what replaced them: --lr, --lr_milestones, --lr_gamma, --vgg_before_activation.)
@@ -49,10 +51,11 @@ hyperparameters = dict(
     scaling_factor=4,  # the data's upscaling factor; the generator (from the SRResNet checkpoint) must fit it
     augment=False,  # random flips and 90-degree rotations of the crops
     lr_maker="pil",  # how LR crops are made from HR (degradation 'bicubic'): 'pil' or 'matlab'
-    degradation="bicubic",  # 'bicubic' (LR = bicubic downscale) or 'realesrgan' (random blur, noise, resize, JPEG)
+    # degradation and queue_size (the training-pair pool), shared by both training scripts: see
+    # degradations.BATCH_HYPERPARAMETERS (added below)
     cutblur_prob=0.0,  # CutBlur probability (needs an x1 generator: train_srresnet.py --use_unshuffle true --unshuffle_scale 4; 0: off)
     # Generator: its architecture and starting weights come from the pixel-loss network
-    srresnet_checkpoint="checkpoint_srresnet.pth",  # checkpoint of train_srresnet.py to start the generator from
+    srresnet_checkpoint="checkpoint_srresnet.pth",  # checkpoint of train_srresnet.py to start the generator from (or a file of export.py, or an official Real-ESRGAN / ESRGAN file)
     # Discriminator
     discriminator_arch="srgan",  # 'srgan' (the SRGAN paper's classifier) or 'unet' (Real-ESRGAN's per-pixel U-Net)
     kernel_size_d=3,  # SRGAN discriminator: kernel size of its convolutions
@@ -78,19 +81,24 @@ hyperparameters = dict(
     ema_decay=0.0,  # keep an exponential moving average of the generator's weights (0: off; ESRGAN-style 0.999)
     # Speed: precision, channels_last, compile, workers, image_cache_mb, sync_batch_norm and fused_adam, shared by both
     # training scripts: see utils.SPEED_HYPERPARAMETERS (added below)
+    # Validation: val_sets and val_every, shared by both training scripts: see utils.VALIDATION_HYPERPARAMETERS
+    # (added below)
     # Bookkeeping
     seed=0,  # random seed
     print_every=100,  # update the running losses shown on the progress bar every this many iterations
     checkpoint_every=1000,  # save a checkpoint every this many iterations (and at the end, and on Ctrl+C)
-    output_folder=".",  # where checkpoint_srgan.pth is written
+    output_folder=".",  # where checkpoint_srgan.pth, best_srgan.pth and the logs are written
     checkpoint=None,  # path of a checkpoint_srgan.pth to resume from
 )
 hyperparameters.update(utils.SPEED_HYPERPARAMETERS)  # precision, channels_last, compile, workers, ...
+hyperparameters.update(utils.VALIDATION_HYPERPARAMETERS)  # val_sets, val_every
 
-# Real-ESRGAN's degradations (used when degradation='realesrgan'): every probability and range is a hyperparameter
-# too, with Real-ESRGAN's values as defaults. degradations.DEGRADATION_DEFAULTS lists them with what each one means;
-# override any from the command line like the others (e.g. --noise_range 1 20 --jpeg_range 50 95). l1_gt_usm,
-# percep_gt_usm and gan_gt_usm say which losses compare with the unsharp-masked HR image.
+# How the training batches are made (degradation, queue_size), and Real-ESRGAN's degradations (used when
+# degradation='realesrgan'): every probability and range is a hyperparameter too, with Real-ESRGAN's values as
+# defaults. degradations.DEGRADATION_DEFAULTS lists them with what each one means; override any from the command line
+# like the others (e.g. --noise_range 1 20 --jpeg_range 50 95). l1_gt_usm, percep_gt_usm and gan_gt_usm say which
+# losses compare with the unsharp-masked HR image.
+hyperparameters.update(degradations.BATCH_HYPERPARAMETERS)
 hyperparameters.update(degradations.DEGRADATION_DEFAULTS)
 
 # What each recipe changes from the defaults above (the SRGAN paper's). Reading this table is a good summary
@@ -104,7 +112,7 @@ RECIPES = {
         ema_decay=0.999,
     ),
     "realesrgan": dict(
-        degradation="realesrgan", discriminator_arch="unet", gan_type="vanilla", crop_size=256,
+        degradation="realesrgan", queue_size=180, discriminator_arch="unet", gan_type="vanilla", crop_size=256,
         perceptual_layers=["conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4"],
         perceptual_layer_weights=[0.1, 0.1, 1.0, 1.0, 1.0], perceptual_loss="l1",
         pixel_loss_weight=1.0, perceptual_loss_weight=1.0, adversarial_loss_weight=0.1,
@@ -147,8 +155,6 @@ def check_hyperparameters(hp):
     """Mistakes in the flags that would otherwise only show up later, or as a confusing error."""
     if len(hp.perceptual_layers) != len(hp.perceptual_layer_weights):
         raise ValueError("perceptual_layers and perceptual_layer_weights must have the same length.")
-    if hp.degradation not in ("bicubic", "realesrgan"):
-        raise ValueError(f"degradation must be 'bicubic' or 'realesrgan', not {hp.degradation!r}.")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -238,12 +244,14 @@ def build_networks(hp, resumed, device):
     :return: (generator, discriminator, vgg, architecture), architecture being the names and constructor arguments
              a checkpoint stores
     """
-    source = resumed or utils.load_checkpoint(hp.srresnet_checkpoint, expected_kind="srresnet")
-    arch = source["generator_arch"]
-    kwargs = models.upgrade_generator_kwargs(arch, source["generator_kwargs"])
-    generator = models.build_generator(arch, **kwargs)
-    # Start from the EMA weights when step 2 kept them: they are the better network.
-    generator.load_state_dict(source["generator_ema" if not resumed and "generator_ema" in source else "generator"])
+    if resumed:
+        generator = models.build_generator(resumed["generator_arch"], **resumed["generator_kwargs"])
+        generator.load_state_dict(resumed["generator"])
+    else:
+        # Step 2's network, with its EMA weights when it kept them (they are the better network), or any generator
+        # file utils.load_generator reads, e.g. one of export.py (its architecture comes with it; no optimiser state).
+        generator, _, _ = utils.load_generator(hp.srresnet_checkpoint, expected_kind="srresnet")
+    arch, kwargs = generator.generator_arch, generator.generator_kwargs  # (build_generator keeps them)
     # With CutBlur the generator takes HR-sized inputs, so it must not upscale (an x1 pixel-unshuffle model).
     if hp.scaling_factor % generator.scaling_factor != 0 or (hp.cutblur_prob > 0 and generator.scaling_factor != 1):
         raise ValueError(f"The generator from {hp.checkpoint or hp.srresnet_checkpoint} upscales "
@@ -260,36 +268,31 @@ def build_networks(hp, resumed, device):
     return generator, discriminator, vgg, architecture
 
 
-def make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank, generator, device):
+def make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank, generator, device, pair_pool=None):
     """
-    One training batch, made on `device` from the loader's crops: lr_imgs (N, 3, h, w) and hr_imgs (N, 3, H, W),
-    H = s h, in [0, 1] (s = scaling_factor; e.g. h = 24 and H = 96 with the SRGAN defaults, H = 256 with Real-ESRGAN's).
+    One GAN training batch, made on `device` from the loader's crops: lr_imgs (N, 3, h, w) (None with degradation
+    'realesrgan') and hr_imgs (N, 3, H, W), H = s h, in [0, 1] (s = scaling_factor; e.g. h = 24 and H = 96 with the
+    SRGAN defaults, H = 256 with Real-ESRGAN's).
 
-      bicubic     the loader's LR crops (bicubic downscales of the HR crops) as they are; every target is HR.
-      realesrgan  Real-ESRGAN: the bicubic LR is thrown away and a realistically degraded one is made from the
-                  (sharpened) HR crops; each target is the plain or the sharpened HR image, as l1_gt_usm,
-                  percep_gt_usm and gan_gt_usm say.
-      CutBlur     (cutblur_prob > 0, with either) the generator sees an HR-sized image, part LR (nearest-upscaled),
-                  part HR, and must return HR. Without it, an x2 / x1 pixel-unshuffle generator gets the LR crops
-                  nearest-upscaled to its input size.
+    The (LR, HR) pairs are degradations.make_training_batch's, as in train_srresnet.py: the loader's LR crops
+    ('bicubic'), or Real-ESRGAN's degradations of the sharpened HR crops ('realesrgan'), through the training-pair
+    pool when there is one. Then:
+      targets     each is the plain or the sharpened (USM) HR image, as l1_gt_usm, percep_gt_usm and gan_gt_usm say
+                  (with 'bicubic', all are HR);
+      CutBlur     (cutblur_prob > 0) the generator sees an HR-sized image, part LR (nearest-upscaled), part HR, and
+                  must return HR. Without it, an x2 / x1 pixel-unshuffle generator gets the LR crops nearest-upscaled
+                  to its input size.
     The random choices come from utils.random_generator(seed, purpose, iteration, rank): reproducible, resumable,
     and different in every process and for every purpose.
 
     :return: (generator input (N, 3, H / g, W / g) with g = generator.scaling_factor, the pixel loss's target,
               the perceptual loss's target, the discriminator's real images), the last three (N, 3, H, W)
     """
-    memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
-    lr_imgs = lr_imgs.to(device, memory_format=memory_format, non_blocking=True)
-    hr_imgs = hr_imgs.to(device, memory_format=memory_format, non_blocking=True)
-    pixel_target_imgs = perceptual_target_imgs = real_imgs = hr_imgs
-    if hp.degradation == "realesrgan":
-        settings = {name: getattr(hp, name) for name in degradations.DEGRADATION_DEFAULTS}
-        random_generator = utils.random_generator(hp.seed, "degradation", iteration, rank)
-        lr_imgs, hr_imgs, hr_usm_imgs = degradations.make_realesrgan_batch(hr_imgs, hp.scaling_factor, settings,
-                                                                           random_generator)
-        pixel_target_imgs = hr_usm_imgs if hp.l1_gt_usm else hr_imgs
-        perceptual_target_imgs = hr_usm_imgs if hp.percep_gt_usm else hr_imgs
-        real_imgs = hr_usm_imgs if hp.gan_gt_usm else hr_imgs
+    lr_imgs, hr_imgs, hr_usm_imgs = degradations.make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank, device,
+                                                                     pair_pool)
+    pixel_target_imgs = hr_usm_imgs if hp.l1_gt_usm else hr_imgs
+    perceptual_target_imgs = hr_usm_imgs if hp.percep_gt_usm else hr_imgs
+    real_imgs = hr_usm_imgs if hp.gan_gt_usm else hr_imgs
     if hp.cutblur_prob > 0:
         random_generator = utils.random_generator(hp.seed, "cutblur", iteration, rank)
         lr_imgs, _ = degradations.cutblur(lr_imgs, hr_imgs, hp.scaling_factor, random_generator, prob=hp.cutblur_prob)
@@ -322,9 +325,17 @@ def main():
     scheduler_d = torch.optim.lr_scheduler.MultiStepLR(optimizer_d, hp.learning_rate_milestones,
                                                        hp.learning_rate_gamma)
     ema = utils.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
-    # Everything a checkpoint holds to continue exactly where it stopped.
+    # PSNR / SSIM on val_sets as training goes, as eval.py measures them (a GAN trades some PSNR for texture, so the
+    # best file here is the generator's most faithful state, not its most realistic one).
+    validation = utils.Validation(hp, "srgan", generator, ema, Path(hp.output_folder) / "best_srgan.pth",
+                                  is_main_process, generator_arch=architecture["generator_arch"],
+                                  generator_kwargs=architecture["generator_kwargs"])
+    pair_pool = degradations.make_pair_pool(hp, rank, world_size)  # Real-ESRGAN's training-pair pool, or None
+    # Everything a checkpoint holds to continue exactly where it stopped (the best validation score and the pool's
+    # pairs too).
     stateful = dict(generator=generator, discriminator=discriminator, optimizer_g=optimizer_g,
-                    optimizer_d=optimizer_d, scheduler_g=scheduler_g, scheduler_d=scheduler_d, generator_ema=ema)
+                    optimizer_d=optimizer_d, scheduler_g=scheduler_g, scheduler_d=scheduler_d, generator_ema=ema,
+                    validation=validation, pair_pool=pair_pool)
     start_iteration = utils.resume_training(resumed, stateful, hp, RENAMED) if resumed else 0
     if is_main_process:
         print(f"recipe {hp.recipe}: generator {architecture['generator_arch']} x{generator.scaling_factor} "
@@ -344,11 +355,11 @@ def main():
     discriminator.train()
     log = utils.TrainingLog(["perceptual", "pixel", "adversarial", "discriminator"], hp, start_iteration, device, save,
                             checkpoint_path, is_main_process, f"train_srgan ({hp.recipe})",
-                            learning_rate=lambda: scheduler_g.get_last_lr()[0])
+                            learning_rate=lambda: scheduler_g.get_last_lr()[0], validation=validation, kind="srgan")
     for iteration in log.iterations():
-        lr_imgs, hr_imgs = next(train_loader)  # the loader's crops: bicubic LR and HR, in [0, 1]
+        lr_imgs, hr_imgs = next(train_loader)  # the loader's crops, in [0, 1]: LR (None: degradations) and HR
         lr_imgs, pixel_target_imgs, perceptual_target_imgs, real_imgs = make_training_batch(
-            lr_imgs, hr_imgs, hp, iteration, rank, generator, device)
+            lr_imgs, hr_imgs, hp, iteration, rank, generator, device, pair_pool)
 
         # ---- Generator step: perceptual + pixel + adversarial loss. ----
         # The discriminator's weights get no gradients here (saves time; its optimiser would ignore them anyway).

@@ -11,8 +11,14 @@ Classic SRResNet (GPU, days): python train_srresnet.py --data_folder data_lists
 ESRGAN's RRDB-PSNR:           python train_srresnet.py --data_folder data_lists --generator_arch rrdb --pixel_loss l1 \\
                                   --learning_rate 2e-4 --learning_rate_milestones 200000 400000 600000 800000 \\
                                   --learning_rate_gamma 0.5
+Real-ESRNet (Real-ESRGAN's    python train_srresnet.py --data_folder data_lists --generator_arch rrdb --pixel_loss l1 \\
+first stage):                     --degradation realesrgan --queue_size 180 --crop_size 256 --learning_rate 2e-4 \\
+                                  --ema_decay 0.999
 Several processes:            torchrun --nproc_per_node 2 train_srresnet.py --data_folder data_lists
 Resume:                       python train_srresnet.py --data_folder data_lists --checkpoint checkpoint_srresnet.pth
+Watch it:                     tensorboard --logdir <output_folder> (validation on --val_sets every --val_every
+                                  iterations; the best weights go to best_srresnet.pth, the numbers also to
+                                  log_srresnet.jsonl)
 
 Every hyperparameter below can be overridden by a flag of the same name; --help lists them.
 (--lr, --lr_milestones and --lr_gamma, the old names of the learning-rate flags, still work.)
@@ -23,6 +29,7 @@ import torch
 from torch import nn
 
 import datasets
+import degradations
 import models
 import utils
 
@@ -33,18 +40,21 @@ hyperparameters = dict(
     # Data
     data_folder="./",  # folder with train_images.json, written by create_data_lists.py
     crop_size=96,  # side of the HR training crops; the LR crops are crop_size / scaling_factor
-    scaling_factor=4,  # the data's upscaling factor (LR crops are crop_size / scaling_factor): 2, 4 or 8 for SRResNet, 4 for RRDB
+    scaling_factor=4,  # the data's upscaling factor (LR crops are crop_size / scaling_factor): 2, 4 or 8 for SRResNet, 4 for RRDB, any for compact
     augment=False,  # random flips and 90-degree rotations of the crops
-    lr_maker="pil",  # how LR crops are made from HR: 'pil' (Pillow bicubic) or 'matlab' (MATLAB's imresize)
+    lr_maker="pil",  # how LR crops are made from HR (degradation 'bicubic'): 'pil' (Pillow bicubic) or 'matlab' (MATLAB's imresize)
+    # degradation and queue_size (the training-pair pool), shared by both training scripts: see
+    # degradations.BATCH_HYPERPARAMETERS (added below, with the degradation settings)
     # Generator
-    generator_arch="srresnet",  # 'srresnet' (SRGAN paper) or 'rrdb' (ESRGAN's RRDBNet)
+    generator_arch="srresnet",  # 'srresnet' (SRGAN paper), 'rrdb' (ESRGAN's RRDBNet) or 'compact' (Real-ESRGAN's SRVGGNetCompact)
     large_kernel_size=9,  # SRResNet: kernel of the first and last convolutions
     small_kernel_size=3,  # SRResNet: kernel of all other convolutions
     n_channels=64,  # SRResNet: feature channels
     n_blocks=16,  # SRResNet: residual blocks
-    num_feat=64,  # RRDB: feature channels
+    num_feat=64,  # RRDB and compact: feature channels
     num_block=23,  # RRDB: residual-in-residual dense blocks (23 in ESRGAN, 6 in the Real-ESRGAN anime model)
     num_grow_ch=32,  # RRDB: channels added by each dense layer
+    num_conv=32,  # compact: 3x3 convolutions between the first and the last (32: realesr-general-x4v3, 16: realesr-animevideov3)
     use_unshuffle=False,  # an x4 network behind a pixel-unshuffle: an x2 (unshuffle_scale 2) or x1 (4) model, fed the LR nearest-upscaled to match
     unshuffle_scale=2,  # the pixel-unshuffle factor when use_unshuffle is on
     # Learning
@@ -58,14 +68,24 @@ hyperparameters = dict(
     grad_clip=0.0,  # clip the gradient norm to this value (0: off)
     # Speed: precision, channels_last, compile, workers, image_cache_mb, sync_batch_norm and fused_adam, shared by both
     # training scripts: see utils.SPEED_HYPERPARAMETERS (added below)
+    # Validation: val_sets and val_every, shared by both training scripts: see utils.VALIDATION_HYPERPARAMETERS
+    # (added below)
     # Bookkeeping
     seed=0,  # random seed: same seed, same crops, same initial weights
     print_every=100,  # update the running losses shown on the progress bar every this many iterations
     checkpoint_every=1000,  # save a checkpoint every this many iterations (and at the end, and on Ctrl+C)
-    output_folder=".",  # where checkpoint_srresnet.pth is written
+    output_folder=".",  # where checkpoint_srresnet.pth, best_srresnet.pth and the logs are written
     checkpoint=None,  # path of a checkpoint_srresnet.pth to resume from
 )
 hyperparameters.update(utils.SPEED_HYPERPARAMETERS)  # precision, channels_last, compile, workers, ...
+hyperparameters.update(utils.VALIDATION_HYPERPARAMETERS)  # val_sets, val_every
+# How the training batches are made, as in train_srgan.py: degradation 'bicubic' or 'realesrgan' (Real-ESRNet, the
+# first stage of Real-ESRGAN: the RRDB network trained with L1 on degraded images), the training-pair pool, and every
+# setting of the degradations (degradations.DEGRADATION_DEFAULTS). Of the three sharpened-target flags only
+# l1_gt_usm applies here (Real-ESRNet's gt_usm); percep_gt_usm and gan_gt_usm are for the losses of train_srgan.py.
+hyperparameters.update(degradations.BATCH_HYPERPARAMETERS)
+hyperparameters.update({name: value for name, value in degradations.DEGRADATION_DEFAULTS.items()
+                        if name not in ("percep_gt_usm", "gan_gt_usm")})
 
 
 def generator_kwargs(hp):
@@ -80,11 +100,17 @@ def generator_kwargs(hp):
     if hp.generator_arch == "rrdb":
         # RRDBNet's `scale` (BasicSR's name) is the overall scale: 4 natively, 2 / 1 through pixel-unshuffle.
         return dict(scale=scaling_factor, num_feat=hp.num_feat, num_block=hp.num_block, num_grow_ch=hp.num_grow_ch)
-    raise ValueError(f"generator_arch must be 'srresnet' or 'rrdb', not {hp.generator_arch!r}.")
+    if hp.generator_arch == "compact":
+        if hp.use_unshuffle:
+            raise ValueError("use_unshuffle is for generator_arch 'srresnet' or 'rrdb'; the compact network upscales "
+                             "by any integer itself (its PixelShuffle): give --scaling_factor instead.")
+        # Real-ESRGAN's names; `upscale` is the scale of its PixelShuffle.
+        return dict(num_feat=hp.num_feat, num_conv=hp.num_conv, upscale=hp.scaling_factor)
+    raise ValueError(f"generator_arch must be 'srresnet', 'rrdb' or 'compact', not {hp.generator_arch!r}.")
 
 
 def main():
-    hp = utils.parse_hyperparameters(hyperparameters, __doc__, [__file__, utils.__file__],
+    hp = utils.parse_hyperparameters(hyperparameters, __doc__, [__file__, degradations.__file__, utils.__file__],
                                      aliases=utils.RENAMED_HYPERPARAMETERS)
     rank, world_size, device = utils.setup_distributed()
     is_main_process = rank == 0  # only one process prints and writes checkpoints
@@ -108,8 +134,14 @@ def main():
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=hp.learning_rate_milestones,
                                                      gamma=hp.learning_rate_gamma)
     ema = utils.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
-    # Everything a checkpoint holds to continue exactly where it stopped.
-    stateful = dict(generator=generator, optimizer_g=optimizer, scheduler_g=scheduler, generator_ema=ema)
+    # PSNR / SSIM on the test sets val_sets as training goes, exactly as eval.py measures them; keeps the best weights.
+    validation = utils.Validation(hp, "srresnet", generator, ema, Path(hp.output_folder) / "best_srresnet.pth",
+                                  is_main_process, generator_arch=arch, generator_kwargs=kwargs)
+    pair_pool = degradations.make_pair_pool(hp, rank, world_size)  # Real-ESRGAN's training-pair pool, or None
+    # Everything a checkpoint holds to continue exactly where it stopped (the best validation score and the pool's
+    # pairs too).
+    stateful = dict(generator=generator, optimizer_g=optimizer, scheduler_g=scheduler, generator_ema=ema,
+                    validation=validation, pair_pool=pair_pool)
     start_iteration = utils.resume_training(resumed, stateful, hp, utils.RENAMED_HYPERPARAMETERS) if resumed else 0
     if is_main_process:
         n_parameters = sum(p.numel() for p in generator.parameters())
@@ -128,20 +160,26 @@ def main():
     # The training loop: one batch of crops per iteration.
     generator.train()
     log = utils.TrainingLog(["loss"], hp, start_iteration, device, save, checkpoint_path, is_main_process,
-                            "train_srresnet", learning_rate=lambda: scheduler.get_last_lr()[0])
+                            "train_srresnet", learning_rate=lambda: scheduler.get_last_lr()[0],
+                            validation=validation, kind="srresnet")
     for iteration in log.iterations():
-        lr_imgs, hr_imgs = next(train_loader)  # (N, 3, crop / s, crop / s) and (N, 3, crop, crop), in [0, 1]
-        # Move to the device, and into the ranges the generator takes and gives (SRResNet: LR in [0, 1], SR in
-        # [-1, 1]; RRDB: both in [0, 1]), so that the loss compares like with like.
+        lr_imgs, hr_imgs = next(train_loader)  # (N, 3, crop / s, crop / s) (None: degradations) and (N, 3, crop, crop)
+        # On the device: the LR crops as they are ('bicubic'), or made from HR by Real-ESRGAN's degradations, through
+        # the pair pool when there is one (the same code as train_srgan.py's). In [0, 1].
+        lr_imgs, hr_imgs, hr_usm_imgs = degradations.make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank,
+                                                                         device, pair_pool)
+        target_imgs = hr_usm_imgs if hp.l1_gt_usm else hr_imgs  # Real-ESRNet's sharpened target ('bicubic': HR)
+        # Into the ranges the generator takes and gives (SRResNet: LR in [0, 1], SR in [-1, 1]; RRDB and compact: both
+        # in [0, 1]), so that the loss compares like with like.
         # (An x2 / x1 pixel-unshuffle model takes the LR crops nearest-upscaled to its input size.)
-        lr_imgs = utils.match_generator_input(lr_imgs.to(device, non_blocking=True), generator, hp.scaling_factor)
+        lr_imgs = utils.match_generator_input(lr_imgs, generator, hp.scaling_factor)
         lr_imgs = utils.convert_image(lr_imgs.contiguous(memory_format=memory_format), "[0, 1]",
                                       generator.input_format)
-        hr_imgs = utils.convert_image(hr_imgs.to(device, non_blocking=True), "[0, 1]", generator.output_format)
+        target_imgs = utils.convert_image(target_imgs, "[0, 1]", generator.output_format)
 
         with utils.autocast(device, precision):
             sr_imgs = model(lr_imgs)  # (N, 3, crop, crop), in the generator's output range
-        loss = loss_function(sr_imgs.float(), hr_imgs)  # the loss itself in fp32
+        loss = loss_function(sr_imgs.float(), target_imgs)  # the loss itself in fp32
 
         optimizer.zero_grad(set_to_none=True)
         grad_scaler.scale(loss).backward()

@@ -2,14 +2,16 @@
 
   Device and images             get_device; convert_image and the luma weights; load_image
   Writing files safely          atomic_write, atomic_write_all
-  Checkpoints                   save_checkpoint, load_checkpoint (which refuses pickled code)
-  Generators for inference      load_generator (our checkpoints and the official files), load_interpolated_generator
+  Checkpoints                   save_checkpoint, load_checkpoint (which refuses pickled code), read_safetensors
+  Generators for inference      load_generator (our checkpoints, export.py's files and the official files),
+                                load_interpolated_generator
   Precision                     resolve_precision, autocast
   Running a generator           match_generator_input, run_generator, upscale (tiled inference)
   Reproducibility               seed_everything, random_seed / random_generator, get_rng_state / set_rng_state
   Command line                  parse_hyperparameters (with deprecated aliases), add_scaling_factor_argument, run_cli
-  Training                      GracefulExit, TrainingLog, setup_distributed, wrap_for_training, ModelEMA,
-                                checkpoint_saver, resume_training
+  Training                      GracefulExit, Validation, LogFiles, TrainingLog (and export_command, its last
+                                words), setup_distributed, wrap_for_training, ModelEMA, checkpoint_saver,
+                                resume_training
 
 The data are in datasets.py, the Real-ESRGAN degradations in degradations.py, and imresize, PSNR / SSIM and the
 evaluation protocol in metrics.py.
@@ -17,11 +19,13 @@ evaluation protocol in metrics.py.
 import argparse
 import copy
 import hashlib
+import json
 import math
 import os
 import pickle
 import random
 import re
+import shlex
 import signal
 import sys
 import tempfile
@@ -222,7 +226,10 @@ def load_checkpoint(path, expected_kind=None):
     Load a checkpoint safely: onto the CPU (so a GPU checkpoint loads anywhere) and with weights_only=True
     (so loading a file can never run code hidden in it).
 
-    :param path: the .pth file
+    A .safetensors file (export.py writes them) holds no pickle at all: it is read with the safetensors package and
+    returned in the form of export.py's .pth files (read_safetensors).
+
+    :param path: the .pth (or .safetensors) file
     :param expected_kind: if given ('srresnet' or 'srgan'), the script that must have written it
     :return: the checkpoint dict
     :raises FileNotFoundError, ValueError: with a message that says what to do
@@ -230,6 +237,10 @@ def load_checkpoint(path, expected_kind=None):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}.")
+    if path.suffix.lower() == ".safetensors":
+        checkpoint = read_safetensors(path)
+        check_checkpoint_kind(checkpoint, expected_kind, path)
+        return checkpoint
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -244,12 +255,39 @@ def load_checkpoint(path, expected_kind=None):
     except Exception as error:  # not a torch file at all (zip error, truncated, ...)
         raise ValueError(f"Cannot read checkpoint {path}: it is not a PyTorch checkpoint or it is "
                          f"damaged ({error}).") from None
+    check_checkpoint_kind(checkpoint, expected_kind, path)
+    return checkpoint
+
+
+def check_checkpoint_kind(checkpoint, expected_kind, path):
+    """Raise ValueError, saying which script wrote it, unless train_<expected_kind>.py wrote `checkpoint` (any file
+    passes when expected_kind is None)."""
     if expected_kind is not None:
         kind = checkpoint.get("kind") if isinstance(checkpoint, dict) else None
         if kind != expected_kind:
             what = f"was written by train_{kind}.py" if kind else "is not a checkpoint of this project"
             raise ValueError(f"{path} {what}, but a checkpoint of train_{expected_kind}.py is needed here.")
-    return checkpoint
+
+
+def read_safetensors(path):
+    """
+    A .safetensors file as a dict in the form of export.py's .pth files: {weights: state dict, 'generator_arch': ...,
+    'generator_kwargs': {...}}, with `weights` 'params_ema' or 'params' and the architecture from the string metadata
+    export.py writes (see there). A file without that metadata (a model converted by another program) is returned
+    as its bare state dict, which load_generator recognises by its key names when it is an official layout.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as file:
+            metadata = file.metadata() or {}
+            state_dict = {name: file.get_tensor(name) for name in file.keys()}
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"Cannot read {path}: it is not a safetensors file or it is damaged ({error}).") from None
+    if "generator_arch" not in metadata:
+        return state_dict
+    return {metadata.get("weights", "params"): state_dict, "generator_arch": metadata["generator_arch"],
+            "generator_kwargs": json.loads(metadata["generator_kwargs"])}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -266,38 +304,51 @@ PUBLISHED_REFERENCE_OF_CHECKPOINT = {
 PUBLISHED_REFERENCE_OF_OFFICIAL_FILE = {"rrdb_psnr_x4": "RRDB-PSNR"}
 
 
-def load_generator(path, device="cpu", scaling_factor=None):
+def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_kind=None):
     """
     Load a generator for inference from any checkpoint this project understands (what eval.py and super_resolve.py
     use).
 
     Accepts our own checkpoints (from train_srresnet.py / train_srgan.py, old ones included; the EMA weights are used
-    when present) and the official ESRGAN / Real-ESRGAN / BasicSR weight files (architecture inferred from the
-    tensors).
+    when present), the generator files of export.py (.pth and .safetensors) and the official ESRGAN / Real-ESRGAN /
+    BasicSR weight files (architecture inferred from the tensors). Weights stored in fp16 are loaded into the float32
+    model (load_state_dict converts them).
 
     :param scaling_factor: if given, the upscaling factor the model must have. A weight file holds one network with
                            one scale (a pixel-unshuffle x2 variant is its own file), so this only confirms which one
                            you meant: a mismatch is an error rather than a silent x4 when you asked for x2.
+    :param ema: False takes the raw weights of a file that also holds EMA weights (which are the default)
+    :param expected_kind: if given, the training script our training checkpoints must come from (load_checkpoint);
+                          exported and official files are accepted as they are
     :return: (model in eval mode on `device`, a one-line description, the name of its published figures in
-             eval.PUBLISHED or None)
+             eval.PUBLISHED or None); the model's generator_arch and generator_kwargs say how to build it again
     """
     import models  # imported here: models.py does not depend on utils.py, but utils.py uses models.py here
 
     checkpoint = load_checkpoint(path)
     if isinstance(checkpoint, dict) and "generator_arch" in checkpoint:
+        # Training checkpoints keep the raw and EMA weights as 'generator' / 'generator_ema'; export.py's files as
+        # 'params' / 'params_ema' (BasicSR's names). A file with one set of weights gives it either way.
+        if expected_kind is not None and "kind" in checkpoint:
+            check_checkpoint_kind(checkpoint, expected_kind, path)
         arch = checkpoint["generator_arch"]
         model = models.build_generator(arch, **checkpoint["generator_kwargs"])
-        weights_name = "generator_ema" if "generator_ema" in checkpoint else "generator"
+        order = ("generator_ema", "params_ema", "generator", "params")
+        weights_name = next(name for name in (order if ema else order[2:] + order[:2]) if name in checkpoint)
         model.load_state_dict(checkpoint[weights_name])
-        description = (f"{arch} x{model.scaling_factor} from train_{checkpoint['kind']}.py, "
-                       f"iteration {checkpoint.get('iteration', '?')} ({weights_name} weights)")
+        source = (f"train_{checkpoint['kind']}.py, iteration {checkpoint.get('iteration', '?')}"
+                  if "kind" in checkpoint else "export.py")
+        description = f"{arch} x{model.scaling_factor} from {source} ({weights_name} weights)"
         reference = PUBLISHED_REFERENCE_OF_CHECKPOINT.get((checkpoint.get("kind"), arch))
     elif isinstance(checkpoint, dict) and models.is_official_generator_state_dict(checkpoint):
+        if not ema and isinstance(checkpoint.get("params"), dict):
+            checkpoint = {"params": checkpoint["params"]}  # the raw weights, not the params_ema preferred otherwise
         model, description = models.generator_from_official_state_dict(checkpoint)
         reference = PUBLISHED_REFERENCE_OF_OFFICIAL_FILE.get(Path(path).stem.lower())
     else:
         raise ValueError(f"{path} holds no generator this project recognises: expected a checkpoint from "
-                         f"train_srresnet.py / train_srgan.py or an official ESRGAN / Real-ESRGAN / BasicSR file.")
+                         f"train_srresnet.py / train_srgan.py, a file of export.py or an official ESRGAN / "
+                         f"Real-ESRGAN / BasicSR file.")
     if scaling_factor is not None and model.scaling_factor != scaling_factor:
         raise ValueError(f"{path} upscales x{model.scaling_factor}, not x{scaling_factor} ({description}): use a "
                          f"model trained for x{scaling_factor} (for x2 / x1, a pixel-unshuffle variant), or give "
@@ -332,6 +383,51 @@ def load_interpolated_generator(psnr_path, gan_path, alpha, device="cpu", skip_m
     if skipped:
         description += f" (kept from {psnr_path}: {', '.join(skipped)})"
     return psnr_model.to(device).eval(), description
+
+
+# The command line of network interpolation, shared by super_resolve.py and eval.py: --model A --interpolate_with B
+# --alpha a runs the generator whose weights are (1 - a) * A + a * B (load_interpolated_generator).
+def add_interpolation_arguments(parser):
+    """--interpolate_with and --alpha (see load_generator_or_blend) for an argparse script with --model."""
+    parser.add_argument("--interpolate_with", metavar="PATH", default=None,
+                        help="blend the --model generator with this one, weight by weight: (1 - alpha) x model + "
+                             "alpha x this (ESRGAN's network interpolation). Any two files of the same architecture: "
+                             "a PSNR model and the GAN trained from it, or Real-ESRGAN's realesr-general-wdn-x4v3.pth "
+                             "(--model) and realesr-general-x4v3.pth (here), where --alpha is Real-ESRGAN's "
+                             "--denoise_strength")
+    parser.add_argument("--alpha", type=float, default=None, metavar="A",
+                        help="the weight of --interpolate_with, in [0, 1]: 0 gives --model, 1 --interpolate_with")
+
+
+def check_interpolation_arguments(parser, args, model_paths):
+    """Stop with parser.error on --alpha without --interpolate_with (or the reverse), an alpha outside [0, 1], or
+    an interpolation with more (or fewer) than one checkpoint in model_paths."""
+    if (args.interpolate_with is None) != (args.alpha is None):
+        parser.error("--interpolate_with and --alpha go together: --model A --interpolate_with B --alpha 0.5 runs "
+                     "(1 - 0.5) x A + 0.5 x B")
+    if args.alpha is not None and not 0 <= args.alpha <= 1:
+        parser.error(f"--alpha must be in [0, 1] (0: --model, 1: --interpolate_with), not {args.alpha}")
+    if args.interpolate_with is not None and len(model_paths) != 1:
+        parser.error(f"--interpolate_with blends one --model file with it, got {len(model_paths)} "
+                     f"({' '.join(model_paths) or 'none'})")
+
+
+def load_generator_or_blend(path, device="cpu", scaling_factor=None, interpolate_with=None, alpha=None):
+    """
+    The generator a script's --model PATH asks for: load_generator(path), or, with interpolate_with, the blend
+    (1 - alpha) * path + alpha * interpolate_with (load_interpolated_generator), e.g. Real-ESRGAN's denoise strength s
+    as path = realesr-general-wdn-x4v3.pth, interpolate_with = realesr-general-x4v3.pth, alpha = s.
+
+    :return: (model in eval mode on `device`, a one-line description, the name of its published figures or None,
+             the name tables give it: path, or 'path ~ interpolate_with @ alpha' for a blend)
+    """
+    if interpolate_with is None:
+        return (*load_generator(path, device, scaling_factor), str(path))
+    model, description = load_interpolated_generator(path, interpolate_with, alpha, device)
+    if scaling_factor is not None and model.scaling_factor != scaling_factor:
+        raise ValueError(f"{path} and {interpolate_with} upscale x{model.scaling_factor}, not x{scaling_factor}: "
+                         f"give --scaling_factor {model.scaling_factor}.")
+    return model, description, None, f"{path} ~ {interpolate_with} @ {alpha:g}"
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -723,6 +819,12 @@ SPEED_HYPERPARAMETERS = dict(
     fused_adam=True,  # Adam's update as one fused kernel per step (same math; the default is slow for NHWC weights)
 )
 
+# The validation settings of both training scripts (see Validation below), added to each one's dictionary too.
+VALIDATION_HYPERPARAMETERS = dict(
+    val_sets=["Set5"],  # test sets to validate on, from <data_folder>/<name>_test_images.json (a missing one is skipped with a note); the best weights by the first one's PSNR go to best_<kind>.pth
+    val_every=1000,  # measure PSNR / SSIM on val_sets every this many iterations, at the start and at the end (0: off)
+)
+
 
 class GracefulExit:
     """
@@ -800,82 +902,345 @@ class RunningLosses:
         self.last_checked = iteration
 
     def report(self):
-        """The mean of each loss and the iterations per second since the last report (then start afresh)."""
-        summary = {name: f"{total.item() / self.count:.4f}" for name, total in self.sums.items()}
-        summary["it_per_s"] = f"{self.count / (time.time() - self.start_time):.2f}"
+        """The mean of each loss and the iterations per second since the last report (then start afresh).
+
+        :return: (dict name -> mean loss, iterations per second), floats
+        """
+        means = {name: total.item() / self.count for name, total in self.sums.items()}
+        it_per_s = self.count / (time.time() - self.start_time)
         self._reset()
-        return summary
+        return means, it_per_s
+
+
+class Validation:
+    """
+    PSNR / SSIM of the generator on test sets during training, measured exactly as eval.py measures them, and the
+    best weights so far.
+
+    The test images are loaded once, at start-up (metrics.load_test_pairs: the standard protocol, LR made with
+    MATLAB's imresize); each validation runs metrics.evaluate_set, the code eval.py runs, on the weights a checkpoint
+    gives to eval.py (the EMA when there is one). So the PSNR logged at iteration k is the number eval.py prints for
+    the checkpoint saved at iteration k. The images go through utils.upscale, in tiles: large test images take
+    bounded memory, as in super_resolve.py.
+
+    Validating changes nothing in training: the generator is measured in eval mode (batch norm uses its running
+    statistics and updates none), without gradients, and put back in training mode after; nothing draws a random
+    number or touches the data loader. Only the main process validates. The others go on to the next iteration and
+    wait there for its gradients; no collective operation is called while it validates, so none can hang.
+
+    The weights with the best PSNR on the first set are written to `best_path`, a generator-only checkpoint that
+    load_generator, eval.py and super_resolve.py read like any other. The best score is saved in the training
+    checkpoint (state_dict / load_state_dict, through the script's `stateful` objects), so a resumed run keeps it.
+    """
+
+    CROP = 64  # side of the LR crop whose SR image is logged at each validation (the first image's centre)
+
+    def __init__(self, hp, kind, generator, ema, best_path, is_main_process, **architecture):
+        """
+        :param hp: the hyperparameters (val_sets, val_every, data_folder, scaling_factor; stored with the best weights)
+        :param kind: 'srresnet' or 'srgan', the script (the best file's `kind`, as in its training checkpoints)
+        :param generator: the plain generator (not its DDP / torch.compile wrapper); ema: its ModelEMA, or None
+        :param best_path: where the best weights are written (best_<kind>.pth, beside the training checkpoint)
+        :param architecture: generator_arch and generator_kwargs, stored with the best weights
+        """
+        self.hp, self.kind, self.best_path, self.architecture = hp, kind, Path(best_path), architecture
+        self.is_main_process = is_main_process
+        self.model, self.weights_name = (ema.module, "generator_ema") if ema is not None else (generator, "generator")
+        self.best = None  # the best validation so far: {"iteration", "val_set", "psnr"}
+        self.pairs, self.bicubic = {}, {}  # test set -> its (name, hr, lr) images; -> bicubic's {"psnr", "ssim"}
+        self.crops = {}  # 'lr', 'hr', 'bicubic' -> the fixed crop, uint8 (h, w, 3)
+
+    def load_test_sets(self):
+        """Load the test sets, make their LR images and measure bicubic on them, once (TrainingLog calls this when
+        training starts, after the training data were found: a missing test list is only a note)."""
+        import metrics  # imported here: metrics.py uses utils.py
+
+        hp, s = self.hp, self.hp.scaling_factor
+        if hp.val_every <= 0 or not self.is_main_process:
+            return
+        if self.model.scaling_factor != s:
+            print(f"note: no validation: the generator upscales x{self.model.scaling_factor}, and the test sets are "
+                  f"measured at the data's scaling factor, x{s}", file=sys.stderr)
+            return
+        for name, hr_paths in metrics.find_test_lists(hp.data_folder, hp.val_sets, "not validating on").items():
+            self.pairs[name] = metrics.load_test_pairs(hr_paths, s)
+            self.bicubic[name] = self._scores(*metrics.evaluate_set(None, self.pairs[name], s))
+        if self.best is not None and self.first_set not in (None, self.best["val_set"]):
+            print(f"note: the best weights so far were chosen by their PSNR on {self.best['val_set']}; from now on "
+                  f"{self.first_set} chooses them, and the next validation replaces {self.best_path}", file=sys.stderr)
+            self.best = None
+        if self.pairs:
+            # The crop: the centre of the first LR image (the whole image if smaller), and its HR and bicubic images.
+            _, hr, lr = next(iter(self.pairs.values()))[0]
+            size = min(self.CROP, lr.shape[0], lr.shape[1])
+            top, left = (lr.shape[0] - size) // 2, (lr.shape[1] - size) // 2
+            lr_crop = lr[top:top + size, left:left + size]
+            self.crops = {"lr": _rgb(lr_crop), "hr": _rgb(hr[top * s:(top + size) * s, left * s:(left + size) * s]),
+                          "bicubic": _rgb(metrics.upscale_array(None, lr_crop, s))}
+
+    @staticmethod
+    def _scores(psnr, ssim):
+        return {"psnr": psnr, "ssim": ssim}
+
+    @property
+    def first_set(self):
+        """The test set whose PSNR picks the best weights (the first of val_sets that has a list), or None."""
+        return next(iter(self.pairs), None)
+
+    def due(self, iteration, last):
+        """Whether to validate after `iteration` completed iterations (never in processes that do not validate)."""
+        return bool(self.pairs) and (iteration % self.hp.val_every == 0 or last)
+
+    def __call__(self, iteration):
+        """
+        Measure the generator now, after `iteration` completed iterations, and keep its weights if they are the best
+        so far (iteration 0, the starting point, is measured but never kept: it is not this run's work).
+
+        :return: (scores: test set -> {"psnr", "ssim"}, the SR image of the fixed crop (h s, w s, 3) uint8,
+                  whether these weights are the new best)
+        """
+        import metrics
+
+        s = self.hp.scaling_factor
+        modes = {module: module.training for module in self.model.modules()}
+        self.model.eval()
+        try:
+            scores = {name: self._scores(*metrics.evaluate_set(self.model, pairs, s)) for name, pairs in
+                      self.pairs.items()}
+            sr_crop = metrics.upscale_array(self.model, self.crops["lr"], s)
+        finally:
+            for module, training in modes.items():
+                module.train(training)
+        psnr = scores[self.first_set]["psnr"]
+        is_best = iteration > 0 and (self.best is None or psnr > self.best["psnr"])
+        if is_best:
+            self.best = {"iteration": iteration, "val_set": self.first_set, "psnr": psnr}
+            save_checkpoint({"kind": self.kind, "iteration": iteration, **self.architecture,
+                             self.weights_name: self.model.state_dict(), "val": scores,
+                             "hyperparameters": vars(self.hp)}, self.best_path)
+        return scores, sr_crop, is_best
+
+    def state_dict(self):
+        return {"best": self.best}
+
+    def load_state_dict(self, state):
+        self.best = state["best"]
+
+
+def _rgb(img):
+    """A uint8 image (h, w) or (h, w, 3) as (h, w, 3): grey images repeated into three channels, for display."""
+    return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+
+
+class LogFiles:
+    """
+    The logs of a run, for people and for scripts, in its output folder: TensorBoard event files in
+    `tensorboard_<kind>/` (watch them with `tensorboard --logdir <output folder>`), and the same numbers as JSON
+    lines in `log_<kind>.jsonl`, one record per line, e.g.
+
+        {"iteration": 200, "time": 1700000000.0, "losses": {"loss": 0.0123}, "learning_rate": 0.0001, "it_per_s": 5.1}
+        {"iteration": 200, "time": 1700000001.2, "val": {"Set5": {"psnr": 28.91, "ssim": 0.8231}}}
+
+    In TensorBoard a value's tag is its path in the record ('losses/loss', 'val/Set5/psnr') and its step the
+    iteration; `time` is the Unix time. Images go to TensorBoard only.
+
+    A resumed run continues the same logs, with each iteration once: what was written after the iteration of the
+    checkpoint it resumes from (between the last save and a crash) is dropped. The JSON lines are rewritten with
+    the records up to that iteration; TensorBoard hides the later events itself (SummaryWriter's purge_step). A run
+    from scratch (start_iteration 0) starts both afresh.
+    """
+
+    def __init__(self, output_folder, kind, start_iteration):
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # imported here: only the main process writes logs
+        except ImportError as error:
+            raise RuntimeError(f"TensorBoard is not installed ({error}): pip install -r requirements.txt.") from None
+        output_folder = Path(output_folder)
+        output_folder.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = output_folder / f"log_{kind}.jsonl"
+        kept = [record for record in read_jsonl(self.jsonl_path) if record["iteration"] <= start_iteration] \
+            if start_iteration > 0 and self.jsonl_path.is_file() else []
+        text = "".join(json.dumps(record) + "\n" for record in kept)
+        atomic_write(self.jsonl_path, lambda file: file.write(text.encode("utf-8")))
+        self.jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+        # purge_step: TensorBoard hides the events of steps >= it written before (all of them, for a fresh run).
+        self.tensorboard = SummaryWriter(output_folder / f"tensorboard_{kind}",
+                                         purge_step=start_iteration + 1 if start_iteration > 0 else 0)
+
+    def write(self, record):
+        """Append one record {"iteration", "time", ...} to the JSON lines, and each of its numbers to TensorBoard."""
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()  # a record is on disk as soon as it is written, whatever happens next
+        for tag, value in _flatten(record):
+            if tag not in ("iteration", "time"):
+                self.tensorboard.add_scalar(tag, value, record["iteration"], walltime=record["time"])
+        self.tensorboard.flush()
+
+    def add_image(self, tag, image, iteration):
+        """An image (h, w, 3) uint8 in TensorBoard (stored as PNG: read back, it is the same pixels)."""
+        self.tensorboard.add_image(tag, image, iteration, dataformats="HWC")
+        self.tensorboard.flush()
+
+    def close(self):
+        self.jsonl.close()
+        self.tensorboard.close()
+
+
+def _flatten(record, prefix=""):
+    """(tag, value) for every number in a nested dict: {"val": {"Set5": {"psnr": x}}} -> ("val/Set5/psnr", x)."""
+    for key, value in record.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}/")
+        else:
+            yield prefix + key, value
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines log (LogFiles), as a list of dicts; a last line cut short by a crash is left out."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return records
 
 
 class TrainingLog:
     """
     The bookkeeping at the end of every training iteration, shared by both training scripts:
 
-      * the running losses, reported on the progress bar every `print_every` iterations (with the learning rate);
-      * the NaN / inf check, before any save, so that a broken model never overwrites the last good checkpoint;
+      * the running losses, reported every `print_every` iterations (with the learning rate and the speed) on the
+        progress bar and in the log files (LogFiles: TensorBoard and JSON lines);
+      * validation (Validation) every `val_every` iterations, at the start and at the end: PSNR / SSIM on the
+        progress bar, in a line on the screen and in the log files, and the SR image of a fixed crop in TensorBoard;
+      * the NaN / inf check, before any validation or save, so that a broken model never overwrites the last good
+        checkpoint (or the best one);
       * a checkpoint every `checkpoint_every` iterations, at the end, and when Ctrl+C / SIGTERM arrives;
       * the stop on Ctrl+C / SIGTERM, in every process at the same iteration.
 
     The loop of a training script then reads:
 
-        log = utils.TrainingLog(["loss"], hp, start_iteration, device, save, checkpoint_path, is_main_process)
+        log = utils.TrainingLog(["loss"], hp, start_iteration, device, save, checkpoint_path, is_main_process,
+                                validation=validation, kind="srresnet")
         for iteration in log.iterations():
             ...                                        # one training step
             if log.end_of_iteration(iteration, loss=loss):
                 break                                  # a signal arrived; the checkpoint is saved
         log.close()
 
-    Anything else done every N iterations (validation, a log file) belongs in end_of_iteration, next to the rest.
+    Only the main process prints, validates and writes files.
     """
 
     def __init__(self, loss_names, hp, start_iteration, device, save, checkpoint_path, is_main_process,
-                 description="training", learning_rate=None):
+                 description="training", learning_rate=None, validation=None, kind=None):
         """
         :param loss_names: the names of the losses given to end_of_iteration
         :param hp: the hyperparameters (iterations, print_every, checkpoint_every)
         :param save: save(iteration) writes the checkpoint (see checkpoint_saver)
-        :param checkpoint_path: where it is written (for the messages)
-        :param learning_rate: optional function () -> the current learning rate, shown with the losses
+        :param checkpoint_path: where it is written (for the messages); the log files go beside it
+        :param learning_rate: optional function () -> the current learning rate, reported with the losses
+        :param validation: a Validation, or None (no validation)
+        :param kind: 'srresnet' or 'srgan': the log files are log_<kind>.jsonl and tensorboard_<kind>/ (None: none)
         """
         self.hp, self.save, self.checkpoint_path = hp, save, checkpoint_path
-        self.is_main_process, self.learning_rate = is_main_process, learning_rate
+        self.is_main_process, self.learning_rate, self.validation = is_main_process, learning_rate, validation
         self.stop_signal = GracefulExit()
+        if validation is not None:
+            validation.load_test_sets()
         self.running_losses = RunningLosses(loss_names, device, start_iteration)
+        self.log_files = LogFiles(Path(checkpoint_path).parent, kind, start_iteration) \
+            if is_main_process and kind is not None else None
+        self.postfix = {}  # what the progress bar shows after the counter: the last losses, speed, scores
         self.progress = tqdm(range(start_iteration, hp.iterations), initial=start_iteration, total=hp.iterations,
                              disable=not is_main_process, desc=description)
+        if start_iteration == 0 and validation is not None and validation.pairs:
+            # A fresh run: bicubic's scores and the crop's HR and bicubic images once, then the starting point.
+            if self.log_files is not None:
+                self.log_files.write({"iteration": 0, "time": time.time(), "bicubic": validation.bicubic})
+                for name in ("hr", "bicubic"):
+                    self.log_files.add_image(f"val_crop/{name}", validation.crops[name], 0)
+            self.validate(0)
 
     def iterations(self):
         """The iterations still to run, start_iteration .. iterations - 1 (advancing the progress bar)."""
         return self.progress
 
     def end_of_iteration(self, iteration, **losses):
-        """Record the losses of `iteration`, then report, check and save as due. Returns True when training must
-        stop now (a signal arrived: the checkpoint has just been saved)."""
+        """Record the losses of `iteration`, then report, check, validate and save as due. Returns True when training
+        must stop now (a signal arrived: the checkpoint has just been saved)."""
         completed = iteration + 1
         self.running_losses.add(**losses)
         stop_now = self.stop_signal.should_stop()  # Ctrl+C / SIGTERM in any process: save and leave, all together
         last = completed == self.hp.iterations
         report_now = completed % self.hp.print_every == 0 or last
+        validate_now = self.validation is not None and self.validation.due(completed, last)
         save_now = completed % self.hp.checkpoint_every == 0 or last or stop_now
-        if report_now or save_now:
+        if report_now or validate_now or save_now:
             self.running_losses.check_finite(completed, self.checkpoint_path)  # never save a NaN model over a good one
         if report_now:
-            self.report(completed, self.running_losses.report())
+            self.report(completed, *self.running_losses.report())
+        if validate_now:
+            self.validate(completed)  # before the save: the checkpoint then holds the best score, this one included
         if save_now:
             self.save(completed)
         return stop_now
 
-    def report(self, iteration, summary):
-        """Show the mean losses since the last report (summary: name -> text) and the learning rate."""
+    def report(self, iteration, losses, it_per_s):
+        """Show and log the mean losses since the last report (name -> float), the speed and the learning rate."""
+        record = {"iteration": iteration, "time": time.time(), "losses": losses}
         if self.learning_rate is not None:
-            summary["learning_rate"] = f"{self.learning_rate():.1e}"
+            record["learning_rate"] = self.learning_rate()
+        record["it_per_s"] = it_per_s
+        self.postfix.update({name: f"{value:.4f}" for name, value in losses.items()})
+        if self.learning_rate is not None:
+            self.postfix["learning_rate"] = f"{record['learning_rate']:.1e}"
+        self.postfix["it_per_s"] = f"{it_per_s:.2f}"
         if self.is_main_process:
-            self.progress.set_postfix(summary)
+            self.progress.set_postfix(self.postfix)
+        if self.log_files is not None:
+            self.log_files.write(record)
+
+    def validate(self, iteration):
+        """Validate now (the main process only; see Validation), show and log the scores and the crop's SR image."""
+        start = time.time()
+        scores, sr_crop, is_best = self.validation(iteration)
+        bicubic = self.validation.bicubic
+        self.progress.write(f"iteration {iteration}: " + ", ".join(
+            f"{name} {s['psnr']:.2f} dB / {s['ssim']:.4f} (bicubic {bicubic[name]['psnr']:.2f} / "
+            f"{bicubic[name]['ssim']:.4f})" for name, s in scores.items())
+            + (f"; best so far, saved to {self.validation.best_path}" if is_best else ""))
+        self.postfix.update({name: f"{s['psnr']:.2f}dB" for name, s in scores.items()})
+        self.progress.set_postfix(self.postfix)
+        if self.log_files is not None:
+            self.log_files.write({"iteration": iteration, "time": time.time(), "val": scores})
+            self.log_files.add_image("val_crop/sr", sr_crop, iteration)
+        self.running_losses.start_time += time.time() - start  # the speed reported is the training's own
 
     def close(self):
         self.progress.close()
+        if self.log_files is not None:
+            self.log_files.close()
         if self.is_main_process:
             print(f"Checkpoint: {self.checkpoint_path}")
+            best = self.validation.best if self.validation is not None else None
+            if best is not None:
+                print(f"Best validated weights: {self.validation.best_path} (iteration {best['iteration']}, "
+                      f"{best['val_set']} {best['psnr']:.2f} dB)")
+            paths = [self.checkpoint_path] + ([self.validation.best_path] if best is not None else [])
+            print("To run the generator in other programs, export it (to .onnx, .pth or .safetensors; see the "
+                  "README, \"Using your model elsewhere\"):\n" + "\n".join(f"    {export_command(p)}" for p in paths))
+
+
+def export_command(path):
+    """The command that exports the generator of a checkpoint for other programs (export.py), to an ONNX file beside
+    it: checkpoint_srgan.pth -> srgan.onnx, best_srgan.pth -> best_srgan.onnx."""
+    path = Path(path)
+    output = path.with_name(path.stem.removeprefix("checkpoint_") + ".onnx")
+    script = Path(__file__).resolve().with_name("export.py")
+    script = os.path.relpath(script) if Path.cwd() in script.parents else str(script)  # 'export.py' when run here
+    return f"python {shlex.quote(script)} {shlex.quote(str(path))} --output {shlex.quote(str(output))}"
+
 
 def setup_distributed():
     """
@@ -993,6 +1358,10 @@ def resume_training(checkpoint, stateful, hp, aliases=None):
                     an older checkpoint are compared under today's names
     :return: the iteration to continue from
     """
+    if "rng_state" not in checkpoint:
+        raise ValueError(f"This {checkpoint.get('kind')} checkpoint holds a generator only (such as best_"
+                         f"{checkpoint.get('kind')}.pth, the best validated weights), not a run to resume: resume "
+                         f"from checkpoint_{checkpoint.get('kind')}.pth.")
     for name, obj in stateful.items():
         if obj is not None and name in checkpoint:
             obj.load_state_dict(checkpoint[name])

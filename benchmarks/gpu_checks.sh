@@ -49,8 +49,13 @@ if [ "$WHAT" = checks ]; then
     --print_every 20 --precision fp16
   check esrgan_bf16 $PYTHON train_srgan.py --recipe esrgan --data_folder "$WORK/lists" --output_folder "$WORK/esrgan" \
     --srresnet_checkpoint "$WORK/rrdb/checkpoint_srresnet.pth" --vgg_weights random --iterations 40 --print_every 20
+  # Real-ESRGAN's two stages: Real-ESRNet (degradations and the training-pair pool on the GPU, full after 2
+  # iterations of 16), then the GAN recipe from it.
+  check realesrnet_gpu_pool $PYTHON train_srresnet.py --data_folder "$WORK/lists" --output_folder "$WORK/realesrnet" \
+    --generator_arch rrdb --num_block 2 --pixel_loss l1 --degradation realesrgan --queue_size 32 --crop_size 128 \
+    --iterations 40 --print_every 20
   check realesrgan_gpu_degradations $PYTHON train_srgan.py --recipe realesrgan --data_folder "$WORK/lists" \
-    --output_folder "$WORK/realesrgan" --srresnet_checkpoint "$WORK/rrdb/checkpoint_srresnet.pth" \
+    --output_folder "$WORK/realesrgan" --srresnet_checkpoint "$WORK/realesrnet/checkpoint_srresnet.pth" \
     --vgg_weights random --iterations 40 --print_every 20 --crop_size 128
 
   check eval_gpu $PYTHON eval.py --data_folder "$WORK/lists" --test_sets Set5 \

@@ -238,3 +238,54 @@ def test_real_training_set_min_size(shared_data, tmp_path):
     assert sorted(os.path.basename(path) for path, _ in summary["skipped"]) == too_small
     assert sorted(os.path.basename(path) for path in summary["train_images"]) == \
         sorted(set(sizes) - set(too_small))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Paired training data (--train_lr_folders)
+# ------------------------------------------------------------------------------------------------------
+def test_paired_lists_match_by_name_and_report_mismatches(tmp_path, capsys):
+    hr, lr = tmp_path / "HR", tmp_path / "LR"
+    save_noise_image(hr / "a.png", 120, 100)
+    save_noise_image(lr / "a.png", 30, 25)  # a plain LR folder with the same names
+    save_noise_image(hr / "sub" / "b.jpg", 130, 101)  # sides not multiples of 4: LR = HR // 4
+    save_noise_image(lr / "sub" / "bx4.png", 32, 25)  # the benchmark packs' <name>x<s>, another extension
+    save_noise_image(hr / "wrong_size.png", 120, 100)
+    save_noise_image(lr / "wrong_size.png", 40, 33)  # an x3 image, not x4
+    save_noise_image(hr / "alone.png", 120, 100)  # no LR image at all
+    summary = create_data_lists([str(hr)], [], min_size=96, output_folder=str(tmp_path / "lists"),
+                                train_lr_folders=[str(lr)], scaling_factor=4)
+    written = json.loads((tmp_path / "lists" / "train_images.json").read_text())
+    assert written == summary["train_images"] == [
+        {"hr": str(hr / "a.png"), "lr": str(lr / "a.png"), "scaling_factor": 4},
+        {"hr": str(hr / "sub" / "b.jpg"), "lr": str(lr / "sub" / "bx4.png"), "scaling_factor": 4}]
+    reasons = dict(summary["skipped"])
+    assert "40x33" in reasons[str(hr / "wrong_size.png")] and "30x25" in reasons[str(hr / "wrong_size.png")]
+    assert "no LR image" in reasons[str(hr / "alone.png")]
+    assert len(reasons) == 2  # the LR folder's own images are not taken for HR images
+    report = capsys.readouterr().out
+    assert "Training pairs" in report and "wrong_size.png" in report and "alone.png" in report
+    # Training reads the pairs (and still reads plain lists), and refuses pairs of another scale.
+    import datasets
+    assert datasets.paired_lists(written, 4) == ([str(hr / "a.png"), str(hr / "sub" / "b.jpg")],
+                                                 [str(lr / "a.png"), str(lr / "sub" / "bx4.png")])
+    assert datasets.paired_lists(["x.png", "y.png"], 4) == (["x.png", "y.png"], None)
+    with pytest.raises(ValueError, match="--scaling_factor 4"):
+        datasets.paired_lists(written, 2)
+    # An LR folder inside the HR folder: its images are not listed as HR images too.
+    nested = tmp_path / "nested"
+    save_noise_image(nested / "c.png", 120, 100)
+    save_noise_image(nested / "LR" / "c.png", 30, 25)
+    summary = create_data_lists([str(nested)], [], min_size=96, output_folder=str(tmp_path / "nested_lists"),
+                                train_lr_folders=[str(nested / "LR")])
+    assert [entry["hr"] for entry in summary["train_images"]] == [str(nested / "c.png")] and not summary["skipped"]
+    with pytest.raises(ValueError, match="one --train_lr_folders folder per --train_folders"):
+        create_data_lists([str(hr), str(hr / "sub")], [], output_folder=str(tmp_path / "lists"),
+                          train_lr_folders=[str(lr)])
+
+
+def test_paired_real_benchmark_set(shared_data, tmp_path):
+    """Set14's HR images (several with sides that are not multiples of 4) pair with its LR_bicubic/X4 images."""
+    summary = create_data_lists([str(shared_data / "Set14" / "HR")], [], min_size=0, output_folder=str(tmp_path),
+                                train_lr_folders=[str(shared_data / "Set14" / "LR_bicubic" / "X4")])
+    assert len(summary["train_images"]) == 14 and not summary["skipped"]
+    assert summary["train_images"][0]["lr"].endswith("baboonx4.png")

@@ -103,6 +103,13 @@ def test_train_loader_batches(data_folder):
     loader = datasets.make_train_loader(hp)
     lr_imgs, hr_imgs = next(loader)
     assert lr_imgs.shape == (4, 3, 8, 8) and hr_imgs.shape == (4, 3, 24, 24)
+    # With Real-ESRGAN's degradations the loader gives the same HR crops and no LR (made on the device instead).
+    hp.degradation = "realesrgan"
+    no_lr_imgs, same_hr_imgs = next(datasets.make_train_loader(hp))
+    assert no_lr_imgs is None and torch.equal(same_hr_imgs, hr_imgs)
+    hp.degradation = "bilinear"
+    with pytest.raises(ValueError, match="degradation must be one of bicubic, realesrgan"):
+        datasets.make_train_loader(hp)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -403,3 +403,79 @@ def test_cutblur_probability_zero_gives_the_upscaled_lr():
     assert torch.equal(mixed, torch.nn.functional.interpolate(lr, scale_factor=4, mode="nearest"))
     with pytest.raises(ValueError, match="x4"):
         cutblur(lr, hr[..., :-1], 4)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The training-pair pool
+# ------------------------------------------------------------------------------------------------------
+def tagged_batch(iteration, batch_size=2):
+    """A batch whose pairs say where they come from: pair k of iteration t has every LR pixel at level 4 t + k and
+    every HR pixel at level 4 t + k + 100 (8-bit levels, as the pool stores them; t < 38, k < 4)."""
+    tags = torch.tensor([4 * iteration + k for k in range(batch_size)], dtype=torch.float32).view(-1, 1, 1, 1)
+    return tags.expand(-1, 3, 2, 2) / 255, (tags + 100).expand(-1, 3, 8, 8) / 255
+
+
+def tags_of(lr_imgs, hr_imgs):
+    lr_tags = (lr_imgs * 255).round().flatten(1)
+    hr_tags = (hr_imgs * 255).round().flatten(1) - 100
+    assert (lr_tags == lr_tags[:, :1]).all() and torch.equal(lr_tags[:, 0], hr_tags[:, 0])  # pairs stay pairs
+    return [int(tag) for tag in lr_tags[:, 0]]
+
+
+def test_pair_pool_mixes_pairs_of_different_iterations_and_loses_none():
+    from degradations import TrainingPairPool
+
+    pool = TrainingPairPool(queue_size=6, batch_size=2, seed=0)
+    put_in, taken_out, batches = [], [], []
+    for iteration in range(30):
+        lr_imgs, hr_imgs = tagged_batch(iteration)
+        put_in += tags_of(lr_imgs, hr_imgs)
+        drawn = tags_of(*pool.exchange(lr_imgs, hr_imgs, iteration))
+        batches.append(drawn)
+        if iteration < 3:  # filling (6 pairs = 3 batches): each batch trains as it is
+            assert drawn == tags_of(lr_imgs, hr_imgs)
+        else:
+            taken_out += drawn
+    state = pool.state_dict()
+    assert state["lr_levels"].dtype == torch.uint8 and state["count"] == 6
+    # Every pair put in is either still in the pool or was drawn exactly once (after filling).
+    in_pool = tags_of(state["lr_levels"].float() / 255, state["hr_levels"].float() / 255)
+    assert sorted(taken_out + in_pool) == sorted(put_in)
+    # Batches mix iterations: some drawn batch holds pairs degraded at two different iterations, and pairs of
+    # earlier iterations come back later.
+    assert any(len({tag // 4 for tag in drawn}) > 1 for drawn in batches[3:])
+    assert any(tag // 4 < iteration for iteration, drawn in enumerate(batches) for tag in drawn)
+    # Each iteration draws other positions: every pair of the full pool comes out sooner or later.
+    assert set(put_in[:6]) <= set(taken_out)
+
+
+def test_pair_pool_resumes_exactly_from_its_state():
+    from degradations import TrainingPairPool
+
+    whole = TrainingPairPool(queue_size=4, batch_size=2, seed=3)
+    first_half = TrainingPairPool(queue_size=4, batch_size=2, seed=3)
+    draws = [tags_of(*whole.exchange(*tagged_batch(t), t)) for t in range(8)]
+    for t in range(4):
+        first_half.exchange(*tagged_batch(t), t)
+    resumed = TrainingPairPool(queue_size=4, batch_size=2, seed=3)
+    resumed.load_state_dict(first_half.state_dict())
+    assert [tags_of(*resumed.exchange(*tagged_batch(t), t)) for t in range(4, 8)] == draws[4:]
+    # Another seed draws other pairs; a wrong size or a pool smaller than a batch is refused clearly.
+    other = TrainingPairPool(queue_size=4, batch_size=2, seed=4)
+    assert [tags_of(*other.exchange(*tagged_batch(t), t)) for t in range(8)] != draws
+    with pytest.raises(ValueError, match="--queue_size 4"):
+        TrainingPairPool(queue_size=6, batch_size=2, seed=3).load_state_dict(first_half.state_dict())
+    with pytest.raises(ValueError, match="at least batch_size"):
+        TrainingPairPool(queue_size=3, batch_size=4, seed=0)
+
+
+def test_pair_pool_stores_8_bit_pairs_losslessly():
+    from degradations import TrainingPairPool
+
+    pool = TrainingPairPool(queue_size=2, batch_size=2, seed=0)
+    hr_imgs = photo_crop(16).repeat(2, 1, 1, 1)  # 8-bit levels, as the loader's crops
+    lr_imgs = degrade_batch(hr_imgs, 4, generator=torch.Generator().manual_seed(0))  # rounded to levels too
+    pool.exchange(lr_imgs, hr_imgs, 0)
+    drawn_lr, drawn_hr = pool.exchange(torch.zeros_like(lr_imgs), torch.zeros_like(hr_imgs), 1)
+    order = [0, 1] if torch.equal(drawn_lr[0], lr_imgs[0]) else [1, 0]  # the pool draws its pairs in random order
+    assert torch.equal(drawn_lr, lr_imgs[order]) and torch.equal(drawn_hr, hr_imgs[order])

@@ -219,6 +219,31 @@ def test_evaluate_set_gives_eval_pys_numbers_and_scale_keeps_its_old_name(photo_
     assert metrics.evaluate_set(None, pairs, 4) == (bicubic["psnr"], bicubic["ssim"])  # None: the bicubic baseline
 
 
+def test_interpolated_model_gets_its_own_row(photo_lists, tmp_path, capsys):
+    """--model A --interpolate_with B --alpha a evaluates the blend (1 - a) A + a B, here of two official-layout
+    compact files, in a row named 'A ~ B @ a'."""
+    import models
+    states = []
+    for seed, name in enumerate(("a.pth", "b.pth")):
+        torch.manual_seed(seed)
+        states.append({key: torch.randn_like(value) * 0.1 for key, value in
+                       models.SRVGGNetCompact(num_feat=8, num_conv=1, upscale=4).state_dict().items()})
+        torch.save({"params": states[-1]}, tmp_path / name)
+    results = eval_script.main(["--model", "bicubic", str(tmp_path / "a.pth"), "--interpolate_with",
+                                str(tmp_path / "b.pth"), "--alpha", "0.25", "--data_folder", str(photo_lists),
+                                "--test_sets", "Photos"])
+    name = f"{tmp_path / 'a.pth'} ~ {tmp_path / 'b.pth'} @ 0.25"
+    assert [r["model"] for r in results] == ["bicubic", name] and f"| {name}" in capsys.readouterr().out
+    blended = models.SRVGGNetCompact(num_feat=8, num_conv=1, upscale=4).eval()
+    blended.load_state_dict({key: 0.75 * states[0][key] + 0.25 * states[1][key] for key in states[0]})
+    pairs = metrics.load_test_pairs(metrics.read_test_list(photo_lists, "Photos"), 4)
+    assert metrics.evaluate_set(blended, pairs, 4) == pytest.approx((results[1]["psnr"], results[1]["ssim"]))
+    with pytest.raises(SystemExit):  # which of two checkpoints would be blended?
+        eval_script.main(["--model", str(tmp_path / "a.pth"), str(tmp_path / "b.pth"), "--interpolate_with",
+                          str(tmp_path / "b.pth"), "--alpha", "0.5", "--data_folder", str(photo_lists)])
+    assert "one --model file" in capsys.readouterr().err
+
+
 def test_checkpoint_rows_get_published_figures_on_benchmark_sets(shared_data, tmp_path, capsys):
     checkpoint = tmp_path / "tiny_srresnet.pth"
     tiny_checkpoint(checkpoint)

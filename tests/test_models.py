@@ -1,5 +1,6 @@
 """Tests for models.py: shapes, value ranges, exact parameter counts (the published architectures), frozen VGG,
 official weight layouts, pixel-shuffle orders and network interpolation. Tiny networks keep the file fast."""
+import math
 import urllib.error
 
 import pytest
@@ -185,6 +186,21 @@ def test_build_generator_accepts_the_arguments_older_checkpoints_stored(use_unsh
     assert "use_unshuffle" not in new and new["scaling_factor"] == overall
     assert new.get("unshuffle_scale") == (unshuffle_scale if use_unshuffle else None)
     assert models.upgrade_generator_kwargs("srresnet", new) == new  # today's arguments are left as they are
+    # The generator keeps today's arguments, and they build it again (what export.py saves).
+    assert model.generator_arch == "srresnet" and model.generator_kwargs == new
+    rebuilt = models.build_generator(model.generator_arch, **model.generator_kwargs)
+    assert type(rebuilt) is type(model) and rebuilt.state_dict().keys() == model.state_dict().keys()
+
+
+def test_generators_of_official_files_keep_how_to_build_them():
+    for arch, kwargs in (("rrdb", dict(num_feat=8, num_block=2, num_grow_ch=4, scale=2)),
+                         ("compact", dict(num_feat=8, num_conv=3, upscale=2))):
+        original = models.build_generator(arch, **kwargs)
+        model, _ = models.generator_from_official_state_dict({"params_ema": original.state_dict()})
+        assert model.generator_arch == arch
+        rebuilt = models.build_generator(model.generator_arch, **model.generator_kwargs)
+        rebuilt.load_state_dict(original.state_dict())  # the same shapes, strictly
+        assert type(rebuilt) is type(original) and rebuilt.scaling_factor == original.scaling_factor
 
 
 # ======================================================================================================
@@ -636,3 +652,91 @@ def test_unet_discriminator_realesrgan_state_dict_names():
     model.eval(), no_skip.eval()
     with torch.no_grad():
         assert not torch.allclose(model(x), no_skip(x))
+
+
+# ======================================================================================================
+# Part D -- Real-ESRGAN's compact network (SRVGGNetCompact)
+# ======================================================================================================
+
+def compact_shapes(num_feat, num_conv, scale, channels=3):
+    """The official state dict's keys and shapes, written out from the architecture's description (not from models.py):
+    body.0 conv 3x3 (channels -> F), body.1 PReLU(F), then num_conv x (conv 3x3 F -> F, PReLU(F)), then the last conv
+    3x3 F -> channels * s^2."""
+    shapes = {"body.0.weight": (num_feat, channels, 3, 3), "body.0.bias": (num_feat,), "body.1.weight": (num_feat,)}
+    for k in range(1, num_conv + 1):
+        shapes[f"body.{2 * k}.weight"] = (num_feat, num_feat, 3, 3)
+        shapes[f"body.{2 * k}.bias"] = (num_feat,)
+        shapes[f"body.{2 * k + 1}.weight"] = (num_feat,)
+    last = 2 * (num_conv + 1)
+    shapes[f"body.{last}.weight"] = (channels * scale ** 2, num_feat, 3, 3)
+    shapes[f"body.{last}.bias"] = (channels * scale ** 2,)
+    return shapes
+
+
+def compact_reference(state, x, scale):
+    """SRVGGNetCompact's forward from plain functional calls: conv, prelu, ..., conv, pixel shuffle, + nearest input."""
+    out, index = x, 0
+    while f"body.{index + 1}.weight" in state:  # a convolution followed by its PReLU
+        out = F.prelu(F.conv2d(out, state[f"body.{index}.weight"], state[f"body.{index}.bias"], padding=1),
+                      state[f"body.{index + 1}.weight"])
+        index += 2
+    out = F.conv2d(out, state[f"body.{index}.weight"], state[f"body.{index}.bias"], padding=1)
+    return F.pixel_shuffle(out, scale) + F.interpolate(x, scale_factor=scale, mode="nearest")
+
+
+@pytest.mark.parametrize("num_conv, expected", [(16, 621_424), (32, 1_213_296)])
+def test_compact_parameter_counts_of_the_released_models(num_conv, expected):
+    # Independent count: first conv 3*64*9 + 64, 17 or 33 PReLUs of 64 slopes, num_conv convs 64*64*9 + 64, last conv
+    # 64*48*9 + 48 -- the sum of the official shapes.
+    by_hand = 3 * 64 * 9 + 64 + (num_conv + 1) * 64 + num_conv * (64 * 64 * 9 + 64) + 64 * 48 * 9 + 48
+    by_shapes = sum(math.prod(shape) for shape in compact_shapes(64, num_conv, 4).values())
+    assert by_hand == by_shapes == expected
+    assert count_params(models.SRVGGNetCompact(num_feat=64, num_conv=num_conv, upscale=4)) == expected
+
+
+def test_compact_state_dict_names_are_realesrgans():
+    model = models.SRVGGNetCompact(num_feat=8, num_conv=3, upscale=2)
+    assert {name: tuple(value.shape) for name, value in model.state_dict().items()} == compact_shapes(8, 3, 2)
+    assert model.scaling_factor == 2 and model.input_format == model.output_format == "[0, 1]"
+    assert isinstance(models.build_generator("compact", num_feat=8, num_conv=1, upscale=3), models.SRVGGNetCompact)
+
+
+@pytest.mark.parametrize("wrapper", ["params", "params_ema"])
+@pytest.mark.parametrize("num_conv, scale", [(3, 4), (2, 2), (1, 3)])
+def test_compact_official_files_load_with_the_reference_output(tmp_path, wrapper, num_conv, scale):
+    import utils
+
+    state = {name: torch.randn(shape) * 0.1 for name, shape in compact_shapes(8, num_conv, scale).items()}
+    torch.save({wrapper: state}, tmp_path / "realesr-tiny.pth")
+    model, description, reference = utils.load_generator(tmp_path / "realesr-tiny.pth")
+    assert isinstance(model, models.SRVGGNetCompact) and not model.training and reference is None
+    assert model.scaling_factor == scale and len(model.body) == 2 * num_conv + 3
+    assert f"x{scale}" in description and f"{num_conv} convolutions" in description and "8 features" in description
+    x = torch.rand(2, 3, 7, 5)
+    with torch.no_grad():
+        assert torch.allclose(model(x), compact_reference(state, x, scale), atol=1e-6)
+
+
+def test_compact_file_with_missing_layers_is_a_clear_error():
+    state = {name: torch.randn(shape) for name, shape in compact_shapes(8, 2, 4).items()}
+    del state["body.3.weight"]  # a PReLU
+    with pytest.raises(ValueError, match="missing keys: body.3.weight"):
+        models.generator_from_official_state_dict({"params": state})
+    state = {name: torch.randn(shape) for name, shape in compact_shapes(8, 2, 4).items()}
+    state["body.6.weight"] = torch.randn(40, 8, 3, 3)  # 40 = 3 * s^2 for no integer s
+    with pytest.raises(ValueError, match="square"):
+        models.generator_from_official_state_dict({"params": state})
+
+
+def test_compact_starts_as_nearest_upsampling_and_its_first_layer_learns():
+    """The init of Part D: the untrained network is close to nearest upsampling, and the gradient reaching its first
+    convolution is of the same order as the last one's (PyTorch's default init leaves it ~1e6 times smaller)."""
+    model = models.SRVGGNetCompact(num_feat=64, num_conv=16, upscale=4)
+    lr_imgs = torch.rand(2, 3, 12, 12)
+    sr_imgs = model(lr_imgs)
+    nearest = F.interpolate(lr_imgs, scale_factor=4, mode="nearest")
+    assert (sr_imgs - nearest).abs().mean() < 0.05
+    F.l1_loss(sr_imgs, torch.rand_like(sr_imgs)).backward()
+    first, last = model.body[0].weight.grad.abs().mean(), model.body[-1].weight.grad.abs().mean()
+    assert first > 1e-2 * last, (first, last)
+    assert all(layer.bias.abs().max() == 0 for layer in model.body if isinstance(layer, nn.Conv2d))

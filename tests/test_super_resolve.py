@@ -292,3 +292,109 @@ def test_comparison_grid(tmp_path, tiny_rrdb, monkeypatch):
     x2 = models.RRDBNet(scale=2, num_feat=8, num_block=1, num_grow_ch=4).eval()
     with pytest.raises(ValueError, match="one scale"):
         super_resolve.comparison_grid(Image.fromarray(hr), [(x2, "x2"), (NearestNet(4).eval(), "x4")])
+
+
+# ------------------------------------------------------------------------------------------------------
+# Any output scale (--outscale)
+# ------------------------------------------------------------------------------------------------------
+
+def pillow_bicubic(planes, size):
+    """An independent reference for resize_to_outscale: Pillow's bicubic (Keys' a = -0.5, widened when shrinking,
+    pixel centres aligned, as MATLAB's) on each float plane of an (H, W, C) array in [0, 1], clipped to [0, 1] (bicubic
+    overshoots next to edges); `size` is (width, height)."""
+    return np.stack([np.asarray(Image.fromarray(planes[..., c].astype(np.float32), "F").resize(
+        size, Image.Resampling.BICUBIC)) for c in range(planes.shape[-1])], axis=-1).clip(0, 1)
+
+
+@pytest.mark.parametrize("outscale", [3.5, 2.5, 2.25, 1.3, 6.0])
+def test_outscale_gives_any_size_through_the_networks_own_scale(tmp_path, outscale):
+    pixels = random_pixels((9, 13, 3))
+    Image.fromarray(pixels).save(tmp_path / "rgb.png")
+    out = super_resolve.upscale_image(NearestNet(4).eval(), super_resolve.read_image(tmp_path / "rgb.png"), tile=5,
+                                      tile_pad=2, outscale=outscale)
+    # round(side x outscale), halves up: 13 x 2.5 = 32.5 -> 33, 9 x 2.5 = 22.5 -> 23.
+    expected_size = (int(np.floor(13 * outscale + 0.5)), int(np.floor(9 * outscale + 0.5)))
+    assert out.mode == "RGB" and out.size == expected_size
+    # The x4 network's output (NearestNet: exactly the nearest x4 upscale) resized to that size: away from the
+    # borders (where the two filters pad differently) it is Pillow's bicubic of it, to the 8-bit level.
+    reference = pillow_bicubic(nearest_upscale(pixels, 4) / 255, expected_size) * 255
+    difference = np.abs(np.asarray(out).astype(np.float64) - reference)[4:-4, 4:-4]
+    assert difference.max() <= 0.5 + 1e-3
+
+
+def test_outscale_keeps_alpha_and_16_bits(tmp_path):
+    pixels = random_pixels((10, 12, 4))
+    pixels[..., -1] = 0
+    pixels[:, 6:, -1] = 255
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "alpha.png")
+    out = super_resolve.upscale_image(NearestNet(4).eval(), super_resolve.read_image(tmp_path / "alpha.png"),
+                                      outscale=2.5)
+    assert out.mode == "RGBA" and out.size == (30, 25)
+    assert (np.asarray(out)[:, :10, -1] == 0).all() and (np.asarray(out)[:, 20:, -1] == 255).all()
+
+    grey = random_pixels((6, 9), high=65536, dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    out = super_resolve.upscale_image(NearestNet(4).eval(), super_resolve.read_image(tmp_path / "grey16.png"),
+                                      outscale=3.5)
+    out.save(tmp_path / "out16.png")
+    reread = np.asarray(Image.open(tmp_path / "out16.png")).astype(np.float64)
+    assert Image.open(tmp_path / "out16.png").mode == "I;16" and reread.shape == (21, 32)
+    # Resized at full precision: 16-bit levels, within one level of the float reference (an 8-bit detour would be
+    # off by up to 128 levels).
+    reference = pillow_bicubic(nearest_upscale(grey, 4)[..., None] / 65535.0, (32, 21))[..., 0] * 65535
+    assert np.abs(reread - reference)[4:-4, 4:-4].max() <= 1
+
+
+def test_cli_outscale_file_name_and_errors(tmp_path, tiny_rrdb, capsys):
+    Image.fromarray(random_pixels((10, 12, 3))).save(tmp_path / "a.png")
+    common = [str(tmp_path / "a.png"), "--no_progress", "--output_folder", str(tmp_path / "out"), "--model",
+              str(tiny_rrdb)]
+    assert super_resolve.main(common + ["--outscale", "3.5"]) == 0
+    with Image.open(tmp_path / "out" / "a_x3.5.png") as out:
+        assert out.size == (42, 35)
+    for bad in (["--outscale", "0"], ["--outscale", "2", "--grid", str(tmp_path / "a.png")]):
+        with pytest.raises(SystemExit):
+            super_resolve.main(common + bad)
+        assert "--outscale" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------
+# Network interpolation from the command line (--interpolate_with, --alpha)
+# ------------------------------------------------------------------------------------------------------
+
+def save_official_compact(path, seed):
+    """A file in Real-ESRGAN's compact layout ({'params': body.N...}) with random weights; returns its state dict."""
+    torch.manual_seed(seed)
+    state = {name: torch.randn_like(value) * 0.1
+             for name, value in models.SRVGGNetCompact(num_feat=8, num_conv=2, upscale=4).state_dict().items()}
+    torch.save({"params": state}, path)
+    return state
+
+
+def test_cli_denoise_strength_is_network_interpolation(tmp_path, tiny_rrdb, capsys):
+    """Real-ESRGAN's --denoise_strength s runs the weights s x realesr-general-x4v3 + (1 - s) x its -wdn twin: here
+    --model the wdn file --interpolate_with the general one --alpha s."""
+    general = save_official_compact(tmp_path / "realesr-general-x4v3.pth", seed=0)
+    wdn = save_official_compact(tmp_path / "realesr-general-wdn-x4v3.pth", seed=1)
+    Image.fromarray(random_pixels((10, 12, 3))).save(tmp_path / "a.png")
+    common = [str(tmp_path / "a.png"), "--no_progress", "--tile", "0", "--model",
+              str(tmp_path / "realesr-general-wdn-x4v3.pth"), "--interpolate_with",
+              str(tmp_path / "realesr-general-x4v3.pth")]
+    for strength in (0.0, 0.3, 1.0):
+        out_folder = tmp_path / f"out{strength}"
+        assert super_resolve.main(common + ["--alpha", str(strength), "--output_folder", str(out_folder)]) == 0
+        blended = models.SRVGGNetCompact(num_feat=8, num_conv=2, upscale=4).eval()
+        blended.load_state_dict({name: strength * general[name] + (1 - strength) * wdn[name] for name in general})
+        expected = utils.upscale(blended, photo_from_file(tmp_path / "a.png"), tile=0)
+        np.testing.assert_array_equal(np.asarray(Image.open(out_folder / "a_x4.png")),
+                                      np.asarray(utils.convert_image(expected[0], "[0, 1]", "pil")))
+    # Mistakes: an alpha without a second file (or out of range), two --model files, networks that do not match.
+    for bad in (["--output_folder", str(tmp_path / "x")],  # --interpolate_with without --alpha
+                ["--alpha", "1.5", "--output_folder", str(tmp_path / "x")]):
+        with pytest.raises(SystemExit):
+            super_resolve.main(common + bad)
+        assert "--alpha" in capsys.readouterr().err
+    assert super_resolve.main([str(tmp_path / "a.png"), "--no_progress", "--output_folder", str(tmp_path / "x"),
+                               "--model", str(tiny_rrdb), "--interpolate_with",
+                               str(tmp_path / "realesr-general-x4v3.pth"), "--alpha", "0.5"]) == 1
+    assert "share an architecture" in capsys.readouterr().err

@@ -4,22 +4,29 @@ Most runs call the script's main() in this process (fast: torch is already impor
 processes (signals, torchrun, the command-line error path) start a subprocess.
 """
 import hashlib
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from skimage import data as skimage_data
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
 
 import create_data_lists
 import datasets
 import degradations
+import eval as eval_script
+import metrics
 import models
+import plot_training
 import train_srgan
 import train_srresnet
 import utils
@@ -28,18 +35,27 @@ import utils
 TINY_SRRESNET = ["--n_blocks", "1", "--n_channels", "8", "--crop_size", "24", "--batch_size", "4", "--workers", "0"]
 TINY_RRDB = ["--generator_arch", "rrdb", "--num_feat", "8", "--num_block", "1", "--num_grow_ch", "4",
              "--crop_size", "24", "--batch_size", "4", "--workers", "0"]
+TINY_COMPACT = ["--generator_arch", "compact", "--num_feat", "8", "--num_conv", "2", "--crop_size", "24",
+                "--batch_size", "4", "--workers", "0"]
 TINY_DISCRIMINATOR = ["--n_blocks_d", "2", "--n_channels_d", "8", "--fc_size_d", "16", "--vgg_weights", "random"]
+VALIDATE = ["--val_sets", "Tiny"]  # validation on the data_folder fixture's test set (the default, Set5, is absent)
 
 
 @pytest.fixture(scope="module")
 def data_folder(tmp_path_factory):
-    """Data lists over four small real photos (scikit-image's), 64 to 96 pixels a side."""
+    """Data lists over four small real photos (scikit-image's), 64 to 96 pixels a side, and a test set 'Tiny' of two
+    other small photos for validation (a grey one first, sides that are not multiples of the scale)."""
     root = tmp_path_factory.mktemp("training_data")
     (root / "images").mkdir()
     for name, size in (("astronaut", (64, 64)), ("coffee", (96, 64)), ("chelsea", (90, 60)), ("rocket", (64, 96))):
         Image.fromarray(getattr(skimage_data, name)()).resize(size, Image.Resampling.BICUBIC).save(
             root / "images" / f"{name}.png")
-    create_data_lists.create_data_lists([str(root / "images")], [], min_size=24, output_folder=str(root / "lists"))
+    (root / "Tiny").mkdir()
+    for name, size in (("camera", (50, 42)), ("hubble_deep_field", (46, 39))):
+        Image.fromarray(getattr(skimage_data, name)()).resize(size, Image.Resampling.BICUBIC).save(
+            root / "Tiny" / f"{name}.png")
+    create_data_lists.create_data_lists([str(root / "images")], [str(root / "Tiny")], min_size=24,
+                                        output_folder=str(root / "lists"))
     return root / "lists"
 
 
@@ -68,7 +84,8 @@ def assert_same_state(state_a, state_b):
 # ------------------------------------------------------------------------------------------------------
 # Training runs end to end
 # ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch_args, loss", [(TINY_SRRESNET, "mse"), (TINY_RRDB, "l1")], ids=["srresnet", "rrdb"])
+@pytest.mark.parametrize("arch_args, loss", [(TINY_SRRESNET, "mse"), (TINY_RRDB, "l1"), (TINY_COMPACT, "l1")],
+                         ids=["srresnet", "rrdb", "compact"])
 def test_train_srresnet_runs(data_folder, tmp_path, monkeypatch, arch_args, loss):
     run_script(train_srresnet, [*arch_args, "--data_folder", data_folder, "--output_folder", tmp_path,
                                 "--iterations", 3, "--pixel_loss", loss, "--ema_decay", 0.9], monkeypatch)
@@ -92,10 +109,16 @@ def test_train_srgan_runs_from_srresnet_checkpoint(data_folder, tmp_path, monkey
     srresnet_checkpoint = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
     run_script(train_srgan, ["--recipe", recipe, *TINY_DISCRIMINATOR, "--data_folder", data_folder,
                              "--srresnet_checkpoint", tmp_path / "checkpoint_srresnet.pth", "--crop_size", 24,
-                             "--batch_size", 4, "--workers", 0, "--iterations", 2, "--output_folder", tmp_path],
-               monkeypatch)
+                             "--batch_size", 4, "--workers", 0, "--iterations", 2, "--output_folder", tmp_path,
+                             *VALIDATE, "--val_every", 1], monkeypatch)
     checkpoint = utils.load_checkpoint(tmp_path / "checkpoint_srgan.pth", expected_kind="srgan")
     assert checkpoint["iteration"] == 2 and checkpoint["hyperparameters"]["recipe"] == recipe
+    # It validated the weights eval.py takes from its checkpoint (ESRGAN's EMA), and kept the best ones.
+    assert sorted(validation_records(tmp_path / "log_srgan.jsonl")) == [0, 1, 2]
+    best = utils.load_checkpoint(tmp_path / "best_srgan.pth", expected_kind="srgan")
+    assert best["iteration"] == checkpoint["validation"]["best"]["iteration"] in (1, 2)
+    assert ("generator_ema" in best) == (recipe == "esrgan")
+    assert best["generator_kwargs"] == checkpoint["generator_kwargs"]
     assert checkpoint["generator_kwargs"] == srresnet_checkpoint["generator_kwargs"]
     assert ("generator_ema" in checkpoint) == (recipe == "esrgan")  # ESRGAN keeps an EMA
     # The generator started from the SRResNet weights and was then trained further.
@@ -132,20 +155,27 @@ def test_tiny_srresnet_learns(data_folder, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------------
 # Exact resume
 # ------------------------------------------------------------------------------------------------------
+def whole_and_resumed_runs(args, iterations, stop_at, tmp_path, monkeypatch):
+    """train_srresnet.py with `args` for `iterations` in one go, and for `stop_at`, then resumed to `iterations`:
+    the checkpoints (whole, first half, resumed), the first and last checked for their iteration counts."""
+    run_script(train_srresnet, [*args, "--iterations", iterations, "--output_folder", tmp_path / "whole"], monkeypatch)
+    run_script(train_srresnet, [*args, "--iterations", stop_at, "--output_folder", tmp_path / "halves"], monkeypatch)
+    first_half = utils.load_checkpoint(tmp_path / "halves" / "checkpoint_srresnet.pth")
+    assert first_half["iteration"] == stop_at
+    run_script(train_srresnet, [*args, "--iterations", iterations, "--output_folder", tmp_path / "halves",
+                                "--checkpoint", tmp_path / "halves" / "checkpoint_srresnet.pth"], monkeypatch)
+    whole = utils.load_checkpoint(tmp_path / "whole" / "checkpoint_srresnet.pth")
+    resumed = utils.load_checkpoint(tmp_path / "halves" / "checkpoint_srresnet.pth")
+    assert whole["iteration"] == resumed["iteration"] == iterations
+    return whole, first_half, resumed
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_is_exact(data_folder, tmp_path, monkeypatch, workers):
     """4 iterations in one go == 2 iterations, stop, resume to 4: identical weights, optimiser, EMA, scheduler."""
     args = [*TINY_SRRESNET, "--workers", workers, "--data_folder", data_folder, "--augment", "true",
             "--ema_decay", 0.5, "--learning_rate_milestones", 3, "--learning_rate_gamma", 0.1]
-    run_script(train_srresnet, [*args, "--iterations", 4, "--output_folder", tmp_path / "whole"], monkeypatch)
-    run_script(train_srresnet, [*args, "--iterations", 2, "--output_folder", tmp_path / "halves"], monkeypatch)
-    first_half = utils.load_checkpoint(tmp_path / "halves" / "checkpoint_srresnet.pth")
-    assert first_half["iteration"] == 2
-    run_script(train_srresnet, [*args, "--iterations", 4, "--output_folder", tmp_path / "halves",
-                                "--checkpoint", tmp_path / "halves" / "checkpoint_srresnet.pth"], monkeypatch)
-    whole = utils.load_checkpoint(tmp_path / "whole" / "checkpoint_srresnet.pth")
-    resumed = utils.load_checkpoint(tmp_path / "halves" / "checkpoint_srresnet.pth")
-    assert whole["iteration"] == resumed["iteration"] == 4
+    whole, first_half, resumed = whole_and_resumed_runs(args, 4, 2, tmp_path, monkeypatch)
     assert_same_state(whole["generator"], resumed["generator"])
     assert_same_state(whole["generator_ema"], resumed["generator_ema"])
     assert whole["scheduler_g"] == resumed["scheduler_g"] and whole["scheduler_g"]["_last_lr"] == [1e-5]
@@ -303,12 +333,18 @@ def torchrun(args, n_processes=2, timeout=180):
 
 def test_torchrun_matches_one_process(data_folder, tmp_path):
     """2 processes with 2 crops each take the same steps as 1 process with 4 crops (RRDB has no batch norm).
-    In fp32: on a CPU with native bf16, 'auto' would pick bf16, whose rounding the different order would amplify."""
+    In fp32: on a CPU with native bf16, 'auto' would pick bf16, whose rounding the different order would amplify.
+    The processes validate at every iteration, the single one never: only the first process validates and writes
+    the logs, the others neither hang meanwhile nor change course."""
     args = [*TINY_RRDB, "--data_folder", data_folder, "--iterations", 3, "--augment", "true", "--precision", "fp32"]
-    result = torchrun(["train_srresnet.py", *args, "--output_folder", tmp_path / "ddp"])
+    result = torchrun(["train_srresnet.py", *args, *VALIDATE, "--val_every", 1, "--output_folder", tmp_path / "ddp"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x2 processes" in result.stdout and result.stdout.count("parameters; device") == 1  # rank 0 prints
-    result = run_subprocess(["train_srresnet.py", *args, "--output_folder", tmp_path / "single"], env=CPU_ONLY)
+    assert sorted(validation_records(tmp_path / "ddp" / "log_srresnet.jsonl")) == [0, 1, 2, 3]  # each once
+    assert len(list((tmp_path / "ddp" / "tensorboard_srresnet").iterdir())) == 1  # one event file: one writer
+    assert result.stdout.count("iteration 3: Tiny") == 1  # and one process validated
+    result = run_subprocess(["train_srresnet.py", *args, "--val_every", 0, "--output_folder", tmp_path / "single"],
+                            env=CPU_ONLY)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = utils.load_checkpoint(tmp_path / "ddp" / "checkpoint_srresnet.pth")
     single = utils.load_checkpoint(tmp_path / "single" / "checkpoint_srresnet.pth")
@@ -320,6 +356,24 @@ def test_torchrun_matches_one_process(data_folder, tmp_path):
     torch.manual_seed(0)
     initial = models.build_generator("rrdb", **single["generator_kwargs"]).state_dict()
     assert max((value - initial[name]).abs().max().item() for name, value in single["generator"].items()) > 1e-4
+
+
+@pytest.mark.slow  # three 2-process runs with degradations: ~100 s on the (busy) 2-core development machine
+def test_torchrun_resume_with_the_pair_pool_is_exact(data_folder, tmp_path):
+    """With several processes the pool is global (each process keeps the same copy, built from the gathered
+    global batch), so the first process's checkpoint holds all of it and a resumed run is exact."""
+    args = [*TINY_RRDB, "--data_folder", data_folder, "--degradation", "realesrgan", "--queue_size", 8,
+            "--crop_size", 48, "--precision", "fp32"]
+    resume_from = ["--checkpoint", tmp_path / "halves" / "checkpoint_srresnet.pth"]
+    for iterations, folder, resume in ((5, "whole", []), (3, "halves", []), (5, "halves", resume_from)):
+        result = torchrun(["train_srresnet.py", *args, "--iterations", iterations, "--output_folder", tmp_path / folder,
+                           *resume])
+        assert result.returncode == 0, result.stderr[-3000:]
+    whole = utils.load_checkpoint(tmp_path / "whole" / "checkpoint_srresnet.pth")
+    resumed = utils.load_checkpoint(tmp_path / "halves" / "checkpoint_srresnet.pth")
+    assert whole["pair_pool"]["count"] == 8 and torch.equal(whole["pair_pool"]["hr_levels"],
+                                                            resumed["pair_pool"]["hr_levels"])
+    assert_same_state(whole["generator"], resumed["generator"])
 
 
 @pytest.mark.slow  # two processes each building a VGG19: 48 s on the (busy) 2-core development machine
@@ -335,15 +389,36 @@ def test_torchrun_trains_srgan(data_folder, tmp_path, monkeypatch):
     assert not any(key.startswith("module.") for key in checkpoint["discriminator"])  # saved unwrapped
 
 
-def test_train_srgan_realesrgan_recipe(data_folder, tmp_path, monkeypatch):
-    """A few iterations of the Real-ESRGAN recipe: on-the-fly degradations, U-Net discriminator, 5-layer VGG loss."""
-    run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--output_folder", tmp_path,
-                                "--iterations", 1, "--crop_size", 48], monkeypatch)
-    # Count the degraded batches: the recipe must make its LR images with Real-ESRGAN's pipeline, on every iteration.
-    calls = []
-    real_make_batch = degradations.make_realesrgan_batch
+def test_two_stage_realesrgan_recipe(data_folder, tmp_path, monkeypatch):
+    """Real-ESRGAN's two stages with the two scripts: Real-ESRNet (train_srresnet.py: RRDB, L1 against the sharpened
+    HR, on degraded images, through the pair pool), then the GAN recipe starting from it (on-the-fly degradations,
+    U-Net discriminator, 5-layer VGG loss). Both make their LR images with Real-ESRGAN's pipeline on every iteration,
+    and no bicubic LR image is made for them (the loader gives HR crops only)."""
+    calls, bicubic_lr_made, batches, l1_targets = [], [], [], []
+    real_make_batch, real_make_lr = degradations.make_realesrgan_batch, datasets.make_lr_image
+    real_training_batch, real_l1 = degradations.make_training_batch, torch.nn.L1Loss.forward
     monkeypatch.setattr(degradations, "make_realesrgan_batch",
                         lambda *args, **kwargs: calls.append(args[0].shape) or real_make_batch(*args, **kwargs))
+    monkeypatch.setattr(datasets, "make_lr_image",
+                        lambda *args, **kwargs: bicubic_lr_made.append(1) or real_make_lr(*args, **kwargs))
+    monkeypatch.setattr(degradations, "make_training_batch",
+                        lambda *args, **kwargs: batches.append(real_training_batch(*args, **kwargs)) or batches[-1])
+    monkeypatch.setattr(torch.nn.L1Loss, "forward",
+                        lambda self, sr_imgs, target_imgs: l1_targets.append(target_imgs) or real_l1(self, sr_imgs,
+                                                                                                      target_imgs))
+    run_script(train_srresnet, [*TINY_RRDB, "--degradation", "realesrgan", "--queue_size", 4, "--pixel_loss", "l1",
+                                "--ema_decay", 0.999, "--crop_size", 48, "--batch_size", 2, "--iterations", 3,
+                                "--data_folder", data_folder, "--output_folder", tmp_path], monkeypatch)
+    assert calls == [(2, 3, 48, 48)] * 3 and not bicubic_lr_made  # HR crops in, once per iteration
+    # Real-ESRNet's target is the sharpened HR (l1_gt_usm, on by default), not the plain one.
+    for (_, hr_imgs, hr_usm_imgs), target_imgs in zip(batches, l1_targets):
+        assert torch.equal(target_imgs, hr_usm_imgs) and not torch.equal(target_imgs, hr_imgs)
+    esrnet = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth", expected_kind="srresnet")
+    assert esrnet["generator_arch"] == "rrdb" and esrnet["hyperparameters"]["degradation"] == "realesrgan"
+    assert "percep_gt_usm" not in esrnet["hyperparameters"]  # only the flags that mean something here
+    assert esrnet["pair_pool"]["count"] == 4 and esrnet["pair_pool"]["hr_levels"].shape == (4, 3, 48, 48)
+
+    calls.clear()
     run_script(train_srgan, ["--recipe", "realesrgan", "--num_feat_d", 8, "--vgg_weights", "random",
                              "--data_folder", data_folder, "--srresnet_checkpoint", tmp_path / "checkpoint_srresnet.pth",
                              "--crop_size", 48, "--batch_size", 2, "--workers", 0, "--iterations", 2,
@@ -353,9 +428,81 @@ def test_train_srgan_realesrgan_recipe(data_folder, tmp_path, monkeypatch):
     assert checkpoint["iteration"] == 2 and checkpoint["discriminator_arch"] == "unet"
     assert hyperparameters["degradation"] == "realesrgan" and len(hyperparameters["perceptual_layers"]) == 5
     assert hyperparameters["jpeg_range"] == degradations.DEGRADATION_DEFAULTS["jpeg_range"]  # degradation flags exist
+    assert hyperparameters["queue_size"] == 180 and checkpoint["pair_pool"]["count"] == 4  # the recipe's pool
     assert "generator_ema" in checkpoint
     assert "conv9.weight" in checkpoint["discriminator"]  # Real-ESRGAN's key names
-    assert calls == [(2, 3, 48, 48)] * 2  # HR crops in, once per iteration
+    assert calls == [(2, 3, 48, 48)] * 2 and not bicubic_lr_made
+    # The GAN started from Real-ESRNet's EMA weights and trained them further.
+    assert checkpoint["generator_kwargs"] == esrnet["generator_kwargs"]
+    name = "body.0.rdb1.conv1.weight"
+    assert torch.allclose(checkpoint["generator"][name], esrnet["generator_ema"][name], atol=1e-2)
+    assert not torch.equal(checkpoint["generator"][name], esrnet["generator_ema"][name])
+
+
+def test_resume_with_the_pair_pool_is_exact(data_folder, tmp_path, monkeypatch):
+    """6 iterations in one go == 3, stop, resume to 6, with Real-ESRGAN's degradations and a pool of 4 pairs (full
+    after 2 iterations of 2): the pool's pairs are in the checkpoint, so the resumed run draws the same batches."""
+    args = [*TINY_RRDB, "--degradation", "realesrgan", "--queue_size", 4, "--crop_size", 48, "--batch_size", 2,
+            "--data_folder", data_folder]
+    whole, _, resumed = whole_and_resumed_runs(args, 6, 3, tmp_path, monkeypatch)
+    assert_same_state(whole["generator"], resumed["generator"])
+    assert whole["pair_pool"]["count"] == resumed["pair_pool"]["count"] == 4
+    for name in ("lr_levels", "hr_levels"):
+        assert torch.equal(whole["pair_pool"][name], resumed["pair_pool"][name]), name
+
+
+def symmetries(img):
+    """The 8 flips / rotations of an (H, W, C) array, as (name, transformed array)."""
+    for flip_lr in (False, True):
+        for flip_tb in (False, True):
+            for rotations in (0, 1):
+                out = img[:, ::-1] if flip_lr else img
+                out = out[::-1] if flip_tb else out
+                yield (flip_lr, flip_tb, rotations), np.rot90(out, rotations)
+
+
+def test_training_on_paired_images_crops_aligned_pairs(tmp_path, monkeypatch):
+    """Paired data (create_data_lists.py --train_lr_folders): each training LR crop is the LR image's own pixels at
+    the HR crop's position / s, under the same flip / rotation. The LR images are random, not downscales of HR, so
+    only the alignment can make them match."""
+    rng = np.random.default_rng(0)
+    for name, (width, height) in (("a", (64, 48)), ("b", (52, 41))):  # b: sides not multiples of 4
+        for folder, size in (("HR", (width, height)), ("LR", (width // 4, height // 4))):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+                tmp_path / folder / f"{name}.png")
+    create_data_lists.create_data_lists([str(tmp_path / "HR")], [], min_size=32, output_folder=str(tmp_path / "lists"),
+                                        train_lr_folders=[str(tmp_path / "LR")], scaling_factor=4)
+    crops = []
+    real_training_batch = degradations.make_training_batch
+    monkeypatch.setattr(degradations, "make_training_batch",
+                        lambda lr_imgs, hr_imgs, *args: crops.append((lr_imgs, hr_imgs)) or real_training_batch(
+                            lr_imgs, hr_imgs, *args))
+    run_script(train_srresnet, [*TINY_SRRESNET, "--crop_size", 32, "--augment", "true", "--iterations", 3,
+                                "--data_folder", tmp_path / "lists", "--output_folder", tmp_path / "run"], monkeypatch)
+    assert utils.load_checkpoint(tmp_path / "run" / "checkpoint_srresnet.pth")["iteration"] == 3
+    images = {name: {folder: np.asarray(Image.open(tmp_path / folder / f"{name}.png")) for folder in ("HR", "LR")}
+              for name in ("a", "b")}
+    to_array = lambda img: (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # noqa: E731
+    transforms_seen = set()
+    for lr_imgs, hr_imgs in crops:
+        for lr_crop, hr_crop in zip(map(to_array, lr_imgs), map(to_array, hr_imgs)):
+            assert lr_crop.shape == (8, 8, 3) and hr_crop.shape == (32, 32, 3)
+            # Where (and how turned) the HR crop lies in its HR image: search every position whose pixel matches the
+            # top-left pixel of one of the crop's 8 symmetries (the group holds the inverse of the one applied) ...
+            found = {(name, int(top), int(left), transform)
+                     for name, pair in images.items() for _, untransformed in symmetries(hr_crop)
+                     for top, left in np.argwhere((pair["HR"][:-31, :-31] == untransformed[0, 0]).all(axis=-1))
+                     for transform, turned in symmetries(pair["HR"][top:top + 32, left:left + 32])
+                     if np.array_equal(turned, hr_crop)}
+            assert len(found) == 1
+            name, top, left, transform = found.pop()
+            assert top % 4 == 0 and left % 4 == 0  # the HR crop starts on a multiple of the scale
+            # ... and the LR crop is the LR image's pixels there, turned the same way.
+            lr_region = images[name]["LR"][top // 4:top // 4 + 8, left // 4:left // 4 + 8]
+            assert np.array_equal(dict(symmetries(lr_region))[transform], lr_crop)
+            transforms_seen.add(transform)
+    assert len(crops) == 3 and len(transforms_seen) > 1  # the augmentation did turn some crops
 
 
 def test_pixel_unshuffle_models_and_cutblur(data_folder, tmp_path, monkeypatch):
@@ -430,3 +577,168 @@ def test_training_batches_differ_across_ranks_and_repeat_exactly():
     assert rank0[0].shape == (2, 3, 32, 32)  # CutBlur: HR-sized inputs for the x1 generator
     assert all(torch.equal(a, b) for a, b in zip(rank0, again))
     assert not torch.equal(rank0[0], rank1[0]) and not torch.equal(rank0[0], batch(6, 0)[0])
+
+
+# ------------------------------------------------------------------------------------------------------
+# Watching training: validation, the best weights, the TensorBoard and JSON-lines logs
+# ------------------------------------------------------------------------------------------------------
+def read_tensorboard(folder):
+    """A run's TensorBoard event files read back with TensorBoard's own reader: every scalar and image, by tag."""
+    events = EventAccumulator(str(folder), size_guidance={SCALARS: 0, IMAGES: 0})  # 0: keep all, not a sample
+    events.Reload()
+    return events
+
+
+def decode_png(image_event):
+    return np.asarray(Image.open(io.BytesIO(image_event.encoded_image_string)).convert("RGB"))
+
+
+def keep_every_checkpoint(monkeypatch, folder):
+    """From now on, also keep a copy of each training checkpoint as it is saved, as folder/<iteration>.pth."""
+    save_checkpoint = utils.save_checkpoint
+
+    def save_and_keep(state, path):
+        save_checkpoint(state, path)
+        if Path(path).name.startswith("checkpoint_"):
+            save_checkpoint(state, Path(folder) / f"{state['iteration']}.pth")
+
+    monkeypatch.setattr(utils, "save_checkpoint", save_and_keep)
+
+
+def validation_records(path):
+    """iteration -> the validation scores on Tiny ({"psnr", "ssim"}), from a run's JSON-lines log."""
+    return {record["iteration"]: record["val"]["Tiny"] for record in utils.read_jsonl(path) if "val" in record}
+
+
+# A learning rate high enough that the validation PSNR of these tiny runs goes up and then down again: the best
+# weights are then not simply the last ones.
+NOISY = ["--learning_rate", 0.05]
+
+
+def test_validation_is_eval_py_and_keeps_the_best_weights(data_folder, tmp_path, monkeypatch):
+    """The PSNR / SSIM logged at iteration k (JSON lines and TensorBoard) are eval.py's for the checkpoint saved at k,
+    the crop's SR image logged at k is that checkpoint's, and best_srresnet.pth holds the best of those weights."""
+    keep_every_checkpoint(monkeypatch, tmp_path / "saved")
+    run = tmp_path / "run"
+    run_script(train_srresnet, [*TINY_SRRESNET, *VALIDATE, *NOISY, "--data_folder", data_folder, "--output_folder",
+                                run, "--iterations", 7, "--val_every", 2, "--checkpoint_every", 2, "--ema_decay", 0.5],
+               monkeypatch)
+    validated = validation_records(run / "log_srresnet.jsonl")
+    assert sorted(validated) == [0, 2, 4, 6, 7]  # the start, every val_every iterations, the end
+    events = read_tensorboard(run / "tensorboard_srresnet")
+    for metric in ("psnr", "ssim"):  # TensorBoard keeps float32
+        assert {event.step: event.value for event in events.Scalars(f"val/Tiny/{metric}")} == {
+            iteration: pytest.approx(scores[metric], rel=1e-6) for iteration, scores in validated.items()}
+    # The fixed crop: the centre 10x10 of the first image's 12x10 LR image (camera, grey), at x4.
+    name, hr, lr = metrics.load_test_pairs(metrics.read_test_list(data_folder, "Tiny"), 4)[0]
+    assert name == "camera" and lr.shape == (10, 12)
+    lr_crop = lr[:, 1:11]
+    assert np.array_equal(decode_png(events.Images("val_crop/hr")[0]), np.stack([hr[:40, 4:44]] * 3, axis=2))
+    assert np.array_equal(decode_png(events.Images("val_crop/bicubic")[0]),
+                          np.stack([metrics.imresize(lr_crop, scale=4)] * 3, axis=2))
+    sr_crops = {event.step: decode_png(event) for event in events.Images("val_crop/sr")}
+    assert sorted(sr_crops) == [0, 2, 4, 6, 7]
+    for iteration in (2, 4, 6, 7):
+        checkpoint_path = tmp_path / "saved" / f"{iteration}.pth"
+        results = eval_script.main(["--data_folder", str(data_folder), "--test_sets", "Tiny",
+                                    "--model", str(checkpoint_path)])
+        assert (results[0]["psnr"], results[0]["ssim"]) == (validated[iteration]["psnr"], validated[iteration]["ssim"])
+        model, description, _ = utils.load_generator(checkpoint_path)
+        assert "generator_ema" in description  # what was measured: the EMA, as eval.py takes it
+        assert np.array_equal(sr_crops[iteration], metrics.upscale_array(model, lr_crop, 4))
+    # The best weights: those of the validation with the highest PSNR (the start does not count).
+    best_iteration = max((2, 4, 6, 7), key=lambda iteration: validated[iteration]["psnr"])
+    assert best_iteration != 7  # (the settings make the test able to tell "the best" from "the last")
+    best = utils.load_checkpoint(run / "best_srresnet.pth", expected_kind="srresnet")
+    assert best["iteration"] == best_iteration and best["val"] == {"Tiny": validated[best_iteration]}
+    assert best["generator_arch"] == "srresnet" and best["generator_kwargs"]["n_channels"] == 8
+    assert_same_state(best["generator_ema"], utils.load_checkpoint(tmp_path / "saved" / f"{best_iteration}.pth")[
+        "generator_ema"])
+    results = eval_script.main(["--data_folder", str(data_folder), "--test_sets", "Tiny",
+                                "--model", str(run / "best_srresnet.pth")])
+    assert results[0]["psnr"] == validated[best_iteration]["psnr"]
+    # The training checkpoints know the best score so far (so a resumed run keeps it), from the iteration it was
+    # measured at on; and the best file cannot be resumed by mistake.
+    for path in (tmp_path / "saved" / f"{best_iteration}.pth", run / "checkpoint_srresnet.pth"):
+        assert utils.load_checkpoint(path)["validation"]["best"] == {
+            "iteration": best_iteration, "val_set": "Tiny", "psnr": validated[best_iteration]["psnr"]}
+    with pytest.raises(ValueError, match="holds a generator only.*resume from checkpoint_srresnet.pth"):
+        run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--output_folder", run,
+                                    "--checkpoint", run / "best_srresnet.pth", "--iterations", 9], monkeypatch)
+
+
+@pytest.mark.parametrize("script", [train_srresnet, pytest.param(train_srgan, marks=pytest.mark.slow)],
+                         ids=["srresnet", "srgan"])  # srgan: 13 s on the busy 2-core development machine
+def test_validation_does_not_change_training(data_folder, tmp_path, monkeypatch, script):
+    """Validating at every iteration changes nothing: the same weights, optimiser states and random-number state as
+    a run that never validates. (SRResNet has batch norm, which must be back in training mode after each one.)"""
+    args = [*TINY_SRRESNET, "--augment", "true"]
+    if script is train_srgan:
+        run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--output_folder", tmp_path,
+                                    "--iterations", 2, "--val_every", 0], monkeypatch)
+        args = [*TINY_DISCRIMINATOR, "--srresnet_checkpoint", tmp_path / "checkpoint_srresnet.pth", "--crop_size", 24,
+                "--batch_size", 4, "--workers", 0, "--augment", "true"]
+    for val_every in (1, 0):
+        run_script(script, [*args, *VALIDATE, "--data_folder", data_folder, "--iterations", 4, "--precision", "fp32",
+                            "--val_every", val_every, "--output_folder", tmp_path / f"val_every_{val_every}"],
+                   monkeypatch)
+    kind = "srresnet" if script is train_srresnet else "srgan"
+    validating, plain = (utils.load_checkpoint(tmp_path / f"val_every_{val_every}" / f"checkpoint_{kind}.pth")
+                         for val_every in (1, 0))
+    assert sorted(validation_records(tmp_path / "val_every_1" / f"log_{kind}.jsonl")) == [0, 1, 2, 3, 4]
+    assert validation_records(tmp_path / "val_every_0" / f"log_{kind}.jsonl") == {}
+    networks = ["generator"] if script is train_srresnet else ["generator", "discriminator"]
+    for name in networks:
+        assert_same_state(validating[name], plain[name])
+    for name in ["optimizer_g", "optimizer_d"][:len(networks)]:
+        for state_a, state_b in zip(validating[name]["state"].values(), plain[name]["state"].values()):
+            assert_same_state(state_a, state_b)
+    assert torch.equal(validating["rng_state"]["torch"], plain["rng_state"]["torch"])
+    # ... and the weights did move: the runs trained.
+    start = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")["generator"] if script is train_srgan else \
+        models.build_generator("srresnet", **plain["generator_kwargs"]).state_dict()
+    assert not torch.equal(plain["generator"]["conv_block1.conv_block.0.weight"],
+                           start["conv_block1.conv_block.0.weight"])
+
+
+def test_resumed_run_logs_every_iteration_once(data_folder, tmp_path, monkeypatch):
+    """A run resumed from its checkpoint of iteration 4 after its logs went on to 6 (as after a crash following a
+    save) logs every iteration once, in both logs, with the numbers of an uninterrupted run, and keeps the best."""
+    args = [*TINY_SRRESNET, *VALIDATE, *NOISY, "--data_folder", data_folder, "--print_every", 1, "--val_every", 2,
+            "--checkpoint_every", 2]
+    run_script(train_srresnet, [*args, "--iterations", 8, "--output_folder", tmp_path / "whole"], monkeypatch)
+    keep_every_checkpoint(monkeypatch, tmp_path / "saved")
+    crashed = tmp_path / "crashed"
+    run_script(train_srresnet, [*args, "--iterations", 6, "--output_folder", crashed], monkeypatch)
+    time.sleep(1)  # TensorBoard reads event files in the order of their names, which begin with the time in seconds
+    resumed_at = time.time()
+    run_script(train_srresnet, [*args, "--iterations", 8, "--output_folder", crashed,
+                                "--checkpoint", tmp_path / "saved" / "4.pth"], monkeypatch)
+    whole_log, log = (utils.read_jsonl(folder / "log_srresnet.jsonl") for folder in (tmp_path / "whole", crashed))
+
+    def iterations(records, key):
+        return [record["iteration"] for record in records if key in record]
+
+    assert iterations(log, "losses") == list(range(1, 9)) and iterations(log, "val") == [0, 2, 4, 6, 8]
+    assert iterations(log, "bicubic") == [0]
+    assert all(record["time"] >= resumed_at for record in log if record["iteration"] > 4)  # 5 and 6 written again
+    for key in ("losses", "val", "bicubic"):  # the resume is exact: the uninterrupted run's numbers
+        assert [record[key] for record in log if key in record] == [
+            record[key] for record in whole_log if key in record]
+    # TensorBoard's reader shows every step once too: the events of 5 and 6 from before the resume are hidden.
+    events = read_tensorboard(crashed / "tensorboard_srresnet")
+    assert [event.step for event in events.Scalars("losses/loss")] == list(range(1, 9))
+    assert [event.value for event in events.Scalars("losses/loss")] == [
+        pytest.approx(record["losses"]["loss"], rel=1e-6) for record in whole_log if "losses" in record]
+    assert [event.step for event in events.Scalars("val/Tiny/psnr")] == [0, 2, 4, 6, 8]
+    assert [event.step for event in events.Images("val_crop/sr")] == [0, 2, 4, 6, 8]
+    assert [event.step for event in events.Images("val_crop/hr")] == [0]
+    # The best weights are chosen over the whole run, the iterations before the resume included.
+    best, whole_best = (utils.load_checkpoint(folder / "best_srresnet.pth") for folder in (crashed, tmp_path / "whole"))
+    assert best["iteration"] == whole_best["iteration"] and best["val"] == whole_best["val"]
+    assert_same_state(best["generator"], whole_best["generator"])
+    # plot_training.py draws the run from these logs.
+    paths = plot_training.main([str(crashed), "--output_folder", str(tmp_path / "plots"), "--strip_count", "3"])
+    assert [path.name for path in paths] == ["validation_curve.png", "validation_strip.png"]
+    assert all(Image.open(path).format == "PNG" for path in paths)
+    assert [step for step, _ in plot_training.read_crops(crashed, "srresnet")["sr"]] == [0, 2, 4, 6, 8]

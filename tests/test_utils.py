@@ -3,6 +3,7 @@ the command line (hyperparameters and deprecated flags) and the training bookkee
 import argparse
 import os
 import stat
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -436,16 +437,16 @@ def test_training_log_reports_checks_saves_and_stops(tmp_path, monkeypatch):
     saved, reports = [], []
     log = utils.TrainingLog(["loss"], hp, 0, torch.device("cpu"), saved.append, tmp_path / "ckpt.pth", True,
                             learning_rate=lambda: 0.5)
-    monkeypatch.setattr(log, "report", lambda iteration, summary: reports.append((iteration, summary)))
+    monkeypatch.setattr(log, "report", lambda iteration, losses, it_per_s: reports.append((iteration, losses)))
     stops = [log.end_of_iteration(iteration, loss=torch.tensor(float(iteration))) for iteration in log.iterations()]
     monkeypatch.undo()
-    log.report(7, {"loss": "6.0000"})  # the real report: the losses and the learning rate on the progress bar
-    assert log.progress.postfix == "loss=6.0000, learning_rate=5.0e-01"
+    log.report(7, {"loss": 6.0}, 2.5)  # the real report: the losses, learning rate and speed on the progress bar
+    assert log.progress.postfix == "loss=6.0000, learning_rate=5.0e-01, it_per_s=2.50"
     log.close()
     assert stops == [False] * 7
     assert saved == [2, 4, 6, 7]  # every checkpoint_every iterations, and at the end
     assert [iteration for iteration, _ in reports] == [3, 6, 7]
-    assert [summary["loss"] for _, summary in reports] == ["1.0000", "4.0000", "6.0000"]  # means since the last
+    assert [losses["loss"] for _, losses in reports] == [1.0, 4.0, 6.0]  # means since the last
     # A NaN loss stops training before the next save, and names the iterations it happened between.
     saved.clear()
     log = utils.TrainingLog(["loss"], hp, 0, torch.device("cpu"), saved.append, tmp_path / "ckpt.pth", False)
@@ -459,6 +460,44 @@ def test_training_log_reports_checks_saves_and_stops(tmp_path, monkeypatch):
     log = utils.TrainingLog(["loss"], hp, 0, torch.device("cpu"), saved.append, tmp_path / "ckpt.pth", False)
     log.stop_signal.requested = True
     assert log.end_of_iteration(0, loss=torch.tensor(1.0)) and saved[-1] == 1
+
+
+def test_log_files_continue_a_resumed_run_with_each_iteration_once(tmp_path):
+    """LogFiles: a resumed run drops what was logged after its checkpoint's iteration, in the JSON lines (a line cut
+    short by a crash included) and as TensorBoard's reader shows it; a run from scratch starts both afresh."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    def tensorboard_scalars(tag):
+        events = EventAccumulator(str(tmp_path / "tensorboard_srresnet"), size_guidance={SCALARS: 0})
+        events.Reload()
+        return [(event.step, event.value) for event in events.Scalars(tag)]
+
+    log = utils.LogFiles(tmp_path, "srresnet", 0)
+    for iteration in range(1, 7):
+        log.write({"iteration": iteration, "time": 100.0 + iteration, "losses": {"loss": float(iteration)}})
+    log.write({"iteration": 6, "time": 106.5, "val": {"Set5": {"psnr": 30.5, "ssim": 0.875}}})
+    log.close()
+    with open(tmp_path / "log_srresnet.jsonl", "a") as file:
+        file.write('{"iteration": 7, "ti')  # the process died in the middle of a line
+    assert tensorboard_scalars("val/Set5/psnr") == [(6, 30.5)]  # a value's tag is its path in the record
+    time.sleep(1)  # TensorBoard reads event files in the order of their names, which begin with the time in seconds
+    log = utils.LogFiles(tmp_path, "srresnet", 4)  # resumed from the checkpoint of iteration 4
+    for iteration in (5, 6, 7):
+        log.write({"iteration": iteration, "time": 200.0 + iteration, "losses": {"loss": -float(iteration)}})
+    log.close()
+    records = utils.read_jsonl(tmp_path / "log_srresnet.jsonl")
+    assert [(record["iteration"], record["losses"]["loss"]) for record in records] == [
+        (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, -5.0), (6, -6.0), (7, -7.0)]
+    assert tensorboard_scalars("losses/loss") == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, -5.0), (6, -6.0),
+                                                  (7, -7.0)]
+    assert tensorboard_scalars("val/Set5/psnr") == []  # iteration 6's validation was after the checkpoint
+    time.sleep(1)
+    log = utils.LogFiles(tmp_path, "srresnet", 0)  # a new run from scratch in the same folder
+    log.write({"iteration": 1, "time": 300.0, "losses": {"loss": 9.0}})
+    log.close()
+    assert utils.read_jsonl(tmp_path / "log_srresnet.jsonl") == [{"iteration": 1, "time": 300.0,
+                                                                 "losses": {"loss": 9.0}}]
+    assert tensorboard_scalars("losses/loss") == [(1, 9.0)]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -500,6 +539,40 @@ def test_load_generator_prefers_ema_and_reads_official_files(tmp_path):
     with pytest.raises(ValueError, match=r"upscales x4, not x2.*--scaling_factor 4"):
         utils.load_generator(tmp_path / "ours.pth", scaling_factor=2)
     assert utils.load_generator(tmp_path / "ours.pth", scaling_factor=4)[0].scaling_factor == 4
+
+
+def test_load_generator_raw_weights_expected_kind_and_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    kwargs = dict(num_feat=8, num_block=1, num_grow_ch=4, scale=4)
+    state = _save_generator_checkpoint(tmp_path / "ours.pth", "rrdb", kwargs, seed=0, ema=True, kind="srgan")
+    weights = lambda model: model.state_dict()["conv_first.weight"]  # noqa: E731
+    # ema=False: the raw weights of our checkpoints and of official files that hold both.
+    raw, description, _ = utils.load_generator(tmp_path / "ours.pth", ema=False)
+    assert torch.equal(weights(raw), state["generator"]["conv_first.weight"]) and "(generator weights)" in description
+    torch.save({"params": state["generator"], "params_ema": state["generator_ema"]}, tmp_path / "official.pth")
+    assert torch.equal(weights(utils.load_generator(tmp_path / "official.pth", ema=False)[0]),
+                       state["generator"]["conv_first.weight"])
+    assert torch.equal(weights(utils.load_generator(tmp_path / "official.pth")[0]),
+                       state["generator_ema"]["conv_first.weight"])
+    # expected_kind refuses our checkpoints of another script, and lets files without a script through.
+    with pytest.raises(ValueError, match="written by train_srgan.py.*train_srresnet.py is needed"):
+        utils.load_generator(tmp_path / "ours.pth", expected_kind="srresnet")
+    assert utils.load_generator(tmp_path / "official.pth", expected_kind="srresnet")[0].generator_arch == "rrdb"
+    # A .safetensors file: export.py's metadata says the architecture; without it, the key names do (official).
+    save_file(state["generator_ema"], tmp_path / "bare.safetensors")
+    model, description, _ = utils.load_generator(tmp_path / "bare.safetensors")
+    assert torch.equal(weights(model), state["generator_ema"]["conv_first.weight"]) and "RRDBNet x4" in description
+    save_file(state["generator"], tmp_path / "ours.safetensors",
+              metadata={"generator_arch": "rrdb", "generator_kwargs": '{"num_feat": 8, "num_block": 1, '
+                        '"num_grow_ch": 4, "scale": 4}', "weights": "params"})
+    model, description, _ = utils.load_generator(tmp_path / "ours.safetensors")
+    assert torch.equal(weights(model), state["generator"]["conv_first.weight"]) and "(params weights)" in description
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file" * 10)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        utils.load_generator(tmp_path / "broken.safetensors")
+    with pytest.raises(ValueError, match="not a checkpoint of this project"):
+        utils.load_checkpoint(tmp_path / "ours.safetensors", expected_kind="srresnet")
 
 
 def test_network_interpolation(tmp_path):

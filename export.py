@@ -1,0 +1,224 @@
+"""
+After training: the generator as a file that other programs run.
+
+A training checkpoint holds everything needed to continue training (the discriminator, the optimisers' moments, the
+random states): several times the size of the generator, in this project's own layout. This script writes the
+generator alone, in the format the output file's extension names:
+
+  .pth          {"params": state dict, "params_ema": state dict (when the run kept EMA weights)}, the convention of
+                BasicSR and Real-ESRGAN, plus plain-value keys that say the architecture (generator_arch,
+                generator_kwargs, scaling_factor, input_format, output_format; the programs below ignore them).
+                RRDBNet and SRVGGNetCompact already have Real-ESRGAN's parameter names, so Real-ESRGAN's
+                inference script, BasicSR and chaiNNer (spandrel) load these files as they load the official ones.
+                SRResNet has no such program: it keeps our names, and this project's scripts read it.
+                Only tensors and plain values: torch.load(..., weights_only=True) reads it with no allow-listed class.
+  .safetensors  the same tensors without pickle, for loaders that refuse pickle files: ONE flat state dict (the
+                EMA weights when the run kept them, else the raw ones; spandrel / chaiNNer read such a file), the
+                architecture as string metadata (the same keys, generator_kwargs as JSON, and 'weights': which set).
+  .onnx         the whole network as a graph (ONNX opset 18) for ONNX Runtime, chaiNNer and other runtimes, as the
+                ecosystem's ONNX super-resolution models are: input (N, 3, H, W) RGB float32 in [0, 1], output
+                (N, 3, sH, sW) float32 in [0, 1] whatever the network's own ranges (SRResNet's [-1, 1] output is
+                converted, and every output clamped, inside the graph); batch, height and width are free. After
+                export, ONNX Runtime runs the file on a test image and must match PyTorch to 50 dB PSNR.
+
+--half stores fp16 tensors (.pth / .safetensors: files half the size; loaders copy them into their float32 networks)
+or an fp16 graph (.onnx: fp16 weights and arithmetic, still float32 in and out).
+
+    python export.py runs/checkpoint_srgan.pth --output runs/srgan.onnx
+    python export.py runs/checkpoint_srgan.pth --output runs/srgan.pth --half
+    python export.py RealESRGAN_x4plus.pth --output RealESRGAN_x4plus.safetensors
+
+The checkpoint may be anything utils.load_generator reads: our training checkpoints, the best-validation files
+(best_<kind>.pth), files this script wrote, and the official ESRGAN / Real-ESRGAN files. The README's "Using your
+model elsewhere" says which program takes which file.
+"""
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import metrics
+import utils
+
+FORMATS = (".pth", ".safetensors", ".onnx")
+ONNX_OPSET = 18  # ONNX Runtime runs opset 18 from version 1.14 on; torch.onnx's exporter writes it without warnings
+MIN_ONNX_PSNR = 50.0  # dB between ONNX Runtime's and PyTorch's 8-bit outputs; exact exports give 60 dB or more
+
+
+# ------------------------------------------------------------------------------------------------------
+# The generator and its weights
+# ------------------------------------------------------------------------------------------------------
+def load_weights(path):
+    """
+    The generator of any file utils.load_generator reads, and its weights as a generator-only file keeps them.
+
+    :return: (model with the preferred weights (EMA when there are), weights, description) with weights
+             {"params": the raw weights} plus {"params_ema": the EMA weights} when the file holds both (a file with
+             one set of weights gives it as "params")
+    """
+    model, description, _ = utils.load_generator(path)  # EMA weights, when the file has them
+    raw_model, _, _ = utils.load_generator(path, ema=False)
+    weights = {"params": raw_model.state_dict()}
+    ema_weights = model.state_dict()
+    if any(not torch.equal(ema_weights[name], value) for name, value in weights["params"].items()):
+        weights["params_ema"] = ema_weights
+    return model, weights, description
+
+
+def architecture(model):
+    """The plain values an exported file says about its network: how to build it and what it eats and gives."""
+    return dict(generator_arch=model.generator_arch, generator_kwargs=dict(model.generator_kwargs),
+                scaling_factor=model.scaling_factor, input_format=model.input_format,
+                output_format=model.output_format)
+
+
+def plain_tensors(state_dict, half=False):
+    """A state dict as a file stores it: plain dict, contiguous tensors that share no memory (safetensors refuses
+    shared ones), floating-point ones in fp16 with `half` (integer buffers, e.g. batch-norm counters, stay as
+    they are)."""
+    return {name: (value.half() if half and value.is_floating_point() else value).detach().clone().contiguous()
+            for name, value in state_dict.items()}
+
+
+# ------------------------------------------------------------------------------------------------------
+# The three formats
+# ------------------------------------------------------------------------------------------------------
+def export_pth(model, weights, path, half=False):
+    """{"params": ..., "params_ema": ... (when there are), the architecture's plain values}, written atomically."""
+    state = {name: plain_tensors(state_dict, half) for name, state_dict in weights.items()}
+    state.update(architecture(model))
+    utils.atomic_write(path, lambda file: torch.save(state, file))
+
+
+def export_safetensors(model, weights, path, half=False):
+    """One flat state dict (the EMA weights when there are) and the architecture as string metadata."""
+    from safetensors.torch import save
+
+    weights_name = "params_ema" if "params_ema" in weights else "params"
+    facts = architecture(model)
+    metadata = {name: value if isinstance(value, str) else json.dumps(value) for name, value in facts.items()}
+    metadata["weights"] = weights_name
+    data = save(plain_tensors(weights[weights_name], half), metadata=metadata)
+    utils.atomic_write(path, lambda file: file.write(data))
+
+
+class OnnxGenerator(nn.Module):
+    """
+    A generator as the ecosystem's ONNX models are used: (N, 3, H, W) RGB float32 in [0, 1] in, (N, 3, s H, s W)
+    float32 in [0, 1] out, whatever the network's own input / output formats (utils.convert_image) and precision.
+
+    With `half`, the network (a copy) computes in fp16: the input is cast to fp16 on the way in, the output back to
+    float32 before the range conversion and the clamp (as utils.run_generator does), so the file is a drop-in
+    replacement for the float32 one.
+    """
+
+    def __init__(self, generator, half=False):
+        super().__init__()
+        self.generator = copy.deepcopy(generator).half() if half else generator
+        self.dtype = torch.float16 if half else torch.float32
+
+    def forward(self, lr_imgs):
+        x = utils.convert_image(lr_imgs.to(self.dtype), "[0, 1]", self.generator.input_format)
+        sr_imgs = self.generator(x).float()  # (N, 3, s H, s W) in the network's output format
+        return utils.convert_image(sr_imgs, self.generator.output_format, "[0, 1]").clamp(0.0, 1.0)
+
+
+def export_onnx(model, path, half=False):
+    """
+    The generator as an ONNX graph (OnnxGenerator) with free batch, height and width, written atomically.
+
+    torch.onnx.export with dynamo=True records the network with torch.export, with symbolic sizes, so the graph
+    computes every size from the input's (the older TorchScript exporter is deprecated). Shapes that the network
+    only branches on are recorded for the example input's values: a pixel-unshuffle model pads its input to a
+    multiple of its fold only when needed (models.pad_to_multiple), so the example has sides that need padding
+    (17 x 23), which records the padding (reflect) in the graph, computed from the input's size; it pads by 0 where
+    the sides divide. Reflection needs sides of at least the fold: such a graph takes images from 2 (x2) or 4 (x1)
+    pixels a side. The example's batch of 2 keeps the batch free (a batch of 1 would be recorded as fixed).
+    """
+    wrapper = OnnxGenerator(model.eval(), half).eval()
+    example = torch.rand(2, 3, 17, 23)
+    free = torch.export.Dim.DYNAMIC
+    with torch.no_grad():
+        program = torch.onnx.export(wrapper, (example,), dynamo=True, opset_version=ONNX_OPSET, verbose=False,
+                                    input_names=["input"], output_names=["output"],
+                                    dynamic_shapes={"lr_imgs": {0: free, 2: free, 3: free}})
+    data = program.model_proto.SerializeToString()  # one file: the weights inside (a limit of 2 GB)
+    utils.atomic_write(path, lambda file: file.write(data))
+
+
+def check_onnx(model, path):
+    """
+    Run the ONNX file with ONNX Runtime on a real image and compare with PyTorch (utils.run_generator, float32).
+
+    The image is a 67 x 61 crop of scikit-image's astronaut (odd sides: a pixel-unshuffle model's padding runs too).
+
+    :return: PSNR in dB between the two 8-bit outputs (inf when identical)
+    :raises RuntimeError: under MIN_ONNX_PSNR, with the figure
+    """
+    import onnxruntime
+    from skimage import data as skimage_data
+
+    lr = skimage_data.astronaut()[100:167, 180:241]  # (67, 61, 3) uint8: the face, fine detail
+    lr_imgs = torch.from_numpy(lr).permute(2, 0, 1).float().div(255).unsqueeze(0)  # (1, 3, 67, 61) in [0, 1]
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        onnx_sr = session.run(None, {"input": lr_imgs.numpy()})[0]  # (1, 3, 67 s, 61 s) in [0, 1]
+    except Exception as error:  # onnxruntime's own exception types
+        raise RuntimeError(f"ONNX Runtime cannot run the exported file {path} on a 67 x 61 test image ({error}); "
+                           f"do not use the file.") from None
+    torch_sr = utils.run_generator(model, lr_imgs).numpy()
+    if onnx_sr.shape != torch_sr.shape:
+        raise RuntimeError(f"The ONNX file {path} gives an output of shape {onnx_sr.shape}, PyTorch "
+                           f"{torch_sr.shape}: the export is wrong; do not use the file.")
+    psnr = metrics.calculate_psnr(*(metrics.quantize_to_uint8(np.moveaxis(sr[0], 0, -1)) for sr in (onnx_sr, torch_sr)))
+    if psnr < MIN_ONNX_PSNR:
+        raise RuntimeError(f"The ONNX file {path} does not reproduce the PyTorch network: {psnr:.1f} dB PSNR between "
+                           f"ONNX Runtime's and PyTorch's 8-bit outputs on a test image, under the {MIN_ONNX_PSNR:g} "
+                           f"dB expected. Do not use the file (without --half, if it was given, it may pass).")
+    return psnr
+
+
+# ------------------------------------------------------------------------------------------------------
+# The command line
+# ------------------------------------------------------------------------------------------------------
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="any generator file utils.load_generator reads (our checkpoints, "
+                                           "best-validation files, exported files, official ESRGAN / Real-ESRGAN "
+                                           "files)")
+    parser.add_argument("--output", required=True,
+                        help="the file to write; its extension picks the format: " + ", ".join(FORMATS))
+    parser.add_argument("--half", action="store_true",
+                        help="fp16 tensors (.pth / .safetensors) or an fp16 graph with float32 input and output "
+                             "(.onnx): smaller files")
+    args = parser.parse_args(argv)
+    output = Path(args.output)
+    if output.suffix.lower() not in FORMATS:
+        raise ValueError(f"--output {output} has no extension this script writes: end it in "
+                         f"{', '.join(FORMATS)} to choose the format.")
+
+    model, weights, description = load_weights(args.checkpoint)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    stored = "params_ema" if "params_ema" in weights else "params"  # what .safetensors and .onnx keep
+    if output.suffix.lower() == ".pth":
+        export_pth(model, weights, output, args.half)
+        stored = " + ".join(weights)
+    elif output.suffix.lower() == ".safetensors":
+        export_safetensors(model, weights, output, args.half)
+    else:
+        export_onnx(model, output, args.half)
+    size = output.stat().st_size
+    print(f"Wrote {output} ({size / 1e6:.1f} MB" if size >= 1e5 else f"Wrote {output} ({size / 1e3:.0f} kB",
+          f"{'fp16' if args.half else 'fp32'}, {stored}): {description}", sep=", ")
+    if output.suffix.lower() == ".onnx":
+        psnr = check_onnx(model, output)
+        print("ONNX Runtime reproduces PyTorch on a test image: " + (
+            "identical 8-bit outputs." if psnr == float("inf") else f"{psnr:.1f} dB PSNR between the 8-bit outputs."))
+
+
+if __name__ == "__main__":
+    utils.run_cli(main)
