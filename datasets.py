@@ -7,12 +7,14 @@ Contents, top to bottom:
   SRDataset                                   one (LR, HR) pair per item, as float tensors in [0, 1] (HR only when
                                               the degradations make the LR image on the device)
   TrainingSampler, make_train_loader          the endless, reproducible and resumable stream of training batches
+  (ignore_stop_signals)                       (whose workers leave Ctrl+C / SIGTERM to the main process)
 
 (The Real-ESRGAN degradations, which make LR images on the device inside the training step, are in degradations.py;
 the test sets of the evaluation protocol are read by metrics.py.)
 """
 import json
 import random
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,9 +46,26 @@ def read_data_list(data_folder, split, test_data_name=None):
     if not list_path.is_file():
         raise FileNotFoundError(f"No data list at {list_path}. Run create_data_lists.py first (with "
                                 f"--output_folder {data_folder}), or point --data_folder at its output folder.")
-    image_paths = json.loads(list_path.read_text())
+    rebuild = "rebuild it with create_data_lists.py"
+    try:
+        image_paths = json.loads(list_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"The data list {list_path} is not valid JSON ({error}); {rebuild}.") from None
+    # What create_data_lists.py writes: a list of paths, or (training) of {"hr", "lr", "scaling_factor"} pairs.
+    def is_entry(entry):
+        return isinstance(entry, str) or (split == "train" and isinstance(entry, dict) and isinstance(
+            entry.get("hr"), str) and isinstance(entry.get("lr"), str) and isinstance(entry.get("scaling_factor"), int))
+
+    if not isinstance(image_paths, list):
+        wrong = f"holds {json.dumps(image_paths)[:80]}"
+    else:
+        wrong = next((f"has the entry {json.dumps(entry)[:80]}" for entry in image_paths if not is_entry(entry)), None)
+    if wrong is not None:
+        raise ValueError(f"The data list {list_path} should hold a JSON list of image paths"
+                         + (' (or of {"hr": path, "lr": path, "scaling_factor": s} pairs)' if split == "train" else "")
+                         + f", but it {wrong}; {rebuild}.")
     if not image_paths:
-        raise ValueError(f"The data list {list_path} is empty; rebuild it with create_data_lists.py.")
+        raise ValueError(f"The data list {list_path} is empty; {rebuild}.")
     return image_paths
 
 
@@ -304,6 +323,19 @@ def _collate(items):
     return (None if lr_imgs[0] is None else torch.stack(lr_imgs)), torch.stack(hr_imgs)
 
 
+def ignore_stop_signals(worker_id=None):
+    """
+    The DataLoader workers' worker_init_fn: they ignore Ctrl+C (SIGINT) and SIGTERM, which the main process handles.
+
+    `timeout`, Slurm, Kubernetes and a terminal's Ctrl+C signal the whole process group, the workers included. A
+    worker that died of it would make the main process's next batch fail ("DataLoader worker (pid N) is killed by
+    signal"), before it could save the checkpoint the signal asks for. Ignoring them, the workers keep serving
+    batches until the main process has saved and shuts them down (and, should it die, they notice and exit).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_train_loader(hp, start_iteration=0, rank=0, world_size=1):
     """
     The training DataLoader shared by train_srresnet.py and train_srgan.py.
@@ -328,5 +360,6 @@ def make_train_loader(hp, start_iteration=0, rank=0, world_size=1):
     sampler = TrainingSampler(len(dataset), hp.batch_size, seed=hp.seed, start_iteration=start_iteration,
                               rank=rank, world_size=world_size)
     loader = DataLoader(dataset, batch_size=sampler.local_batch_size, sampler=sampler, num_workers=hp.workers,
-                        collate_fn=_collate, pin_memory=torch.cuda.is_available(), persistent_workers=hp.workers > 0)
+                        collate_fn=_collate, pin_memory=torch.cuda.is_available(), persistent_workers=hp.workers > 0,
+                        worker_init_fn=ignore_stop_signals)  # signals are the main process's (the save is there)
     return iter(loader)

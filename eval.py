@@ -16,7 +16,8 @@ to a paper's, and prints them beside the published figures:
 | diff               | -0.004 / -0.0003 | -0.010 / -0.0004  | -0.004 / -0.0003   |
 
 Inputs:
-  --model       one or more of `bicubic` (MATLAB-style bicubic upscaling of the LR image, the usual baseline) or
+  --model       one or more of `bicubic` (MATLAB-style bicubic upscaling of the LR image, the usual baseline), the
+                shipped models `srresnet` and `compact` (weights/, whose model card lists these very numbers) or
                 checkpoint paths (ours, export.py's .pth / .safetensors files, or official ESRGAN / Real-ESRGAN /
                 BasicSR weights), loaded with utils.load_generator, and run in tiles (utils.upscale). A model's
                 scaling_factor must equal --scaling_factor (--scale, its old name, still works).
@@ -45,6 +46,7 @@ are still printed and written to --json.
 """
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -96,7 +98,9 @@ def markdown_table(results, models, test_sets, scaling_factor, references, proto
     rows = []
     for model_arg in models:
         measured = [by_key.get((model_arg, s)) for s in test_sets]
-        rows.append([model_arg] + [f"{r['psnr']:.2f} / {r['ssim']:.4f}" if r else "-" for r in measured])
+        # An infinite mean PSNR (an output equal to its HR image) is marked, and explained below the table.
+        rows.append([model_arg] + [f"{r['psnr']:.2f}{'*' if math.isinf(r['psnr']) else ''} / {r['ssim']:.4f}"
+                                   if r else "-" for r in measured])
         reference = references.get(model_arg)
         published = [PUBLISHED.get(reference, {}).get((s, scaling_factor)) for s in test_sets]
         if protocol == "standard" and any(published):
@@ -107,6 +111,9 @@ def markdown_table(results, models, test_sets, scaling_factor, references, proto
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in [header] + rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    if any(math.isinf(r["psnr"]) for r in results):
+        lines.append("* infinite: some output equals its HR image exactly (named in the note on stderr), which makes "
+                     "the set's mean PSNR infinite; remove such images from the test list.")
     return "\n".join(lines)
 
 
@@ -119,7 +126,8 @@ def write_json(path, results):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", nargs="+", default=["bicubic"], metavar="MODEL",
-                        help="'bicubic' and/or checkpoint paths (default: bicubic)")
+                        help="'bicubic', the shipped models 'srresnet' and 'compact' (weights/), and/or checkpoint "
+                             "paths (default: bicubic)")
     parser.add_argument("--test_sets", nargs="+", default=["Set5", "Set14", "BSD100"], metavar="NAME",
                         help="test sets, read from <data_folder>/<NAME>_test_images.json (default: Set5 Set14 BSD100)")
     parser.add_argument("--data_folder", default=".",

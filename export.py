@@ -26,6 +26,7 @@ or an fp16 graph (.onnx: fp16 weights and arithmetic, still float32 in and out).
 
     python export.py runs/checkpoint_srgan.pth --output runs/srgan.onnx
     python export.py runs/checkpoint_srgan.pth --output runs/srgan.pth --half
+    python export.py runs/checkpoint_srresnet.pth --output weights/srresnet_x4.pth --half --weights ema
     python export.py RealESRGAN_x4plus.pth --output RealESRGAN_x4plus.safetensors
 
 The checkpoint may be anything utils.load_generator reads: our training checkpoints, the best-validation files
@@ -195,6 +196,10 @@ def main(argv=None):
     parser.add_argument("--half", action="store_true",
                         help="fp16 tensors (.pth / .safetensors) or an fp16 graph with float32 input and output "
                              "(.onnx): smaller files")
+    parser.add_argument("--weights", choices=("both", "ema", "raw"), default="both",
+                        help="which weights of a file that has raw and EMA ones to write: both (default; .pth only: "
+                             "'params' and 'params_ema'), ema or raw alone (half the .pth file; the EMA weights are "
+                             "what .safetensors and .onnx hold otherwise, and what inference uses)")
     args = parser.parse_args(argv)
     output = Path(args.output)
     if output.suffix.lower() not in FORMATS:
@@ -202,6 +207,11 @@ def main(argv=None):
                          f"{', '.join(FORMATS)} to choose the format.")
 
     model, weights, description = load_weights(args.checkpoint)
+    if args.weights != "both" and "params_ema" in weights:
+        # One set: the EMA weights under their own name (as Real-ESRGAN's released files), or the raw ones as 'params'.
+        weights = {"params_ema": weights["params_ema"]} if args.weights == "ema" else {"params": weights["params"]}
+        if args.weights == "raw":  # say so: the description above is of the EMA weights
+            description = utils.load_generator(args.checkpoint, ema=False)[1]
     output.parent.mkdir(parents=True, exist_ok=True)
     stored = "params_ema" if "params_ema" in weights else "params"  # what .safetensors and .onnx keep
     if output.suffix.lower() == ".pth":

@@ -433,9 +433,8 @@ def load_test_pairs(hr_paths, scaling_factor, lr_source="generated", protocol="s
     s = scaling_factor
     pairs = []
     for hr_path in hr_paths:
-        hr_img = utils.load_image(hr_path, mode=None)              # PIL, its own mode ('RGB', 'L', ...)
-        if hr_img.mode not in ("RGB", "L"):
-            hr_img = hr_img.convert("RGB")                         # e.g. RGBA or palette images
+        # PIL, RGB or grey as stored: other modes (RGBA, palette) become RGB, 16-bit grey is rounded to 8 bits.
+        hr_img = utils.load_image(hr_path, mode=("RGB", "L"))
         hr = np.asarray(hr_img)                                    # (H, W, 3) or (H, W), uint8
         if min(hr.shape[:2]) < 2 * s + 11:
             raise ValueError(f"{hr_path} is only {hr.shape[1]}x{hr.shape[0]} pixels, too small to measure at "
@@ -510,4 +509,10 @@ def evaluate_set(generator, pairs, scaling_factor, protocol="standard", precisio
         psnr, ssim = evaluate_pair(sr, hr, s, protocol=protocol)
         psnrs.append(psnr)
         ssims.append(ssim)
+    exact = [name for (name, _, _), psnr in zip(pairs, psnrs) if math.isinf(psnr)]
+    if exact:
+        # An output identical to its HR image has an infinite PSNR, and so then has the mean: say why, every time.
+        print(f"note: the PSNR of {', '.join(exact)} is infinite: the output equals the HR image exactly (a flat or "
+              f"synthetic image?), so the mean PSNR of the set is infinite too; such an image says nothing about a "
+              f"model: remove it from the test list.", file=sys.stderr)
     return float(np.mean(psnrs)), float(np.mean(ssims))

@@ -3,6 +3,8 @@
 The classic tutorial could only *evaluate*: it always downsampled an HR image first and upscaled that. This script
 upscales the image you give it, as it is:
 
+    python super_resolve.py photo.jpg           # x4 with the shipped compact model, into upscaled/photo_x4.png
+    python super_resolve.py photo.jpg --model srresnet    # the shipped SRResNet (weights/README.md)
     python super_resolve.py photo.jpg scans/ --model checkpoint_srgan.pth --output_folder upscaled/
     python super_resolve.py big.png --model RealESRGAN_x4plus.pth --output_folder out/ --tile 256 --precision bf16
     python super_resolve.py photo.jpg --model realesr-general-x4v3.pth --outscale 3.5 --output_folder out/
@@ -32,10 +34,16 @@ never leaves half a PNG behind, and a failing input never touches the outputs al
 
 Limits (honest ones): Pillow (13 included) reads a 16-bit *RGB* PNG as 8-bit RGB and cannot write one, so such
 a file is upscaled and saved as 8-bit RGB (a warning says so); only 16-bit *greyscale* PNGs ('I;16') keep their
-16 bits end to end. 32-bit float images ('F') are refused. Animated images use their first frame.
+16 bits end to end. 32-bit float images ('F') are refused. Animated images use their first frame (a warning says
+so). The whole output is held in memory before it is written (about OUTPUT_BYTES_PER_PIXEL bytes per output pixel):
+an image whose output would be larger than --max_output_megapixels is refused before anything is decoded, with the
+memory it would need (`check_output_size()`). When the output folder is also an input folder, the files in it named
+like our outputs (`*_x<s>.png`) are skipped (`find_inputs()`), so that a second run does not upscale the first
+run's outputs again.
 """
 import argparse
 import math
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -55,10 +63,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # ======================================================================================================
 # 1. Real files in and out
 # ======================================================================================================
-
-# Modes that Pillow gives 16-bit (or wider integer) greyscale PNG / TIFF data in.
-_GREY_16BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
 
 class ImageData:
     """An image ready for the network, plus what is needed to write it back in the same kind.
@@ -86,22 +90,15 @@ def read_image(path):
 
     :raises FileNotFoundError, ValueError: with a message naming the file
     """
-    try:
-        img = utils.load_image(path, mode=None)  # decoded, EXIF-transposed, own mode kept
-    except Image.DecompressionBombError as error:  # Pillow's guard against huge (or malicious) files
-        raise ValueError(f"{path}: {error} Its upscaled output would hold billions of pixels; split the image "
-                         f"into parts first.") from None
+    img = utils.load_image(path, mode=None)  # decoded, EXIF-transposed, own mode kept (16-bit grey too)
     if _png_bit_depth_and_colour_type(path) in ((16, 2), (16, 6), (16, 4)):
         warnings.warn(f"{path} is a 16-bit colour (or grey + alpha) PNG; Pillow reads and writes only 8 bits per "
                       f"channel of such files, so it is upscaled and saved at 8 bits.")
 
     mode = img.mode
-    if mode in _GREY_16BIT_MODES:
-        grey = np.asarray(img).astype(np.float32)  # (H, W), 0..65535
-        if grey.max(initial=0) > 65535 or grey.min(initial=0) < 0:
-            raise ValueError(f"{path}: mode {mode!r} with values outside 0..65535 is not a 16-bit image; "
-                             f"convert it to a 16-bit or 8-bit PNG first.")
-        rgb = torch.from_numpy(grey / 65535.0).expand(3, -1, -1)[None].contiguous()  # (1, 3, H, W), [0, 1]
+    if mode in utils.GREY_16BIT_MODES:
+        grey = utils.grey_16bit_values(img, path)  # (H, W), [0, 1], all 16 bits (load_image would round to 8)
+        rgb = torch.from_numpy(grey).expand(3, -1, -1)[None].contiguous()  # (1, 3, H, W), [0, 1]
         return ImageData(rgb, None, grey=True, bits=16)
     if mode == "F":
         raise ValueError(f"{path} is a 32-bit floating-point image (mode 'F'), whose value range is unknown; "
@@ -285,13 +282,20 @@ def comparison_grid(hr_img, models, tile=utils.DEFAULT_TILE, tile_pad=utils.DEFA
 # 3. Command line
 # ======================================================================================================
 
-def find_inputs(inputs):
+# The names output_path() gives: <stem>_x4.png, <stem>_x3.5.png.
+OUTPUT_NAME = re.compile(r"_x\d+(\.\d+)?\.png$")
+
+
+def find_inputs(inputs, output_folder=None):
     """
     Expand the command-line inputs into (path, given_explicitly) pairs.
 
     A folder contributes every image file directly inside it, sorted by name; files that Pillow does not
     recognise as images are skipped with a warning (a folder of photos often holds a .txt or a .DS_Store).
     An explicit file is always kept, so that a bad one is reported as a failure, not skipped quietly.
+    A folder that is also `output_folder` holds our own outputs of earlier runs: the files named like them
+    (OUTPUT_NAME, photo_x4.png) are skipped with one warning, or each run would upscale the last one's outputs again
+    (photo_x4_x4.png, x16, then x64). Give such a file explicitly to upscale it anyway.
     """
     found = []
     for item in inputs:
@@ -299,7 +303,15 @@ def find_inputs(inputs):
         if not item.is_dir():
             found.append((item, True))
             continue
-        for path in sorted(p for p in item.iterdir() if p.is_file()):
+        paths = sorted(p for p in item.iterdir() if p.is_file())
+        if output_folder is not None and Path(output_folder).is_dir() and item.samefile(output_folder):
+            ours = [path for path in paths if OUTPUT_NAME.search(path.name)]
+            if ours:
+                warnings.warn(f"skipping {len(ours)} file(s) in {item} named like this script's outputs "
+                              f"(<name>_x<s>.png, e.g. {ours[0].name}), since {item} is also the output folder; "
+                              f"give such a file by name to upscale it again.")
+                paths = [path for path in paths if not OUTPUT_NAME.search(path.name)]
+        for path in paths:
             try:
                 with Image.open(path):  # reads the header only: cheap
                     pass
@@ -312,6 +324,49 @@ def find_inputs(inputs):
     return found
 
 
+# The memory the output of one image takes, per output pixel: the network's output as float32 RGB (12 bytes), its
+# 8-bit copy (3) and Pillow's image (4: Pillow stores RGB as 4 bytes), plus a margin for the grey and --outscale
+# steps; an alpha channel adds its float32 upscale and a 4-channel float32 copy (20 bytes more). Measured: a
+# 1000 x 1000 input at x4 (16 megapixels out) raises the peak memory by 20.7 bytes per output pixel for RGB, 20.4 for
+# grey, 41.9 for RGBA.
+OUTPUT_BYTES_PER_PIXEL = 24
+ALPHA_BYTES_PER_PIXEL = 20
+DEFAULT_MAX_OUTPUT_MEGAPIXELS = 500  # about 12 GB: e.g. a 24-megapixel photo at x4 (384 megapixels) fits
+
+
+def check_output_size(path, scale, max_megapixels):
+    """
+    Refuse, before anything is decoded, an image whose output would not fit in memory: the whole output is held in
+    memory before it is written (the network itself runs in tiles, utils.upscale), about OUTPUT_BYTES_PER_PIXEL bytes
+    per output pixel (more with alpha), so a 9600 x 9600 PNG of 268 kB would need ~35 GB at x4.
+
+    Only the file's header is read (Image.open is lazy). A file Pillow cannot open is left to read_image to report.
+
+    :param scale: the output's scale: the network's, or --outscale when that is larger
+    :param max_megapixels: the largest output allowed, in megapixels (0: no limit)
+    :raises ValueError: the output is too large (saying the memory it would need and the flag that allows it), or
+                        the image is beyond Pillow's own limit against decompression bombs
+    """
+    try:
+        with Image.open(path) as img:  # the header only
+            width, height = img.size
+            has_alpha = img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{error} Pillow refuses to open an image this large, and its x{scale:g} output would be "
+                         f"larger still; split the image into parts first.") from None
+    except (UnidentifiedImageError, OSError):
+        return
+    output_height, output_width = outscale_size(height, width, scale)
+    megapixels = output_width * output_height / 1e6
+    if max_megapixels and megapixels > max_megapixels:
+        bytes_per_pixel = OUTPUT_BYTES_PER_PIXEL + (ALPHA_BYTES_PER_PIXEL if has_alpha else 0)
+        gigabytes = output_width * output_height * bytes_per_pixel / 1e9
+        raise ValueError(f"its x{scale:g} output would be {output_width}x{output_height} ({megapixels:,.0f} "
+                         f"megapixels), which needs about {gigabytes:,.1f} GB of memory: more than "
+                         f"--max_output_megapixels {max_megapixels:g} allows. Give a larger --max_output_megapixels "
+                         f"(0: no limit) if this machine has the memory, or split the image into parts.")
+
+
 def output_path(input_path, output_folder, scale):
     """`<output_folder>/<stem>_x<s>.png` (e.g. photo_x4.png, photo_x3.5.png) -- always PNG (lossless; holds alpha
     and 16-bit grey)."""
@@ -322,10 +377,13 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", help="image files and/or folders of images to upscale")
-    parser.add_argument("--model", nargs="+", required=True,
-                        help="generator file(s): our checkpoints, export.py's .pth / .safetensors files, or official "
-                             "ESRGAN / Real-ESRGAN weights (architecture detected); several only with --grid")
-    parser.add_argument("--output_folder", required=True, help="where <stem>_x<s>.png files are written")
+    parser.add_argument("--model", nargs="+", default=[utils.DEFAULT_MODEL],
+                        help="a shipped model ('compact', the default: fast on a CPU; 'srresnet': slower, sharper "
+                             "edges; weights/README.md says how they were trained) or generator file(s): our "
+                             "checkpoints, export.py's .pth / .safetensors files, or official ESRGAN / Real-ESRGAN "
+                             "weights (architecture detected); several only with --grid")
+    parser.add_argument("--output_folder", default="upscaled",
+                        help="where <stem>_x<s>.png files are written (default: upscaled/, in the current folder)")
     utils.add_scaling_factor_argument(parser, default=None,
                                       help="expected upscaling factor; an error if the model does not provide it")
     parser.add_argument("--tile", type=int, default=utils.DEFAULT_TILE,
@@ -340,6 +398,11 @@ def parse_args(argv=None):
                         help="the output's scale, any factor (e.g. 3.5 with an x4 model): the network runs at its "
                              "own scale and its output is resized to round(H x FACTOR) x round(W x FACTOR) with "
                              "MATLAB-style bicubic (default: the model's scale)")
+    parser.add_argument("--max_output_megapixels", type=float, default=DEFAULT_MAX_OUTPUT_MEGAPIXELS, metavar="MP",
+                        help=f"refuse an image whose output would be larger than this many megapixels (the output "
+                             f"is held in memory, about {OUTPUT_BYTES_PER_PIXEL} bytes a pixel; 0: no limit; default "
+                             f"{DEFAULT_MAX_OUTPUT_MEGAPIXELS:g}, about "
+                             f"{DEFAULT_MAX_OUTPUT_MEGAPIXELS * OUTPUT_BYTES_PER_PIXEL / 1e3:.0f} GB)")
     utils.add_interpolation_arguments(parser)
     parser.add_argument("--grid", metavar="HR_IMAGE", default=None,
                         help="draw the comparison grid HR | bicubic | each --model for this HR image")
@@ -350,8 +413,8 @@ def parse_args(argv=None):
     if args.grid is None and len(args.model) > 1:
         parser.error(f"upscaling takes one --model, got {len(args.model)} ({' '.join(args.model)}); several models "
                      f"are for --grid. Put the input images before --model: INPUT... --model PATH")
-    if args.tile < 0 or args.tile_pad < 0:
-        parser.error("--tile and --tile_pad must be >= 0")
+    if args.tile < 0 or args.tile_pad < 0 or args.max_output_megapixels < 0:
+        parser.error("--tile, --tile_pad and --max_output_megapixels must be >= 0")
     if args.outscale is not None and (args.outscale <= 0 or args.grid is not None):
         parser.error("--outscale must be > 0, and is for upscaling files: the --grid compares models at their own "
                      "scale")
@@ -361,12 +424,15 @@ def parse_args(argv=None):
 
 def _upscale_all(args, model, scale, progress, failures, written):
     """The main loop: every input, one at a time; failures are collected, never fatal."""
-    for input_path, _ in tqdm(find_inputs(args.inputs), desc="images", unit="image", disable=not progress):
+    inputs = find_inputs(args.inputs, args.output_folder)
+    for input_path, _ in tqdm(inputs, desc="images", unit="image", disable=not progress):
         target = output_path(input_path, args.output_folder, args.outscale or scale)
         try:
             if target in written:  # photo.jpg and photo.png would both become photo_x4.png
                 raise ValueError(f"its output {target} was already written from {written[target]} in this run; "
                                  f"rename one of the two inputs.")
+            # The network's output at its own scale is made first, then resized to --outscale: the larger counts.
+            check_output_size(input_path, max(scale, args.outscale or scale), args.max_output_megapixels)
             sr_img = upscale_image(model, read_image(input_path), tile=args.tile, tile_pad=args.tile_pad,
                                    precision=args.precision, progress=progress, outscale=args.outscale)
             write_image(sr_img, target)
@@ -394,7 +460,9 @@ def main(argv=None):
 
     if args.grid is not None:
         try:
-            labelled = [(model, f"{Path(path).stem} ({description.split(' ')[0]})")
+            # Panel labels: the file's name and architecture, e.g. 'checkpoint_srresnet (srresnet)', 'srresnet (shipped)'.
+            labelled = [(model, f"{path} (shipped)" if "shipped" in description
+                         else f"{Path(path).stem} ({description.split(' ')[0]})")
                         for (model, description, _), path in zip(models, args.model)]
             grid = comparison_grid(utils.load_image(args.grid, mode="RGB"), labelled, tile=args.tile,
                                    tile_pad=args.tile_pad, precision=args.precision)
@@ -414,6 +482,8 @@ def main(argv=None):
     with warnings.catch_warnings():  # restores the warning machinery when done
         # Warnings (skipped files, 8-bit fallbacks) are printed through tqdm so they do not break the bars.
         warnings.simplefilter("always")
+        # Pillow's warning about images over 89 megapixels ("could be decompression bomb"): check_output_size says more.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.showwarning = lambda message, *rest, **kwargs: tqdm.write(f"warning: {message}", file=sys.stderr)
         _upscale_all(args, model, scale, progress, failures, written)
     if failures:

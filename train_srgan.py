@@ -55,7 +55,7 @@ hyperparameters = dict(
     # degradations.BATCH_HYPERPARAMETERS (added below)
     cutblur_prob=0.0,  # CutBlur probability (needs an x1 generator: train_srresnet.py --use_unshuffle true --unshuffle_scale 4; 0: off)
     # Generator: its architecture and starting weights come from the pixel-loss network
-    srresnet_checkpoint="checkpoint_srresnet.pth",  # checkpoint of train_srresnet.py to start the generator from (or a file of export.py, or an official Real-ESRGAN / ESRGAN file)
+    srresnet_checkpoint="checkpoint_srresnet.pth",  # checkpoint of train_srresnet.py to start the generator from (or the shipped 'srresnet', a file of export.py, or an official Real-ESRGAN / ESRGAN file)
     # Discriminator
     discriminator_arch="srgan",  # 'srgan' (the SRGAN paper's classifier) or 'unet' (Real-ESRGAN's per-pixel U-Net)
     kernel_size_d=3,  # SRGAN discriminator: kernel size of its convolutions
@@ -152,7 +152,13 @@ def apply_recipe(defaults, argv):
 
 
 def check_hyperparameters(hp):
-    """Mistakes in the flags that would otherwise only show up later, or as a confusing error."""
+    """Mistakes in the flags that would otherwise only show up later, or as a confusing error (the values that cannot
+    work: utils.check_training_hyperparameters)."""
+    utils.check_training_hyperparameters(
+        hp, positive=("kernel_size_d", "n_channels_d", "n_blocks_d", "fc_size_d", "num_feat_d"),
+        non_negative=("cutblur_prob",),
+        choices=dict(discriminator_arch=("srgan", "unet"), gan_type=("vanilla", "relativistic"),
+                     perceptual_loss=("mse", "l1"), degradation=degradations.DEGRADATIONS))
     if len(hp.perceptual_layers) != len(hp.perceptual_layer_weights):
         raise ValueError("perceptual_layers and perceptual_layer_weights must have the same length.")
 
@@ -236,6 +242,16 @@ def build_discriminator(hp):
     raise ValueError(f"discriminator_arch must be 'srgan' or 'unet', not {hp.discriminator_arch!r}.")
 
 
+# The hyperparameters that shape the discriminator: a resumed run keeps its checkpoint's (and refuses other values).
+DISCRIMINATOR_ARCHITECTURE = ("discriminator_arch", "kernel_size_d", "n_channels_d", "n_blocks_d", "fc_size_d",
+                              "num_feat_d")
+
+
+def discriminator_flags(arch, kwargs):
+    """The flags that build a discriminator (build_discriminator's), e.g. '--discriminator_arch srgan --n_blocks_d 8'."""
+    return " ".join([f"--discriminator_arch {arch}"] + [f"--{name}_d {value}" for name, value in kwargs.items()])
+
+
 def build_networks(hp, resumed, device):
     """
     The three networks, on `device`: the generator (from the SRGAN checkpoint we resume, or else from the
@@ -258,6 +274,14 @@ def build_networks(hp, resumed, device):
                          f"x{generator.scaling_factor}, which does not fit scaling_factor {hp.scaling_factor}"
                          + (" with CutBlur (it needs an x1 model)." if hp.cutblur_prob > 0 else "."))
     discriminator, discriminator_kwargs = build_discriminator(hp)
+    if resumed and (resumed["discriminator_arch"], resumed["discriminator_kwargs"]) != (hp.discriminator_arch,
+                                                                                        discriminator_kwargs):
+        # A resumed run continues its own discriminator: other flags would build one its weights do not fit.
+        raise ValueError(f"{hp.checkpoint} holds the discriminator of "
+                         f"{discriminator_flags(resumed['discriminator_arch'], resumed['discriminator_kwargs'])}, but "
+                         f"the flags ask for {discriminator_flags(hp.discriminator_arch, discriminator_kwargs)}: a "
+                         f"resumed run keeps its discriminator; give its flags, or start a new run without "
+                         f"--checkpoint.")
     # The frozen VGG19 of the perceptual loss. It takes 'imagenet-norm' images.
     vgg = models.VGGFeatureExtractor(dict(zip(hp.perceptual_layers, hp.perceptual_layer_weights)),
                                      weights=hp.vgg_weights)
@@ -313,9 +337,18 @@ def main():
     is_main_process = rank == 0  # only one process prints and writes checkpoints
     precision = utils.resolve_precision(hp.precision, device)
     checkpoint_path = Path(hp.output_folder) / "checkpoint_srgan.pth"
+    if is_main_process:  # a folder we can write, for this run alone, before any work (see utils.prepare_output_folder)
+        utils.prepare_output_folder(hp.output_folder, "srgan")
     utils.seed_everything(hp.seed)
 
     resumed = utils.load_checkpoint(hp.checkpoint, expected_kind="srgan") if hp.checkpoint else None
+    if resumed:  # a run to resume, with everything a checkpoint holds
+        utils.check_resumable(resumed, hp.checkpoint, required=("discriminator", "discriminator_arch",
+                                                                "discriminator_kwargs", "optimizer_d", "scheduler_d"))
+    if resumed:  # the networks come from the checkpoint (its discriminator too), and the data must still fit them
+        utils.reconcile_resumed_hyperparameters(resumed, hp, RENAMED, architecture=("scaling_factor",
+                                                                                    *DISCRIMINATOR_ARCHITECTURE),
+                                                not_used=("srresnet_checkpoint",))
     generator, discriminator, vgg, architecture = build_networks(hp, resumed, device)
     # fused: one kernel per step updates every weight (see train_srresnet.py).
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=hp.learning_rate, fused=hp.fused_adam or None)
@@ -384,7 +417,7 @@ def main():
         grad_scaler_g.step(optimizer_g)
         grad_scaler_g.update()
         if ema is not None:
-            ema.update(generator)
+            ema.update(generator, iteration)
 
         # ---- Discriminator step: tell HR (real) from SR (fake). ----
         # The SR images are detached: this step must change only the discriminator, and backpropagating into

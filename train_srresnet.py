@@ -16,6 +16,7 @@ first stage):                     --degradation realesrgan --queue_size 180 --cr
                                   --ema_decay 0.999
 Several processes:            torchrun --nproc_per_node 2 train_srresnet.py --data_folder data_lists
 Resume:                       python train_srresnet.py --data_folder data_lists --checkpoint checkpoint_srresnet.pth
+Fine-tune the shipped model:  python train_srresnet.py --data_folder my_lists --pretrained srresnet --learning_rate 1e-5
 Watch it:                     tensorboard --logdir <output_folder> (validation on --val_sets every --val_every
                                   iterations; the best weights go to best_srresnet.pth, the numbers also to
                                   log_srresnet.jsonl)
@@ -76,6 +77,7 @@ hyperparameters = dict(
     checkpoint_every=1000,  # save a checkpoint every this many iterations (and at the end, and on Ctrl+C)
     output_folder=".",  # where checkpoint_srresnet.pth, best_srresnet.pth and the logs are written
     checkpoint=None,  # path of a checkpoint_srresnet.pth to resume from
+    pretrained=None,  # start from these weights, to fine-tune on your data: a shipped model ('srresnet', 'compact') or any file eval.py takes; the architecture comes with them
 )
 hyperparameters.update(utils.SPEED_HYPERPARAMETERS)  # precision, channels_last, compile, workers, ...
 hyperparameters.update(utils.VALIDATION_HYPERPARAMETERS)  # val_sets, val_every
@@ -109,20 +111,58 @@ def generator_kwargs(hp):
     raise ValueError(f"generator_arch must be 'srresnet', 'rrdb' or 'compact', not {hp.generator_arch!r}.")
 
 
+# The hyperparameters that shape the generator, and scaling_factor (the data it fits): a resumed run keeps its
+# checkpoint's, and refuses other values (utils.reconcile_resumed_hyperparameters).
+ARCHITECTURE = ("generator_arch", "large_kernel_size", "small_kernel_size", "n_channels", "n_blocks", "num_feat",
+                "num_block", "num_grow_ch", "num_conv", "use_unshuffle", "unshuffle_scale", "scaling_factor")
+
+
+def check_hyperparameters(hp):
+    """One clear line for a flag whose value cannot work (utils.check_training_hyperparameters), before any work."""
+    utils.check_training_hyperparameters(
+        hp, positive=("large_kernel_size", "small_kernel_size", "n_channels", "n_blocks", "num_feat", "num_block",
+                      "num_grow_ch", "num_conv"),
+        non_negative=("grad_clip",),
+        choices=dict(generator_arch=("srresnet", "rrdb", "compact"), pixel_loss=("mse", "l1"),
+                     degradation=degradations.DEGRADATIONS))
+
+
 def main():
     hp = utils.parse_hyperparameters(hyperparameters, __doc__, [__file__, degradations.__file__, utils.__file__],
                                      aliases=utils.RENAMED_HYPERPARAMETERS)
+    check_hyperparameters(hp)
     rank, world_size, device = utils.setup_distributed()
     is_main_process = rank == 0  # only one process prints and writes checkpoints
     precision = utils.resolve_precision(hp.precision, device)
     checkpoint_path = Path(hp.output_folder) / "checkpoint_srresnet.pth"
+    if is_main_process:  # a folder we can write, for this run alone, before any work (see utils.prepare_output_folder)
+        utils.prepare_output_folder(hp.output_folder, "srresnet")
     utils.seed_everything(hp.seed)  # same seed in every process: identical initial weights
 
-    # The generator: a new one, or the one of the checkpoint we resume (its architecture comes with it).
+    # The generator: a new one, the one of the checkpoint we resume, or pretrained weights to fine-tune (the last two
+    # bring their architecture with them).
     resumed = utils.load_checkpoint(hp.checkpoint, expected_kind="srresnet") if hp.checkpoint else None
-    arch = resumed["generator_arch"] if resumed else hp.generator_arch
-    kwargs = models.upgrade_generator_kwargs(arch, resumed["generator_kwargs"]) if resumed else generator_kwargs(hp)
-    generator = models.build_generator(arch, **kwargs).to(device)
+    if resumed:
+        utils.check_resumable(resumed, hp.checkpoint)  # a run to resume, with everything a checkpoint holds
+        # The architecture flags become the checkpoint's (other values given are refused).
+        utils.reconcile_resumed_hyperparameters(resumed, hp, utils.RENAMED_HYPERPARAMETERS, ARCHITECTURE,
+                                                not_used=("pretrained",))
+        arch = resumed["generator_arch"]
+        kwargs = models.upgrade_generator_kwargs(arch, resumed["generator_kwargs"])
+        generator = models.build_generator(arch, **kwargs).to(device)
+    elif hp.pretrained:
+        generator, description, _ = utils.load_generator(hp.pretrained, device)  # its EMA weights, if it has them
+        arch, kwargs = generator.generator_arch, generator.generator_kwargs
+        # The checkpoints record the architecture really used, under the flags' names where they have one.
+        hp.generator_arch = arch
+        for name, value in kwargs.items():
+            if name in ARCHITECTURE and name != "scaling_factor":
+                setattr(hp, name, value)
+        if is_main_process:
+            print(f"Fine-tuning {description}; its architecture replaces the generator flags.")
+    else:
+        arch, kwargs = hp.generator_arch, generator_kwargs(hp)
+        generator = models.build_generator(arch, **kwargs).to(device)
     if hp.scaling_factor % generator.scaling_factor != 0:
         raise ValueError(f"The {arch} generator upscales x{generator.scaling_factor}, which does not divide "
                          f"scaling_factor {hp.scaling_factor}.")
@@ -150,7 +190,7 @@ def main():
               f"(x{world_size} processes), precision {precision}{resuming}.")
 
     model = utils.wrap_for_training(generator, hp, device, world_size)  # DDP / torch.compile, as asked
-    loss_function = nn.MSELoss() if hp.pixel_loss == "mse" else nn.L1Loss()
+    loss_function = {"mse": nn.MSELoss(), "l1": nn.L1Loss()}[hp.pixel_loss]  # (checked by check_hyperparameters)
     grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 needs loss scaling
     train_loader = datasets.make_train_loader(hp, start_iteration, rank, world_size)
     memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
@@ -190,7 +230,7 @@ def main():
         grad_scaler.update()
         scheduler.step()  # milestones count iterations
         if ema is not None:
-            ema.update(generator)
+            ema.update(generator, iteration)
 
         if log.end_of_iteration(iteration, loss=loss):  # print / check / save as due; True on Ctrl+C or SIGTERM
             break

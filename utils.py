@@ -10,14 +10,21 @@
   Reproducibility               seed_everything, random_seed / random_generator, get_rng_state / set_rng_state
   Command line                  parse_hyperparameters (with deprecated aliases), add_scaling_factor_argument, run_cli
   Training                      GracefulExit, Validation, LogFiles, TrainingLog (and export_command, its last
-                                words), setup_distributed, wrap_for_training, ModelEMA, checkpoint_saver,
+                                words), setup_distributed, wrap_for_training, ModelEMA, prepare_output_folder
+                                (checks, lock, leftovers), checkpoint_saver, reconcile_resumed_hyperparameters,
                                 resume_training
 
 The data are in datasets.py, the Real-ESRGAN degradations in degradations.py, and imresize, PSNR / SSIM and the
 evaluation protocol in metrics.py.
 """
 import argparse
+import atexit
+import bisect
+import collections
+import contextlib
 import copy
+import fcntl
+import glob
 import hashlib
 import json
 import math
@@ -26,10 +33,13 @@ import pickle
 import random
 import re
 import shlex
+import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -120,19 +130,44 @@ def convert_image(img, source, target):
 # ------------------------------------------------------------------------------------------------------
 # Loading images
 # ------------------------------------------------------------------------------------------------------
+# The modes Pillow gives 16-bit (or wider integer) greyscale images in: 16-bit PNGs and TIFFs ('I;16...'), and 'I'.
+GREY_16BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def grey_16bit_values(img, path):
+    """
+    The pixels of a 16-bit greyscale PIL image (a mode of GREY_16BIT_MODES), scaled to [0, 1]: 65535 is white.
+
+    The one conversion of 16-bit grey in the project: load_image rounds these values to 8 bits, super_resolve.py keeps
+    all 16. (Pillow's own convert('L') or convert('RGB') clips such values at 255 instead of scaling them: a typical
+    16-bit photo would turn almost entirely white.)
+
+    :return: (H, W) float32 array in [0, 1]
+    :raises ValueError: values outside 0..65535 (a 32-bit 'I' image that is not 16-bit data)
+    """
+    grey = np.asarray(img).astype(np.float32)  # (H, W), 0..65535
+    if grey.max(initial=0) > 65535 or grey.min(initial=0) < 0:
+        raise ValueError(f"{path}: mode {img.mode!r} with values outside 0..65535 is not a 16-bit image; "
+                         f"convert it to a 16-bit or 8-bit PNG first.")
+    return grey / 65535.0
+
+
 def load_image(path, mode="RGB"):
     """
     Open an image file and decode it fully, with a clear error for the mistakes a user can make.
 
     The file is decoded here (not lazily, as PIL does by default), so a truncated file fails now with a
     message that names it, not later inside a DataLoader worker. EXIF orientation is applied, so a phone
-    photo is the right way up.
+    photo is the right way up. A 16-bit greyscale image is scaled to 8 bits (grey_16bit_values, rounded) before any
+    conversion. Of an animated image (GIF, APNG, WebP) only the first frame is used, and a warning says so.
 
     :param path: path to the image file
-    :param mode: PIL mode to convert to ('RGB' by default; None keeps the file's own mode)
+    :param mode: PIL mode to convert to ('RGB' by default); a tuple of modes keeps the file's mode when it is one of
+                 them (16-bit grey counts as 'L') and converts to the first otherwise, e.g. ('RGB', 'L'); None keeps
+                 the file's own mode, 16 bits included
     :return: a PIL image
     :raises FileNotFoundError: the file does not exist
-    :raises ValueError: the file is not a readable image (corrupt, truncated, not an image)
+    :raises ValueError: the file is not a readable image (corrupt, truncated, not an image, or too large)
     """
     path = Path(path)
     if not path.is_file():
@@ -140,12 +175,22 @@ def load_image(path, mode="RGB"):
                                 f"images have moved: rebuild the lists with create_data_lists.py).")
     try:
         with Image.open(path) as img:
+            n_frames = getattr(img, "n_frames", 1)
             img.load()  # decode now: truncated or corrupt data fails here
             img = ImageOps.exif_transpose(img)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
+    except Image.DecompressionBombError as error:  # Pillow's guard against huge (or malicious) files
+        raise ValueError(f"Cannot read image {path}: {error} Use a smaller image, or split it into parts.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"Cannot read image {path}: it is corrupt, truncated or not an image ({error}). "
                          f"Replace or remove it (and rebuild any data list that names it).") from None
-    return img.convert(mode) if mode is not None and img.mode != mode else img
+    if n_frames > 1:
+        warnings.warn(f"{path} is animated ({n_frames} frames); only its first frame is used.")
+    if mode is None:
+        return img
+    if img.mode in GREY_16BIT_MODES:
+        img = Image.fromarray(np.round(grey_16bit_values(img, path) * 255).astype(np.uint8))  # mode 'L'
+    modes = (mode,) if isinstance(mode, str) else tuple(mode)
+    return img if img.mode in modes else img.convert(modes[0])
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -218,8 +263,32 @@ def save_checkpoint(state, path):
 
     A crash or Ctrl+C while saving leaves the previous checkpoint intact instead of half a file. Only tensors and
     plain Python values are saved (never pickled modules), so the file loads with weights_only=True on any device.
+
+    :raises RuntimeError: when the file cannot be written (a full disk, no permission), saying which file, why, and
+                          that the previous one is intact; the partial temporary file is removed
     """
-    atomic_write(path, lambda file: torch.save(state, file))
+    path = Path(path)
+    try:
+        atomic_write(path, lambda file: torch.save(state, file))
+    except (OSError, RuntimeError) as error:  # the OS's errors, and those of torch's writer (a short write)
+        if isinstance(error, RuntimeError) and "inline_container" not in str(error):
+            raise  # not a write that failed (e.g. a DataLoader worker's death, reported by a signal handler)
+        if isinstance(error, OSError) and error.strerror:
+            reason = error.strerror  # 'No space left on device', 'Permission denied', 'Read-only file system'
+        else:  # torch's zip writer says only "unexpected pos 3696640 vs 3696532" when the disk fills
+            free = _free_bytes(path.parent)
+            reason = f"the disk is full ({free / 2 ** 20:.1f} MB free)" if free is not None and free < 2 ** 20 * 64 \
+                else str(error).strip()
+        previous = f"the previous {path.name} there is intact" if path.is_file() else "no earlier file was replaced"
+        raise RuntimeError(f"Could not write {path}: {reason}; {previous}, and the partial file was removed.") from None
+
+
+def _free_bytes(folder):
+    """The space left for files in `folder` (None if it cannot be told)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 def load_checkpoint(path, expected_kind=None):
     """
@@ -244,14 +313,15 @@ def load_checkpoint(path, expected_kind=None):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Unsupported global" not in str(error):
-            raise ValueError(f"Cannot read checkpoint {path}: it is not a PyTorch checkpoint or it is damaged.") from None
-        # The file names Python classes or functions: unpickling them could run arbitrary code.
+        # The file names Python classes or functions (torch's weights-only unpickler says "GLOBAL <name>", as
+        # "Unsupported global: GLOBAL io.open ..." or "unsupported GLOBAL posix.system whose module posix is
+        # blocked"): unpickling them could run arbitrary code.
         offending = re.search(r"GLOBAL (\S+)", str(error))
-        raise ValueError(f"Refused to load {path}: it holds Python objects "
-                         f"({offending.group(1) if offending else 'not only tensors'}) besides tensors and plain "
-                         f"values, and loading those could run code. Only load files you trust; save models as "
-                         f"state dicts.") from None
+        if offending is None:
+            raise ValueError(f"Cannot read checkpoint {path}: it is not a PyTorch checkpoint or it is damaged.") from None
+        raise ValueError(f"Refused to load {path}: it holds Python objects ({offending.group(1)}) besides tensors "
+                         f"and plain values, and loading those could run code. Only load files you trust; save "
+                         f"models as state dicts.") from None
     except Exception as error:  # not a torch file at all (zip error, truncated, ...)
         raise ValueError(f"Cannot read checkpoint {path}: it is not a PyTorch checkpoint or it is "
                          f"damaged ({error}).") from None
@@ -303,6 +373,25 @@ PUBLISHED_REFERENCE_OF_CHECKPOINT = {
 }
 PUBLISHED_REFERENCE_OF_OFFICIAL_FILE = {"rrdb_psnr_x4": "RRDB-PSNR"}
 
+# The trained models that ship with the code, in weights/ (weights/README.md is their model card: how each was
+# trained and what it scores). Every script that takes a model (--model, --pretrained) also takes these names.
+WEIGHTS_FOLDER = Path(__file__).resolve().parent / "weights"
+SHIPPED_MODELS = {  # name: (file in weights/, published figures of the same architecture, or None)
+    "srresnet": ("srresnet_x4.pth", "SRResNet"),  # the SRGAN paper's SRResNet, PSNR-oriented
+    "compact": ("compact_x4.pth", None),  # Real-ESRGAN's SRVGGNetCompact (16 convolutions): the fast default
+}
+DEFAULT_MODEL = "compact"  # what super_resolve.py upscales with when no --model is given
+
+
+def shipped_model_path(name_or_path):
+    """
+    The file of a shipped model named `name_or_path` ('srresnet', 'compact'): weights/<file>. Anything else is a path
+    and comes back unchanged (a file of that name in the current folder is a path too, and wins).
+    """
+    if name_or_path in SHIPPED_MODELS and not Path(name_or_path).exists():
+        return WEIGHTS_FOLDER / SHIPPED_MODELS[name_or_path][0]
+    return Path(name_or_path)
+
 
 def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_kind=None):
     """
@@ -325,6 +414,11 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
     """
     import models  # imported here: models.py does not depend on utils.py, but utils.py uses models.py here
 
+    shipped_name = str(path) if shipped_model_path(path) != Path(path) else None
+    path = shipped_model_path(path)  # 'srresnet' / 'compact': the shipped weights/<file>
+    if shipped_name is not None and not path.exists():
+        raise FileNotFoundError(f"The shipped model '{shipped_name}' should be {path}, which is missing: restore it "
+                                f"with `git checkout -- weights/`, or give the path of a checkpoint.")
     checkpoint = load_checkpoint(path)
     if isinstance(checkpoint, dict) and "generator_arch" in checkpoint:
         # Training checkpoints keep the raw and EMA weights as 'generator' / 'generator_ema'; export.py's files as
@@ -349,6 +443,11 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
         raise ValueError(f"{path} holds no generator this project recognises: expected a checkpoint from "
                          f"train_srresnet.py / train_srgan.py, a file of export.py or an official ESRGAN / "
                          f"Real-ESRGAN / BasicSR file.")
+    if shipped_name is not None:
+        description = (f"{model.generator_arch} x{model.scaling_factor}, the "
+                       f"shipped '{shipped_name}' model ({path.relative_to(WEIGHTS_FOLDER.parent)}; its model card: "
+                       f"weights/README.md)")
+        reference = SHIPPED_MODELS[shipped_name][1]
     if scaling_factor is not None and model.scaling_factor != scaling_factor:
         raise ValueError(f"{path} upscales x{model.scaling_factor}, not x{scaling_factor} ({description}): use a "
                          f"model trained for x{scaling_factor} (for x2 / x1, a pixel-unshuffle variant), or give "
@@ -734,7 +833,8 @@ def parse_hyperparameters(defaults, description, script_path=None, argv=None, al
     :param script_path: the script's file (or a list of files), to read the comments from
     :param aliases: dict old name -> new name (or a Renamed): old flags that still work, say what replaced them on
                     stderr, and set the new hyperparameter; --help does not list them
-    :return: argparse.Namespace with one attribute per hyperparameter
+    :return: Hyperparameters (an argparse.Namespace) with one attribute per hyperparameter, and in `given` the names
+             of those set on the command line (a resumed run needs to know: see reconcile_resumed_hyperparameters)
     """
     comments = {}
     script_paths = [] if script_path is None else [script_path] if isinstance(script_path, (str, Path)) else script_path
@@ -744,7 +844,9 @@ def parse_hyperparameters(defaults, description, script_path=None, argv=None, al
             match = re.match(r"\s*\"?(\w+)\"?\s*[=:].*?#\s*(.*)$", line)
             if match and match.group(1) in defaults:
                 comments.setdefault(match.group(1), match.group(2))
-    parser = argparse.ArgumentParser(description=description,
+    # allow_abbrev=False: argparse would otherwise take a prefix of a flag for the flag (train_srgan.py's --n_blocks 2
+    # would silently set --n_blocks_d, the discriminator's); every flag must be given whole.
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in defaults.items():
         help_text = f"{comments.get(name, '')} (default: {default})".replace("%", "%%")
@@ -760,13 +862,29 @@ def parse_hyperparameters(defaults, description, script_path=None, argv=None, al
         parser.add_argument(f"--{old}", dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
                             action=_DeprecatedFlag, replaced_by=alias.note or f"use --{alias.new}",
                             **_flag_arguments(example))
-    hp = parser.parse_args(argv)
+    # Parsed into a namespace that holds a marker for every hyperparameter: argparse then leaves the markers of the
+    # flags not given (instead of writing their defaults), which tells the given ones apart.
+    not_given = object()
+    hp = parser.parse_args(argv, namespace=Hyperparameters(**{name: not_given for name in defaults}))
+    hp.given = {name for name, value in vars(hp).items() if value is not not_given and name in defaults}
+    for name, default in defaults.items():
+        if getattr(hp, name) is not_given:
+            setattr(hp, name, default)
     for dest, alias in converted.items():
         if hasattr(hp, dest):
             value = getattr(hp, dest)
             delattr(hp, dest)
             setattr(hp, alias.new, alias.convert(value, vars(hp)))
+            hp.given.add(alias.new)
     return hp
+
+
+class Hyperparameters(argparse.Namespace):
+    """The hyperparameters of a training script, one attribute each (what parse_hyperparameters returns).
+
+    `given` (a set of names: the hyperparameters set on the command line) sits in a slot, outside vars(hp), so that
+    vars(hp), which checkpoints store, holds the hyperparameters alone."""
+    __slots__ = ("given",)
 
 
 def rename_hyperparameters(saved, aliases):
@@ -826,15 +944,52 @@ VALIDATION_HYPERPARAMETERS = dict(
 )
 
 
+# The hyperparameters of both training scripts whose values are limited (check_training_hyperparameters): counts that
+# must be positive, numbers that may be 0 but not negative, and names with a fixed set of values. Each script adds its
+# own (architecture sizes, loss names).
+TRAINING_POSITIVE = ("crop_size", "scaling_factor", "batch_size", "print_every", "checkpoint_every")
+TRAINING_NON_NEGATIVE = ("iterations", "learning_rate", "ema_decay", "workers", "image_cache_mb", "val_every",
+                         "queue_size")
+TRAINING_CHOICES = dict(precision=("auto", "fp32", "bf16", "fp16"), lr_maker=("pil", "matlab"))
+
+
+def check_training_hyperparameters(hp, positive=(), non_negative=(), choices=None):
+    """
+    Stop with one clear line (ValueError, through run_cli) on a flag whose value cannot work, before anything is
+    loaded: --print_every 0 would divide by zero at the first iteration, --n_blocks -1 build a network without
+    blocks, and an unknown name such as --pixel_loss huber must not be trained as something else.
+
+    :param positive, non_negative: names of numbers that must be > 0 / >= 0, besides TRAINING_POSITIVE and
+                                   TRAINING_NON_NEGATIVE
+    :param choices: dict name -> the values allowed, besides TRAINING_CHOICES
+    """
+    for name, allowed in {**TRAINING_CHOICES, **(choices or {})}.items():
+        if getattr(hp, name) not in allowed:
+            raise ValueError(f"--{name} must be one of {', '.join(map(str, allowed))}, not {getattr(hp, name)!r}.")
+    for name in TRAINING_POSITIVE + tuple(positive):
+        if getattr(hp, name) <= 0:
+            raise ValueError(f"--{name} must be greater than 0, not {getattr(hp, name)}.")
+    for name in TRAINING_NON_NEGATIVE + tuple(non_negative):
+        if getattr(hp, name) < 0:
+            raise ValueError(f"--{name} must be 0 or more, not {getattr(hp, name)}.")
+
+
 class GracefulExit:
     """
     Turn SIGINT (Ctrl+C) and SIGTERM (a cluster's time limit) into a flag the training loop checks after
     each iteration, so that it can save a checkpoint and exit cleanly instead of dying mid-step.
-    A second signal exits at once.
+    A second signal exits at once, except while a checkpoint is being written (inside `saving()`): breaking off
+    that write would lose the very checkpoint the first signal asked for, so the save goes on and the run stops
+    after it.
+
+    Only the main process of each training process gets here: the data-loading workers ignore both signals
+    (datasets.ignore_stop_signals), because `timeout`, Slurm and Kubernetes signal the whole process group, and a
+    worker that died of it would take the next batch, and with it the save, down.
     """
 
     def __init__(self):
         self.requested = False
+        self.is_saving = False
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signal_number, self._handler)
         # With several processes, all must stop at the same iteration (the others would otherwise wait forever for
@@ -850,7 +1005,21 @@ class GracefulExit:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.group)
         return bool(flag.item())
 
+    @contextlib.contextmanager
+    def saving(self):
+        """Within this block (a checkpoint being written) a signal only asks to stop after it, never breaks it."""
+        self.is_saving = True
+        try:
+            yield
+        finally:
+            self.is_saving = False
+
     def _handler(self, signal_number, frame):
+        if self.is_saving:  # any signal during a save: let the save finish, then stop
+            self.requested = True
+            print(f"\nReceived {signal.Signals(signal_number).name} while writing a checkpoint: saving, please wait "
+                  f"(the run stops once it is written).", file=sys.stderr)
+            return
         if self.requested:  # second Ctrl+C: the user really wants out
             raise KeyboardInterrupt
         self.requested = True
@@ -865,10 +1034,14 @@ def check_finite(loss, iteration, checkpoint_path, since_iteration=None):
 
     `loss` may be a sum of the losses of the iterations since `since_iteration` (one NaN / inf makes the sum NaN /
     inf): checking a sum now and then instead of every loss spares a GPU synchronisation per iteration.
+    `checkpoint_path` is the last good checkpoint, or None when there is none yet (the message then names no file).
     """
     if not torch.isfinite(loss):
         when = f"at iteration {iteration}" if since_iteration is None else \
             f"between iterations {since_iteration} and {iteration}"
+        if checkpoint_path is None:  # nothing saved yet (and not resumed): no file to name
+            raise RuntimeError(f"The loss became {loss.item()} {when}; training stopped, before any checkpoint was "
+                               f"saved. Start again with a lower learning rate or precision='fp32'.")
         raise RuntimeError(f"The loss became {loss.item()} {when}; training stopped. The last "
                            f"good checkpoint is kept at {checkpoint_path}. Try a lower learning rate or "
                            f"precision='fp32', then resume with --checkpoint {checkpoint_path}.")
@@ -1145,6 +1318,10 @@ class TrainingLog:
         """
         self.hp, self.save, self.checkpoint_path = hp, save, checkpoint_path
         self.is_main_process, self.learning_rate, self.validation = is_main_process, learning_rate, validation
+        self.kind = kind
+        # The checkpoints the messages may name: this run's, once it has saved one; before that the one it resumed.
+        self.saved, self.start_iteration = False, start_iteration
+        self.resumed_from = getattr(hp, "checkpoint", None) if start_iteration > 0 else None
         self.stop_signal = GracefulExit()
         if validation is not None:
             validation.load_test_sets()
@@ -1177,14 +1354,23 @@ class TrainingLog:
         validate_now = self.validation is not None and self.validation.due(completed, last)
         save_now = completed % self.hp.checkpoint_every == 0 or last or stop_now
         if report_now or validate_now or save_now:
-            self.running_losses.check_finite(completed, self.checkpoint_path)  # never save a NaN model over a good one
+            self.running_losses.check_finite(completed, self.last_checkpoint)  # never save a NaN model over a good one
         if report_now:
             self.report(completed, *self.running_losses.report())
         if validate_now:
             self.validate(completed)  # before the save: the checkpoint then holds the best score, this one included
         if save_now:
-            self.save(completed)
+            # A signal during the save waits for it (and, if it was the first, stops the run after the next
+            # iteration, which every process then agrees on).
+            with self.stop_signal.saving():
+                self.save(completed)
+            self.saved = True
         return stop_now
+
+    @property
+    def last_checkpoint(self):
+        """The last good checkpoint of this run: the one it saved last, else the one it resumed from, else None."""
+        return self.checkpoint_path if self.saved else self.resumed_from
 
     def report(self, iteration, losses, it_per_s):
         """Show and log the mean losses since the last report (name -> float), the speed and the learning rate."""
@@ -1221,15 +1407,26 @@ class TrainingLog:
         self.progress.close()
         if self.log_files is not None:
             self.log_files.close()
+        if self.kind is not None:  # the run is over: another may now use the folder (see prepare_output_folder)
+            release_output_folder(Path(self.checkpoint_path).parent, self.kind)
         if self.is_main_process:
-            print(f"Checkpoint: {self.checkpoint_path}")
+            # Only files that exist are named: a run with nothing to train (--iterations at or below the starting
+            # iteration) writes no checkpoint, and a run resumed into another folder has no best file there yet.
+            if self.saved:
+                print(f"Checkpoint: {self.checkpoint_path}")
+            else:
+                print(f"No checkpoint written: nothing to train from iteration {self.start_iteration} to --iterations "
+                      f"{self.hp.iterations}" + (f"; {self.resumed_from} is unchanged" if self.resumed_from else "")
+                      + ".")
             best = self.validation.best if self.validation is not None else None
-            if best is not None:
+            best_written = best is not None and self.validation.best_path.is_file()
+            if best_written:
                 print(f"Best validated weights: {self.validation.best_path} (iteration {best['iteration']}, "
                       f"{best['val_set']} {best['psnr']:.2f} dB)")
-            paths = [self.checkpoint_path] + ([self.validation.best_path] if best is not None else [])
-            print("To run the generator in other programs, export it (to .onnx, .pth or .safetensors; see the "
-                  "README, \"Using your model elsewhere\"):\n" + "\n".join(f"    {export_command(p)}" for p in paths))
+            paths = ([self.checkpoint_path] if self.saved else []) + ([self.validation.best_path] if best_written else [])
+            if paths:
+                print("To run the generator in other programs, export it (to .onnx, .pth or .safetensors; see the "
+                      "README, \"Using your model elsewhere\"):\n" + "\n".join(f"    {export_command(p)}" for p in paths))
 
 
 def export_command(path):
@@ -1304,6 +1501,12 @@ class ModelEMA:
     An exponential moving average of a model's weights: ema = decay * ema + (1 - decay) * weights, after
     every optimiser step. The average is smoother than the weights themselves (GAN training makes them
     jitter), so ESRGAN / Real-ESRGAN evaluate and release the EMA weights.
+
+    Warm-up: at iteration t the decay is min(decay, (1 + t) / (10 + t)), as in TensorFlow's
+    ExponentialMovingAverage. Without it, the average of a short run is mostly the random initial weights (with
+    decay 0.999, 0.999^750 = 47% of it after 750 iterations: on Set5, 26.7 dB where the weights themselves had
+    29.6); with it, the average spans about the last tenth of the run until that reaches 1 / (1 - decay)
+    iterations. The decay depends on the iteration only, so a resumed run averages exactly as a whole one.
     """
 
     def __init__(self, model, decay):
@@ -1311,11 +1514,13 @@ class ModelEMA:
         self.module = copy.deepcopy(_unwrap(model)).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model):
+    def update(self, model, iteration):
+        """Move the average towards `model`'s weights after the optimiser step of `iteration` (0 for the first)."""
+        decay = min(self.decay, (1 + iteration) / (10 + iteration))
         ema_state, model_state = self.module.state_dict(), _unwrap(model).state_dict()
         for name, ema_value in ema_state.items():
             if ema_value.is_floating_point():
-                ema_value.lerp_(model_state[name], 1.0 - self.decay)
+                ema_value.lerp_(model_state[name], 1.0 - decay)
             else:  # integer buffers (batch-norm counters) are copied
                 ema_value.copy_(model_state[name])
 
@@ -1341,32 +1546,283 @@ def training_checkpoint(kind, iteration, hp, stateful, **extra):
     return state
 
 
+# ------------------------------------------------------------------------------------------------------
+# The output folder of a run: checked, locked and cleaned before training starts
+# ------------------------------------------------------------------------------------------------------
+_HELD_LOCKS = {}  # lock file -> its open file, for the locks this process holds (see lock_output_folder)
+
+
+def prepare_output_folder(folder, kind):
+    """
+    Make a training run's output folder ready before training starts, so that nothing fails only at the first save,
+    hours in: it must be a folder (it is created if missing), and writable; it is locked for this run
+    (lock_output_folder); and the temporary files that interrupted writes of this run's own files left behind
+    (a kill -9 during a save) are removed, with a note.
+
+    Call it in the main process only. TrainingLog.close() releases the lock at the end.
+
+    :param folder: the output folder
+    :param kind: 'srresnet' or 'srgan': the script whose files (checkpoint_<kind>.pth, best_<kind>.pth,
+                 log_<kind>.jsonl) are written there
+    :raises ValueError: with what to do, when the folder is a file, cannot be created or written, or is in use
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"The output folder {folder} is a file, not a folder: give another --output_folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Can files be created there? (The probe is removed on closing; whether a checkpoint fits is a question for
+        # checkpoint_saver, which knows its size.)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ValueError(f"Cannot write to the output folder {folder} ({error.strerror or error}): fix its "
+                         f"permissions or free some space, or give another --output_folder.") from None
+    lock_output_folder(folder, kind)
+    # A temporary file of one of our names can only be left over now: the lock says no other run of this script
+    # writes here.
+    leftovers = [path for name in (f"checkpoint_{kind}.pth", f"best_{kind}.pth", f"log_{kind}.jsonl")
+                 for path in folder.glob(f".{glob.escape(name)}.*.tmp")]
+    if leftovers:
+        n_bytes = sum(path.stat().st_size for path in leftovers)
+        for path in leftovers:
+            path.unlink()
+        print(f"Note: removed {len(leftovers)} temporary file(s) ({n_bytes / 2 ** 20:.1f} MB) that interrupted saves "
+              f"left in {folder}; the files they were to replace are intact.", file=sys.stderr)
+
+
+def lock_output_folder(folder, kind):
+    """
+    Take the lock of train_<kind>.py on `folder`, so that a second run writing into the same folder is refused
+    (two runs would write the same checkpoint and logs, each over the other's).
+
+    The lock is an flock (fcntl) on the file <folder>/train_<kind>.lock, which says which process holds it. The
+    kernel releases an flock when its process ends, however it ends, so a crashed or killed run never leaves the
+    folder locked: the next run takes the lock over. A process that holds the lock already (a second run in the same
+    Python process, as the tests do) keeps it.
+
+    :raises ValueError: when another process holds the lock
+    """
+    path = (Path(folder) / f"train_{kind}.lock").resolve()
+    if path in _HELD_LOCKS:
+        return path
+    while True:
+        file = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            file.close()
+            raise ValueError(f"{Path(folder)} is in use by another train_{kind}.py run ({holder}; lock file "
+                             f"{path}): wait until it ends, or give another --output_folder.") from None
+        # The file may have been removed by the run that held it, between our open and our lock: lock the file
+        # that is there now.
+        try:
+            if os.path.samestat(os.stat(path), os.fstat(file.fileno())):
+                break
+        except FileNotFoundError:
+            pass
+        file.close()
+    file.seek(0)
+    file.truncate()
+    file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    file.flush()
+    _HELD_LOCKS[path] = file
+    atexit.register(release_output_folder, path.parent, kind)  # a run that ends with an error leaves no lock file either
+    return path
+
+
+def release_output_folder(folder, kind):
+    """Give back the lock of lock_output_folder (nothing to do if this process does not hold it)."""
+    path = (Path(folder) / f"train_{kind}.lock").resolve()
+    file = _HELD_LOCKS.pop(path, None)
+    if file is not None:
+        path.unlink(missing_ok=True)  # removed while still locked: a run that opened it meanwhile tries again
+        file.close()
+
+
+def checkpoint_bytes(stateful):
+    """About the size of a checkpoint of `stateful` (name -> object with a state_dict(), or None), in bytes: its
+    tensors, and the two moments per weight that Adam keeps once it has taken a step (a fresh optimiser has none
+    yet)."""
+    def tensor_bytes(value):
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, dict):
+            return sum(tensor_bytes(item) for item in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(tensor_bytes(item) for item in value)
+        return 0
+
+    total = 0
+    for obj in stateful.values():
+        if obj is None:
+            continue
+        total += tensor_bytes(obj.state_dict())
+        if isinstance(obj, torch.optim.Adam) and not obj.state:
+            total += 2 * sum(tensor_bytes(p) for group in obj.param_groups for p in group["params"])
+    return total
+
+
 def checkpoint_saver(kind, path, hp, stateful, is_main_process, **extra):
-    """The save(iteration) function of a training script: training_checkpoint() written atomically to `path`, by the
-    first process only (all processes hold the same weights)."""
+    """
+    The save(iteration) function of a training script: training_checkpoint() written atomically to `path`, by the
+    first process only (all processes hold the same weights).
+
+    It checks first that a checkpoint fits on the disk (checkpoint_bytes): a full disk is found before training,
+    not at the first save. A save that fails all the same (the disk filled up meanwhile) stops training with one
+    line: which file, why, that the previous checkpoint is intact, and the iteration it holds.
+    """
+    if is_main_process:
+        needed, free = checkpoint_bytes(stateful), _free_bytes(Path(path).parent)
+        if free is not None and free < needed:
+            raise ValueError(f"No room for a checkpoint in {Path(path).parent}: it needs about "
+                             f"{needed / 2 ** 20:.1f} MB, and {free / 2 ** 20:.1f} MB are free. Free some space, or "
+                             f"give another --output_folder.")
+    saved = {}  # the iteration of the last checkpoint this run wrote
+
     def save(iteration):
-        if is_main_process:
+        if not is_main_process:
+            return
+        try:
             save_checkpoint(training_checkpoint(kind, iteration, hp, stateful, **extra), path)
+        except RuntimeError as error:
+            last = f"; it holds iteration {saved['iteration']}" if saved else ""
+            raise RuntimeError(f"{error} Training stopped at iteration {iteration}{last}: make room (or fix the "
+                               f"permissions), then resume with --checkpoint {path}." if Path(path).is_file() else
+                               f"{error} Training stopped at iteration {iteration}, before any checkpoint was "
+                               f"written.") from None
+        saved["iteration"] = iteration
     return save
+
+
+def _flag_text(value):
+    """A hyperparameter's value as it is written on the command line: lists as their items, separated by spaces."""
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def reconcile_resumed_hyperparameters(checkpoint, hp, aliases=None, architecture=(), not_used=()):
+    """
+    Before the networks are built for a resumed run: settle which hyperparameters the checkpoint decides.
+
+    A resumed run continues the checkpoint's networks, so
+      * an architecture flag given with another value than the checkpoint's is refused (it would be ignored, and the
+        new checkpoints would claim a network the run does not have); those not given take the checkpoint's values;
+      * a flag in `not_used` (what the checkpoint replaces, e.g. train_srgan.py's --srresnet_checkpoint) is noted
+        when given with another value, and takes the checkpoint's value.
+    hp is changed in place, so that the checkpoints the run writes record what it really uses. (The learning-rate
+    schedule is settled by resume_training, against the schedulers' state.)
+
+    :param architecture: the names of the hyperparameters that shape the networks or the data they fit
+                         (scaling_factor)
+    :raises ValueError: naming the refused flags
+    """
+    saved = rename_hyperparameters(checkpoint.get("hyperparameters") or {}, aliases)
+    given = getattr(hp, "given", set(vars(hp)))  # (hyperparameters not from parse_hyperparameters: all count)
+    refused = [f"--{name} {_flag_text(getattr(hp, name))} (the checkpoint's: {_flag_text(saved[name])})"
+               for name in architecture if name in given and name in saved and saved[name] != getattr(hp, name)]
+    if refused:
+        raise ValueError(f"Cannot resume {hp.checkpoint} with another architecture: {', '.join(refused)}. A resumed "
+                         f"run continues the checkpoint's network: drop these flags, or start a new run (without "
+                         f"--checkpoint).")
+    for name in architecture:
+        if name in saved:
+            setattr(hp, name, saved[name])
+    overridden = [f"--{name}" for name in not_used if name in given and getattr(hp, name) != saved.get(name)]
+    if overridden:
+        print(f"Note: {', '.join(overridden)} not used when resuming: the checkpoint {hp.checkpoint} brings the "
+              f"networks.", file=sys.stderr)
+    for name in not_used:
+        setattr(hp, name, saved.get(name))
+
+
+# The hyperparameters of the learning-rate schedule (MultiStepLR), which a resumed run may change.
+LEARNING_RATE_SCHEDULE = ("learning_rate", "learning_rate_milestones", "learning_rate_gamma")
+
+
+def learning_rate_schedule(scheduler):
+    """The schedule a MultiStepLR follows, under the names of LEARNING_RATE_SCHEDULE."""
+    return dict(learning_rate=scheduler.base_lrs[0], learning_rate_milestones=sorted(scheduler.milestones.elements()),
+                learning_rate_gamma=scheduler.gamma)
+
+
+def set_learning_rate_schedule(scheduler, learning_rate, learning_rate_milestones, learning_rate_gamma):
+    """
+    Give a MultiStepLR (and its optimiser) another schedule from now on, as if the run had had it from the start:
+    the learning rate becomes learning_rate * gamma^(the milestones already passed), and the later milestones
+    multiply it by gamma as they come. A milestone earlier than the scheduler's iteration counts as passed.
+    """
+    scheduler.base_lrs = [learning_rate] * len(scheduler.optimizer.param_groups)
+    scheduler.milestones = collections.Counter(learning_rate_milestones)
+    scheduler.gamma = learning_rate_gamma
+    # last_epoch: the steps taken so far
+    passed = bisect.bisect_right(sorted(learning_rate_milestones), scheduler.last_epoch)
+    for group in scheduler.optimizer.param_groups:
+        group["initial_lr"] = learning_rate
+        group["lr"] = learning_rate * learning_rate_gamma ** passed
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]  # what get_last_lr() returns
+
+
+# What every training checkpoint holds (training_checkpoint); each script names the rest of its own (the discriminator).
+RESUMABLE_KEYS = ("iteration", "hyperparameters", "rng_state", "generator_arch", "generator_kwargs", "generator",
+                  "optimizer_g", "scheduler_g")
+
+
+def check_resumable(checkpoint, path, required=()):
+    """
+    Raise ValueError, in one line, unless `checkpoint` (from load_checkpoint, of the right kind) holds a run to resume:
+    a generator-only file (best_<kind>.pth) gets told which file to resume from, a file without some of RESUMABLE_KEYS
+    and `required` (damaged, or made by something else under the right kind) is named with what it lacks.
+    """
+    kind = checkpoint.get("kind")
+    if "rng_state" not in checkpoint:
+        raise ValueError(f"{path}: this {kind} checkpoint holds a generator only (such as best_{kind}.pth, the best "
+                         f"validated weights), not a run to resume: resume from checkpoint_{kind}.pth.")
+    missing = [name for name in RESUMABLE_KEYS + tuple(required) if name not in checkpoint]
+    if missing:
+        raise ValueError(f"Cannot resume from {path}: it lacks {', '.join(missing)}, which every checkpoint of "
+                         f"train_{kind}.py holds, so it is damaged or was not written by it. Resume from another "
+                         f"checkpoint, or start a new run without --checkpoint.")
 
 
 def resume_training(checkpoint, stateful, hp, aliases=None):
     """
-    Restore the objects of training_checkpoint() and the RNG states from a checkpoint.
+    Restore the objects of training_checkpoint() and the RNG states from a checkpoint (after
+    reconcile_resumed_hyperparameters).
+
+    The optimisers' learning rate and the schedulers' milestones come back with them. Learning-rate flags given with
+    new values then apply (set_learning_rate_schedule), and say so; those not given keep the checkpoint's schedule,
+    and hp is set to it. Any other hyperparameter that differs from the checkpoint's applies from now on and is
+    listed in a note. hp then holds what the run really uses, which its checkpoints record.
 
     :param aliases: the script's renamed hyperparameters (see parse_hyperparameters), so that the hyperparameters of
                     an older checkpoint are compared under today's names
     :return: the iteration to continue from
     """
-    if "rng_state" not in checkpoint:
-        raise ValueError(f"This {checkpoint.get('kind')} checkpoint holds a generator only (such as best_"
-                         f"{checkpoint.get('kind')}.pth, the best validated weights), not a run to resume: resume "
-                         f"from checkpoint_{checkpoint.get('kind')}.pth.")
     for name, obj in stateful.items():
         if obj is not None and name in checkpoint:
             obj.load_state_dict(checkpoint[name])
     set_rng_state(checkpoint["rng_state"])
-    warn_changed_hyperparameters(rename_hyperparameters(checkpoint["hyperparameters"], aliases), vars(hp))
+    schedulers = [obj for obj in stateful.values() if isinstance(obj, torch.optim.lr_scheduler.MultiStepLR)]
+    if schedulers and all(hasattr(hp, name) for name in LEARNING_RATE_SCHEDULE):
+        restored = learning_rate_schedule(schedulers[0])
+        given = getattr(hp, "given", set(vars(hp)))
+        for name in LEARNING_RATE_SCHEDULE:  # not given: the checkpoint's
+            if name not in given:
+                setattr(hp, name, restored[name])
+        wanted = dict(learning_rate=hp.learning_rate, learning_rate_milestones=sorted(hp.learning_rate_milestones),
+                      learning_rate_gamma=hp.learning_rate_gamma)
+        if wanted != restored:
+            for scheduler in schedulers:
+                set_learning_rate_schedule(scheduler, **wanted)
+            changes = "; ".join(f"{name} {_flag_text(restored[name])} -> {_flag_text(wanted[name])}"
+                                for name in LEARNING_RATE_SCHEDULE if wanted[name] != restored[name])
+            print(f"Learning-rate schedule changed on resume ({changes}): it applies from iteration "
+                  f"{checkpoint['iteration']} on, as if the run had had it from the start (milestones already passed "
+                  f"count): learning rate now {schedulers[0].get_last_lr()[0]:.3g}.", file=sys.stderr)
+    warn_changed_hyperparameters(rename_hyperparameters(checkpoint["hyperparameters"], aliases), vars(hp),
+                                 keys_to_ignore=("checkpoint", "iterations", "workers", *LEARNING_RATE_SCHEDULE))
     return checkpoint["iteration"]
 
 
@@ -1377,7 +1833,8 @@ def _unwrap(model):
 
 
 def warn_changed_hyperparameters(saved, current, keys_to_ignore=("checkpoint", "iterations", "workers")):
-    """On resume, list the hyperparameters that differ from the run being resumed (a common mistake)."""
+    """On resume, list the hyperparameters that differ from the run being resumed (a common mistake; they apply from
+    now on)."""
     changed = [f"{name}: {saved[name]!r} -> {value!r}" for name, value in current.items()
                if name in saved and saved[name] != value and name not in keys_to_ignore]
     if changed:

@@ -73,6 +73,18 @@ def test_clear_errors(data_folder, tmp_path):
         dataset[(1, 0)]  # 50 x 70
 
 
+@pytest.mark.parametrize("content, shown", [('{"images": ["a.png"]}', 'holds {"images": ["a.png"]}'),
+                                            ("[1, 2]", "has the entry 1"), ('[{"hr": "a.png"}]', 'has the entry {"hr"'),
+                                            ("[\"a.png\"", "not valid JSON")])
+def test_a_malformed_data_list_is_named_in_one_clear_error(tmp_path, content, shown):
+    (tmp_path / "train_images.json").write_text(content)
+    with pytest.raises(ValueError) as error:
+        datasets.SRDataset(tmp_path, "train", crop_size=32, scaling_factor=4)
+    message = str(error.value)
+    assert str(tmp_path / "train_images.json") in message and shown in message and "create_data_lists.py" in message
+    assert "\n" not in message
+
+
 def test_sampler_visits_every_image_once_per_epoch_and_is_reproducible():
     sampler = datasets.TrainingSampler(n_images=10, batch_size=4, seed=3)
     keys = list(itertools.islice(iter(sampler), 30))

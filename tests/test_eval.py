@@ -14,6 +14,7 @@ from PIL import Image
 from skimage import data as skimage_data
 
 import metrics
+import models
 import utils
 
 eval_script = importlib.import_module("eval")  # eval.py (the module name shadows no import, only the builtin name)
@@ -121,6 +122,44 @@ def test_greyscale_image_is_measured_on_its_own_values(shared_data, tmp_path):
     assert hr.ndim == 2
     sr = metrics.imresize(metrics.imresize(metrics.modcrop_array(hr, 4), scale=1 / 4), scale=4)
     assert result["psnr"] == pytest.approx(metrics.calculate_psnr(sr, metrics.modcrop_array(hr, 4), crop_border=4))
+
+
+def test_16bit_greyscale_image_gives_the_psnr_of_its_8bit_version(tmp_path, capsys):
+    """A 16-bit grey PNG (each 8-bit level v stored as v * 257) is measured as its 8-bit version, not clipped white."""
+    camera = skimage_data.camera()[100:196, 150:250]  # (96, 100) uint8, a real photo
+    Image.fromarray(camera).save(tmp_path / "camera8.png")
+    Image.fromarray(camera.astype(np.uint16) * 257).save(tmp_path / "camera16.png")
+    assert Image.open(tmp_path / "camera16.png").mode == "I;16"
+    write_list(tmp_path, "Grey8", [tmp_path / "camera8.png"])
+    write_list(tmp_path, "Grey16", [tmp_path / "camera16.png"])
+    torch.manual_seed(0)
+    tiny = models.build_generator("srresnet", n_channels=8, n_blocks=1, scaling_factor=4)
+    utils.save_checkpoint({"kind": "srresnet", "iteration": 1, "generator_arch": "srresnet",
+                           "generator": tiny.state_dict(), "generator_kwargs": tiny.generator_kwargs},
+                          tmp_path / "tiny.pth")
+    results = eval_script.main(["--data_folder", str(tmp_path), "--test_sets", "Grey8", "Grey16",
+                                "--model", "bicubic", str(tmp_path / "tiny.pth")])
+    by_set = {(r["model"], r["test_set"]): r for r in results}
+    for model in ("bicubic", str(tmp_path / "tiny.pth")):
+        grey8, grey16 = by_set[(model, "Grey8")], by_set[(model, "Grey16")]
+        assert 5 < grey8["psnr"] < 40  # a real score, not inf (the random tiny network scores low)
+        assert grey16["psnr"] == pytest.approx(grey8["psnr"], abs=0.01)
+        assert grey16["ssim"] == pytest.approx(grey8["ssim"], abs=1e-4)
+    assert "inf" not in capsys.readouterr().out
+
+
+def test_an_infinite_psnr_is_explained_wherever_it_appears(tmp_path, capsys):
+    """A flat image is reproduced exactly by bicubic: its PSNR, and its set's mean, are infinite -- and said why."""
+    Image.new("RGB", (48, 48), (90, 120, 30)).save(tmp_path / "flat.png")
+    Image.fromarray(skimage_data.astronaut()[:48, :48]).save(tmp_path / "photo.png")
+    write_list(tmp_path, "Mixed", [tmp_path / "flat.png", tmp_path / "photo.png"])
+    result = eval_script.main(["--data_folder", str(tmp_path), "--test_sets", "Mixed"])[0]
+    captured = capsys.readouterr()
+    assert result["psnr"] == float("inf")
+    assert "note: the PSNR of flat is infinite: the output equals the HR image exactly" in captured.err
+    table = captured.out.strip().splitlines()
+    assert "inf* / " in table[2]
+    assert table[-1].startswith("* infinite: some output equals its HR image exactly")
 
 
 # ------------------------------------------------------------------------------------------------------

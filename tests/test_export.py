@@ -148,6 +148,20 @@ def test_a_file_with_one_set_of_weights_exports_it_as_params(tmp_path):
         assert file.metadata()["weights"] == "params"
 
 
+def test_one_set_of_weights_ema_or_raw(tmp_path):
+    """--weights ema / raw: one set alone, half the file; it loads whatever ema= asks (there is one set)."""
+    raw, ema = write_checkpoint(tmp_path / "checkpoint.pth", "compact")
+    export.main([str(tmp_path / "checkpoint.pth"), "--output", str(tmp_path / "both.pth")])
+    lr_imgs = photo_batch(1, 9, 13)
+    for choice, kept, model in (("ema", "params_ema", ema), ("raw", "params", raw)):
+        path = tmp_path / f"{choice}.pth"
+        export.main([str(tmp_path / "checkpoint.pth"), "--output", str(path), "--weights", choice])
+        assert set(torch.load(path, weights_only=True)) & {"params", "params_ema"} == {kept}
+        assert path.stat().st_size < 0.6 * (tmp_path / "both.pth").stat().st_size
+        for ema_flag in (True, False):
+            assert torch.equal(forward(utils.load_generator(path, ema=ema_flag)[0], lr_imgs), forward(model, lr_imgs))
+
+
 def test_half_files_are_half_the_size_and_load_as_float32(tmp_path):
     # Batch norm: integer counters too. Big enough for the tensors to outweigh the file's own bytes.
     _, ema = write_checkpoint(tmp_path / "checkpoint.pth", "srresnet", n_channels=32, n_blocks=2)

@@ -6,6 +6,7 @@ Models used here are tiny so the whole file runs in well under a minute on 2 CPU
     round trips (every pixel of the output can be checked, not just the size and mode);
   * small RRDBNet / SRResNet from models.py (random weights) for the CLI and the grid.
 """
+import resource
 import subprocess
 import sys
 import struct
@@ -262,6 +263,64 @@ def test_cli_model_errors(tmp_path, tiny_rrdb, capsys):
     assert super_resolve.main(common + ["--model", str(tiny_rrdb), "--precision", "fp16", "--device", "cpu"]) == 1
     assert "CUDA" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written when the model cannot run
+
+
+def _write_black_rgb_png(path, width, height):
+    """A valid 8-bit RGB PNG of any size, all black: it compresses to almost nothing (9600 x 9600: 268 kB)."""
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + 3 * width)  # filter byte 0, then black pixels
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # (check_output_size called directly)
+def test_an_output_too_large_for_memory_is_refused_before_decoding(tmp_path, tiny_rrdb, capsys, monkeypatch):
+    # A 268 kB PNG of 9600 x 9600 pixels (under Pillow's refusal limit): at x4 its output would take ~35 GB.
+    _write_black_rgb_png(tmp_path / "huge.png", 9600, 9600)
+    Image.fromarray(random_pixels((8, 8, 3))).save(tmp_path / "small.png")
+    decoded = []
+    monkeypatch.setattr(super_resolve, "read_image", lambda path, read=super_resolve.read_image: decoded.append(
+        Path(path).name) or read(path))
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB
+    code = super_resolve.main([str(tmp_path / "huge.png"), str(tmp_path / "small.png"), "--model", str(tiny_rrdb),
+                               "--output_folder", str(tmp_path / "out"), "--no_progress"])
+    error = capsys.readouterr().err
+    assert code == 1 and decoded == ["small.png"]  # the huge image was never decoded; the next one was upscaled
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 500_000  # nothing big was allocated
+    assert "38400x38400 (1,475 megapixels), which needs about 35.4 GB of memory" in error, error
+    assert "--max_output_megapixels 500" in error and "decompression bomb" not in error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["small_x4.png"]
+    # A larger limit (or none) lets it through; an alpha channel needs more memory.
+    assert super_resolve.check_output_size(tmp_path / "huge.png", 4, 2000) is None
+    assert super_resolve.check_output_size(tmp_path / "huge.png", 4, 0) is None
+    Image.new("RGBA", (600, 500)).save(tmp_path / "alpha.png")
+    with pytest.raises(ValueError, match=r"2400x2000 \(5 megapixels\), which needs about 0.2 GB"):
+        super_resolve.check_output_size(tmp_path / "alpha.png", 4, 1)
+    # An image beyond Pillow's own limit gets a message for this script, not one about data lists.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ValueError, match="split the image into parts") as refused:
+        super_resolve.check_output_size(tmp_path / "huge.png", 4, 500)
+    assert "data list" not in str(refused.value)
+
+
+def test_output_folder_that_is_also_the_input_folder_skips_our_outputs(tmp_path, tiny_rrdb, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(random_pixels((8, 10, 3))).save(folder / "a.png")
+    args = [str(folder), "--model", str(tiny_rrdb), "--output_folder", str(folder), "--no_progress"]
+    for run in range(3):  # each run must find a.png only, never a_x4.png (which would give a_x4_x4.png, x16)
+        assert super_resolve.main(args) == 0
+        error = capsys.readouterr().err
+        assert ("skipping 1 file(s)" in error and "a_x4.png" in error) == (run > 0), error
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_x4.png"]
+    # Given by name, an output is upscaled again (explicit files are always used), and another folder keeps them all.
+    assert super_resolve.main([str(folder / "a_x4.png")] + args[1:]) == 0
+    assert (folder / "a_x4_x4.png").is_file()
+    assert [path.name for path, _ in super_resolve.find_inputs([folder], tmp_path / "elsewhere")] == [
+        "a.png", "a_x4.png", "a_x4_x4.png"]
 
 
 def test_comparison_grid(tmp_path, tiny_rrdb, monkeypatch):

@@ -3,9 +3,11 @@
 Most runs call the script's main() in this process (fast: torch is already imported); runs that must be separate
 processes (signals, torchrun, the command-line error path) start a subprocess.
 """
+import errno
 import hashlib
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -223,6 +225,241 @@ def test_sigterm_saves_a_checkpoint_and_exits(data_folder, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))  # no half-written file left behind
 
 
+# The settings of the fault tests below: 2 blocks, batch 4, crop 32, fp32.
+FAULT_TINY = ["--n_blocks", "2", "--n_channels", "8", "--crop_size", "32", "--batch_size", "4", "--precision", "fp32"]
+
+
+def wait_for(path, process, timeout=90):
+    """Wait until `path` exists (or the process ended, or the timeout passed); True if it exists."""
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    return path.exists()
+
+
+@pytest.mark.parametrize("script", ["train_srresnet", pytest.param("train_srgan", marks=pytest.mark.slow)])
+def test_sigterm_to_the_process_group_with_workers_saves_and_exits(data_folder, tmp_path, monkeypatch, script):
+    """What `timeout`, Slurm and Kubernetes do: SIGTERM to every process of the group, the DataLoader workers too.
+    The workers must not die of it (that would break the next batch, and the save): the run saves and exits 0."""
+    args = ["--workers", 1, "--data_folder", data_folder, "--output_folder", tmp_path, "--iterations", 100000,
+            "--checkpoint_every", 3]
+    if script == "train_srresnet":
+        args += FAULT_TINY
+    else:  # the generator of a train_srresnet.py run, and a tiny discriminator
+        run_script(train_srresnet, [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder, "--iterations", 1,
+                                    "--output_folder", tmp_path / "srresnet"], monkeypatch)
+        args += [*FAULT_TINY[4:], *TINY_DISCRIMINATOR,
+                 "--srresnet_checkpoint", tmp_path / "srresnet" / "checkpoint_srresnet.pth"]
+    checkpoint_path = tmp_path / f"checkpoint_{script.removeprefix('train_')}.pth"
+    process = subprocess.Popen([sys.executable, f"{script}.py", *map(str, args)], start_new_session=True,
+                               cwd=os.path.dirname(train_srresnet.__file__), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        started = wait_for(checkpoint_path, process)
+        assert started, process.communicate()[1] if process.poll() is not None else "timeout"
+        # The data-loading worker ignores SIGINT and SIGTERM (the signals' bits in its SigIgn mask). Checked first
+        # because whether its death would break the run depends on timing: it does when PyTorch's SIGCHLD handler
+        # raises in the main process, or when the batches fetched in advance run out before the save.
+        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        assert len(workers) == 1
+        ignored = int(re.search(r"SigIgn:\s*(\w+)", Path(f"/proc/{workers[0]}/status").read_text()).group(1), 16)
+        assert ignored >> (signal.SIGTERM - 1) & 1 and ignored >> (signal.SIGINT - 1) & 1
+        os.killpg(process.pid, signal.SIGTERM)  # the whole group: the script and its data-loading worker
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert "Received SIGTERM" in stderr and "killed by signal" not in stderr
+    checkpoint = utils.load_checkpoint(checkpoint_path)
+    assert 3 <= checkpoint["iteration"] < 100000 and not list(tmp_path.glob(".*.tmp"))
+    deadline = time.time() + 10  # and the worker is gone with it
+    while time.time() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a process of the run outlived it")
+
+
+def test_a_second_ctrl_c_during_the_save_waits_for_it(data_folder, tmp_path, monkeypatch, capsys):
+    """Ctrl+C twice while a checkpoint is written (the first Ctrl+C's save takes long for a big model): the save
+    goes on, says so, and the run stops after it with a complete checkpoint."""
+    save_checkpoint = utils.save_checkpoint
+
+    def save_interrupted_twice(state, path):
+        for _ in range(2):
+            signal.raise_signal(signal.SIGINT)  # (its handler runs right here, as it would within torch.save)
+        save_checkpoint(state, path)
+
+    monkeypatch.setattr(utils, "save_checkpoint", save_interrupted_twice)
+    try:
+        run_script(train_srresnet, [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder, "--output_folder",
+                                    tmp_path, "--iterations", 100, "--checkpoint_every", 2], monkeypatch)
+    except KeyboardInterrupt:
+        pytest.fail("the second Ctrl+C broke the save off")
+    assert "saving, please wait" in capsys.readouterr().err
+    checkpoint = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
+    assert checkpoint["iteration"] == 3  # the save at 2 completed; the run stopped after the next iteration's save
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_output_folder_is_checked_before_training(data_folder, tmp_path, monkeypatch, capsys):
+    """A file given as the output folder, a folder that cannot be written, a disk without room for a checkpoint:
+    one line each, before any training (no log, no checkpoint)."""
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: utils.run_cli(main))
+    args = [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder, "--iterations", 2]
+    (tmp_path / "a_file").write_text("not a folder")
+    code, lines = run_cli(train_srresnet, [*args, "--output_folder", tmp_path / "a_file"], monkeypatch, capsys)
+    assert code == 1 and len(lines) == 1 and "is a file, not a folder" in lines[0], lines
+
+    def permission_denied(*args, **kwargs):  # what a read-only folder answers (chmod would not stop root)
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(utils.tempfile, "TemporaryFile", permission_denied)
+        code, lines = run_cli(train_srresnet, [*args, "--output_folder", tmp_path / "read_only"], monkeypatch, capsys)
+    assert code == 1 and len(lines) == 1, lines
+    assert "Cannot write to the output folder" in lines[0] and "Permission denied" in lines[0], lines
+    with monkeypatch.context() as patch:
+        patch.setattr(utils.shutil, "disk_usage", lambda folder: SimpleNamespace(free=100_000))  # 0.1 MB free
+        code, lines = run_cli(train_srresnet, [*args, "--output_folder", tmp_path / "full"], monkeypatch, capsys)
+    assert code == 1 and len(lines) == 1 and "No room for a checkpoint" in lines[0], lines
+    assert not list((tmp_path / "full").glob("*.pth")) and not (tmp_path / "full" / "log_srresnet.jsonl").exists()
+
+
+def test_a_failed_save_says_why_and_keeps_the_previous_checkpoint(data_folder, tmp_path, monkeypatch, capsys):
+    """The disk fills up during a run: the save of iteration 4 fails (ENOSPC after part of the file). One line says
+    which file, why, and that the checkpoint of iteration 2 is intact; the partial file is removed."""
+    torch_save = torch.save
+
+    def save_on_a_disk_that_fills_up(obj, file, *args, **kwargs):
+        if obj.get("iteration") == 4:
+            file.write(b"\0" * 100_000)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        torch_save(obj, file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_on_a_disk_that_fills_up)
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: utils.run_cli(main))
+    code, lines = run_cli(train_srresnet, [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder,
+                                           "--output_folder", tmp_path, "--iterations", 10, "--checkpoint_every", 2],
+                          monkeypatch, capsys)
+    checkpoint_path = tmp_path / "checkpoint_srresnet.pth"
+    assert not any("Traceback" in line for line in lines)
+    lines = [line for line in lines if line.startswith("error:")]  # (the progress bar and the notes before it)
+    assert code == 1 and len(lines) == 1, lines
+    assert str(checkpoint_path) in lines[0] and "No space left on device" in lines[0], lines
+    assert "intact" in lines[0] and "iteration 2" in lines[0], lines
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert utils.load_checkpoint(checkpoint_path)["iteration"] == 2
+
+
+def test_temporary_files_of_interrupted_saves_are_removed(data_folder, tmp_path, monkeypatch, capsys):
+    """A run killed (kill -9) while saving leaves its temporary file; the next run in the folder removes those of
+    its own files, and no others."""
+    ours = [tmp_path / ".checkpoint_srresnet.pth.k2j4_x.tmp", tmp_path / ".best_srresnet.pth.0a9bz1.tmp"]
+    others = [tmp_path / ".checkpoint_srgan.pth.k2j4_x.tmp", tmp_path / ".notes.txt.abc.tmp"]
+    for path in ours + others:
+        path.write_bytes(b"\0" * 5000)
+    run_script(train_srresnet, [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder, "--output_folder",
+                                tmp_path, "--iterations", 1], monkeypatch)
+    assert not any(path.exists() for path in ours) and all(path.exists() for path in others)
+    assert "removed 2 temporary file(s)" in capsys.readouterr().err
+
+
+LOCK_HOLDER = """
+import sys, time
+sys.path.insert(0, {root!r})
+import utils
+utils.lock_output_folder({folder!r}, "srresnet")
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_run_into_the_same_folder_is_refused(data_folder, tmp_path, monkeypatch, capsys):
+    """While one train_srresnet.py run holds its output folder, a second one there is refused with one line; once
+    the first is gone, even killed with no chance to clean up (kill -9), the folder is free again."""
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER.format(
+        root=os.path.dirname(train_srresnet.__file__), folder=str(tmp_path))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: utils.run_cli(main))
+        args = [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder, "--output_folder", tmp_path,
+                "--iterations", 1]
+        code, lines = run_cli(train_srresnet, args, monkeypatch, capsys)
+        assert code == 1 and len(lines) == 1, lines
+        assert "in use by another train_srresnet.py run" in lines[0] and f"pid {holder.pid}" in lines[0], lines
+        assert not (tmp_path / "checkpoint_srresnet.pth").exists()
+        # train_srgan.py writes other files: it may share the folder.
+        utils.lock_output_folder(tmp_path, "srgan")
+        utils.release_output_folder(tmp_path, "srgan")
+    finally:
+        holder.kill()  # SIGKILL: its lock file stays behind, naming a dead process
+        holder.wait()
+    assert (tmp_path / "train_srresnet.lock").exists()
+    run_script(train_srresnet, args, monkeypatch)
+    assert utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")["iteration"] == 1
+    assert not (tmp_path / "train_srresnet.lock").exists()  # released at the end
+
+
+# ------------------------------------------------------------------------------------------------------
+# Resuming with other flags
+# ------------------------------------------------------------------------------------------------------
+def test_resume_refuses_another_architecture_and_records_the_one_used(data_folder, tmp_path, monkeypatch, capsys):
+    base = ["--crop_size", 32, "--batch_size", 4, "--precision", "fp32", "--workers", 0, "--data_folder", data_folder,
+            "--output_folder", tmp_path]
+    run_script(train_srresnet, [*base, "--n_blocks", 2, "--n_channels", 8, "--iterations", 1], monkeypatch)
+    checkpoint_path = tmp_path / "checkpoint_srresnet.pth"
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: utils.run_cli(main))
+    for flags in (["--n_blocks", 8], ["--generator_arch", "rrdb"], ["--n_channels", 16, "--scaling_factor", 2]):
+        code, lines = run_cli(train_srresnet, [*base, "--n_blocks", 2, "--n_channels", 8, *flags, "--iterations", 2,
+                                               "--checkpoint", checkpoint_path], monkeypatch, capsys)
+        assert code == 1 and len(lines) == 1 and "Cannot resume" in lines[0], lines
+        for name, value in zip(flags[::2], flags[1::2]):
+            assert f"{name} {value}" in lines[0], lines
+    assert utils.load_checkpoint(checkpoint_path)["iteration"] == 1  # nothing was overwritten
+    # The architecture flags left out (their defaults, 16 blocks of 64 channels, are not the checkpoint's): the
+    # checkpoint's network, and the new checkpoint records it.
+    run_script(train_srresnet, [*base, "--iterations", 2, "--checkpoint", checkpoint_path], monkeypatch)
+    checkpoint = utils.load_checkpoint(checkpoint_path)
+    assert checkpoint["iteration"] == 2 and checkpoint["generator_kwargs"]["n_blocks"] == 2
+    assert checkpoint["hyperparameters"]["n_blocks"] == 2 and checkpoint["hyperparameters"]["n_channels"] == 8
+
+
+def test_resume_applies_a_changed_learning_rate_schedule(data_folder, tmp_path, monkeypatch, capsys):
+    """A long run resumed at iteration 4 with a new learning rate and milestones, one of them already passed: the
+    learning rate is the new one times gamma at once, the later milestone applies as it comes, a line says so, and
+    the checkpoint records the new schedule. Not giving them keeps the checkpoint's schedule."""
+    base = [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder, "--output_folder", tmp_path,
+            "--print_every", 1]
+    run_script(train_srresnet, [*base, "--iterations", 4, "--learning_rate", 2e-3], monkeypatch)
+    checkpoint_path = tmp_path / "checkpoint_srresnet.pth"
+    capsys.readouterr()
+    run_script(train_srresnet, [*base, "--iterations", 6, "--checkpoint", checkpoint_path, "--learning_rate", 1e-2,
+                                "--learning_rate_milestones", 2, 5, "--learning_rate_gamma", 0.1], monkeypatch)
+    stderr = capsys.readouterr().err
+    # From iteration 4 on: 1e-2 with milestone 2 passed, 1e-3; from iteration 5 (the second milestone) on, 1e-4.
+    assert "Learning-rate schedule changed on resume" in stderr and "learning rate now 0.001" in stderr, stderr
+    learning_rates = {record["iteration"]: record["learning_rate"]
+                      for record in utils.read_jsonl(tmp_path / "log_srresnet.jsonl") if "learning_rate" in record}
+    # (the rate logged at iteration i is the one of the steps after it)
+    assert learning_rates[4] == pytest.approx(2e-3) and learning_rates[5] == learning_rates[6] == pytest.approx(1e-4)
+    checkpoint = utils.load_checkpoint(checkpoint_path)
+    assert checkpoint["optimizer_g"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    hyperparameters = checkpoint["hyperparameters"]
+    assert hyperparameters["learning_rate"] == 1e-2 and hyperparameters["learning_rate_milestones"] == [2, 5]
+    assert hyperparameters["learning_rate_gamma"] == 0.1
+    # Resumed again without the flags (their defaults are not this schedule): the checkpoint's schedule goes on.
+    run_script(train_srresnet, [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder, "--output_folder",
+                                tmp_path, "--iterations", 7, "--checkpoint", checkpoint_path], monkeypatch)
+    checkpoint = utils.load_checkpoint(checkpoint_path)
+    assert checkpoint["optimizer_g"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert checkpoint["hyperparameters"]["learning_rate"] == 1e-2
+    assert checkpoint["hyperparameters"]["learning_rate_milestones"] == [2, 5]
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_folder, tmp_path, monkeypatch):
     # The MSE loss returns NaN from its 4th call on (iteration 4); a checkpoint is written every 2 iterations.
     calls = []
@@ -306,6 +543,91 @@ def test_user_errors_give_one_clear_line(data_folder, tmp_path, monkeypatch, cap
                           monkeypatch, capsys)
     assert code == 1 and len(lines) == 1, lines
     assert "train_srgan.py" in lines[0] and "train_srresnet.py is needed" in lines[0], lines
+
+
+# The fault tests below run with FAULT_TINY and no data-loading processes.
+FAULT_RUN = [*FAULT_TINY, "--workers", "0"]
+
+
+@pytest.mark.parametrize("script, flags, expected", [
+    (train_srresnet, ["--checkpoint_every", 0], "--checkpoint_every must be greater than 0, not 0."),
+    (train_srresnet, ["--print_every", 0], "--print_every must be greater than 0, not 0."),
+    (train_srresnet, ["--batch_size", -4], "--batch_size must be greater than 0, not -4."),
+    (train_srresnet, ["--n_blocks", -1], "--n_blocks must be greater than 0, not -1."),
+    (train_srresnet, ["--workers", -1], "--workers must be 0 or more, not -1."),
+    (train_srresnet, ["--pixel_loss", "huber"], "--pixel_loss must be one of mse, l1, not 'huber'."),
+    (train_srresnet, ["--generator_arch", "edsr"], "--generator_arch must be one of srresnet, rrdb, compact, not 'edsr'."),
+    (train_srgan, ["--checkpoint_every", 0], "--checkpoint_every must be greater than 0, not 0."),
+    (train_srgan, ["--gan_type", "hinge"], "--gan_type must be one of vanilla, relativistic, not 'hinge'."),
+    (train_srgan, ["--n_blocks_d", 0], "--n_blocks_d must be greater than 0, not 0."),
+], ids=lambda value: value.__name__ if hasattr(value, "__name__") else None)
+def test_flags_that_cannot_work_give_one_line_before_any_work(data_folder, tmp_path, monkeypatch, capsys, script,
+                                                              flags, expected):
+    monkeypatch.setattr(script, "main", lambda main=script.main: utils.run_cli(main))
+    code, lines = run_cli(script, [*FAULT_RUN, "--data_folder", data_folder, "--output_folder", tmp_path / "run",
+                                   "--iterations", 2, *flags], monkeypatch, capsys)
+    assert code == 1 and lines == [f"error: {expected}"], lines
+    assert not (tmp_path / "run").exists()  # refused before anything was made
+
+
+def test_a_checkpoint_lacking_what_a_run_needs_gives_one_line(data_folder, tmp_path, monkeypatch, capsys):
+    run_script(train_srresnet, [*FAULT_RUN, "--data_folder", data_folder, "--output_folder", tmp_path, "--iterations",
+                                1], monkeypatch)
+    checkpoint = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
+    del checkpoint["generator_arch"], checkpoint["optimizer_g"]
+    utils.save_checkpoint(checkpoint, tmp_path / "crafted.pth")  # of the right kind, but without those keys
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: utils.run_cli(main))
+    code, lines = run_cli(train_srresnet, [*FAULT_RUN, "--data_folder", data_folder, "--output_folder", tmp_path / "b",
+                                           "--checkpoint", tmp_path / "crafted.pth", "--iterations", 2],
+                          monkeypatch, capsys)
+    assert code == 1 and len(lines) == 1, lines
+    assert "crafted.pth: it lacks generator_arch, optimizer_g" in lines[0]
+
+
+def test_srgan_resume_with_other_discriminator_flags_gives_one_line(data_folder, tmp_path, monkeypatch, capsys):
+    # (Not FAULT_RUN's generator flags: train_srgan.py has no --n_blocks, and argparse would read it as --n_blocks_d.)
+    srgan = [*FAULT_RUN[4:], "--data_folder", data_folder, "--vgg_weights", "random", "--n_channels_d", 8,
+             "--fc_size_d", 16]
+    run_script(train_srresnet, [*FAULT_RUN, "--data_folder", data_folder, "--output_folder", tmp_path, "--iterations",
+                                1], monkeypatch)
+    run_script(train_srgan, [*srgan, "--n_blocks_d", 2, "--srresnet_checkpoint", tmp_path / "checkpoint_srresnet.pth",
+                             "--output_folder", tmp_path / "gan", "--iterations", 1], monkeypatch)
+    resume = [*srgan, "--checkpoint", tmp_path / "gan" / "checkpoint_srgan.pth", "--output_folder", tmp_path / "gan"]
+    monkeypatch.setattr(train_srgan, "main", lambda main=train_srgan.main: utils.run_cli(main))
+    code, lines = run_cli(train_srgan, [*resume, "--n_blocks_d", 4, "--iterations", 2], monkeypatch, capsys)
+    assert code == 1 and len(lines) == 1 and "--n_blocks_d" in lines[0], lines
+    # A checkpoint whose recorded flags do not match its discriminator (crafted) is refused in one line too, never
+    # with load_state_dict's dump of mismatched tensors.
+    checkpoint = utils.load_checkpoint(tmp_path / "gan" / "checkpoint_srgan.pth")
+    checkpoint["hyperparameters"]["n_blocks_d"] = 4
+    utils.save_checkpoint(checkpoint, tmp_path / "crafted.pth")
+    code, lines = run_cli(train_srgan, [*srgan, "--checkpoint", tmp_path / "crafted.pth", "--output_folder",
+                                        tmp_path / "gan", "--iterations", 2], monkeypatch, capsys)
+    assert code == 1 and len(lines) == 1, lines
+    assert "holds the discriminator of --discriminator_arch srgan --kernel_size_d 3 --n_channels_d 8 --n_blocks_d 2" \
+           in lines[0] and "the flags ask for" in lines[0] and "--n_blocks_d 4" in lines[0]
+    # Without discriminator flags, the checkpoint's are used: the run resumes.
+    run_script(train_srgan, [*srgan[:-4], "--checkpoint", tmp_path / "gan" / "checkpoint_srgan.pth",
+                             "--output_folder", tmp_path / "gan", "--iterations", 2], monkeypatch)
+    assert utils.load_checkpoint(tmp_path / "gan" / "checkpoint_srgan.pth")["iteration"] == 2
+
+
+def test_nan_and_nothing_to_train_name_only_checkpoints_that_exist(data_folder, tmp_path, monkeypatch, capsys):
+    run = [*FAULT_RUN, "--data_folder", data_folder, "--output_folder", tmp_path / "run"]
+    # --iterations 0: nothing trained, nothing written, and no file named as if it were.
+    run_script(train_srresnet, [*run, "--iterations", 0], monkeypatch)
+    out = capsys.readouterr().out
+    assert "No checkpoint written: nothing to train from iteration 0 to --iterations 0." in out
+    assert "Checkpoint:" not in out and "export.py" not in out
+    assert not (tmp_path / "run" / "checkpoint_srresnet.pth").exists()
+    # A NaN before the first save: no checkpoint to keep or resume from, and the message says so.
+    mse_forward = torch.nn.MSELoss.forward
+    monkeypatch.setattr(torch.nn.MSELoss, "forward", lambda self, *args: mse_forward(self, *args) * float("nan"))
+    with pytest.raises(RuntimeError, match="loss became nan.*before any checkpoint was saved") as error:
+        run_script(train_srresnet, [*run, "--iterations", 10, "--print_every", 1, "--checkpoint_every", 5],
+                   monkeypatch)
+    assert "checkpoint_srresnet.pth" not in str(error.value)
+    assert not (tmp_path / "run" / "checkpoint_srresnet.pth").exists()
 
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):

@@ -1,6 +1,7 @@
 """Tests of utils.py: conversions, image loading, atomic writes, checkpoints, generators and tiled inference, seeds,
 the command line (hyperparameters and deprecated flags) and the training bookkeeping."""
 import argparse
+import errno
 import os
 import stat
 import time
@@ -105,6 +106,39 @@ def test_load_image_converts_greyscale_and_applies_exif_orientation(tmp_path):
     assert utils.load_image(tmp_path / "rotated.jpg").size == (4, 8)
 
 
+def test_load_image_scales_16bit_grey_to_8_bits_instead_of_clipping(tmp_path):
+    # Every 8-bit level v stored as 16 bits (v * 257: 255 -> 65535) must come back as v, in every mode asked for.
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(levels.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(utils.load_image(tmp_path / "grey16.png")), np.repeat(
+        levels[..., None], 3, axis=2))
+    grey = utils.load_image(tmp_path / "grey16.png", mode=("RGB", "L"))  # grey stays grey
+    assert grey.mode == "L"
+    np.testing.assert_array_equal(np.asarray(grey), levels)
+    assert utils.load_image(tmp_path / "grey16.png", mode=None).mode == "I;16"  # the 16 bits, for super_resolve.py
+    # A 32-bit integer image beyond 16 bits is refused, not clipped.
+    Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "int32.tiff")
+    with pytest.raises(ValueError, match="outside 0..65535"):
+        utils.load_image(tmp_path / "int32.tiff")
+
+
+def test_load_image_says_when_only_the_first_frame_is_used(tmp_path):
+    frames = [Image.new("RGB", (6, 4), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "animated.gif", save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match="animated.gif is animated \\(2 frames\\); only its first frame is used"):
+        img = utils.load_image(tmp_path / "animated.gif")
+    assert img.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_load_image_decompression_bomb_message_fits_any_script(tmp_path, monkeypatch):
+    Image.new("L", (40, 40)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels is then over twice Pillow's limit
+    with pytest.raises(ValueError, match="big.png.*exceeds limit.*split it into parts") as error:
+        utils.load_image(tmp_path / "big.png")
+    assert "data list" not in str(error.value)
+
+
 # ------------------------------------------------------------------------------------------------------
 # Checkpoints
 # ------------------------------------------------------------------------------------------------------
@@ -117,6 +151,36 @@ def test_checkpoint_round_trip_and_kind_check(tmp_path):
     assert loaded["iteration"] == 7 and torch.equal(loaded["generator"]["w"], torch.arange(3.0))
     with pytest.raises(ValueError, match="written by train_srresnet.py, but a checkpoint of train_srgan.py"):
         utils.load_checkpoint(path, expected_kind="srgan")
+
+
+def test_a_checkpoint_that_cannot_be_written_says_why(tmp_path, monkeypatch):
+    """save_checkpoint on a full disk: which file, why, the previous file intact, no partial file left; torch's own
+    short-write error (it names no reason) is reported with the free space; other errors pass through unchanged."""
+    path = tmp_path / "ckpt.pth"
+    utils.save_checkpoint({"iteration": 1}, path)
+    for error, reason in ((OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "No space left on device"),
+                          (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+                           "the disk is full (0.5 MB free)")):
+        def failing_save(obj, file, error=error):
+            file.write(b"\0" * 1000)
+            raise error
+
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "save", failing_save)
+            patch.setattr(utils.shutil, "disk_usage", lambda folder: SimpleNamespace(free=2 ** 19))
+            with pytest.raises(RuntimeError) as error_info:
+                utils.save_checkpoint({"iteration": 2}, path)
+        assert str(error_info.value) == (f"Could not write {path}: {reason}; the previous ckpt.pth there is intact, "
+                                         f"and the partial file was removed.")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]
+        assert utils.load_checkpoint(path)["iteration"] == 1
+
+    def interrupted_save(obj, file):
+        raise RuntimeError("DataLoader worker (pid 123) is killed by signal: Terminated.")
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(RuntimeError, match=r"^DataLoader worker \(pid 123\)"):
+        utils.save_checkpoint({"iteration": 2}, path)
 
 
 def test_checkpoint_errors(tmp_path):
@@ -149,6 +213,20 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match="Refused to load"):
         utils.load_checkpoint(path)
     assert not marker.exists()
+
+
+class _RunsACommand:
+    """Unpickling this would run a shell command (os.system): torch blocks the whole module, with another message."""
+
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_a_pickle_naming_a_blocked_module_is_refused_not_called_damaged(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"kind": "srresnet", "payload": _RunsACommand()}, path)
+    with pytest.raises(ValueError, match=r"Refused to load .*evil.pth: it holds Python objects \((posix|nt)\.system\)"):
+        utils.load_checkpoint(path)
 
 
 def test_save_checkpoint_keeps_the_old_file_if_saving_fails(tmp_path, monkeypatch):
@@ -240,9 +318,23 @@ def test_model_ema_moves_towards_the_weights():
     before = ema.module.weight.clone()
     with torch.no_grad():
         model.weight.add_(1.0)
-    ema.update(model)
+    ema.update(model, iteration=1000)  # past the warm-up: the decay itself
     torch.testing.assert_close(ema.module.weight, before + 0.1)
     assert not ema.module.weight.requires_grad
+
+
+def test_model_ema_warms_up():
+    """At iteration t the decay is min(decay, (1 + t) / (10 + t)): the first update takes 90% of the new weights,
+    so a short run's average is not the random initial weights."""
+    model = torch.nn.Linear(2, 1)
+    ema = utils.ModelEMA(model, decay=0.999)
+    before = ema.module.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, iteration=0)  # decay 1 / 10
+    torch.testing.assert_close(ema.module.weight, before + 0.9)
+    ema.update(model, iteration=90)  # decay 91 / 100: 9% of the remaining 0.1
+    torch.testing.assert_close(ema.module.weight, before + 0.9 + 0.1 * 0.09)
 
 
 class TinyNet(nn.Module):
@@ -417,6 +509,27 @@ def test_deprecated_flags_still_work_and_say_what_replaced_them(capsys):
                                                                 layers=["False:conv5_4"])
 
 
+def test_parse_hyperparameters_tells_which_were_given():
+    """hp.given: the hyperparameters set on the command line (an old flag counts for its new name), also when the
+    value given is the default; kept out of vars(hp), which checkpoints store."""
+    defaults = dict(learning_rate=1e-4, n_blocks=16, milestones=[10], checkpoint=None)
+    hp = utils.parse_hyperparameters(defaults, "doc", argv=["--lr", "2e-4", "--n_blocks", "16"],
+                                     aliases={"lr": "learning_rate"})
+    assert hp.given == {"learning_rate", "n_blocks"} and vars(hp) == dict(defaults, learning_rate=2e-4)
+    hp = utils.parse_hyperparameters(defaults, "doc", argv=[])
+    assert hp.given == set() and vars(hp) == defaults
+    converted = {"first_milestone": utils.Renamed("milestones", convert=lambda value, hp: [value], example=0)}
+    hp = utils.parse_hyperparameters(defaults, "doc", argv=["--first_milestone", "5"], aliases=converted)
+    assert hp.given == {"milestones"} and hp.milestones == [5]
+
+
+def test_a_prefix_of_a_flag_is_not_taken_for_it(capsys):
+    """--n_blocks must not silently set --n_blocks_d (the discriminator's) when the script has no --n_blocks."""
+    with pytest.raises(SystemExit):
+        utils.parse_hyperparameters(dict(n_blocks_d=8), "doc", argv=["--n_blocks", "2"])
+    assert "unrecognized arguments: --n_blocks 2" in capsys.readouterr().err
+
+
 def test_scaling_factor_argument_and_its_old_name(capsys):
     parser = argparse.ArgumentParser()
     utils.add_scaling_factor_argument(parser, default=4, choices=(2, 3, 4))
@@ -460,6 +573,37 @@ def test_training_log_reports_checks_saves_and_stops(tmp_path, monkeypatch):
     log = utils.TrainingLog(["loss"], hp, 0, torch.device("cpu"), saved.append, tmp_path / "ckpt.pth", False)
     log.stop_signal.requested = True
     assert log.end_of_iteration(0, loss=torch.tensor(1.0)) and saved[-1] == 1
+
+
+@pytest.mark.parametrize("switch_at", [3, 6, 12])
+def test_a_new_learning_rate_schedule_is_the_one_set_from_the_start(switch_at):
+    """set_learning_rate_schedule, what a resumed run does with new learning-rate flags: from the switch on, the same
+    learning rates as a MultiStepLR given the new schedule from the start (milestones already passed included)."""
+    def scheduler(learning_rate, milestones, gamma):
+        optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=learning_rate)
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma)
+
+    def step(*schedulers):  # one training iteration: the optimiser's step, then the scheduler's
+        for each in schedulers:
+            each.optimizer.step()
+            each.step()
+
+    switched, reference = scheduler(1e-3, [4], 0.5), scheduler(1e-2, [5, 10], 0.1)
+    for _ in range(switch_at):
+        step(switched, reference)
+    utils.set_learning_rate_schedule(switched, 1e-2, [10, 5], 0.1)
+    assert utils.learning_rate_schedule(switched) == dict(learning_rate=1e-2, learning_rate_milestones=[5, 10],
+                                                          learning_rate_gamma=0.1)
+    for _ in range(10):
+        assert switched.get_last_lr() == pytest.approx(reference.get_last_lr(), rel=1e-12)
+        assert switched.optimizer.param_groups[0]["lr"] == pytest.approx(reference.get_last_lr()[0], rel=1e-12)
+        step(switched, reference)
+    # and it survives a checkpoint: a scheduler restored from its state dict goes on alike
+    restored = scheduler(1.0, [], 1.0)
+    restored.load_state_dict(switched.state_dict())
+    restored.optimizer.load_state_dict(switched.optimizer.state_dict())
+    step(restored, reference)
+    assert restored.get_last_lr() == pytest.approx(reference.get_last_lr(), rel=1e-12)
 
 
 def test_log_files_continue_a_resumed_run_with_each_iteration_once(tmp_path):
