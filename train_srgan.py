@@ -333,13 +333,10 @@ def main():
     hp = utils.parse_hyperparameters(apply_recipe(hyperparameters, argv), __doc__,
                                      [__file__, degradations.__file__, utils.__file__], argv, aliases=RENAMED)
     check_hyperparameters(hp)
-    rank, world_size, device = utils.setup_distributed()
+    # Processes, precision, a checked and locked output folder, the seed (utils.setup_training).
+    rank, world_size, device, precision = utils.setup_training(hp, "srgan")
     is_main_process = rank == 0  # only one process prints and writes checkpoints
-    precision = utils.resolve_precision(hp.precision, device)
     checkpoint_path = Path(hp.output_folder) / "checkpoint_srgan.pth"
-    if is_main_process:  # a folder we can write, for this run alone, before any work (see utils.prepare_output_folder)
-        utils.prepare_output_folder(hp.output_folder, "srgan")
-    utils.seed_everything(hp.seed)
 
     resumed = utils.load_checkpoint(hp.checkpoint, expected_kind="srgan") if hp.checkpoint else None
     if resumed:  # a run to resume, with everything a checkpoint holds

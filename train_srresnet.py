@@ -131,13 +131,10 @@ def main():
     hp = utils.parse_hyperparameters(hyperparameters, __doc__, [__file__, degradations.__file__, utils.__file__],
                                      aliases=utils.RENAMED_HYPERPARAMETERS)
     check_hyperparameters(hp)
-    rank, world_size, device = utils.setup_distributed()
+    # Processes, precision, a checked and locked output folder, the seed (utils.setup_training).
+    rank, world_size, device, precision = utils.setup_training(hp, "srresnet")
     is_main_process = rank == 0  # only one process prints and writes checkpoints
-    precision = utils.resolve_precision(hp.precision, device)
     checkpoint_path = Path(hp.output_folder) / "checkpoint_srresnet.pth"
-    if is_main_process:  # a folder we can write, for this run alone, before any work (see utils.prepare_output_folder)
-        utils.prepare_output_folder(hp.output_folder, "srresnet")
-    utils.seed_everything(hp.seed)  # same seed in every process: identical initial weights
 
     # The generator: a new one, the one of the checkpoint we resume, or pretrained weights to fine-tune (the last two
     # bring their architecture with them).

@@ -1439,6 +1439,22 @@ def export_command(path):
     return f"python {shlex.quote(script)} {shlex.quote(str(path))} --output {shlex.quote(str(output))}"
 
 
+def setup_training(hp, kind):
+    """
+    The set-up both training scripts begin with: the processes (setup_distributed), the precision, the output folder
+    (checked and locked by the main process before any work: prepare_output_folder) and the seed (the same in every
+    process: identical initial weights).
+
+    :return: (rank, world_size, device, precision)
+    """
+    rank, world_size, device = setup_distributed()
+    precision = resolve_precision(hp.precision, device)
+    if rank == 0:
+        prepare_output_folder(hp.output_folder, kind)
+    seed_everything(hp.seed)
+    return rank, world_size, device, precision
+
+
 def setup_distributed():
     """
     Join the process group when the script was started by torchrun, else run as a single process.
