@@ -461,7 +461,7 @@ def main(argv=None):
     if args.grid is not None:
         try:
             # Panel labels: the file's name and architecture, e.g. 'checkpoint_srresnet (srresnet)', 'srresnet (shipped)'.
-            labelled = [(model, f"{path} (shipped)" if "shipped" in description
+            labelled = [(model, f"{path} (shipped)" if utils.shipped_model_path(path) != Path(path)
                          else f"{Path(path).stem} ({description.split(' ')[0]})")
                         for (model, description, _), path in zip(models, args.model)]
             grid = comparison_grid(utils.load_image(args.grid, mode="RGB"), labelled, tile=args.tile,
