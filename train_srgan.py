@@ -342,7 +342,7 @@ def main():
     if resumed:  # a run to resume, with everything a checkpoint holds
         utils.check_resumable(resumed, hp.checkpoint, required=("discriminator", "discriminator_arch",
                                                                 "discriminator_kwargs", "optimizer_d", "scheduler_d"))
-    if resumed:  # the networks come from the checkpoint (its discriminator too), and the data must still fit them
+        # The networks come from the checkpoint (its discriminator too), and the data must still fit them.
         utils.reconcile_resumed_hyperparameters(resumed, hp, RENAMED, architecture=("scaling_factor",
                                                                                     *DISCRIMINATOR_ARCHITECTURE),
                                                 not_used=("srresnet_checkpoint",))
