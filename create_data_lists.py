@@ -64,7 +64,8 @@ import os
 from PIL import Image
 from skimage import data as skimage_data
 
-from utils import add_scaling_factor_argument, atomic_write, atomic_write_all, load_image, run_cli
+from cli import add_scaling_factor_argument, run_cli
+from utils import atomic_write, atomic_write_all, load_image
 
 # File name endings that count as images (compared in lower case).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")

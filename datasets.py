@@ -302,8 +302,8 @@ class TrainingSampler(Sampler):
         self.rank = rank
 
     def _epoch_order(self, epoch):
-        generator = utils.random_generator(self.seed, "epoch_order", epoch)
-        return torch.randperm(self.n_images, generator=generator).tolist()
+        rng = utils.make_rng(self.seed, "epoch_order", epoch)
+        return torch.randperm(self.n_images, generator=rng).tolist()
 
     def __iter__(self):
         iteration, epoch, order = self.start_iteration, None, None

@@ -28,12 +28,12 @@ gives the same degradations every time (on the same device type; CPU and CUDA no
 As in Real-ESRGAN, the resize scale and resize mode are shared by the whole batch (a batch must keep one
 spatial size); all other choices are made per image.
 
-How a training step uses it (make_training_batch at the end of this file does this for both training scripts):
+How a training step uses it (make_training_pairs at the end of this file does this for both training scripts):
 
     settings = {**DEGRADATION_DEFAULTS, **overrides}           # train_srgan.py: every key is also a flag
-    generator = utils.random_generator(seed, "degradation", iteration, rank)   # a CPU torch.Generator
+    rng = utils.make_rng(seed, "degradation", iteration, rank)   # a CPU torch.Generator
     hr_imgs = hr_imgs.to(device)                                 # (N, 3, H, W) in [0, 1], H, W multiples of 4
-    lr_imgs, hr_imgs, hr_usm_imgs = make_realesrgan_batch(hr_imgs, 4, settings, generator)
+    lr_imgs, hr_imgs, hr_usm_imgs = make_realesrgan_batch(hr_imgs, 4, settings, rng)
     # lr_imgs (N, 3, H/4, W/4) in [0, 1]; hr_usm_imgs: the sharpened ground truth, (N, 3, H, W)
     pixel_target = hr_usm_imgs if settings['l1_gt_usm'] else hr_imgs
     perceptual_target = hr_usm_imgs if settings['percep_gt_usm'] else hr_imgs
@@ -41,7 +41,7 @@ How a training step uses it (make_training_batch at the end of this file does th
 
 Contents, top to bottom: DEGRADATION_DEFAULTS; random draws; blur kernels; unsharp masking (USM); noise; JPEG;
 the two-stage pipeline (degrade_batch, make_realesrgan_batch); CutBlur (Yoo et al., 2020), an independent
-augmentation; and, at the end, the training batch of both training scripts (make_training_batch) with Real-ESRGAN's
+augmentation; and, at the end, the training batch of both training scripts (make_training_pairs) with Real-ESRGAN's
 training-pair pool (TrainingPairPool).
 """
 import math
@@ -122,21 +122,21 @@ def _degradation_settings(settings):
 # Small random draws. They all come from one CPU torch.Generator, in a fixed order, which is what makes the
 # whole pipeline reproducible for a seed.
 # ------------------------------------------------------------------------------------------------------
-def _uniform(generator, low, high):
+def _uniform(rng, low, high):
     """One float drawn uniformly from [low, high)."""
-    return low + (high - low) * torch.rand((), generator=generator, dtype=torch.float64).item()
+    return low + (high - low) * torch.rand((), generator=rng, dtype=torch.float64).item()
 
 
-def _choice(generator, options, probs):
+def _choice(rng, options, probs):
     """One element of `options`, drawn with the (not necessarily normalised) probabilities `probs`."""
-    index = torch.multinomial(torch.as_tensor(probs, dtype=torch.float64), 1, generator=generator).item()
+    index = torch.multinomial(torch.as_tensor(probs, dtype=torch.float64), 1, generator=rng).item()
     return options[index]
 
 
-def _beta_exponent(generator, beta_range):
+def _beta_exponent(rng, beta_range):
     """Shape exponent as Real-ESRGAN draws it: half the time below 1 (heavier tails), half above (flatter top)."""
     low, high = beta_range
-    return _uniform(generator, low, 1.0) if _uniform(generator, 0, 1) < 0.5 else _uniform(generator, 1.0, high)
+    return _uniform(rng, low, 1.0) if _uniform(rng, 0, 1) < 0.5 else _uniform(rng, 1.0, high)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def _identity_kernel(size):
     return kernel
 
 
-def random_blur_kernel(settings, generator, stage):
+def random_blur_kernel(settings, rng, stage):
     """
     One random kernel, drawn as Real-ESRGAN draws it, from a CPU torch.Generator.
 
@@ -239,34 +239,34 @@ def random_blur_kernel(settings, generator, stage):
     sizes = list(range(settings["blur_kernel_min_size"] | 1, max_size + 1, 2))  # odd sides only
     if not sizes:
         raise ValueError(f"blur_kernel_size{suffix}={max_size} is smaller than blur_kernel_min_size")
-    size = _choice(generator, sizes, [1.0] * len(sizes))
+    size = _choice(rng, sizes, [1.0] * len(sizes))
 
     if stage == "final":
-        if _uniform(generator, 0, 1) >= settings["final_sinc_prob"]:
+        if _uniform(rng, 0, 1) >= settings["final_sinc_prob"]:
             return _identity_kernel(max_size)
-        cutoff = _uniform(generator, *settings["final_sinc_cutoff_range"])
+        cutoff = _uniform(rng, *settings["final_sinc_cutoff_range"])
         return _pad_kernel(sinc_kernel(cutoff, size), max_size)
 
-    if _uniform(generator, 0, 1) < settings["sinc_prob" + suffix]:
+    if _uniform(rng, 0, 1) < settings["sinc_prob" + suffix]:
         # Wide kernels may use lower cutoffs (blurrier sinc); small ones cannot represent them.
         cutoff_range = settings["sinc_cutoff_range_small" if size < 13 else "sinc_cutoff_range_large"]
-        return _pad_kernel(sinc_kernel(_uniform(generator, *cutoff_range), size), max_size)
+        return _pad_kernel(sinc_kernel(_uniform(rng, *cutoff_range), size), max_size)
 
-    kind = _choice(generator, settings["kernel_list" + suffix], settings["kernel_prob" + suffix])
+    kind = _choice(rng, settings["kernel_list" + suffix], settings["kernel_prob" + suffix])
     sigma_range = settings["blur_sigma" + suffix]
-    sigma_x = _uniform(generator, *sigma_range)
+    sigma_x = _uniform(rng, *sigma_range)
     if kind.endswith("_iso") or kind == "iso":
         sigma_y, theta = sigma_x, 0.0
     else:
-        sigma_y = _uniform(generator, *sigma_range)
-        theta = _uniform(generator, *settings["kernel_rotation_range"])
+        sigma_y = _uniform(rng, *sigma_range)
+        theta = _uniform(rng, *settings["kernel_rotation_range"])
     if kind in ("iso", "aniso"):
         kernel = anisotropic_gaussian_kernel(sigma_x, sigma_y, theta, size)
     elif kind.startswith("generalized"):
-        beta = _beta_exponent(generator, settings["betag_range" + suffix])
+        beta = _beta_exponent(rng, settings["betag_range" + suffix])
         kernel = generalized_gaussian_kernel(sigma_x, sigma_y, theta, beta, size)
     elif kind.startswith("plateau"):
-        beta = _beta_exponent(generator, settings["betap_range" + suffix])
+        beta = _beta_exponent(rng, settings["betap_range" + suffix])
         kernel = plateau_kernel(sigma_x, sigma_y, theta, beta, size)
     else:
         raise ValueError(f"unknown kernel type {kind!r} in kernel_list{suffix}; use iso, aniso, "
@@ -359,22 +359,22 @@ def usm_sharpen(imgs, weight=0.5, radius=50, threshold=10):
 # photon shot noise, whose variance equals the photon count, so bright pixels get more absolute noise.
 # "Grey" noise is identical in R, G and B (luminance noise); colour noise is independent per channel.
 # ------------------------------------------------------------------------------------------------------
-def add_gaussian_noise(imgs, sigma, gray, generator):
+def add_gaussian_noise(imgs, sigma, gray, rng):
     """
     imgs: (N, C, H, W) in [0, 1]; sigma: (N,) standard deviations in 8-bit levels (so sigma / 255 in [0, 1]
     units); gray: (N,) bool, True where the noise should be the same in every channel.
-    `generator` must live on imgs.device. Returns imgs + noise (not clamped).
+    `rng` must live on imgs.device. Returns imgs + noise (not clamped).
     """
     n, c, h, w = imgs.shape
-    noise = torch.randn(imgs.shape, generator=generator, device=imgs.device, dtype=imgs.dtype)
+    noise = torch.randn(imgs.shape, generator=rng, device=imgs.device, dtype=imgs.dtype)
     gray = gray.to(imgs.device).view(n, 1, 1, 1)
     if gray.any():
-        gray_noise = torch.randn((n, 1, h, w), generator=generator, device=imgs.device, dtype=imgs.dtype)
+        gray_noise = torch.randn((n, 1, h, w), generator=rng, device=imgs.device, dtype=imgs.dtype)
         noise = torch.where(gray, gray_noise.expand_as(noise), noise)
     return imgs + noise * (sigma.to(imgs.device, imgs.dtype).view(n, 1, 1, 1) / 255.0)
 
 
-def _poisson_noise(imgs, generator):
+def _poisson_noise(imgs, rng):
     """Zero-mean Poisson noise for (N, C', H, W) images in [0, 1], Real-ESRGAN's way: the image is read as
     8-bit levels, and its "photon count" scale is the number of distinct levels it uses, rounded up to a power
     of two (a 256-level image counts value v as 256 v photons, so the noise std is sqrt(v / 256))."""
@@ -386,21 +386,21 @@ def _poisson_noise(imgs, generator):
     counts = 2 ** torch.ceil(torch.log2(used.sum(dim=1)))  # (N,)
     counts = counts.view(n, 1, 1, 1)
     quantised = quantised / 255
-    return torch.poisson(quantised * counts, generator=generator) / counts - quantised
+    return torch.poisson(quantised * counts, generator=rng) / counts - quantised
 
 
-def add_poisson_noise(imgs, scale, gray, generator):
+def add_poisson_noise(imgs, scale, gray, rng):
     """
     imgs: (N, 3, H, W) in [0, 1]; scale: (N,) noise multipliers; gray: (N,) bool (noise computed on the
-    luminance and shared by the channels). `generator` must live on imgs.device. Returns imgs + noise.
+    luminance and shared by the channels). `rng` must live on imgs.device. Returns imgs + noise.
     """
     n = imgs.shape[0]
-    noise = _poisson_noise(imgs, generator)
+    noise = _poisson_noise(imgs, rng)
     gray = gray.to(imgs.device).view(n, 1, 1, 1)
     if gray.any():
         luma_weights = utils.LUMA_WEIGHTS.to(imgs.device, imgs.dtype)
         luminance = (imgs * luma_weights.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)  # (N, 1, H, W)
-        noise = torch.where(gray, _poisson_noise(luminance, generator).expand_as(noise), noise)
+        noise = torch.where(gray, _poisson_noise(luminance, rng).expand_as(noise), noise)
     return imgs + noise * scale.to(imgs.device, imgs.dtype).view(n, 1, 1, 1)
 
 
@@ -510,15 +510,15 @@ def jpeg_compress(imgs, quality):
 # ------------------------------------------------------------------------------------------------------
 # The two-stage pipeline.
 # ------------------------------------------------------------------------------------------------------
-def _random_resize(imgs, settings, generator, suffix, reference_size):
+def _random_resize(imgs, settings, rng, suffix, reference_size):
     """Resize the whole batch by one random scale ('up' / 'down' / 'keep' with resize_prob{suffix}) of
     reference_size (H, W), with a random mode (area, bilinear or bicubic). Returns (N, C, h', w')."""
-    direction = _choice(generator, ["up", "down", "keep"], settings["resize_prob" + suffix])
+    direction = _choice(rng, ["up", "down", "keep"], settings["resize_prob" + suffix])
     low, high = settings["resize_range" + suffix]
-    scale = {"up": lambda: _uniform(generator, 1, high), "down": lambda: _uniform(generator, low, 1),
+    scale = {"up": lambda: _uniform(rng, 1, high), "down": lambda: _uniform(rng, low, 1),
              "keep": lambda: 1.0}[direction]()
     size = (max(1, int(reference_size[0] * scale)), max(1, int(reference_size[1] * scale)))
-    return _resize(imgs, size, _choice(generator, settings["resize_mode_list"], settings["resize_mode_prob"]))
+    return _resize(imgs, size, _choice(rng, settings["resize_mode_list"], settings["resize_mode_prob"]))
 
 
 def _resize(imgs, size, mode):
@@ -530,15 +530,15 @@ def _resize(imgs, size, mode):
     raise ValueError(f"unknown resize mode {mode!r} in resize_mode_list; use area, bilinear or bicubic")
 
 
-def _random_noise(imgs, settings, generator, noise_generator, suffix):
+def _random_noise(imgs, settings, rng, noise_rng, suffix):
     """Per image: Gaussian noise (prob. gaussian_noise_prob{suffix}) or Poisson noise, grey or colour.
     Returns the noisy batch clamped to [0, 1]."""
     n = imgs.shape[0]
-    use_gaussian = torch.tensor([_uniform(generator, 0, 1) < settings["gaussian_noise_prob" + suffix]
+    use_gaussian = torch.tensor([_uniform(rng, 0, 1) < settings["gaussian_noise_prob" + suffix]
                                  for _ in range(n)])
-    gray = torch.tensor([_uniform(generator, 0, 1) < settings["gray_noise_prob" + suffix] for _ in range(n)])
-    sigma = torch.tensor([_uniform(generator, *settings["noise_range" + suffix]) for _ in range(n)])
-    scale = torch.tensor([_uniform(generator, *settings["poisson_scale_range" + suffix]) for _ in range(n)])
+    gray = torch.tensor([_uniform(rng, 0, 1) < settings["gray_noise_prob" + suffix] for _ in range(n)])
+    sigma = torch.tensor([_uniform(rng, *settings["noise_range" + suffix]) for _ in range(n)])
+    scale = torch.tensor([_uniform(rng, *settings["poisson_scale_range" + suffix]) for _ in range(n)])
     out = imgs.clone()
     # Each noise type only on the images that drew it (tensor indexing keeps it batched).
     for selected, add_noise, strength in ((use_gaussian, add_gaussian_noise, sigma),
@@ -546,22 +546,22 @@ def _random_noise(imgs, settings, generator, noise_generator, suffix):
         index = selected.nonzero().flatten()
         if index.numel():
             device_index = index.to(imgs.device)
-            out[device_index] = add_noise(imgs[device_index], strength[index], gray[index], noise_generator)
+            out[device_index] = add_noise(imgs[device_index], strength[index], gray[index], noise_rng)
     return out.clamp(0, 1)
 
 
-def _random_jpeg(imgs, settings, generator, suffix):
+def _random_jpeg(imgs, settings, rng, suffix):
     """JPEG with a per-image quality drawn from jpeg_range{suffix}."""
-    quality = torch.tensor([_uniform(generator, *settings["jpeg_range" + suffix]) for _ in range(imgs.shape[0])])
+    quality = torch.tensor([_uniform(rng, *settings["jpeg_range" + suffix]) for _ in range(imgs.shape[0])])
     return jpeg_compress(imgs.clamp(0, 1), quality.to(imgs.device))
 
 
-def _kernel_batch(settings, generator, stage, n, device, apply_prob=1.0):
+def _kernel_batch(settings, rng, stage, n, device, apply_prob=1.0):
     """(N, K, K) kernels for one stage; an image skips the blur (identity kernel) with prob. 1 - apply_prob."""
     kernels = []
     for _ in range(n):
-        kernel = random_blur_kernel(settings, generator, stage)
-        if _uniform(generator, 0, 1) >= apply_prob:
+        kernel = random_blur_kernel(settings, rng, stage)
+        if _uniform(rng, 0, 1) >= apply_prob:
             kernel = _identity_kernel(kernel.shape[-1])
         kernels.append(kernel)
     return torch.stack(kernels).to(device)
@@ -577,27 +577,27 @@ def _check_hr_batch(hr_imgs, scaling_factor):
                          f"use crops of at least {scaling_factor} px (Real-ESRGAN uses 256)")
 
 
-def _cpu_generator(generator):
-    """A CPU torch.Generator for the small random decisions. A CPU `generator` is used as it is; a generator on
+def _cpu_rng(rng):
+    """A CPU torch.Generator for the small random decisions. A CPU `rng` is used as it is; an rng on
     another device (e.g. torch.Generator('cuda')) or None (torch's global RNG, so torch.manual_seed applies)
     only seeds a fresh CPU one: the outcome is still fixed by the seed."""
-    if generator is not None and generator.device.type == "cpu":
-        return generator
-    device = "cpu" if generator is None else generator.device
-    seed = int(torch.randint(0, 2 ** 62, (), generator=generator, device=device).item())
+    if rng is not None and rng.device.type == "cpu":
+        return rng
+    device = "cpu" if rng is None else rng.device
+    seed = int(torch.randint(0, 2 ** 62, (), generator=rng, device=device).item())
     return torch.Generator().manual_seed(seed)
 
 
-def _generators(generator, device):
-    """(CPU generator for the decisions, generator on `device` for the noise), both determined by `generator`."""
-    generator = _cpu_generator(generator)
-    noise_generator = torch.Generator(device=device)
-    noise_generator.manual_seed(int(torch.randint(0, 2 ** 62, (), generator=generator).item()))
-    return generator, noise_generator
+def _rngs(rng, device):
+    """(CPU rng for the decisions, rng on `device` for the noise), both determined by `rng`."""
+    rng = _cpu_rng(rng)
+    noise_rng = torch.Generator(device=device)
+    noise_rng.manual_seed(int(torch.randint(0, 2 ** 62, (), generator=rng).item()))
+    return rng, noise_rng
 
 
 @torch.no_grad()
-def degrade_batch(hr_imgs, scaling_factor, settings=None, generator=None):
+def degrade_batch(hr_imgs, scaling_factor, settings=None, rng=None):
     """
     Real-ESRGAN's second-order degradation of a batch: HR images -> realistic LR images.
 
@@ -607,45 +607,45 @@ def degrade_batch(hr_imgs, scaling_factor, settings=None, generator=None):
         truth (e.g. 97 x 101 HR at x4 -> LR 24 x 25, matching hr_imgs[..., :96, :100]). make_realesrgan_batch
         returns the cropped HR for you.
     settings: dict of overrides of DEGRADATION_DEFAULTS (None: Real-ESRGAN's defaults).
-    generator: a torch.Generator, best a CPU one (a generator on another device only seeds a CPU one; None
+    rng: a torch.Generator, best a CPU one (a rng on another device only seeds a CPU one; None
         draws that seed from torch's global RNG). The same seed gives the same output on the same device type.
     Returns lr_imgs (N, 3, H // s, W // s) in [0, 1], rounded to 8-bit levels (k / 255).
     """
     settings = _degradation_settings(settings)
     _check_hr_batch(hr_imgs, scaling_factor)
-    generator, noise_generator = _generators(generator, hr_imgs.device)
+    rng, noise_rng = _rngs(rng, hr_imgs.device)
     n = hr_imgs.shape[0]
     lr_size = (hr_imgs.shape[2] // scaling_factor, hr_imgs.shape[3] // scaling_factor)
     out = hr_imgs[..., :lr_size[0] * scaling_factor, :lr_size[1] * scaling_factor].float()
 
     # ---- stage 1: optics blur, resize, sensor noise, JPEG ----
-    out = filter_per_image(out, _kernel_batch(settings, generator, 1, n, out.device))  # (N, 3, H, W)
-    out = _random_resize(out, settings, generator, "", out.shape[-2:])  # (N, 3, ~0.15 H .. 1.5 H, ...)
-    out = _random_noise(out, settings, generator, noise_generator, "")  # clamped to [0, 1]
-    out = _random_jpeg(out, settings, generator, "")  # 8-bit levels in [0, 1]
+    out = filter_per_image(out, _kernel_batch(settings, rng, 1, n, out.device))  # (N, 3, H, W)
+    out = _random_resize(out, settings, rng, "", out.shape[-2:])  # (N, 3, ~0.15 H .. 1.5 H, ...)
+    out = _random_noise(out, settings, rng, noise_rng, "")  # clamped to [0, 1]
+    out = _random_jpeg(out, settings, rng, "")  # 8-bit levels in [0, 1]
 
     # ---- stage 2: the same kinds of damage again, milder blur, sizes around the target LR size ----
-    out = filter_per_image(out, _kernel_batch(settings, generator, 2, n, out.device, settings["second_blur_prob"]))
-    out = _random_resize(out, settings, generator, "2", lr_size)  # (N, 3, ~0.3 .. 1.2 x LR size)
-    out = _random_noise(out, settings, generator, noise_generator, "2")
+    out = filter_per_image(out, _kernel_batch(settings, rng, 2, n, out.device, settings["second_blur_prob"]))
+    out = _random_resize(out, settings, rng, "2", lr_size)  # (N, 3, ~0.3 .. 1.2 x LR size)
+    out = _random_noise(out, settings, rng, noise_rng, "2")
 
     # ---- final: [resize to the LR size + sinc filter] and JPEG, in a random order ----
     # (Real-ESRGAN found that other orders, e.g. sinc -> JPEG -> resize, give twisted lines.)
-    sinc_kernels = _kernel_batch(settings, generator, "final", n, out.device)
-    resize_mode = _choice(generator, settings["resize_mode_list"], settings["resize_mode_prob"])
-    jpeg_first = _uniform(generator, 0, 1) < settings["final_jpeg_first_prob"]
+    sinc_kernels = _kernel_batch(settings, rng, "final", n, out.device)
+    resize_mode = _choice(rng, settings["resize_mode_list"], settings["resize_mode_prob"])
+    jpeg_first = _uniform(rng, 0, 1) < settings["final_jpeg_first_prob"]
     if jpeg_first:
-        out = _random_jpeg(out, settings, generator, "2")
+        out = _random_jpeg(out, settings, rng, "2")
     out = filter_per_image(_resize(out, lr_size, resize_mode), sinc_kernels)  # (N, 3, H // s, W // s)
     if not jpeg_first:
-        out = _random_jpeg(out, settings, generator, "2")
+        out = _random_jpeg(out, settings, rng, "2")
 
     # A real LR image is stored with 8 bits per channel.
     return (out * 255).round().clamp(0, 255) / 255
 
 
 @torch.no_grad()
-def make_realesrgan_batch(hr_imgs, scaling_factor, settings=None, generator=None):
+def make_realesrgan_batch(hr_imgs, scaling_factor, settings=None, rng=None):
     """
     One Real-ESRGAN training batch: (lr_imgs, hr_imgs, hr_usm_imgs).
 
@@ -661,7 +661,7 @@ def make_realesrgan_batch(hr_imgs, scaling_factor, settings=None, generator=None
     w = hr_imgs.shape[3] // scaling_factor * scaling_factor
     hr_imgs = hr_imgs[..., :h, :w].float()
     hr_usm_imgs = usm_sharpen(hr_imgs, settings["usm_weight"], settings["usm_radius"], settings["usm_threshold"])
-    lr_imgs = degrade_batch(hr_usm_imgs, scaling_factor, settings, generator)
+    lr_imgs = degrade_batch(hr_usm_imgs, scaling_factor, settings, rng)
     return lr_imgs, hr_imgs, hr_usm_imgs
 
 
@@ -674,22 +674,22 @@ def make_realesrgan_batch(hr_imgs, scaling_factor, settings=None, generator=None
 #
 # Because the input now has the HR size, the generator must not upscale: use an x1 model that first
 # pixel-unshuffles by 4 ((N, 3, H, W) -> (N, 48, H/4, W/4)), so its body still works at the LR size and
-# its x4 upsampler brings it back to (N, 3, H, W), e.g. models.SRResNetUnshuffle(scaling_factor=1,
+# its x4 upsampler brings it back to (N, 3, H, W), e.g. models.SRResNet(scaling_factor=1,
 # unshuffle_scale=4) or models.RRDBNet(scale=1) (scaling_factor 1).
 # A training step:
-#     mixed_imgs, hr_imgs = cutblur(lr_imgs, hr_imgs, 4, generator)   # (N, 3, H, W), (N, 3, H, W), in [0, 1]
+#     mixed_imgs, hr_imgs = cutblur(lr_imgs, hr_imgs, 4, rng)   # (N, 3, H, W), (N, 3, H, W), in [0, 1]
 #     sr_imgs = model(convert_image(mixed_imgs, '[0, 1]', model.input_format))
 #     loss = F.l1_loss(convert_image(sr_imgs, model.output_format, '[0, 1]'), hr_imgs)
 # At test time, such a model is fed the nearest-upscaled LR image:
 #     F.interpolate(lr_imgs, scale_factor=4, mode='nearest').
 # ------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def cutblur(lr_imgs, hr_imgs, scaling_factor, generator=None, prob=1.0, alpha=0.7):
+def cutblur(lr_imgs, hr_imgs, scaling_factor, rng=None, prob=1.0, alpha=0.7):
     """
     CutBlur augmentation of a batch.
 
     lr_imgs: (N, C, h, w); hr_imgs: (N, C, h * s, w * s), s = scaling_factor; any value range.
-    generator: torch.Generator, as for degrade_batch (None: torch's global RNG). Per image, with prob. `prob`, a
+    rng: torch.Generator, as for degrade_batch (None: torch's global RNG). Per image, with prob. `prob`, a
     rectangle whose sides are ~alpha (alpha + 0.01 * normal noise, clipped to [0, 1]) times the image sides
     is placed at random, and with probability 1/2 the HR content goes inside it (LR around), else the LR
     content goes inside (HR around). Images that are not augmented are the plain nearest-upscaled LR.
@@ -699,18 +699,18 @@ def cutblur(lr_imgs, hr_imgs, scaling_factor, generator=None, prob=1.0, alpha=0.
     if lr_imgs.shape != (n, c, h // scaling_factor, w // scaling_factor) or h % scaling_factor or w % scaling_factor:
         raise ValueError(f"cutblur needs hr_imgs exactly x{scaling_factor} the size of lr_imgs; got LR "
                          f"{tuple(lr_imgs.shape)} and HR {tuple(hr_imgs.shape)}")
-    generator = _cpu_generator(generator)
+    rng = _cpu_rng(rng)
     lr_upscaled = F.interpolate(lr_imgs, scale_factor=scaling_factor, mode="nearest")  # (N, C, H, W)
 
     # Per-image rectangle [top, top + height) x [left, left + width) and direction, drawn on the CPU.
     boxes = []
     for _ in range(n):
-        apply = _uniform(generator, 0, 1) < prob
-        ratio = min(max(alpha + 0.01 * torch.randn((), generator=generator).item(), 0.0), 1.0)
+        apply = _uniform(rng, 0, 1) < prob
+        ratio = min(max(alpha + 0.01 * torch.randn((), generator=rng).item(), 0.0), 1.0)
         box_h, box_w = int(h * ratio), int(w * ratio)
-        top = int(torch.randint(0, h - box_h + 1, (), generator=generator))
-        left = int(torch.randint(0, w - box_w + 1, (), generator=generator))
-        hr_inside = _uniform(generator, 0, 1) < 0.5
+        top = int(torch.randint(0, h - box_h + 1, (), generator=rng))
+        left = int(torch.randint(0, w - box_w + 1, (), generator=rng))
+        hr_inside = _uniform(rng, 0, 1) < 0.5
         boxes.append((top, box_h, left, box_w, hr_inside, apply))
     top, box_h, left, box_w, hr_inside, apply = (torch.tensor(v, device=hr_imgs.device) for v in zip(*boxes))
 
@@ -737,12 +737,8 @@ def cutblur(lr_imgs, hr_imgs, scaling_factor, generator=None, prob=1.0, alpha=0.
 # Here a random choice of batch_size positions is exchanged instead of shuffling the whole pool first: the same
 # draw (a uniformly random subset of the pool), without copying the pool every iteration.
 # ------------------------------------------------------------------------------------------------------
-# The hyperparameters of the training batch, shared by both training scripts (each also a flag; the comments are
-# their --help text). The degradation settings themselves are DEGRADATION_DEFAULTS.
-BATCH_HYPERPARAMETERS = dict(
-    degradation="bicubic",  # how LR images are made: 'bicubic' (the loader's: bicubic downscales of HR, or the LR images paired with HR in the data list) or 'realesrgan' (Real-ESRGAN's random blur, noise, resize and JPEG, on the device)
-    queue_size=0,  # Real-ESRGAN's training-pair pool: keep this many (LR, HR) pairs and draw each batch from it, so that a batch mixes pairs of many iterations (Real-ESRGAN: 180; at least batch_size; 0: off)
-)
+# The ways the training scripts make LR images (their --degradation): the loader's bicubic LR crops, or the pipeline
+# above.
 DEGRADATIONS = ("bicubic", "realesrgan")
 
 
@@ -757,7 +753,7 @@ class TrainingPairPool:
 
     While the pool fills up, each batch trains as it is and is stored; once it is full, each iteration takes
     batch_size random pairs out (the batch trained on) and puts the new batch in their place. The random positions
-    come from utils.random_generator(seed, 'pair_pool', iteration), so a run is reproducible, and the pool's pairs
+    come from utils.make_rng(seed, 'pair_pool', iteration), so a run is reproducible, and the pool's pairs
     are part of the checkpoint (state_dict), so a resumed run draws exactly what an uninterrupted one would.
 
     The pairs are stored as uint8: LR images are rounded to 8-bit levels by the degradations (and are 8-bit files
@@ -815,8 +811,8 @@ class TrainingPairPool:
             self.count += stored
             return lr_imgs, hr_imgs
         # Full: take a random batch out, put the new one in its place (one stream for all processes: same pool).
-        generator = utils.random_generator(self.seed, "pair_pool", iteration)
-        positions = torch.randperm(self.queue_size, generator=generator)[:len(lr_levels)].to(lr_imgs.device)
+        rng = utils.make_rng(self.seed, "pair_pool", iteration)
+        positions = torch.randperm(self.queue_size, generator=rng)[:len(lr_levels)].to(lr_imgs.device)
         drawn_lr, drawn_hr = self.lr_levels[positions], self.hr_levels[positions]  # copies (advanced indexing)
         self.lr_levels[positions], self.hr_levels[positions] = lr_levels, hr_levels
         # This process's slice of the drawn global batch, back to [0, 1].
@@ -843,7 +839,7 @@ def make_pair_pool(hp, rank=0, world_size=1):
 
 
 @torch.no_grad()
-def make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank, device, pair_pool=None):
+def make_training_pairs(lr_imgs, hr_imgs, hp, iteration, rank, device, pair_pool=None):
     """
     The (LR, HR) pairs of one training iteration, on `device`, for both training scripts.
 
@@ -852,7 +848,7 @@ def make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank, device, pair_pool
       realesrgan  Real-ESRGAN: the loader gives HR crops only (lr_imgs is None); the HR crops are sharpened (USM)
                   and the LR images degraded from the sharpened ones, on the device.
     With a pair pool (hp.queue_size > 0), the pairs then go through it (see TrainingPairPool), and the sharpened
-    HR is recomputed for the pairs drawn. The random choices come from utils.random_generator(seed, purpose,
+    HR is recomputed for the pairs drawn. The random choices come from utils.make_rng(seed, purpose,
     iteration, rank): reproducible, resumable, different in every process.
 
     :param lr_imgs: (N, 3, h, w) in [0, 1], or None (degradation 'realesrgan')
@@ -861,12 +857,12 @@ def make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank, device, pair_pool
              the memory format of hp.channels_last; which target each loss uses is the script's choice
              (l1_gt_usm, percep_gt_usm, gan_gt_usm)
     """
-    memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
+    memory_format = utils.memory_format(hp.channels_last)
     hr_imgs = hr_imgs.to(device, memory_format=memory_format, non_blocking=True)
     if hp.degradation == "realesrgan":
         settings = {name: getattr(hp, name) for name in DEGRADATION_DEFAULTS if hasattr(hp, name)}
-        random_generator = utils.random_generator(hp.seed, "degradation", iteration, rank)
-        lr_imgs, hr_imgs, hr_usm_imgs = make_realesrgan_batch(hr_imgs, hp.scaling_factor, settings, random_generator)
+        rng = utils.make_rng(hp.seed, "degradation", iteration, rank)
+        lr_imgs, hr_imgs, hr_usm_imgs = make_realesrgan_batch(hr_imgs, hp.scaling_factor, settings, rng)
     else:
         lr_imgs, hr_usm_imgs = lr_imgs.to(device, memory_format=memory_format, non_blocking=True), hr_imgs
     if pair_pool is not None:

@@ -19,11 +19,11 @@ Inputs:
   --model       one or more of `bicubic` (MATLAB-style bicubic upscaling of the LR image, the usual baseline), the
                 shipped models `srresnet` and `compact` (weights/, whose model card lists these very numbers) or
                 checkpoint paths (ours, export.py's .pth / .safetensors files, or official ESRGAN / Real-ESRGAN /
-                BasicSR weights), loaded with utils.load_generator, and run in tiles (utils.upscale). A model's
+                BasicSR weights), loaded with inference.load_generator, and run in tiles (inference.upscale). A model's
                 scaling_factor must equal --scaling_factor (--scale, its old name, still works).
   --interpolate_with, --alpha
                 network interpolation: the one checkpoint of --model blended with another one, weight by weight,
-                (1 - alpha) x model + alpha x other (utils.load_generator_or_blend, as in super_resolve.py).
+                (1 - alpha) x model + alpha x other (inference.load_generator_or_blend, as in super_resolve.py).
   --test_sets   names of test sets; each is read from `<data_folder>/<name>_test_images.json`, the JSON list of HR
                 image paths written by create_data_lists.py. Sets without a list are skipped with a note.
   --lr_source   `generated` (default): the LR image is made here from the HR image with metrics.imresize, which
@@ -51,13 +51,15 @@ import sys
 import time
 from pathlib import Path
 
+import cli
+import inference
 import metrics
 import utils
 
 # ------------------------------------------------------------------------------------------------------
 # Published reference numbers: {reference name: {"source": citation, (test set, scale): (PSNR, SSIM)}}.
 # All were measured with the standard protocol above (Y channel, `scaling_factor` pixels shaved). Which row a model
-# is compared with comes from utils.load_generator (utils.PUBLISHED_REFERENCE_OF_CHECKPOINT).
+# is compared with comes from inference.load_generator (inference.PUBLISHED_REFERENCE_OF_CHECKPOINT).
 # ------------------------------------------------------------------------------------------------------
 PUBLISHED = {
     # The bicubic baseline as tabulated by EDSR (Lim et al., CVPRW 2017, Table 6) and RCAN (Zhang et al., ECCV 2018,
@@ -132,7 +134,7 @@ def parse_args(argv=None):
                         help="test sets, read from <data_folder>/<NAME>_test_images.json (default: Set5 Set14 BSD100)")
     parser.add_argument("--data_folder", default=".",
                         help="folder where create_data_lists.py wrote the lists (default: .)")
-    utils.add_scaling_factor_argument(parser, default=4, choices=SCALES, help="upscaling factor (default: 4)")
+    cli.add_scaling_factor_argument(parser, default=4, choices=SCALES, help="upscaling factor (default: 4)")
     parser.add_argument("--lr_source", default="generated", choices=("generated", "provided"),
                         help="make LR images with MATLAB-style imresize, or read <Set>/LR_bicubic/X<s>/ "
                              "(default: generated)")
@@ -140,9 +142,9 @@ def parse_args(argv=None):
                         help="'standard' (comparable with papers) or 'classic' (the old tutorial's, for comparison "
                              "only)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results to this JSON file")
-    utils.add_interpolation_arguments(parser)
+    inference.add_interpolation_arguments(parser)
     args = parser.parse_args(argv)
-    utils.check_interpolation_arguments(parser, args, [model for model in args.model if model != "bicubic"])
+    inference.check_interpolation_arguments(parser, args, [model for model in args.model if model != "bicubic"])
     return args
 
 
@@ -164,7 +166,7 @@ def main(argv=None):
         if model_arg == "bicubic":
             model, description, reference = None, "MATLAB-style bicubic upscaling of the LR image", "Bicubic"
         else:
-            model, description, reference, name = utils.load_generator_or_blend(
+            model, description, reference, name = inference.load_generator_or_blend(
                 model_arg, device, args.scaling_factor, args.interpolate_with, args.alpha)
         models[name], references[name] = model, reference
         print(f"{name}: {description}", file=sys.stderr)
@@ -200,4 +202,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    cli.run_cli(main)

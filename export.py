@@ -29,7 +29,7 @@ or an fp16 graph (.onnx: fp16 weights and arithmetic, still float32 in and out).
     python export.py runs/checkpoint_srresnet.pth --output weights/srresnet_x4.pth --half --weights ema
     python export.py RealESRGAN_x4plus.pth --output RealESRGAN_x4plus.safetensors
 
-The checkpoint may be anything utils.load_generator reads: our training checkpoints, the best-validation files
+The checkpoint may be anything inference.load_generator reads: our training checkpoints, the best-validation files
 (best_<kind>.pth), files this script wrote, and the official ESRGAN / Real-ESRGAN files. The README's "Using your
 model elsewhere" says which program takes which file.
 """
@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
+import cli
+import inference
 import metrics
 import utils
 
@@ -55,14 +57,14 @@ MIN_ONNX_PSNR = 50.0  # dB between ONNX Runtime's and PyTorch's 8-bit outputs; e
 # ------------------------------------------------------------------------------------------------------
 def load_weights(path):
     """
-    The generator of any file utils.load_generator reads, and its weights as a generator-only file keeps them.
+    The generator of any file inference.load_generator reads, and its weights as a generator-only file keeps them.
 
     :return: (model with the preferred weights (EMA when there are), weights, description) with weights
              {"params": the raw weights} plus {"params_ema": the EMA weights} when the file holds both (a file with
              one set of weights gives it as "params")
     """
-    model, description, _ = utils.load_generator(path)  # EMA weights, when the file has them
-    raw_model, _, _ = utils.load_generator(path, ema=False)
+    model, description, _ = inference.load_generator(path)  # EMA weights, when the file has them
+    raw_model, _, _ = inference.load_generator(path, ema=False)
     weights = {"params": raw_model.state_dict()}
     ema_weights = model.state_dict()
     if any(not torch.equal(ema_weights[name], value) for name, value in weights["params"].items()):
@@ -113,7 +115,7 @@ class OnnxGenerator(nn.Module):
     float32 in [0, 1] out, whatever the network's own input / output formats (utils.convert_image) and precision.
 
     With `half`, the network (a copy) computes in fp16: the input is cast to fp16 on the way in, the output back to
-    float32 before the range conversion and the clamp (as utils.run_generator does), so the file is a drop-in
+    float32 before the range conversion and the clamp (as inference.run_generator does), so the file is a drop-in
     replacement for the float32 one.
     """
 
@@ -153,7 +155,7 @@ def export_onnx(model, path, half=False):
 
 def check_onnx(model, path):
     """
-    Run the ONNX file with ONNX Runtime on a real image and compare with PyTorch (utils.run_generator, float32).
+    Run the ONNX file with ONNX Runtime on a real image and compare with PyTorch (inference.run_generator, float32).
 
     The image is a 67 x 61 crop of scikit-image's astronaut (odd sides: a pixel-unshuffle model's padding runs too).
 
@@ -171,7 +173,7 @@ def check_onnx(model, path):
     except Exception as error:  # onnxruntime's own exception types
         raise RuntimeError(f"ONNX Runtime cannot run the exported file {path} on a 67 x 61 test image ({error}); "
                            f"do not use the file.") from None
-    torch_sr = utils.run_generator(model, lr_imgs).numpy()
+    torch_sr = inference.run_generator(model, lr_imgs).numpy()
     if onnx_sr.shape != torch_sr.shape:
         raise RuntimeError(f"The ONNX file {path} gives an output of shape {onnx_sr.shape}, PyTorch "
                            f"{torch_sr.shape}: the export is wrong; do not use the file.")
@@ -188,7 +190,7 @@ def check_onnx(model, path):
 # ------------------------------------------------------------------------------------------------------
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="any generator file utils.load_generator reads (our checkpoints, "
+    parser.add_argument("checkpoint", help="any generator file inference.load_generator reads (our checkpoints, "
                                            "best-validation files, exported files, official ESRGAN / Real-ESRGAN "
                                            "files)")
     parser.add_argument("--output", required=True,
@@ -211,7 +213,7 @@ def main(argv=None):
         # One set: the EMA weights under their own name (as Real-ESRGAN's released files), or the raw ones as 'params'.
         weights = {"params_ema": weights["params_ema"]} if args.weights == "ema" else {"params": weights["params"]}
         if args.weights == "raw":  # say so: the description above is of the EMA weights
-            description = utils.load_generator(args.checkpoint, ema=False)[1]
+            description = inference.load_generator(args.checkpoint, ema=False)[1]
     output.parent.mkdir(parents=True, exist_ok=True)
     stored = "params_ema" if "params_ema" in weights else "params"  # what .safetensors and .onnx keep
     if output.suffix.lower() == ".pth":
@@ -231,4 +233,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    cli.run_cli(main)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import inference
 import utils
 
 
@@ -459,12 +460,12 @@ def load_test_pairs(hr_paths, scaling_factor, lr_source="generated", protocol="s
     return pairs
 
 
-def upscale_array(generator, lr, scaling_factor, protocol="standard", precision="fp32", tile=utils.DEFAULT_TILE,
-                  tile_pad=utils.DEFAULT_TILE_PAD):
+def upscale_array(generator, lr, scaling_factor, protocol="standard", precision="fp32", tile=inference.DEFAULT_TILE,
+                  tile_pad=inference.DEFAULT_TILE_PAD):
     """Upscale one LR image as the evaluation does.
 
     :param generator: None for the bicubic baseline, else a generator in eval mode, run where its weights are, in
-                      tiles of `tile` LR pixels (utils.upscale; the benchmark images fit in one tile)
+                      tiles of `tile` LR pixels (inference.upscale; the benchmark images fit in one tile)
     :param lr: uint8 array (h, w) or (h, w, 3)
     :return: SR image (h * s, w * s[, 3]): uint8 under the standard protocol (quantised, as papers save PNGs);
              float in [0, 1], not quantised, under the classic one (as the tutorial measured it)
@@ -479,7 +480,7 @@ def upscale_array(generator, lr, scaling_factor, protocol="standard", precision=
         # A generator takes RGB: a greyscale LR image is repeated into 3 channels.
         lr_rgb = np.repeat(lr[..., None], 3, axis=2) if lr.ndim == 2 else lr
         lr_tensor = torch.from_numpy(lr_rgb).permute(2, 0, 1).float().div(255).unsqueeze(0)   # (1, 3, h, w), [0, 1]
-        sr_tensor = utils.upscale(generator, lr_tensor, tile, tile_pad, precision)            # (1, 3, H, W), [0, 1]
+        sr_tensor = inference.upscale(generator, lr_tensor, tile, tile_pad, precision)            # (1, 3, H, W), [0, 1]
         sr = sr_tensor[0].permute(1, 2, 0).double().numpy()                                  # (H, W, 3), [0, 1]
     if protocol == "classic":
         return sr

@@ -19,13 +19,8 @@ Contents, in the order the papers introduced them:
                                                                       why its initialisation matters
 
   Later additions: pixel-unshuffle x2 / x1 models
-      pad_to_multiple, SRResNetUnshuffle, RRDBNetUnshuffle            an x4 network behind a pixel-unshuffle
-
-  Porting weights between frameworks and releases
-      pixel shuffle in PyTorch / TensorFlow / Caffe order             porting sub-pixel weights between frameworks
-      generator_from_official_state_dict                              load the official ESRGAN / Real-ESRGAN files
-                                                                      (RRDBNet and SRVGGNetCompact)
-      interpolate_state_dicts                                         network interpolation (PSNR <-> GAN model)
+      pad_to_multiple                                                 SRResNet(unshuffle_scale=r) and RRDBNet(scale=2
+                                                                      or 1): an x4 network behind a pixel-unshuffle
 
   Choosing a generator by name (at the end of the file)
       build_generator                                                 'srresnet' | 'rrdb' | 'compact' -> a generator,
@@ -41,8 +36,6 @@ Conventions shared by the whole project:
 """
 import math
 import os
-import re
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -148,22 +141,33 @@ class SRResNet(nn.Module):
         small_kernel_size: kernel everywhere else (3).
         n_channels: feature channels in the body (64).
         n_blocks: number of residual blocks (16).
-        scaling_factor: how much the network enlarges: 2, 4 or 8 (one x2 sub-pixel block per factor of 2); also
-            the attribute `scaling_factor`.
+        scaling_factor: how much the network enlarges overall (the attribute `scaling_factor`): 2, 4 or 8 (one x2
+            sub-pixel block per factor of 2), or, behind a pixel-unshuffle, 1, 2 or 4.
+        unshuffle_scale: r = 1 (the paper's network), or 2 / 4: an x(scaling_factor * r) SRResNet fed the input
+            pixel-unshuffled by r, e.g. x1 = an x4 body behind r = 4 (see "Pixel-unshuffle" at the end of the file).
     """
 
     input_format = "[0, 1]"
     output_format = "[-1, 1]"
 
-    def __init__(self, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16, scaling_factor=4):
+    def __init__(self, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16, scaling_factor=4,
+                 unshuffle_scale=1):
         super().__init__()
-        scaling_factor = int(scaling_factor)
-        if scaling_factor not in {2, 4, 8}:
+        scaling_factor, unshuffle_scale = int(scaling_factor), int(unshuffle_scale)
+        body_scale = scaling_factor * unshuffle_scale  # what the sub-pixel blocks upscale
+        if unshuffle_scale == 1 and scaling_factor not in {2, 4, 8}:
             raise ValueError(f"SRResNet's scaling_factor must be 2, 4 or 8, got {scaling_factor}")
-        self.scaling_factor = scaling_factor
+        if unshuffle_scale < 1 or body_scale not in {2, 4, 8}:
+            raise ValueError(f"unshuffle_scale {unshuffle_scale} with an overall scaling_factor {scaling_factor} "
+                             f"needs an x{body_scale} SRResNet, which does not exist: use unshuffle_scale 2 or 4, "
+                             f"with scaling_factor * unshuffle_scale 2, 4 or 8 (e.g. 2 and 2, or 1 and 4)")
+        self.scaling_factor = scaling_factor  # overall: what the scripts read
+        self.unshuffle_scale = unshuffle_scale
 
-        # Front end: from 3 colour channels to n_channels features, with a large kernel.
-        self.conv_block1 = ConvolutionalBlock(3, n_channels, large_kernel_size, activation="prelu")
+        # Front end: from 3 colour channels (3 r^2 for the folded input of a pixel-unshuffle model) to n_channels
+        # features, with a large kernel.
+        self.conv_block1 = ConvolutionalBlock(3 * unshuffle_scale ** 2, n_channels, large_kernel_size,
+                                              activation="prelu")
 
         # Body: residual blocks at low resolution, then a convolution closing the long skip connection.
         self.residual_blocks = nn.Sequential(
@@ -171,7 +175,7 @@ class SRResNet(nn.Module):
         self.conv_block2 = ConvolutionalBlock(n_channels, n_channels, small_kernel_size, batch_norm=True)
 
         # Upsampling: one x2 sub-pixel block per factor of 2 (x4 -> 2 blocks).
-        n_subpixel_blocks = int(math.log2(scaling_factor))
+        n_subpixel_blocks = int(math.log2(body_scale))
         self.subpixel_convolutional_blocks = nn.Sequential(
             *[SubPixelConvolutionalBlock(small_kernel_size, n_channels, scaling_factor=2)
               for _ in range(n_subpixel_blocks)])
@@ -181,12 +185,18 @@ class SRResNet(nn.Module):
 
     def forward(self, lr_imgs):
         """(N, 3, H, W) in [0, 1] -> (N, 3, H * scaling_factor, W * scaling_factor) in [-1, 1]."""
+        height, width = lr_imgs.shape[-2:]
+        if self.unshuffle_scale > 1:  # x2 / x1 variants: fold r x r pixel blocks into channels first
+            lr_imgs, _ = pad_to_multiple(lr_imgs, self.unshuffle_scale)
+            lr_imgs = F.pixel_unshuffle(lr_imgs, self.unshuffle_scale)  # (N, 3 r^2, H / r, W / r)
         output = self.conv_block1(lr_imgs)  # (N, 64, H, W)
         residual = output
         output = self.residual_blocks(output)  # (N, 64, H, W)
         output = self.conv_block2(output) + residual  # long skip: the body learns what to add to the shallow features
         output = self.subpixel_convolutional_blocks(output)  # (N, 64, H * s, W * s)
         sr_imgs = self.conv_block3(output)  # (N, 3, H * s, W * s), in [-1, 1]
+        if self.unshuffle_scale > 1:  # crop away what the padding added
+            sr_imgs = sr_imgs[..., :height * self.scaling_factor, :width * self.scaling_factor]
         return sr_imgs
 
 
@@ -470,25 +480,25 @@ class RRDBNet(nn.Module):
 
     Args:
         num_in_ch, num_out_ch: image channels (3).
-        scale: 4 (the attribute `scaling_factor`). RRDBNet(scale=2) and RRDBNet(scale=1), Real-ESRGAN's x2 / x1
-            models, build an RRDBNetUnshuffle (see "Later additions"), as BasicSR's RRDBNet does with those scales.
+        scale: 4, or 2 / 1 (the attribute `scaling_factor`): Real-ESRGAN's x2 / x1 models, the same x4 network fed
+            the input pixel-unshuffled by 2 / 4 (the attribute `unshuffle_scale`), as BasicSR's RRDBNet does with
+            those scales; only conv_first changes (num_in_ch * 4 or * 16 input channels), so the official files
+            load (see "Pixel-unshuffle" at the end of the file).
         num_feat: feature channels (64). num_block: RRDBs (23). num_grow_ch: dense growth channels (32).
     """
 
     input_format = "[0, 1]"
     output_format = "[0, 1]"
 
-    def __new__(cls, num_in_ch=3, num_out_ch=3, scale=4, *args, **kwargs):
-        if cls is RRDBNet and int(scale) != 4:
-            cls = RRDBNetUnshuffle
-        return super().__new__(cls)
-
     def __init__(self, num_in_ch=3, num_out_ch=3, scale=4, num_feat=64, num_block=23, num_grow_ch=32):
         super().__init__()
-        if int(scale) != 4:
-            raise ValueError(f"RRDBNet's scale must be 4, 2 or 1, got {scale}")
-        self.scaling_factor = 4
-        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        scale = int(scale)
+        if scale not in (1, 2, 4):
+            raise ValueError(f"RRDBNet's scale must be 4, 2 or 1 (2 and 1: the x4 network behind a pixel-unshuffle), "
+                             f"got {scale}")
+        self.scaling_factor = scale  # overall: what the scripts read
+        self.unshuffle_scale = 4 // scale  # 1 (x4), 2 (x2) or 4 (x1): the body always upscales x4
+        self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle_scale ** 2, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*[RRDB(num_feat, num_grow_ch) for _ in range(num_block)])
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
@@ -498,12 +508,19 @@ class RRDBNet(nn.Module):
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
 
     def forward(self, lr_imgs):
-        """(N, num_in_ch, H, W) in [0, 1] -> (N, num_out_ch, 4 H, 4 W), about [0, 1]."""
+        """(N, num_in_ch, H, W) in [0, 1] -> (N, num_out_ch, s H, s W), about [0, 1] (s = scaling_factor)."""
+        height, width = lr_imgs.shape[-2:]
+        if self.unshuffle_scale > 1:  # x2 / x1 models: fold r x r pixel blocks into channels first
+            lr_imgs, _ = pad_to_multiple(lr_imgs, self.unshuffle_scale)
+            lr_imgs = F.pixel_unshuffle(lr_imgs, self.unshuffle_scale)  # (N, num_in_ch r^2, H / r, W / r)
         feat = self.conv_first(lr_imgs)  # (N, num_feat, H, W)
         feat = feat + self.conv_body(self.body(feat))  # long skip around the whole trunk
         feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))  # (N, F, 2H, 2W)
         feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))  # (N, F, 4H, 4W)
-        return self.conv_last(self.lrelu(self.conv_hr(feat)))  # (N, num_out_ch, 4H, 4W)
+        sr_imgs = self.conv_last(self.lrelu(self.conv_hr(feat)))  # (N, num_out_ch, 4H, 4W)
+        if self.unshuffle_scale > 1:  # crop away what the padding added
+            sr_imgs = sr_imgs[..., :height * self.scaling_factor, :width * self.scaling_factor]
+        return sr_imgs
 
 
 # ======================================================================================================
@@ -687,7 +704,14 @@ class SRVGGNetCompact(nn.Module):
 # network now gives an overall x(4 / r): an x2 model (r = 2) whose expensive body runs on a quarter of the pixels,
 # or an x1 model (r = 4, what CutBlur needs). Only the first convolution changes (3 r^2 input channels instead of
 # 3); the state-dict keys stay the same. Inputs whose sides are not divisible by r are reflect-padded and the output
-# is cropped back.
+# is cropped back. Both networks do it in plain sight, in the first and last lines of their forward():
+#
+#     if self.unshuffle_scale > 1:
+#         lr_imgs, _ = pad_to_multiple(lr_imgs, r)
+#         lr_imgs = F.pixel_unshuffle(lr_imgs, r)      # (N, 3 r^2, H / r, W / r)
+#     ... the x4 network ...
+#     if self.unshuffle_scale > 1:
+#         sr_imgs = sr_imgs[..., :height * s, :width * s]
 
 def pad_to_multiple(imgs, multiple):
     """Pad the bottom and right of `imgs` so that height and width are divisible by `multiple`.
@@ -711,425 +735,6 @@ def pad_to_multiple(imgs, multiple):
         mode = "reflect" if (pad_h < height and pad_w < width) else "replicate"
         imgs = F.pad(imgs, (0, pad_w, 0, pad_h), mode=mode)
     return imgs, (height, width)
-
-
-class _PixelUnshuffleFrontEnd:
-    """The forward pass of the pixel-unshuffle models, in front of their parent network's own forward:
-
-        (N, 3, H, W) -> pad to multiples of r -> PixelUnshuffle(r) -> (N, 3 r^2, H' / r, W' / r)
-        -> the parent network (x scaling_factor * r) -> (N, 3, s H', s W') -> cropped to (N, 3, s H, s W)
-    """
-
-    def forward(self, lr_imgs):
-        x, (height, width) = pad_to_multiple(lr_imgs, self.unshuffle_scale)
-        x = F.pixel_unshuffle(x, self.unshuffle_scale)  # (N, 3 r^2, H / r, W / r)
-        sr_imgs = super().forward(x)  # the parent class's network
-        return sr_imgs[..., :height * self.scaling_factor, :width * self.scaling_factor]
-
-
-class SRResNetUnshuffle(_PixelUnshuffleFrontEnd, SRResNet):
-    """An SRResNet behind a pixel-unshuffle by `unshuffle_scale` r: an x(scaling_factor) model made of an
-    x(scaling_factor * r) SRResNet, e.g. x2 = an x4 SRResNet behind r = 2, x1 = an x4 SRResNet behind r = 4.
-
-    Same state-dict keys as SRResNet (only conv_block1's weight has 3 r^2 input channels), so checkpoints of the
-    earlier SRResNet(use_unshuffle=True) load as they are.
-    """
-
-    def __init__(self, large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16, scaling_factor=2,
-                 unshuffle_scale=2):
-        scaling_factor, unshuffle_scale = int(scaling_factor), int(unshuffle_scale)
-        if unshuffle_scale < 2 or scaling_factor * unshuffle_scale not in {2, 4, 8}:
-            raise ValueError(f"unshuffle_scale {unshuffle_scale} with an overall scaling_factor {scaling_factor} "
-                             f"needs an x{scaling_factor * unshuffle_scale} SRResNet, which does not exist: use "
-                             f"unshuffle_scale 2 or 4, with scaling_factor * unshuffle_scale 2, 4 or 8 (e.g. 2 and 2, "
-                             f"or 1 and 4)")
-        super().__init__(large_kernel_size, small_kernel_size, n_channels, n_blocks,
-                         scaling_factor=scaling_factor * unshuffle_scale)
-        # The only layer that changes: the first convolution takes the 3 r^2 channels of the folded image.
-        self.conv_block1 = ConvolutionalBlock(3 * unshuffle_scale ** 2, n_channels, large_kernel_size,
-                                              activation="prelu")
-        self.scaling_factor = scaling_factor  # overall: what the scripts read
-        self.unshuffle_scale = unshuffle_scale
-
-
-class RRDBNetUnshuffle(_PixelUnshuffleFrontEnd, RRDBNet):
-    """Real-ESRGAN's x2 and x1 models: the x4 RRDBNet behind a pixel-unshuffle by 2 or 4.
-
-    Constructor arguments and state-dict keys are BasicSR's RRDBNet(scale=2) / RRDBNet(scale=1) (conv_first takes
-    num_in_ch * 4 or * 16 channels), so `RRDBNet(scale=2)` builds one of these, and the official x2 files load.
-    """
-
-    def __init__(self, num_in_ch=3, num_out_ch=3, scale=2, num_feat=64, num_block=23, num_grow_ch=32):
-        scale = int(scale)
-        if scale not in (1, 2):
-            raise ValueError(f"RRDBNet's scale must be 4, 2 or 1 (2 and 1: the x4 network behind a pixel-unshuffle), "
-                             f"got {scale}")
-        super().__init__(num_in_ch, num_out_ch, 4, num_feat, num_block, num_grow_ch)
-        self.unshuffle_scale = 4 // scale  # 2 (x2) or 4 (x1)
-        # The only layer that changes: the first convolution takes the num_in_ch r^2 channels of the folded image.
-        self.conv_first = nn.Conv2d(num_in_ch * self.unshuffle_scale ** 2, num_feat, 3, 1, 1)
-        self.scaling_factor = scale  # overall: what the scripts read
-
-
-# ======================================================================================================
-# Porting weights between frameworks and releases
-# ======================================================================================================
-
-# ------------------------------------------------------------------------------------------------------
-# Pixel shuffle across frameworks: the same idea, three channel orders.
-#
-# A sub-pixel layer turns C * r * r low-resolution channels into C channels r times larger on each side. Output
-# pixel (h * r + i, w * r + j) of output channel c (0 <= i, j < r are its position inside the r x r block)
-# is read from input pixel (h, w) of ONE input channel -- but frameworks disagree on WHICH one:
-#
-#   PyTorch (nn.PixelShuffle), "CRD" order:      k = c * r * r + i * r + j      (the channel index varies slowest)
-#   TensorFlow (tf.nn.depth_to_space), "DCR":    k = (i * r + j) * C + c        (the sub-pixel position slowest)
-#   Caffe, as in the RealSR "Dtow" layer:        k = c * r * r + i * r + j      (same as PyTorch)
-#
-# The Caffe entry: Caffe itself has no pixel-shuffle layer; super-resolution code written in Caffe ships its own.
-# We checked two: the "Dtow" layer of RealSR (Cai et al., ICCV 2019, github.com/csjcai/RealSR,
-# Layer/Shuffle/dtow_layer.cpp: output channel tc / r^2, row th * r + (tc % r^2) / r, column
-# tw * r + (tc % r^2) % r) and the pixel-shuffler added to the Reshape layer of ShenghaiRong/caffe_srgan
-# (src/layers/reshape_layer.cpp); both use exactly PyTorch's order (both frameworks store NCHW blobs row-major,
-# and both authors unrolled the same "channel-major" formula). So Caffe weights need no permutation; TensorFlow /
-# Keras weights (and ONNX DepthToSpace in its default 'DCR' mode, ncnn's PixelShuffle mode 1) do.
-# ------------------------------------------------------------------------------------------------------
-
-SUBPIXEL_ORDERS = ("pytorch", "tensorflow", "caffe")
-
-
-def subpixel_source_channel(order, c, i, j, n_channels, r):
-    """Which of the n_channels * r * r input channels feeds sub-pixel (i, j) of output channel c, in `order`."""
-    if order in ("pytorch", "caffe"):
-        return (c * r + i) * r + j  # = c r^2 + i r + j
-    if order == "tensorflow":
-        return (i * r + j) * n_channels + c
-    raise ValueError(f"unknown sub-pixel order {order!r}; choose one of {SUBPIXEL_ORDERS}")
-
-
-def pixel_shuffle_pytorch(x, r):
-    """PyTorch's pixel shuffle written out: (N, C r^2, H, W) -> (N, C, H r, W r), same as F.pixel_shuffle.
-
-    out[n, c, h*r + i, w*r + j] = x[n, c*r*r + i*r + j, h, w]
-    """
-    n, channels, height, width = x.shape
-    c = channels // (r * r)
-    x = x.reshape(n, c, r, r, height, width)  # split the channel index k into (c, i, j): k = (c*r + i)*r + j
-    x = x.permute(0, 1, 4, 2, 5, 3)  # (n, c, h, i, w, j): row index h*r + i, column index w*r + j
-    return x.reshape(n, c, height * r, width * r)
-
-
-def pixel_unshuffle_pytorch(x, r):
-    """Inverse of pixel_shuffle_pytorch: (N, C, H r, W r) -> (N, C r^2, H, W), same as F.pixel_unshuffle."""
-    n, c, big_height, big_width = x.shape
-    height, width = big_height // r, big_width // r
-    x = x.reshape(n, c, height, r, width, r)  # (n, c, h, i, w, j)
-    x = x.permute(0, 1, 3, 5, 2, 4)  # (n, c, i, j, h, w): channel index (c*r + i)*r + j
-    return x.reshape(n, c * r * r, height, width)
-
-
-def depth_to_space_tf(x, r):
-    """TensorFlow's depth_to_space on an NHWC tensor: (N, H, W, C r^2) -> (N, H r, W r, C).
-
-    out[n, h*r + i, w*r + j, c] = x[n, h, w, (i*r + j)*C + c]
-    """
-    n, height, width, channels = x.shape
-    c = channels // (r * r)
-    x = x.reshape(n, height, width, r, r, c)  # split the depth index into (i, j, c): (i*r + j)*C + c
-    x = x.permute(0, 1, 3, 2, 4, 5)  # (n, h, i, w, j, c)
-    return x.reshape(n, height * r, width * r, c)
-
-
-def space_to_depth_tf(x, r):
-    """Inverse of depth_to_space_tf (TensorFlow's space_to_depth): (N, H r, W r, C) -> (N, H, W, C r^2)."""
-    n, big_height, big_width, c = x.shape
-    height, width = big_height // r, big_width // r
-    x = x.reshape(n, height, r, width, r, c)  # (n, h, i, w, j, c)
-    x = x.permute(0, 1, 3, 2, 4, 5)  # (n, h, w, i, j, c): depth index (i*r + j)*C + c
-    return x.reshape(n, height, width, c * r * r)
-
-
-def pixel_shuffle_caffe(x, r):
-    """The Caffe (RealSR 'Dtow' layer) pixel shuffle, NCHW: its order is PyTorch's (see the notes above)."""
-    return pixel_shuffle_pytorch(x, r)
-
-
-def pixel_unshuffle_caffe(x, r):
-    """The Caffe (RealSR 'Dtow', method MWTOD) space-to-depth, NCHW: PyTorch's order (see the notes above)."""
-    return pixel_unshuffle_pytorch(x, r)
-
-
-def shuffle_channel_permutation(n_channels, r, source_order="tensorflow"):
-    """Permutation that ports a sub-pixel convolution from `source_order` to nn.PixelShuffle.
-
-    A convolution trained in front of TensorFlow's depth_to_space writes sub-pixel (i, j) of colour/feature c
-    into channel (i*r + j)*C + c; nn.PixelShuffle reads it from channel c*r*r + i*r + j. Re-ordering the
-    convolution's output channels (its weight's dim 0 and its bias) fixes that without touching anything else:
-
-        perm = shuffle_channel_permutation(C, r, 'tensorflow')
-        conv.weight.data = tf_weight[perm]        # tf_weight already converted HWIO -> OIHW: .permute(3, 2, 0, 1)
-        conv.bias.data = tf_bias[perm]
-        # now nn.PixelShuffle(r)(conv(x)) == depth_to_space(tf_conv(x)) (up to the NCHW/NHWC layout)
-
-    Args:
-        n_channels: C, the channels AFTER the shuffle.  r: the upscaling factor.
-        source_order: 'tensorflow', 'caffe' or 'pytorch' (the last two give the identity).
-    Returns:
-        LongTensor of length C * r * r: perm[pytorch_channel] = source_channel.
-    """
-    perm = [subpixel_source_channel(source_order, c, i, j, n_channels, r)
-            for c in range(n_channels) for i in range(r) for j in range(r)]  # enumerated in PyTorch's order
-    return torch.tensor(perm, dtype=torch.long)
-
-
-# ------------------------------------------------------------------------------------------------------
-# Loading the official ESRGAN / Real-ESRGAN / BasicSR generator files.
-#
-# The same RRDBNet has been published under three sets of parameter names:
-#   'basicsr'    BasicSR / Real-ESRGAN (our names): conv_first, body.{i}.rdb{k}.conv{n}, conv_body, conv_up1,
-#                conv_up2, conv_hr, conv_last. Files are usually {'params_ema': ..., 'params': ...}; params_ema is
-#                the exponential moving average of the weights, smoother and what the authors evaluate with.
-#   'esrgan'     xinntao/ESRGAN's RRDBNet_arch.py: conv_first, RRDB_trunk.{i}.RDB{k}.conv{n}, trunk_conv, upconv1,
-#                upconv2, HRconv, conv_last (BSRGAN's and jixiaozhong/RealSR's files use it too, according to the
-#                model detection of the chaiNNer upscaler).
-#   'esrgan-old' the original ESRGAN release (RRDB_ESRGAN_x4_old_arch.pth), a flattened nn.Sequential:
-#                model.0 = conv_first, model.1.sub.{i}.RDB{k}.conv{n}.0 = the RRDB convolutions (".0" because each
-#                conv sat in a Sequential with its LeakyReLU), model.1.sub.{num_block} = the trunk convolution,
-#                model.3 / model.6 = the two upsampling convolutions (after an Upsample at model.2 / model.5, each
-#                followed by a LeakyReLU), model.8 = HR conv, model.10 = last conv. (Mapping checked against
-#                xinntao/ESRGAN's transer_RRDB_models.py, which converts between the two ESRGAN layouts.)
-# Real-ESRGAN's compact network has one layout, ours (Part D):
-#   'compact'    body.{N}.weight / body.{N}.bias (N even: the convolutions) and body.{N}.weight (N odd: the PReLU
-#                slopes), in {'params': ...} or {'params_ema': ...} (realesr-general-x4v3.pth,
-#                realesr-general-wdn-x4v3.pth, realesr-animevideov3.pth).
-# ------------------------------------------------------------------------------------------------------
-
-_SUPPORTED_FILES = (
-    "supported files: Real-ESRGAN / BasicSR RRDBNet weights (e.g. RealESRGAN_x4plus.pth, RealESRGAN_x2plus.pth; "
-    "a dict with 'params_ema' or 'params', or a bare state dict), Real-ESRGAN's compact SRVGGNetCompact weights "
-    "(realesr-general-x4v3.pth, realesr-animevideov3.pth), xinntao/ESRGAN weights (RRDB_ESRGAN_x4.pth, "
-    "RRDB_PSNR_x4.pth) and old-architecture ESRGAN weights (RRDB_ESRGAN_x4_old_arch.pth)")
-
-# Renaming rules, (regular expression, replacement), applied to each key of a file in that layout.
-_RENAME_RULES = {
-    "esrgan": [
-        (r"^RRDB_trunk\.(\d+)\.RDB([123])\.conv([1-5])\.", r"body.\1.rdb\2.conv\3."),
-        (r"^trunk_conv\.", "conv_body."),
-        (r"^upconv1\.", "conv_up1."),
-        (r"^upconv2\.", "conv_up2."),
-        (r"^HRconv\.", "conv_hr."),
-    ],
-    "esrgan-old": [
-        (r"^model\.0\.", "conv_first."),
-        (r"^model\.1\.sub\.(\d+)\.RDB([123])\.conv([1-5])\.0\.", r"body.\1.rdb\2.conv\3."),
-        # model.1.sub.{num_block}. -> conv_body. is done in code: it needs num_block.
-        (r"^model\.3\.", "conv_up1."),
-        (r"^model\.6\.", "conv_up2."),
-        (r"^model\.8\.", "conv_hr."),
-        (r"^model\.10\.", "conv_last."),
-    ],
-}
-
-
-def _unwrap_official(checkpoint):
-    """(state_dict, which) from a BasicSR-style {'params_ema', 'params'} file or a bare state dict."""
-    for wrapper_key in ("params_ema", "params"):  # params_ema first: the averaged weights the authors publish
-        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper_key), dict):
-            return checkpoint[wrapper_key], wrapper_key
-    return checkpoint, None
-
-
-def official_layout(checkpoint):
-    """'basicsr', 'esrgan', 'esrgan-old' (RRDBNet), 'compact' (SRVGGNetCompact), or None when `checkpoint` is none of
-    the official layouts.
-
-    Accepts what torch.load returned for an official file (a bare state dict or {'params_ema': ...}). Cheap: looks
-    at key names only. utils.load_generator uses this to tell official files from our own checkpoints.
-    """
-    state_dict, _ = _unwrap_official(checkpoint)
-    if not isinstance(state_dict, dict):
-        return None
-    keys = [key[len("module."):] if key.startswith("module.") else key for key in state_dict if isinstance(key, str)]
-    if "conv_first.weight" in keys and any(key.startswith("body.0.rdb1.") for key in keys):
-        return "basicsr"
-    if "conv_first.weight" in keys and any(key.startswith("RRDB_trunk.0.RDB1.") for key in keys):
-        return "esrgan"
-    if "model.0.weight" in keys and any(key.startswith("model.1.sub.0.RDB1.") for key in keys):
-        return "esrgan-old"
-    if {"body.0.weight", "body.1.weight", "body.2.weight"} <= set(keys) and "conv_first.weight" not in keys:
-        return "compact"  # a convolution, its PReLU, the next convolution
-    return None
-
-
-def is_official_generator_state_dict(checkpoint):
-    """True when `checkpoint` (a loaded file) is an ESRGAN / Real-ESRGAN / BasicSR RRDBNet or a Real-ESRGAN
-    SRVGGNetCompact state dict."""
-    return official_layout(checkpoint) is not None
-
-
-def _rename_official(state_dict, layout):
-    """Our RRDBNet key names for every tensor of an official state dict."""
-    state_dict = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
-    if layout == "esrgan-old":
-        # The trunk convolution is the last entry of model.1.sub, after the num_block RRDBs.
-        block_indices = {int(m.group(1)) for m in (re.match(r"^model\.1\.sub\.(\d+)\.RDB", k) for k in state_dict)
-                         if m}
-        trunk_prefix = f"model.1.sub.{max(block_indices) + 1}."
-        state_dict = {("conv_body." + k[len(trunk_prefix):] if k.startswith(trunk_prefix) else k): v
-                      for k, v in state_dict.items()}
-    renamed = OrderedDict()
-    for key, value in state_dict.items():
-        for pattern, replacement in _RENAME_RULES.get(layout, []):
-            new_key, n_subs = re.subn(pattern, replacement, key)
-            if n_subs:
-                key = new_key
-                break
-        renamed[key] = value
-    return renamed
-
-
-def _short_list(keys, limit=5):
-    keys = sorted(keys)
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more if keys else "none"
-
-
-def _rrdbnet_architecture(state_dict, layout):
-    """RRDBNet's constructor arguments, read off the shapes of an official state dict (renamed to our keys)."""
-    try:
-        conv_first = state_dict["conv_first.weight"]  # (num_feat, num_in_ch * unshuffle^2, 3, 3)
-        num_feat, first_in_channels = conv_first.shape[:2]
-        num_out_ch = state_dict["conv_last.weight"].shape[0]  # (num_out_ch, num_feat, 3, 3)
-        num_grow_ch = state_dict["body.0.rdb1.conv1.weight"].shape[0]  # (num_grow_ch, num_feat, 3, 3)
-    except KeyError as error:
-        raise ValueError(f"incomplete RRDBNet state dict: no {error.args[0]!r} after renaming the {layout!r} "
-                         f"layout to ours; {_SUPPORTED_FILES}") from None
-    num_block = len({key.split(".")[1] for key in state_dict if key.startswith("body.")})
-    # Real-ESRGAN's x2 / x1 models pixel-unshuffle the input by 2 / 4, multiplying conv_first's in-channels by
-    # 4 / 16 (3 -> x4, 12 -> x2, 48 -> x1 for RGB). We assume as many input as output channels.
-    scales = {1: 4, 4: 2, 16: 1}
-    ratio, remainder = divmod(first_in_channels, num_out_ch)
-    if remainder or ratio not in scales:
-        raise ValueError(f"conv_first has {first_in_channels} input channels for {num_out_ch} output channels: "
-                         f"expected {num_out_ch} (x4), {4 * num_out_ch} (x2) or {16 * num_out_ch} (x1)")
-    return dict(num_in_ch=num_out_ch, num_out_ch=num_out_ch, scale=scales[ratio], num_feat=num_feat,
-                num_block=num_block, num_grow_ch=num_grow_ch)
-
-
-def _compact_architecture(state_dict):
-    """SRVGGNetCompact's constructor arguments, read off the shapes of a Real-ESRGAN compact state dict."""
-    # The convolutions are the 4-D weights body.0, body.2, ..., body.2(num_conv + 1); the PReLUs sit between them.
-    conv_indices = sorted(int(key.split(".")[1]) for key, value in state_dict.items()
-                          if re.fullmatch(r"body\.\d+\.weight", key) and value.dim() == 4)
-    if len(conv_indices) < 2 or conv_indices != list(range(0, 2 * len(conv_indices), 2)):
-        raise ValueError(f"not a Real-ESRGAN SRVGGNetCompact state dict: its convolutions are body.{conv_indices}, "
-                         f"expected body.0, body.2, body.4, ... with a PReLU between each two; {_SUPPORTED_FILES}")
-    num_feat, num_in_ch = state_dict["body.0.weight"].shape[:2]  # (num_feat, num_in_ch, 3, 3)
-    last_out_channels = state_dict[f"body.{conv_indices[-1]}.weight"].shape[0]  # num_out_ch * upscale^2
-    # The output channels are the input's (the input is added to the output): the rest of the ratio is the scale^2.
-    upscale = math.isqrt(last_out_channels // num_in_ch)
-    if upscale < 1 or upscale ** 2 * num_in_ch != last_out_channels:
-        raise ValueError(f"the last convolution of this SRVGGNetCompact has {last_out_channels} output channels, "
-                         f"which is not {num_in_ch} (the image channels) times a square scale^2")
-    return dict(num_in_ch=num_in_ch, num_out_ch=num_in_ch, num_feat=num_feat, num_conv=len(conv_indices) - 2,
-                upscale=upscale)
-
-
-def generator_from_official_state_dict(checkpoint):
-    """Build the generator of an official ESRGAN / Real-ESRGAN / BasicSR weight file and load it strictly.
-
-    Args:
-        checkpoint: what torch.load(path, map_location='cpu', weights_only=True) returned for the file.
-    Returns:
-        (model, description): an RRDBNet with `scaling_factor` 4, 2 or 1, or an SRVGGNetCompact (both input/output
-        '[0, 1]'), in eval mode, and one line saying what was recognised, e.g. "Real-ESRGAN/BasicSR RRDBNet x4 (23
-        blocks, 64 features, growth 32, 3->3 channels; params_ema)". The architecture (blocks or convolutions,
-        features, scale, channels) is read off the tensors' shapes.
-    Raises:
-        ValueError naming the missing and unexpected keys (first few of each) and the supported files, when the
-        file is not (exactly) one of these layouts.
-    """
-    layout = official_layout(checkpoint)
-    if layout is None:
-        sample = list(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"not an ESRGAN / Real-ESRGAN / BasicSR generator state dict (first keys: {sample}); "
-                         f"{_SUPPORTED_FILES}")
-    state_dict, wrapper_key = _unwrap_official(checkpoint)
-    state_dict = _rename_official(state_dict, layout)
-    if layout == "compact":
-        network, kwargs = SRVGGNetCompact, _compact_architecture(state_dict)
-    else:
-        network, kwargs = RRDBNet, _rrdbnet_architecture(state_dict, layout)
-    model = build_generator("compact" if layout == "compact" else "rrdb", **kwargs)  # keeps its arch and kwargs
-
-    # Strict loading, with an error that says what differs instead of PyTorch's wall of text.
-    name = network.__name__
-    expected_keys = set(model.state_dict())
-    missing, unexpected = expected_keys - set(state_dict), set(state_dict) - expected_keys
-    if missing or unexpected:
-        raise ValueError(f"the weights do not fit an {name}{kwargs} (read as layout {layout!r}): "
-                         f"missing keys: {_short_list(missing)}; unexpected keys: {_short_list(unexpected)}. "
-                         f"{_SUPPORTED_FILES}")
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:  # same names, different shapes
-        raise ValueError(f"the weights do not fit an {name}{kwargs}: {error}") from None
-    model.eval()
-
-    weights_note = f"; {wrapper_key}" if wrapper_key else ""
-    channels = f"{kwargs['num_out_ch']}->{kwargs['num_out_ch']} channels{weights_note}"
-    if layout == "compact":
-        return model, (f"Real-ESRGAN SRVGGNetCompact x{kwargs['upscale']} ({kwargs['num_conv']} convolutions, "
-                       f"{kwargs['num_feat']} features, {channels})")
-    names = {"basicsr": "Real-ESRGAN/BasicSR", "esrgan": "ESRGAN", "esrgan-old": "ESRGAN (old architecture)"}
-    return model, (f"{names[layout]} RRDBNet x{kwargs['scale']} ({kwargs['num_block']} blocks, {kwargs['num_feat']} "
-                   f"features, growth {kwargs['num_grow_ch']}, {channels})")
-
-
-# ------------------------------------------------------------------------------------------------------
-# Network interpolation (ESRGAN section 3.4).
-# ------------------------------------------------------------------------------------------------------
-
-def interpolate_state_dicts(psnr_state, gan_state, alpha, skip_mismatched=False):
-    """Blend two trained versions of the same network parameter by parameter:
-
-        theta = (1 - alpha) * theta_PSNR + alpha * theta_GAN
-
-    ESRGAN's trick to trade fidelity for realism without retraining: the PSNR-oriented model (trained with L1 only)
-    is smooth but blurry, the GAN model sharp but with artefacts; because the GAN model was fine-tuned *from* the
-    PSNR model, the two sit in the same basin and every alpha in between gives a sensible network (alpha = 0.8
-    is the paper's showcase). Works on any pair of state dicts with the same layout.
-
-    Args:
-        psnr_state, gan_state: state dicts (name -> tensor) of the same architecture.
-        alpha: in [0, 1]; 0 gives the PSNR model, 1 the GAN model, exactly.
-        skip_mismatched: when True, keys whose shapes differ or that only one dict has keep the PSNR value (or are
-            left out, if only the GAN dict has them) and are reported; when False such keys raise ValueError.
-    Returns:
-        (state_dict, skipped_keys). Non-float tensors (e.g. BatchNorm's num_batches_tracked) keep the PSNR value.
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1] (0: PSNR model, 1: GAN model), got {alpha}")
-    only_psnr = [k for k in psnr_state if k not in gan_state]
-    only_gan = [k for k in gan_state if k not in psnr_state]
-    shape_differs = [k for k in psnr_state if k in gan_state and psnr_state[k].shape != gan_state[k].shape]
-    skipped_keys = only_psnr + shape_differs + only_gan
-    if skipped_keys and not skip_mismatched:
-        raise ValueError(
-            "the two state dicts do not match: "
-            f"only in the PSNR model: {_short_list(only_psnr)}; only in the GAN model: {_short_list(only_gan)}; "
-            f"different shapes: {_short_list(shape_differs)}. Pass skip_mismatched=True to keep the PSNR values "
-            "for these keys.")
-
-    skipped = set(skipped_keys)
-    blended = OrderedDict()
-    for key, psnr_value in psnr_state.items():
-        if key in skipped or not torch.is_floating_point(psnr_value):
-            blended[key] = psnr_value.clone()
-        else:
-            gan_value = gan_state[key].to(device=psnr_value.device, dtype=psnr_value.dtype)
-            blended[key] = (1 - alpha) * psnr_value + alpha * gan_value
-    return blended, skipped_keys
 
 
 # ======================================================================================================
@@ -1160,8 +765,8 @@ GENERATOR_ARCHITECTURES = ("srresnet", "rrdb", "compact")
 def build_generator(arch, **kwargs):
     """A generator from the name and constructor arguments that checkpoints store.
 
-    'srresnet' -> SRResNet(**kwargs), or SRResNetUnshuffle when kwargs has an unshuffle_scale above 1;
-    'rrdb' -> RRDBNet(**kwargs) (scale 2 or 1: RRDBNetUnshuffle); 'compact' -> SRVGGNetCompact(**kwargs). Older
+    'srresnet' -> SRResNet(**kwargs) (with an unshuffle_scale above 1: the x2 / x1 pixel-unshuffle model);
+    'rrdb' -> RRDBNet(**kwargs) (scale 2 or 1: the x2 / x1 models); 'compact' -> SRVGGNetCompact(**kwargs). Older
     checkpoints' arguments are accepted too (upgrade_generator_kwargs). Unknown names raise ValueError.
     The generator keeps the name and the arguments (today's form) as the attributes `generator_arch` and
     `generator_kwargs`, so that whoever holds it can save it again (export.py, a GAN started from an exported file).
@@ -1175,8 +780,6 @@ def build_generator(arch, **kwargs):
         generator = RRDBNet(**kwargs)
     elif arch == "compact":
         generator = SRVGGNetCompact(**kwargs)
-    elif "unshuffle_scale" in kwargs:
-        generator = SRResNetUnshuffle(**kwargs)
     else:
         generator = SRResNet(**kwargs)
     generator.generator_arch, generator.generator_kwargs = arch, kwargs

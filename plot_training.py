@@ -4,7 +4,7 @@ Draw how a training run went: its validation PSNR against bicubic's, and the fix
     python plot_training.py runs --kind srresnet --output_folder docs
         -> docs/validation_curve.png and docs/validation_strip.png
 
-It reads what the training scripts log in their output folder (utils.LogFiles) when they validate (--val_sets,
+It reads what the training scripts log in their output folder (training_log.LogFiles) when they validate (--val_sets,
 --val_every):
   log_<kind>.jsonl       the validation scores, {"iteration", "val": {test set: {"psnr", "ssim"}}}, and bicubic's on
                          the same sets, {"iteration": 0, "bicubic": {...}}, measured when the run started
@@ -31,6 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import cli  # noqa: E402
+import training_log  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -49,7 +51,7 @@ def read_validation(run_folder, kind):
         raise FileNotFoundError(f"No training log {path}: give the output folder of a train_{kind}.py run "
                                 f"(and --kind srgan for train_srgan.py's).")
     scores, bicubic = {}, {}
-    for record in utils.read_jsonl(path):
+    for record in training_log.read_jsonl(path):
         for test_set, value in record.get("val", {}).items():
             scores.setdefault(test_set, []).append((record["iteration"], value["psnr"], value["ssim"]))
         bicubic.update(record.get("bicubic", {}))
@@ -173,4 +175,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    cli.run_cli(main)

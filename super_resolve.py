@@ -12,7 +12,7 @@ upscales the image you give it, as it is:
         --interpolate_with realesr-general-x4v3.pth --alpha 0.5 --output_folder out/   # Real-ESRGAN's denoise 0.5
 
 (--outscale: any output scale, the network's output resized; --interpolate_with / --alpha: network interpolation,
-(1 - alpha) x model + alpha x the other, utils.load_generator_or_blend.) And, for learners, it still draws the
+(1 - alpha) x model + alpha x the other, inference.load_generator_or_blend.) And, for learners, it still draws the
 tutorial's comparison (HR | bicubic | SRResNet | SRGAN/ESRGAN ...):
 
     python super_resolve.py --grid butterfly.png --model srresnet.pth srgan.pth --output_folder out/
@@ -21,7 +21,7 @@ How it works, top to bottom:
   1. `read_image()` / `write_image()`: real files -- phone photos (EXIF orientation), greyscale, transparency
      (RGBA / LA / palette), 16-bit greyscale PNGs, CMYK JPEGs -- in, and a PNG of the same kind out.
   2. `upscale_image()`: an image of any of these kinds through the network. The network itself runs in tiles in
-     utils.upscale (so that only one tile's activations are ever in memory), which lives in utils.py because
+     inference.upscale (so that only one tile's activations are ever in memory), which lives in utils.py because
      eval.py runs generators the same way (metrics.evaluate_set), and a training script can too. Any other output
      scale is a resize of the network's output (`resize_to_outscale()`).
   3. `comparison_grid()`: the tutorial's figure, with a label (and PSNR against HR, as eval.py measures it) on each
@@ -54,6 +54,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from tqdm import tqdm
 
+import cli
+import inference
 import metrics
 import utils
 
@@ -141,7 +143,7 @@ def _png_bit_depth_and_colour_type(path):
     return header[24], header[25]
 
 
-def upscale_image(model, image, tile=utils.DEFAULT_TILE, tile_pad=utils.DEFAULT_TILE_PAD, precision="fp32",
+def upscale_image(model, image, tile=inference.DEFAULT_TILE, tile_pad=inference.DEFAULT_TILE_PAD, precision="fp32",
                   progress=False, outscale=None):
     """
     Upscale an ImageData into a PIL image of the same kind (L / LA / RGB / RGBA / I;16), s times larger, or
@@ -153,7 +155,7 @@ def upscale_image(model, image, tile=utils.DEFAULT_TILE, tile_pad=utils.DEFAULT_
     colour (same pixel-centre convention as the network's x s grid).
     """
     scale = int(model.scaling_factor)
-    sr_rgb = utils.upscale(model, image.rgb, tile=tile, tile_pad=tile_pad, precision=precision,
+    sr_rgb = inference.upscale(model, image.rgb, tile=tile, tile_pad=tile_pad, precision=precision,
                            progress=progress)  # (1, 3, H*s, W*s), [0, 1]
     channels = sr_rgb[0]  # (3, H*s, W*s)
     if image.grey:
@@ -226,13 +228,13 @@ def write_image(img, path):
 # 2. The tutorial's comparison grid
 # ======================================================================================================
 
-def comparison_grid(hr_img, models, tile=utils.DEFAULT_TILE, tile_pad=utils.DEFAULT_TILE_PAD, precision="fp32"):
+def comparison_grid(hr_img, models, tile=inference.DEFAULT_TILE, tile_pad=inference.DEFAULT_TILE_PAD, precision="fp32"):
     """
     The tutorial's figure: HR | bicubic | each model's output, side by side, labelled with name and PSNR.
 
     The panels are made and measured as eval.py makes and measures them (metrics.py): the HR image is cropped
     top-left to a multiple of the scale and shrunk with MATLAB's bicubic imresize; "bicubic" upscales that LR image
-    back with imresize, and each model upscales the same LR image (in tiles, utils.upscale). Each PSNR is the
+    back with imresize, and each model upscales the same LR image (in tiles, inference.upscale). Each PSNR is the
     standard protocol's (luma Y, `scale` pixels shaved from the borders), so it is the figure eval.py gives for this
     image. GAN outputs look sharper yet score lower.
 
@@ -337,7 +339,7 @@ DEFAULT_MAX_OUTPUT_MEGAPIXELS = 500  # about 12 GB: e.g. a 24-megapixel photo at
 def check_output_size(path, scale, max_megapixels):
     """
     Refuse, before anything is decoded, an image whose output would not fit in memory: the whole output is held in
-    memory before it is written (the network itself runs in tiles, utils.upscale), about OUTPUT_BYTES_PER_PIXEL bytes
+    memory before it is written (the network itself runs in tiles, inference.upscale), about OUTPUT_BYTES_PER_PIXEL bytes
     per output pixel (more with alpha), so a 9600 x 9600 PNG of 268 kB would need ~35 GB at x4.
 
     Only the file's header is read (Image.open is lazy). A file Pillow cannot open is left to read_image to report.
@@ -377,19 +379,19 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", help="image files and/or folders of images to upscale")
-    parser.add_argument("--model", nargs="+", default=[utils.DEFAULT_MODEL],
+    parser.add_argument("--model", nargs="+", default=[inference.DEFAULT_MODEL],
                         help="a shipped model ('compact', the default: fast on a CPU; 'srresnet': slower, sharper "
                              "edges; weights/README.md says how they were trained) or generator file(s): our "
                              "checkpoints, export.py's .pth / .safetensors files, or official ESRGAN / Real-ESRGAN "
                              "weights (architecture detected); several only with --grid")
     parser.add_argument("--output_folder", default="upscaled",
                         help="where <stem>_x<s>.png files are written (default: upscaled/, in the current folder)")
-    utils.add_scaling_factor_argument(parser, default=None,
+    cli.add_scaling_factor_argument(parser, default=None,
                                       help="expected upscaling factor; an error if the model does not provide it")
-    parser.add_argument("--tile", type=int, default=utils.DEFAULT_TILE,
-                        help=f"LR tile side in pixels, 0 = whole image at once (default {utils.DEFAULT_TILE})")
-    parser.add_argument("--tile_pad", type=int, default=utils.DEFAULT_TILE_PAD,
-                        help=f"LR context pixels around each tile (default {utils.DEFAULT_TILE_PAD})")
+    parser.add_argument("--tile", type=int, default=inference.DEFAULT_TILE,
+                        help=f"LR tile side in pixels, 0 = whole image at once (default {inference.DEFAULT_TILE})")
+    parser.add_argument("--tile_pad", type=int, default=inference.DEFAULT_TILE_PAD,
+                        help=f"LR context pixels around each tile (default {inference.DEFAULT_TILE_PAD})")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="fp32; bf16 (CPU or CUDA autocast); fp16 (CUDA only)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -403,7 +405,7 @@ def parse_args(argv=None):
                              f"is held in memory, about {OUTPUT_BYTES_PER_PIXEL} bytes a pixel; 0: no limit; default "
                              f"{DEFAULT_MAX_OUTPUT_MEGAPIXELS:g}, about "
                              f"{DEFAULT_MAX_OUTPUT_MEGAPIXELS * OUTPUT_BYTES_PER_PIXEL / 1e3:.0f} GB)")
-    utils.add_interpolation_arguments(parser)
+    inference.add_interpolation_arguments(parser)
     parser.add_argument("--grid", metavar="HR_IMAGE", default=None,
                         help="draw the comparison grid HR | bicubic | each --model for this HR image")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -418,7 +420,7 @@ def parse_args(argv=None):
     if args.outscale is not None and (args.outscale <= 0 or args.grid is not None):
         parser.error("--outscale must be > 0, and is for upscaling files: the --grid compares models at their own "
                      "scale")
-    utils.check_interpolation_arguments(parser, args, args.model)
+    inference.check_interpolation_arguments(parser, args, args.model)
     return args
 
 
@@ -450,10 +452,10 @@ def main(argv=None):
     progress = not args.no_progress
     try:
         device = torch.device(args.device)
-        # (--interpolate_with: the one --model blended with another, utils.load_generator_or_blend.)
-        models = [utils.load_generator_or_blend(path, device, args.scaling_factor, args.interpolate_with,
+        # (--interpolate_with: the one --model blended with another, inference.load_generator_or_blend.)
+        models = [inference.load_generator_or_blend(path, device, args.scaling_factor, args.interpolate_with,
                                                 args.alpha)[:3] for path in args.model]
-        utils.resolve_precision(args.precision, device)  # fail now, not after the first image, on a bad precision
+        inference.resolve_precision(args.precision, device)  # fail now, not after the first image, on a bad precision
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -461,7 +463,7 @@ def main(argv=None):
     if args.grid is not None:
         try:
             # Panel labels: the file's name and architecture, e.g. 'checkpoint_srresnet (srresnet)', 'srresnet (shipped)'.
-            labelled = [(model, f"{path} (shipped)" if utils.shipped_model_path(path) != Path(path)
+            labelled = [(model, f"{path} (shipped)" if inference.shipped_model_path(path) != Path(path)
                          else f"{Path(path).stem} ({description.split(' ')[0]})")
                         for (model, description, _), path in zip(models, args.model)]
             grid = comparison_grid(utils.load_image(args.grid, mode="RGB"), labelled, tile=args.tile,

@@ -35,9 +35,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import checkpoints
+import cli
 import datasets
 import degradations
+import inference
 import models
+import training
+import training_log
 import utils
 
 # ------------------------------------------------------------------------------------------------------
@@ -51,11 +56,15 @@ hyperparameters = dict(
     scaling_factor=4,  # the data's upscaling factor; the generator (from the SRResNet checkpoint) must fit it
     augment=False,  # random flips and 90-degree rotations of the crops
     lr_maker="pil",  # how LR crops are made from HR (degradation 'bicubic'): 'pil' or 'matlab'
-    # degradation and queue_size (the training-pair pool), shared by both training scripts: see
-    # degradations.BATCH_HYPERPARAMETERS (added below)
-    cutblur_prob=0.0,  # CutBlur probability (needs an x1 generator: train_srresnet.py --use_unshuffle true --unshuffle_scale 4; 0: off)
+    degradation="bicubic",  # how LR images are made: 'bicubic' (the loader's LR crops) or 'realesrgan' (Real-ESRGAN's
+    #   random blur, noise, resize and JPEG, on the device; its settings: degradations.DEGRADATION_DEFAULTS, below)
+    queue_size=0,  # Real-ESRGAN's training-pair pool: draw each batch from this many recent (LR, HR) pairs
+    #   (Real-ESRGAN: 180; at least batch_size; 0: off)
+    cutblur_prob=0.0,  # CutBlur probability (0: off); needs an x1 generator (train_srresnet.py --use_unshuffle true
+    #   --unshuffle_scale 4)
     # Generator: its architecture and starting weights come from the pixel-loss network
-    srresnet_checkpoint="checkpoint_srresnet.pth",  # checkpoint of train_srresnet.py to start the generator from (or the shipped 'srresnet', a file of export.py, or an official Real-ESRGAN / ESRGAN file)
+    srresnet_checkpoint="checkpoint_srresnet.pth",  # checkpoint of train_srresnet.py to start the generator from
+    #   (or the shipped 'srresnet', a file of export.py, or an official Real-ESRGAN / ESRGAN file)
     # Discriminator
     discriminator_arch="srgan",  # 'srgan' (the SRGAN paper's classifier) or 'unet' (Real-ESRGAN's per-pixel U-Net)
     kernel_size_d=3,  # SRGAN discriminator: kernel size of its convolutions
@@ -65,9 +74,10 @@ hyperparameters = dict(
     num_feat_d=64,  # U-Net discriminator: feature channels
     # Losses
     gan_type="vanilla",  # 'vanilla' (is this image real?) or 'relativistic' (is it more real than the others?)
-    perceptual_layers=["relu5_4"],  # VGG19 feature maps of the perceptual loss: convX_Y is taken before its ReLU, reluX_Y after it (SRGAN: relu5_4)
+    perceptual_layers=["relu5_4"],  # VGG19 feature maps of the perceptual loss: convX_Y is taken before its ReLU,
+    #   reluX_Y after it (SRGAN: relu5_4)
     perceptual_layer_weights=[1.0],  # one weight per layer in perceptual_layers
-    vgg_weights="imagenet",  # 'imagenet' (torchvision's download), a path to vgg19-dcbb9e9d.pth, or 'random' (tests)
+    vgg_weights="imagenet",  # 'imagenet' (torchvision's download), a path to vgg19-dcbb9e9d.pth, or 'random'
     perceptual_loss="mse",  # distance between feature maps: 'mse' (SRGAN) or 'l1' (ESRGAN)
     perceptual_loss_weight=1.0,  # weight of the perceptual (VGG) loss
     pixel_loss_weight=0.0,  # weight of an L1 pixel loss (ESRGAN: 1e-2, Real-ESRGAN: 1)
@@ -76,13 +86,22 @@ hyperparameters = dict(
     batch_size=16,  # crops per iteration (over all processes together)
     iterations=200_000,  # training iterations (the SRGAN paper: 1e5 at a learning rate of 1e-4, then 1e5 at 1e-5)
     learning_rate=1e-4,  # Adam's learning rate, for both networks
-    learning_rate_milestones=[100_000],  # iterations at which the learning rates are multiplied by learning_rate_gamma
+    learning_rate_milestones=[100_000],  # iterations at which the learning rates are multiplied by
+    #   learning_rate_gamma
     learning_rate_gamma=0.1,  # factor applied at each milestone (SRGAN: divided by 10 halfway)
     ema_decay=0.0,  # keep an exponential moving average of the generator's weights (0: off; ESRGAN-style 0.999)
-    # Speed: precision, channels_last, compile, workers, image_cache_mb, sync_batch_norm and fused_adam, shared by both
-    # training scripts: see utils.SPEED_HYPERPARAMETERS (added below)
-    # Validation: val_sets and val_every, shared by both training scripts: see utils.VALIDATION_HYPERPARAMETERS
-    # (added below)
+    # Speed (docs/training.md, "Training faster and safer")
+    precision="auto",  # 'auto', 'fp32', 'bf16' or 'fp16' (autocast); 'auto' picks what the hardware does well
+    channels_last=True,  # NHWC memory layout, faster for convolutions with bf16 / fp16
+    compile=False,  # torch.compile the networks (slow to start, faster per iteration on GPUs)
+    workers=4,  # data-loading processes
+    image_cache_mb=2048,  # keep up to this many MB of decoded training images in memory (0: decode per crop)
+    sync_batch_norm=True,  # with several GPU processes, batch-norm statistics over the global batch
+    fused_adam=True,  # Adam's update as one fused kernel per step (same math; the default is slow for NHWC weights)
+    # Validation
+    val_sets=["Set5"],  # test sets to validate on (<data_folder>/<name>_test_images.json); the first one's PSNR
+    #   picks the best weights, written to best_srgan.pth
+    val_every=1000,  # measure PSNR / SSIM on val_sets every this many iterations, at the start and the end (0: off)
     # Bookkeeping
     seed=0,  # random seed
     print_every=100,  # update the running losses shown on the progress bar every this many iterations
@@ -90,15 +109,9 @@ hyperparameters = dict(
     output_folder=".",  # where checkpoint_srgan.pth, best_srgan.pth and the logs are written
     checkpoint=None,  # path of a checkpoint_srgan.pth to resume from
 )
-hyperparameters.update(utils.SPEED_HYPERPARAMETERS)  # precision, channels_last, compile, workers, ...
-hyperparameters.update(utils.VALIDATION_HYPERPARAMETERS)  # val_sets, val_every
-
-# How the training batches are made (degradation, queue_size), and Real-ESRGAN's degradations (used when
-# degradation='realesrgan'): every probability and range is a hyperparameter too, with Real-ESRGAN's values as
-# defaults. degradations.DEGRADATION_DEFAULTS lists them with what each one means; override any from the command line
-# like the others (e.g. --noise_range 1 20 --jpeg_range 50 95). l1_gt_usm, percep_gt_usm and gan_gt_usm say which
-# losses compare with the unsharp-masked HR image.
-hyperparameters.update(degradations.BATCH_HYPERPARAMETERS)
+# Real-ESRGAN's degradations (degradation 'realesrgan'): every probability and range is a flag too, with Real-ESRGAN's
+# values as defaults (degradations.DEGRADATION_DEFAULTS says what each means), e.g. --noise_range 1 20 --jpeg_range 50
+# 95. l1_gt_usm, percep_gt_usm and gan_gt_usm say which losses compare with the unsharp-masked HR image.
 hyperparameters.update(degradations.DEGRADATION_DEFAULTS)
 
 # What each recipe changes from the defaults above (the SRGAN paper's). Reading this table is a good summary
@@ -128,10 +141,10 @@ def literal_vgg_layer_names(vgg_before_activation, hyperparameters):
     return [new + name[len(old):] if name.startswith(old) else name for name in hyperparameters["perceptual_layers"]]
 
 
-# Old names of hyperparameters, still accepted on the command line and in checkpoints (utils.parse_hyperparameters).
+# Old names of hyperparameters, still accepted on the command line and in checkpoints (cli.parse_hyperparameters).
 RENAMED = {
-    **utils.RENAMED_HYPERPARAMETERS,
-    "vgg_before_activation": utils.Renamed(
+    **cli.RENAMED_HYPERPARAMETERS,
+    "vgg_before_activation": cli.Renamed(
         "perceptual_layers", convert=literal_vgg_layer_names, example=False,
         note="name the layers of --perceptual_layers literally instead: conv5_4 is the feature map before its "
              "ReLU, relu5_4 the one after it"),
@@ -153,8 +166,8 @@ def apply_recipe(defaults, argv):
 
 def check_hyperparameters(hp):
     """Mistakes in the flags that would otherwise only show up later, or as a confusing error (the values that cannot
-    work: utils.check_training_hyperparameters)."""
-    utils.check_training_hyperparameters(
+    work: training.check_training_hyperparameters)."""
+    training.check_training_hyperparameters(
         hp, positive=("kernel_size_d", "n_channels_d", "n_blocks_d", "fc_size_d", "num_feat_d"),
         non_negative=("cutblur_prob",),
         choices=dict(discriminator_arch=("srgan", "unet"), gan_type=("vanilla", "relativistic"),
@@ -265,8 +278,8 @@ def build_networks(hp, resumed, device):
         generator.load_state_dict(resumed["generator"])
     else:
         # Step 2's network, with its EMA weights when it kept them (they are the better network), or any generator
-        # file utils.load_generator reads, e.g. one of export.py (its architecture comes with it; no optimiser state).
-        generator, _, _ = utils.load_generator(hp.srresnet_checkpoint, expected_kind="srresnet")
+        # file inference.load_generator reads, e.g. one of export.py (its architecture comes with it; no optimiser state).
+        generator, _, _ = inference.load_generator(hp.srresnet_checkpoint, expected_kind="srresnet")
     arch, kwargs = generator.generator_arch, generator.generator_kwargs  # (build_generator keeps them)
     # With CutBlur the generator takes HR-sized inputs, so it must not upscale (an x1 pixel-unshuffle model).
     if hp.scaling_factor % generator.scaling_factor != 0 or (hp.cutblur_prob > 0 and generator.scaling_factor != 1):
@@ -285,20 +298,20 @@ def build_networks(hp, resumed, device):
     # The frozen VGG19 of the perceptual loss. It takes 'imagenet-norm' images.
     vgg = models.VGGFeatureExtractor(dict(zip(hp.perceptual_layers, hp.perceptual_layer_weights)),
                                      weights=hp.vgg_weights)
-    memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
+    memory_format = utils.memory_format(hp.channels_last)
     generator, discriminator, vgg = (m.to(device, memory_format=memory_format) for m in (generator, discriminator, vgg))
     architecture = dict(generator_arch=arch, generator_kwargs=kwargs, discriminator_arch=hp.discriminator_arch,
                         discriminator_kwargs=discriminator_kwargs)
     return generator, discriminator, vgg, architecture
 
 
-def make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank, generator, device, pair_pool=None):
+def make_gan_batch(lr_imgs, hr_imgs, hp, iteration, rank, generator, device, pair_pool=None):
     """
     One GAN training batch, made on `device` from the loader's crops: lr_imgs (N, 3, h, w) (None with degradation
     'realesrgan') and hr_imgs (N, 3, H, W), H = s h, in [0, 1] (s = scaling_factor; e.g. h = 24 and H = 96 with the
     SRGAN defaults, H = 256 with Real-ESRGAN's).
 
-    The (LR, HR) pairs are degradations.make_training_batch's, as in train_srresnet.py: the loader's LR crops
+    The (LR, HR) pairs are degradations.make_training_pairs's, as in train_srresnet.py: the loader's LR crops
     ('bicubic'), or Real-ESRGAN's degradations of the sharpened HR crops ('realesrgan'), through the training-pair
     pool when there is one. Then:
       targets     each is the plain or the sharpened (USM) HR image, as l1_gt_usm, percep_gt_usm and gan_gt_usm say
@@ -306,22 +319,22 @@ def make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank, generator, device
       CutBlur     (cutblur_prob > 0) the generator sees an HR-sized image, part LR (nearest-upscaled), part HR, and
                   must return HR. Without it, an x2 / x1 pixel-unshuffle generator gets the LR crops nearest-upscaled
                   to its input size.
-    The random choices come from utils.random_generator(seed, purpose, iteration, rank): reproducible, resumable,
+    The random choices come from utils.make_rng(seed, purpose, iteration, rank): reproducible, resumable,
     and different in every process and for every purpose.
 
     :return: (generator input (N, 3, H / g, W / g) with g = generator.scaling_factor, the pixel loss's target,
               the perceptual loss's target, the discriminator's real images), the last three (N, 3, H, W)
     """
-    lr_imgs, hr_imgs, hr_usm_imgs = degradations.make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank, device,
+    lr_imgs, hr_imgs, hr_usm_imgs = degradations.make_training_pairs(lr_imgs, hr_imgs, hp, iteration, rank, device,
                                                                      pair_pool)
     pixel_target_imgs = hr_usm_imgs if hp.l1_gt_usm else hr_imgs
     perceptual_target_imgs = hr_usm_imgs if hp.percep_gt_usm else hr_imgs
     real_imgs = hr_usm_imgs if hp.gan_gt_usm else hr_imgs
     if hp.cutblur_prob > 0:
-        random_generator = utils.random_generator(hp.seed, "cutblur", iteration, rank)
-        lr_imgs, _ = degradations.cutblur(lr_imgs, hr_imgs, hp.scaling_factor, random_generator, prob=hp.cutblur_prob)
+        rng = utils.make_rng(hp.seed, "cutblur", iteration, rank)
+        lr_imgs, _ = degradations.cutblur(lr_imgs, hr_imgs, hp.scaling_factor, rng, prob=hp.cutblur_prob)
     else:
-        lr_imgs = utils.match_generator_input(lr_imgs, generator, hp.scaling_factor)
+        lr_imgs = inference.match_generator_input(lr_imgs, generator, hp.scaling_factor)
     return lr_imgs, pixel_target_imgs, perceptual_target_imgs, real_imgs
 
 
@@ -330,20 +343,20 @@ def make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank, generator, device
 # ------------------------------------------------------------------------------------------------------
 def main():
     argv = sys.argv[1:]
-    hp = utils.parse_hyperparameters(apply_recipe(hyperparameters, argv), __doc__,
-                                     [__file__, degradations.__file__, utils.__file__], argv, aliases=RENAMED)
+    hp = cli.parse_hyperparameters(apply_recipe(hyperparameters, argv), __doc__, [__file__, degradations.__file__],
+                                   argv, aliases=RENAMED)
     check_hyperparameters(hp)
-    # Processes, precision, a checked and locked output folder, the seed (utils.setup_training).
-    rank, world_size, device, precision = utils.setup_training(hp, "srgan")
+    # Processes, precision, a checked and locked output folder, the seed (training.setup_training).
+    rank, world_size, device, precision = training.setup_training(hp, "srgan")
     is_main_process = rank == 0  # only one process prints and writes checkpoints
     checkpoint_path = Path(hp.output_folder) / "checkpoint_srgan.pth"
 
-    resumed = utils.load_checkpoint(hp.checkpoint, expected_kind="srgan") if hp.checkpoint else None
+    resumed = checkpoints.load_checkpoint(hp.checkpoint, expected_kind="srgan") if hp.checkpoint else None
     if resumed:  # a run to resume, with everything a checkpoint holds
-        utils.check_resumable(resumed, hp.checkpoint, required=("discriminator", "discriminator_arch",
+        training.check_resumable(resumed, hp.checkpoint, required=("discriminator", "discriminator_arch",
                                                                 "discriminator_kwargs", "optimizer_d", "scheduler_d"))
         # The networks come from the checkpoint (its discriminator too), and the data must still fit them.
-        utils.reconcile_resumed_hyperparameters(resumed, hp, RENAMED, architecture=("scaling_factor",
+        training.reconcile_resumed_hyperparameters(resumed, hp, RENAMED, architecture=("scaling_factor",
                                                                                     *DISCRIMINATOR_ARCHITECTURE),
                                                 not_used=("srresnet_checkpoint",))
     generator, discriminator, vgg, architecture = build_networks(hp, resumed, device)
@@ -354,10 +367,10 @@ def main():
                                                        hp.learning_rate_gamma)
     scheduler_d = torch.optim.lr_scheduler.MultiStepLR(optimizer_d, hp.learning_rate_milestones,
                                                        hp.learning_rate_gamma)
-    ema = utils.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
+    ema = training.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
     # PSNR / SSIM on val_sets as training goes, as eval.py measures them (a GAN trades some PSNR for texture, so the
     # best file here is the generator's most faithful state, not its most realistic one).
-    validation = utils.Validation(hp, "srgan", generator, ema, Path(hp.output_folder) / "best_srgan.pth",
+    validation = training_log.Validation(hp, "srgan", generator, ema, Path(hp.output_folder) / "best_srgan.pth",
                                   is_main_process, generator_arch=architecture["generator_arch"],
                                   generator_kwargs=architecture["generator_kwargs"])
     pair_pool = degradations.make_pair_pool(hp, rank, world_size)  # Real-ESRGAN's training-pair pool, or None
@@ -366,7 +379,7 @@ def main():
     stateful = dict(generator=generator, discriminator=discriminator, optimizer_g=optimizer_g,
                     optimizer_d=optimizer_d, scheduler_g=scheduler_g, scheduler_d=scheduler_d, generator_ema=ema,
                     validation=validation, pair_pool=pair_pool)
-    start_iteration = utils.resume_training(resumed, stateful, hp, RENAMED) if resumed else 0
+    start_iteration = training.resume_training(resumed, stateful, hp, RENAMED) if resumed else 0
     if is_main_process:
         print(f"recipe {hp.recipe}: generator {architecture['generator_arch']} x{generator.scaling_factor} "
               f"({'resumed from ' + hp.checkpoint if resumed else 'from ' + hp.srresnet_checkpoint}), "
@@ -374,28 +387,31 @@ def main():
               f"precision {precision}.")
 
     # Wrappers for several processes / speed (DDP, torch.compile); checkpoints are written from the plain modules.
-    generator_model = utils.wrap_for_training(generator, hp, device, world_size)
-    discriminator_model = utils.wrap_for_training(discriminator, hp, device, world_size)
+    generator_model = training.wrap_for_training(generator, hp, device, world_size)
+    discriminator_model = training.wrap_for_training(discriminator, hp, device, world_size)
     grad_scaler_g = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 needs loss scaling
     grad_scaler_d = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     train_loader = datasets.make_train_loader(hp, start_iteration, rank, world_size)
-    save = utils.checkpoint_saver("srgan", checkpoint_path, hp, stateful, is_main_process, **architecture)
+    stop_signal = training.GracefulExit()  # Ctrl+C and SIGTERM: save, then stop (in every process at once)
+    save = training.CheckpointSaver("srgan", checkpoint_path, hp, stateful, is_main_process, stop_signal,
+                                    resumed_from=hp.checkpoint if resumed else None, **architecture)
+    log = training_log.TrainingLog(["perceptual", "pixel", "adversarial", "discriminator"], hp, start_iteration,
+                                   device, is_main_process, f"train_srgan ({hp.recipe})",
+                                   learning_rate=lambda: scheduler_g.get_last_lr()[0], validation=validation,
+                                   kind="srgan")
 
     generator.train()
     discriminator.train()
-    log = utils.TrainingLog(["perceptual", "pixel", "adversarial", "discriminator"], hp, start_iteration, device, save,
-                            checkpoint_path, is_main_process, f"train_srgan ({hp.recipe})",
-                            learning_rate=lambda: scheduler_g.get_last_lr()[0], validation=validation, kind="srgan")
-    for iteration in log.iterations():
+    for iteration in log.iterations():  # start_iteration .. iterations - 1, with a progress bar
         lr_imgs, hr_imgs = next(train_loader)  # the loader's crops, in [0, 1]: LR (None: degradations) and HR
-        lr_imgs, pixel_target_imgs, perceptual_target_imgs, real_imgs = make_training_batch(
+        lr_imgs, pixel_target_imgs, perceptual_target_imgs, real_imgs = make_gan_batch(
             lr_imgs, hr_imgs, hp, iteration, rank, generator, device, pair_pool)
 
         # ---- Generator step: perceptual + pixel + adversarial loss. ----
         # The discriminator's weights get no gradients here (saves time; its optimiser would ignore them anyway).
         # It is called unwrapped: with several processes only the discriminator step syncs its gradients.
         discriminator.requires_grad_(False)
-        with utils.autocast(device, precision):
+        with inference.autocast(device, precision):
             sr_imgs = generator_model(utils.convert_image(lr_imgs, "[0, 1]", generator.input_format))
             sr_imgs = utils.convert_image(sr_imgs.float(), generator.output_format, "[0, 1]")  # (N, 3, H, W)
             perceptual = perceptual_loss(vgg, sr_imgs, perceptual_target_imgs, hp.perceptual_loss)
@@ -420,7 +436,7 @@ def main():
         # The SR images are detached: this step must change only the discriminator, and backpropagating into
         # the generator would waste time on gradients nobody uses.
         discriminator.requires_grad_(True)
-        with utils.autocast(device, precision):
+        with inference.autocast(device, precision):
             real_logits = discriminator_model(real_imgs).float()
             fake_logits = discriminator_model(sr_imgs.detach()).float()
             discriminator_loss = adversarial_loss(real_logits, fake_logits, hp.gan_type, for_generator=False)
@@ -431,12 +447,27 @@ def main():
         scheduler_g.step()
         scheduler_d.step()
 
-        if log.end_of_iteration(iteration, perceptual=perceptual, pixel=pixel, adversarial=adversarial,
-                                discriminator=discriminator_loss):  # print / check / save; True on Ctrl+C, SIGTERM
+        # The duties of the end of an iteration, each when it is due.
+        completed = iteration + 1
+        log.add_losses(perceptual=perceptual, pixel=pixel, adversarial=adversarial, discriminator=discriminator_loss)
+        stop_now = stop_signal.should_stop()  # Ctrl+C / SIGTERM in any process: all save now and stop together
+        last = completed == hp.iterations
+        report_now = completed % hp.print_every == 0 or last
+        validate_now = validation.due(completed, last)
+        save_now = completed % hp.checkpoint_every == 0 or last or stop_now
+        if report_now or validate_now or save_now:
+            log.check_finite(completed, save.last_checkpoint)  # a NaN loss stops the run before it saves
+        if report_now:
+            log.report(completed)  # mean losses, learning rate and speed: progress bar and log files
+        if validate_now:
+            log.validate(completed)  # before the save: the checkpoint then holds the best score, this one included
+        if save_now:
+            save(completed)  # checkpoint_srgan.pth, atomically; a signal during the save waits for it
+        if stop_now:
             break
-    log.close()
-    utils.end_distributed()
+    log.close(save)
+    training.finish(hp.output_folder, "srgan")  # release the output folder; leave the process group
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    cli.run_cli(main)

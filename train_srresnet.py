@@ -29,9 +29,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import checkpoints
+import cli
 import datasets
 import degradations
+import inference
 import models
+import training
+import training_log
 import utils
 
 # ------------------------------------------------------------------------------------------------------
@@ -41,22 +46,28 @@ hyperparameters = dict(
     # Data
     data_folder="./",  # folder with train_images.json, written by create_data_lists.py
     crop_size=96,  # side of the HR training crops; the LR crops are crop_size / scaling_factor
-    scaling_factor=4,  # the data's upscaling factor (LR crops are crop_size / scaling_factor): 2, 4 or 8 for SRResNet, 4 for RRDB, any for compact
+    scaling_factor=4,  # the data's upscaling factor: 2, 4 or 8 for SRResNet, 4 for RRDB, any for compact
     augment=False,  # random flips and 90-degree rotations of the crops
-    lr_maker="pil",  # how LR crops are made from HR (degradation 'bicubic'): 'pil' (Pillow bicubic) or 'matlab' (MATLAB's imresize)
-    # degradation and queue_size (the training-pair pool), shared by both training scripts: see
-    # degradations.BATCH_HYPERPARAMETERS (added below, with the degradation settings)
+    lr_maker="pil",  # how LR crops are made from HR (degradation 'bicubic'): 'pil' (Pillow's bicubic) or 'matlab'
+    #   (MATLAB's imresize)
+    degradation="bicubic",  # how LR images are made: 'bicubic' (the loader's LR crops) or 'realesrgan' (Real-ESRGAN's
+    #   random blur, noise, resize and JPEG, on the device; its settings: degradations.DEGRADATION_DEFAULTS, below)
+    queue_size=0,  # Real-ESRGAN's training-pair pool: draw each batch from this many recent (LR, HR) pairs
+    #   (Real-ESRGAN: 180; at least batch_size; 0: off)
     # Generator
-    generator_arch="srresnet",  # 'srresnet' (SRGAN paper), 'rrdb' (ESRGAN's RRDBNet) or 'compact' (Real-ESRGAN's SRVGGNetCompact)
-    large_kernel_size=9,  # SRResNet: kernel of the first and last convolutions
-    small_kernel_size=3,  # SRResNet: kernel of all other convolutions
-    n_channels=64,  # SRResNet: feature channels
-    n_blocks=16,  # SRResNet: residual blocks
-    num_feat=64,  # RRDB and compact: feature channels
-    num_block=23,  # RRDB: residual-in-residual dense blocks (23 in ESRGAN, 6 in the Real-ESRGAN anime model)
-    num_grow_ch=32,  # RRDB: channels added by each dense layer
-    num_conv=32,  # compact: 3x3 convolutions between the first and the last (32: realesr-general-x4v3, 16: realesr-animevideov3)
-    use_unshuffle=False,  # an x4 network behind a pixel-unshuffle: an x2 (unshuffle_scale 2) or x1 (4) model, fed the LR nearest-upscaled to match
+    generator_arch="srresnet",  # 'srresnet' (SRGAN paper), 'rrdb' (ESRGAN's RRDBNet) or 'compact' (Real-ESRGAN's
+    #   SRVGGNetCompact)
+    large_kernel_size=9,  # srresnet: kernel of the first and last convolutions
+    small_kernel_size=3,  # srresnet: kernel of all other convolutions
+    n_channels=64,  # srresnet: feature channels (the SRGAN paper's name; BasicSR's num_feat for the others)
+    n_blocks=16,  # srresnet: residual blocks
+    num_feat=64,  # rrdb and compact: feature channels
+    num_block=23,  # rrdb: residual-in-residual dense blocks (23 in ESRGAN, 6 in the Real-ESRGAN anime model)
+    num_grow_ch=32,  # rrdb: channels added by each dense layer
+    num_conv=32,  # compact: 3x3 convolutions between the first and the last (32: realesr-general-x4v3, 16:
+    #   realesr-animevideov3)
+    use_unshuffle=False,  # srresnet and rrdb: an x4 network behind a pixel-unshuffle, an x2 (unshuffle_scale 2) or
+    #   x1 (4) model, fed the LR crops nearest-upscaled to match
     unshuffle_scale=2,  # the pixel-unshuffle factor when use_unshuffle is on
     # Learning
     pixel_loss="mse",  # 'mse' (SRResNet) or 'l1' (ESRGAN's RRDB-PSNR)
@@ -67,25 +78,30 @@ hyperparameters = dict(
     learning_rate_gamma=0.5,  # factor applied at each milestone
     ema_decay=0.0,  # keep an exponential moving average of the weights with this decay (0: off; e.g. 0.999)
     grad_clip=0.0,  # clip the gradient norm to this value (0: off)
-    # Speed: precision, channels_last, compile, workers, image_cache_mb, sync_batch_norm and fused_adam, shared by both
-    # training scripts: see utils.SPEED_HYPERPARAMETERS (added below)
-    # Validation: val_sets and val_every, shared by both training scripts: see utils.VALIDATION_HYPERPARAMETERS
-    # (added below)
+    # Speed (docs/training.md, "Training faster and safer")
+    precision="auto",  # 'auto', 'fp32', 'bf16' or 'fp16' (autocast); 'auto' picks what the hardware does well
+    channels_last=True,  # NHWC memory layout, faster for convolutions with bf16 / fp16
+    compile=False,  # torch.compile the networks (slow to start, faster per iteration on GPUs)
+    workers=4,  # data-loading processes
+    image_cache_mb=2048,  # keep up to this many MB of decoded training images in memory (0: decode per crop)
+    sync_batch_norm=True,  # with several GPU processes, batch-norm statistics over the global batch
+    fused_adam=True,  # Adam's update as one fused kernel per step (same math; the default is slow for NHWC weights)
+    # Validation
+    val_sets=["Set5"],  # test sets to validate on (<data_folder>/<name>_test_images.json); the first one's PSNR
+    #   picks the best weights, written to best_srresnet.pth
+    val_every=1000,  # measure PSNR / SSIM on val_sets every this many iterations, at the start and the end (0: off)
     # Bookkeeping
     seed=0,  # random seed: same seed, same crops, same initial weights
     print_every=100,  # update the running losses shown on the progress bar every this many iterations
     checkpoint_every=1000,  # save a checkpoint every this many iterations (and at the end, and on Ctrl+C)
     output_folder=".",  # where checkpoint_srresnet.pth, best_srresnet.pth and the logs are written
     checkpoint=None,  # path of a checkpoint_srresnet.pth to resume from
-    pretrained=None,  # start from these weights, to fine-tune on your data: a shipped model ('srresnet', 'compact') or any file eval.py takes; the architecture comes with them
+    pretrained=None,  # start from these weights, to fine-tune on your data: a shipped model ('srresnet', 'compact')
+    #   or any file eval.py takes; the architecture comes with them
 )
-hyperparameters.update(utils.SPEED_HYPERPARAMETERS)  # precision, channels_last, compile, workers, ...
-hyperparameters.update(utils.VALIDATION_HYPERPARAMETERS)  # val_sets, val_every
-# How the training batches are made, as in train_srgan.py: degradation 'bicubic' or 'realesrgan' (Real-ESRNet, the
-# first stage of Real-ESRGAN: the RRDB network trained with L1 on degraded images), the training-pair pool, and every
-# setting of the degradations (degradations.DEGRADATION_DEFAULTS). Of the three sharpened-target flags only
-# l1_gt_usm applies here (Real-ESRNet's gt_usm); percep_gt_usm and gan_gt_usm are for the losses of train_srgan.py.
-hyperparameters.update(degradations.BATCH_HYPERPARAMETERS)
+# Real-ESRGAN's degradations (degradation 'realesrgan'): every probability and range is a flag too, with Real-ESRGAN's
+# values as defaults (degradations.DEGRADATION_DEFAULTS says what each means). Of its three sharpened-target flags
+# only l1_gt_usm applies here (Real-ESRNet's gt_usm); the other two are for train_srgan.py's losses.
 hyperparameters.update({name: value for name, value in degradations.DEGRADATION_DEFAULTS.items()
                         if name not in ("percep_gt_usm", "gan_gt_usm")})
 
@@ -93,7 +109,7 @@ hyperparameters.update({name: value for name, value in degradations.DEGRADATION_
 def generator_kwargs(hp):
     """The generator's constructor arguments, taken from the hyperparameters (models.build_generator takes them)."""
     # With pixel-unshuffle, an x4 network behind a fold by r: overall x(4 / r), whatever the data's scaling factor
-    # (an x1 model trains on x4 data, fed the LR crops nearest-upscaled: utils.match_generator_input).
+    # (an x1 model trains on x4 data, fed the LR crops nearest-upscaled: inference.match_generator_input).
     scaling_factor = 4 // hp.unshuffle_scale if hp.use_unshuffle else hp.scaling_factor
     if hp.generator_arch == "srresnet":
         kwargs = dict(large_kernel_size=hp.large_kernel_size, small_kernel_size=hp.small_kernel_size,
@@ -112,43 +128,62 @@ def generator_kwargs(hp):
 
 
 # The hyperparameters that shape the generator, and scaling_factor (the data it fits): a resumed run keeps its
-# checkpoint's, and refuses other values (utils.reconcile_resumed_hyperparameters).
+# checkpoint's, and refuses other values (training.reconcile_resumed_hyperparameters).
 ARCHITECTURE = ("generator_arch", "large_kernel_size", "small_kernel_size", "n_channels", "n_blocks", "num_feat",
                 "num_block", "num_grow_ch", "num_conv", "use_unshuffle", "unshuffle_scale", "scaling_factor")
 
 
+# The flags of each architecture. The sources' own names are kept (the SRGAN paper's n_blocks / n_channels, BasicSR's
+# num_block / num_feat), so a flag of another network would be silently ignored: check_hyperparameters refuses it.
+ARCHITECTURE_FLAGS = {
+    "srresnet": ("large_kernel_size", "small_kernel_size", "n_channels", "n_blocks", "use_unshuffle",
+                 "unshuffle_scale"),
+    "rrdb": ("num_feat", "num_block", "num_grow_ch", "use_unshuffle", "unshuffle_scale"),
+    "compact": ("num_feat", "num_conv"),
+}
+
+
 def check_hyperparameters(hp):
-    """One clear line for a flag whose value cannot work (utils.check_training_hyperparameters), before any work."""
-    utils.check_training_hyperparameters(
+    """One clear line for a flag whose value cannot work (training.check_training_hyperparameters), or that belongs
+    to another network than --generator_arch, before any work."""
+    training.check_training_hyperparameters(
         hp, positive=("large_kernel_size", "small_kernel_size", "n_channels", "n_blocks", "num_feat", "num_block",
                       "num_grow_ch", "num_conv"),
         non_negative=("grad_clip",),
-        choices=dict(generator_arch=("srresnet", "rrdb", "compact"), pixel_loss=("mse", "l1"),
+        choices=dict(generator_arch=tuple(ARCHITECTURE_FLAGS), pixel_loss=("mse", "l1"),
                      degradation=degradations.DEGRADATIONS))
+    if hp.checkpoint is None and hp.pretrained is None:  # (otherwise the file brings the architecture)
+        own = ARCHITECTURE_FLAGS[hp.generator_arch]
+        foreign = [f"--{name}" for flags in ARCHITECTURE_FLAGS.values() for name in flags
+                   if name in hp.given and name not in own]
+        if foreign:
+            raise ValueError(f"{', '.join(sorted(set(foreign)))} not used by --generator_arch {hp.generator_arch}, "
+                             f"whose flags are {', '.join('--' + name for name in own)}: give those instead (or the "
+                             f"--generator_arch the flags are for).")
 
 
 def main():
-    hp = utils.parse_hyperparameters(hyperparameters, __doc__, [__file__, degradations.__file__, utils.__file__],
-                                     aliases=utils.RENAMED_HYPERPARAMETERS)
+    hp = cli.parse_hyperparameters(hyperparameters, __doc__, [__file__, degradations.__file__],
+                                   aliases=cli.RENAMED_HYPERPARAMETERS)
     check_hyperparameters(hp)
-    # Processes, precision, a checked and locked output folder, the seed (utils.setup_training).
-    rank, world_size, device, precision = utils.setup_training(hp, "srresnet")
+    # Processes, precision, a checked and locked output folder, the seed (training.setup_training).
+    rank, world_size, device, precision = training.setup_training(hp, "srresnet")
     is_main_process = rank == 0  # only one process prints and writes checkpoints
     checkpoint_path = Path(hp.output_folder) / "checkpoint_srresnet.pth"
 
     # The generator: a new one, the one of the checkpoint we resume, or pretrained weights to fine-tune (the last two
     # bring their architecture with them).
-    resumed = utils.load_checkpoint(hp.checkpoint, expected_kind="srresnet") if hp.checkpoint else None
+    resumed = checkpoints.load_checkpoint(hp.checkpoint, expected_kind="srresnet") if hp.checkpoint else None
     if resumed:
-        utils.check_resumable(resumed, hp.checkpoint)  # a run to resume, with everything a checkpoint holds
+        training.check_resumable(resumed, hp.checkpoint)  # a run to resume, with everything a checkpoint holds
         # The architecture flags become the checkpoint's (other values given are refused).
-        utils.reconcile_resumed_hyperparameters(resumed, hp, utils.RENAMED_HYPERPARAMETERS, ARCHITECTURE,
-                                                not_used=("pretrained",))
+        training.reconcile_resumed_hyperparameters(resumed, hp, cli.RENAMED_HYPERPARAMETERS, ARCHITECTURE,
+                                                   not_used=("pretrained",))
         arch = resumed["generator_arch"]
         kwargs = models.upgrade_generator_kwargs(arch, resumed["generator_kwargs"])
         generator = models.build_generator(arch, **kwargs).to(device)
     elif hp.pretrained:
-        generator, description, _ = utils.load_generator(hp.pretrained, device)  # its EMA weights, if it has them
+        generator, description, _ = inference.load_generator(hp.pretrained, device)  # its EMA weights, if it has them
         arch, kwargs = generator.generator_arch, generator.generator_kwargs
         # The checkpoints record the architecture really used, under the flags' names where they have one.
         hp.generator_arch = arch
@@ -163,58 +198,59 @@ def main():
     if hp.scaling_factor % generator.scaling_factor != 0:
         raise ValueError(f"The {arch} generator upscales x{generator.scaling_factor}, which does not divide "
                          f"scaling_factor {hp.scaling_factor}.")
-    if hp.channels_last:
-        generator = generator.to(memory_format=torch.channels_last)
+    memory_format = utils.memory_format(hp.channels_last)
+    generator = generator.to(memory_format=memory_format)
     # fused: one kernel updates every weight; the default (foreach) runs ~10 operations per weight tensor, and on CPUs
     # they take a slow path for channels_last weights (about 15x slower for SRResNet, measured on an AVX2 CPU).
     optimizer = torch.optim.Adam(generator.parameters(), lr=hp.learning_rate, fused=hp.fused_adam or None)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=hp.learning_rate_milestones,
                                                      gamma=hp.learning_rate_gamma)
-    ema = utils.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
+    ema = training.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
     # PSNR / SSIM on the test sets val_sets as training goes, exactly as eval.py measures them; keeps the best weights.
-    validation = utils.Validation(hp, "srresnet", generator, ema, Path(hp.output_folder) / "best_srresnet.pth",
-                                  is_main_process, generator_arch=arch, generator_kwargs=kwargs)
+    validation = training_log.Validation(hp, "srresnet", generator, ema, Path(hp.output_folder) / "best_srresnet.pth",
+                                         is_main_process, generator_arch=arch, generator_kwargs=kwargs)
     pair_pool = degradations.make_pair_pool(hp, rank, world_size)  # Real-ESRGAN's training-pair pool, or None
     # Everything a checkpoint holds to continue exactly where it stopped (the best validation score and the pool's
     # pairs too).
     stateful = dict(generator=generator, optimizer_g=optimizer, scheduler_g=scheduler, generator_ema=ema,
                     validation=validation, pair_pool=pair_pool)
-    start_iteration = utils.resume_training(resumed, stateful, hp, utils.RENAMED_HYPERPARAMETERS) if resumed else 0
+    start_iteration = training.resume_training(resumed, stateful, hp, cli.RENAMED_HYPERPARAMETERS) if resumed else 0
     if is_main_process:
         n_parameters = sum(p.numel() for p in generator.parameters())
         resuming = f"; resuming from {hp.checkpoint} at iteration {start_iteration}" if resumed else ""
         print(f"{arch} x{generator.scaling_factor}: {n_parameters:,} parameters; device {device} "
               f"(x{world_size} processes), precision {precision}{resuming}.")
 
-    model = utils.wrap_for_training(generator, hp, device, world_size)  # DDP / torch.compile, as asked
+    model = training.wrap_for_training(generator, hp, device, world_size)  # DDP / torch.compile, as asked
     loss_function = {"mse": nn.MSELoss(), "l1": nn.L1Loss()}[hp.pixel_loss]  # (checked by check_hyperparameters)
     grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 needs loss scaling
     train_loader = datasets.make_train_loader(hp, start_iteration, rank, world_size)
-    memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
-    save = utils.checkpoint_saver("srresnet", checkpoint_path, hp, stateful, is_main_process, generator_arch=arch,
-                                  generator_kwargs=kwargs)
+    stop_signal = training.GracefulExit()  # Ctrl+C and SIGTERM: save, then stop (in every process at once)
+    save = training.CheckpointSaver("srresnet", checkpoint_path, hp, stateful, is_main_process, stop_signal,
+                                    resumed_from=hp.checkpoint if resumed else None, generator_arch=arch,
+                                    generator_kwargs=kwargs)
+    log = training_log.TrainingLog(["loss"], hp, start_iteration, device, is_main_process, "train_srresnet",
+                                   learning_rate=lambda: scheduler.get_last_lr()[0], validation=validation,
+                                   kind="srresnet")
 
     # The training loop: one batch of crops per iteration.
     generator.train()
-    log = utils.TrainingLog(["loss"], hp, start_iteration, device, save, checkpoint_path, is_main_process,
-                            "train_srresnet", learning_rate=lambda: scheduler.get_last_lr()[0],
-                            validation=validation, kind="srresnet")
-    for iteration in log.iterations():
+    for iteration in log.iterations():  # start_iteration .. iterations - 1, with a progress bar
         lr_imgs, hr_imgs = next(train_loader)  # (N, 3, crop / s, crop / s) (None: degradations) and (N, 3, crop, crop)
         # On the device: the LR crops as they are ('bicubic'), or made from HR by Real-ESRGAN's degradations, through
         # the pair pool when there is one (the same code as train_srgan.py's). In [0, 1].
-        lr_imgs, hr_imgs, hr_usm_imgs = degradations.make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank,
+        lr_imgs, hr_imgs, hr_usm_imgs = degradations.make_training_pairs(lr_imgs, hr_imgs, hp, iteration, rank,
                                                                          device, pair_pool)
         target_imgs = hr_usm_imgs if hp.l1_gt_usm else hr_imgs  # Real-ESRNet's sharpened target ('bicubic': HR)
         # Into the ranges the generator takes and gives (SRResNet: LR in [0, 1], SR in [-1, 1]; RRDB and compact: both
         # in [0, 1]), so that the loss compares like with like.
         # (An x2 / x1 pixel-unshuffle model takes the LR crops nearest-upscaled to its input size.)
-        lr_imgs = utils.match_generator_input(lr_imgs, generator, hp.scaling_factor)
+        lr_imgs = inference.match_generator_input(lr_imgs, generator, hp.scaling_factor)
         lr_imgs = utils.convert_image(lr_imgs.contiguous(memory_format=memory_format), "[0, 1]",
                                       generator.input_format)
         target_imgs = utils.convert_image(target_imgs, "[0, 1]", generator.output_format)
 
-        with utils.autocast(device, precision):
+        with inference.autocast(device, precision):
             sr_imgs = model(lr_imgs)  # (N, 3, crop, crop), in the generator's output range
         loss = loss_function(sr_imgs.float(), target_imgs)  # the loss itself in fp32
 
@@ -229,11 +265,27 @@ def main():
         if ema is not None:
             ema.update(generator, iteration)
 
-        if log.end_of_iteration(iteration, loss=loss):  # print / check / save as due; True on Ctrl+C or SIGTERM
+        # The duties of the end of an iteration, each when it is due.
+        completed = iteration + 1
+        log.add_losses(loss=loss)
+        stop_now = stop_signal.should_stop()  # Ctrl+C / SIGTERM in any process: all save now and stop together
+        last = completed == hp.iterations
+        report_now = completed % hp.print_every == 0 or last
+        validate_now = validation.due(completed, last)
+        save_now = completed % hp.checkpoint_every == 0 or last or stop_now
+        if report_now or validate_now or save_now:
+            log.check_finite(completed, save.last_checkpoint)  # a NaN loss stops the run before it saves
+        if report_now:
+            log.report(completed)  # mean losses, learning rate and speed: progress bar and log files
+        if validate_now:
+            log.validate(completed)  # before the save: the checkpoint then holds the best score, this one included
+        if save_now:
+            save(completed)  # checkpoint_srresnet.pth, atomically; a signal during the save waits for it
+        if stop_now:
             break
-    log.close()
-    utils.end_distributed()
+    log.close(save)
+    training.finish(hp.output_folder, "srresnet")  # release the output folder; leave the process group
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    cli.run_cli(main)

@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from skimage.metrics import structural_similarity  # noqa: E402
 
+import cli  # noqa: E402
 import metrics  # noqa: E402
-import utils  # noqa: E402
 
 eval_script = __import__("eval")  # eval.py at the repository root
 
@@ -51,7 +51,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared_data", default=str(REPO_ROOT.parent / "shared" / "data"),
                         help="folder holding Set5/HR, Set14/HR, BSD100/HR (default: ../shared/data)")
-    utils.add_scaling_factor_argument(parser, default=4, choices=(2, 3, 4), help="upscaling factor (default 4)")
+    cli.add_scaling_factor_argument(parser, default=4, choices=(2, 3, 4), help="upscaling factor (default 4)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per figure; the best is kept (default 1)")
     args = parser.parse_args()
 

@@ -6,7 +6,7 @@
 For each architecture at its published size (random weights: sizes and times do not depend on them), the script
   * writes the generator with export.py's own functions: .pth, .safetensors and .onnx, in fp32 and with --half, and
     prints each file's size and how long the ONNX export took;
-  * upscales one --size x --size crop of scikit-image's astronaut with PyTorch (utils.run_generator, float32, as
+  * upscales one --size x --size crop of scikit-image's astronaut with PyTorch (inference.run_generator, float32, as
     super_resolve.py runs an untiled image) and with ONNX Runtime (the fp32 and fp16 files), and prints the seconds
     per image (the best of --repeats runs, after a warm-up run on a small crop) and the PSNR between ONNX Runtime's
     and PyTorch's 8-bit outputs.
@@ -57,9 +57,9 @@ def main(argv=None):
     from skimage import data as skimage_data
 
     import export
+    import inference
     import metrics
     import models
-    import utils
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,8 +91,8 @@ def main(argv=None):
                 for extension in (".pth", ".safetensors", ".onnx"):
                     sizes[extension + suffix] = (Path(folder) / f"{name}{suffix}{extension}").stat().st_size / 1e6
 
-            utils.run_generator(model, warm_up)
-            torch_seconds, torch_sr = best_time(lambda: utils.run_generator(model, lr_imgs), args.repeats)
+            inference.run_generator(model, warm_up)
+            torch_seconds, torch_sr = best_time(lambda: inference.run_generator(model, lr_imgs), args.repeats)
             onnx = {}
             for half in (False, True):
                 session = onnxruntime.InferenceSession(str(Path(folder) / f"{name}{'_fp16' if half else ''}.onnx"),

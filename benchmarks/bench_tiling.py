@@ -1,4 +1,4 @@
-"""Tiled vs untiled super-resolution: time and peak memory (RSS) of utils.upscale on the CPU (or a GPU).
+"""Tiled vs untiled super-resolution: time and peak memory (RSS) of inference.upscale on the CPU (or a GPU).
 
     python benchmarks/bench_tiling.py                      # 1024x1024 LR -> 4096x4096, full RRDBNet, x4
     python benchmarks/bench_tiling.py --size 4096          # 4096x4096 LR -> 16384x16384, tiled only (hours on CPU)
@@ -47,8 +47,8 @@ def parse_args(argv=None):
     parser.add_argument("--num_grow_ch", type=int, default=32, help="dense growth channels (32 = the full one)")
     parser.add_argument("--write_png", action="store_true",
                         help="also convert the output to 8 bits and write it as a PNG (the whole CLI path)")
-    parser.add_argument("--tile", type=int, default=None, help="tile side (default: utils.DEFAULT_TILE)")
-    parser.add_argument("--tile_pad", type=int, default=None, help="tile pad (default: utils.DEFAULT_TILE_PAD)")
+    parser.add_argument("--tile", type=int, default=None, help="tile side (default: inference.DEFAULT_TILE)")
+    parser.add_argument("--tile_pad", type=int, default=None, help="tile pad (default: inference.DEFAULT_TILE_PAD)")
     parser.add_argument("--variants", nargs="+", default=None, choices=("untiled", "tiled"),
                         help="what to run (default: both for --size <= 1024, tiled only above)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
@@ -69,9 +69,9 @@ def run_child(args):
     from PIL import Image
     from skimage import data
 
+    import inference
     import models
     import super_resolve
-    import utils
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,16 +85,16 @@ def run_child(args):
         # A small 96x96 crop: ~1% of a 1024x1024 run, enough to know the cost per pixel (on a GPU, after a warm-up).
         side = min(96, args.size)
         if args.device != "cpu":
-            utils.upscale(model, lr_img[:, :, :side, :side].contiguous(), tile=0, precision=args.precision)
+            inference.upscale(model, lr_img[:, :, :side, :side].contiguous(), tile=0, precision=args.precision)
         start = time.perf_counter()
-        utils.upscale(model, lr_img[:, :, :side, :side].contiguous(), tile=0, precision=args.precision)
+        inference.upscale(model, lr_img[:, :, :side, :side].contiguous(), tile=0, precision=args.precision)
         print(json.dumps({"seconds": time.perf_counter() - start, "side": side}))
         return
 
     rss_before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tile = 0 if args.child == "untiled" else args.tile
     start = time.perf_counter()
-    sr_img = utils.upscale(model, lr_img, tile=tile, tile_pad=args.tile_pad, precision=args.precision,
+    sr_img = inference.upscale(model, lr_img, tile=tile, tile_pad=args.tile_pad, precision=args.precision,
                                    progress=sys.stderr.isatty())  # (1, 3, S*s, S*s), [0, 1]; bar on a terminal
     seconds = time.perf_counter() - start
     report = {"seconds": seconds, "rss_before_mb": rss_before_mb, "shape": list(sr_img.shape)}
@@ -137,10 +137,10 @@ def spawn(args, variant, output=None):
 
 def main():
     args = parse_args()
-    import utils  # only for the default tile settings (the parent itself never runs the model)
+    import inference  # only for the default tile settings (the parent itself never runs the model)
 
-    args.tile = utils.DEFAULT_TILE if args.tile is None else args.tile
-    args.tile_pad = utils.DEFAULT_TILE_PAD if args.tile_pad is None else args.tile_pad
+    args.tile = inference.DEFAULT_TILE if args.tile is None else args.tile
+    args.tile_pad = inference.DEFAULT_TILE_PAD if args.tile_pad is None else args.tile_pad
     if args.child:
         run_child(args)
         return

@@ -83,7 +83,9 @@ def measure(argv, warmup, iterations):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    import cli
     import datasets
+    import inference
     import models
     import train_srresnet
     import utils
@@ -114,7 +116,7 @@ def measure(argv, warmup, iterations):
     seconds = times[1] - times[0]
     result = dict(it_per_s=iterations / seconds)
 
-    hp = utils.parse_hyperparameters(train_srresnet.hyperparameters, "", argv=argv)
+    hp = cli.parse_hyperparameters(train_srresnet.hyperparameters, "", argv=argv)
     device = utils.get_device()
     if device.type == "cuda":
         # Model FLOPs of one iteration: forward and backward of the generator on one batch (the count does not depend
@@ -124,7 +126,7 @@ def measure(argv, warmup, iterations):
                              device=device)
         with FlopCounterMode(display=False) as counter:
             generator(lr_imgs).square().mean().backward()
-        precision = utils.resolve_precision(hp.precision, device)
+        precision = inference.resolve_precision(hp.precision, device)
         flops = counter.get_total_flops()
         peak = peak_tflops(torch.cuda.get_device_name(device), precision)
         result.update(device=torch.cuda.get_device_name(device), precision=precision, gflop_per_iteration=flops / 1e9,

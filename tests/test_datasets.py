@@ -175,5 +175,5 @@ def test_sampler_streams_come_from_utils_random_seed():
     keys = list(itertools.islice(iter(datasets.TrainingSampler(n_images=5, batch_size=2, seed=7)), 10))
     assert [seed for _, seed in keys] == [utils.random_seed(7, "crop", k) for k in range(10)]
     for epoch in (0, 1):
-        order = torch.randperm(5, generator=utils.random_generator(7, "epoch_order", epoch)).tolist()
+        order = torch.randperm(5, generator=utils.make_rng(7, "epoch_order", epoch)).tolist()
         assert [index for index, _ in keys[5 * epoch: 5 * epoch + 5]] == order

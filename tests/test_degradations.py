@@ -280,9 +280,9 @@ def test_jpeg_batch_uses_per_image_quality_and_odd_sizes():
 # ------------------------------------------------------------------------------------------------------
 def test_degrade_batch_is_deterministic_for_a_seed_and_in_range():
     hr = photo_crop(96).repeat(3, 1, 1, 1)
-    first = degrade_batch(hr, 4, generator=torch.Generator().manual_seed(1))
-    second = degrade_batch(hr, 4, generator=torch.Generator().manual_seed(1))
-    other = degrade_batch(hr, 4, generator=torch.Generator().manual_seed(2))
+    first = degrade_batch(hr, 4, rng=torch.Generator().manual_seed(1))
+    second = degrade_batch(hr, 4, rng=torch.Generator().manual_seed(1))
+    other = degrade_batch(hr, 4, rng=torch.Generator().manual_seed(2))
     assert first.shape == (3, 3, 24, 24)
     assert torch.equal(first, second)
     assert not torch.equal(first, other)
@@ -295,9 +295,9 @@ def test_degrade_batch_is_deterministic_for_a_seed_and_in_range():
                                                             ((40, 36), 1, (40, 36))])
 def test_degrade_batch_sizes_are_floor_divisions(size, scaling_factor, expected):
     hr = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
-    lr = degrade_batch(hr, scaling_factor, generator=torch.Generator().manual_seed(0))
+    lr = degrade_batch(hr, scaling_factor, rng=torch.Generator().manual_seed(0))
     assert lr.shape == (2, 3, *expected)
-    lr_again, hr_cropped, hr_usm = make_realesrgan_batch(hr, scaling_factor, generator=torch.Generator().manual_seed(0))
+    lr_again, hr_cropped, hr_usm = make_realesrgan_batch(hr, scaling_factor, rng=torch.Generator().manual_seed(0))
     assert hr_cropped.shape == hr_usm.shape == (2, 3, expected[0] * scaling_factor, expected[1] * scaling_factor)
     assert torch.equal(hr_cropped, hr[..., :expected[0] * scaling_factor, :expected[1] * scaling_factor])
 
@@ -319,10 +319,10 @@ def test_mild_settings_give_a_plain_downscale():
 
 def test_make_realesrgan_batch_degrades_the_sharpened_ground_truth():
     hr = photo_crop(64).repeat(2, 1, 1, 1)
-    lr, hr_out, hr_usm = make_realesrgan_batch(hr, 4, generator=torch.Generator().manual_seed(3))
+    lr, hr_out, hr_usm = make_realesrgan_batch(hr, 4, rng=torch.Generator().manual_seed(3))
     assert torch.equal(hr_out, hr)
     assert torch.allclose(hr_usm, usm_sharpen(hr))
-    assert torch.equal(lr, degrade_batch(hr_usm, 4, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(lr, degrade_batch(hr_usm, 4, rng=torch.Generator().manual_seed(3)))
 
 
 def test_degradation_errors_are_clear():
@@ -340,9 +340,9 @@ def test_generator_none_follows_torch_manual_seed_and_channels_last_is_accepted(
     first = degrade_batch(hr, 4)
     torch.manual_seed(5)
     assert torch.equal(first, degrade_batch(hr, 4))
-    seeded = degrade_batch(hr, 4, generator=torch.Generator().manual_seed(9))
+    seeded = degrade_batch(hr, 4, rng=torch.Generator().manual_seed(9))
     channels_last = degrade_batch(hr.to(memory_format=torch.channels_last), 4,
-                                  generator=torch.Generator().manual_seed(9))
+                                  rng=torch.Generator().manual_seed(9))
     assert torch.equal(seeded, channels_last)
     noisy = add_poisson_noise(hr.to(memory_format=torch.channels_last), torch.ones(2), torch.tensor([True, False]),
                               torch.Generator().manual_seed(0))
@@ -359,13 +359,13 @@ def test_defaults_are_real_esrgans():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_degrade_batch_runs_on_cuda():
     hr = photo_crop(64).repeat(4, 1, 1, 1).cuda()
-    first = degrade_batch(hr, 4, generator=torch.Generator().manual_seed(0))
+    first = degrade_batch(hr, 4, rng=torch.Generator().manual_seed(0))
     assert first.device.type == "cuda" and first.shape == (4, 3, 16, 16)
-    assert torch.equal(first, degrade_batch(hr, 4, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(first, degrade_batch(hr, 4, rng=torch.Generator().manual_seed(0)))
     assert first.min() >= 0 and first.max() <= 1
     # A CUDA generator is accepted too (it seeds the CPU generator of the decisions).
-    from_cuda_generator = degrade_batch(hr, 4, generator=torch.Generator("cuda").manual_seed(0))
-    assert torch.equal(from_cuda_generator, degrade_batch(hr, 4, generator=torch.Generator("cuda").manual_seed(0)))
+    from_cuda_generator = degrade_batch(hr, 4, rng=torch.Generator("cuda").manual_seed(0))
+    assert torch.equal(from_cuda_generator, degrade_batch(hr, 4, rng=torch.Generator("cuda").manual_seed(0)))
     mixed, _ = cutblur(first, hr, 4, torch.Generator().manual_seed(0))
     assert mixed.device.type == "cuda"
 
@@ -474,7 +474,7 @@ def test_pair_pool_stores_8_bit_pairs_losslessly():
 
     pool = TrainingPairPool(queue_size=2, batch_size=2, seed=0)
     hr_imgs = photo_crop(16).repeat(2, 1, 1, 1)  # 8-bit levels, as the loader's crops
-    lr_imgs = degrade_batch(hr_imgs, 4, generator=torch.Generator().manual_seed(0))  # rounded to levels too
+    lr_imgs = degrade_batch(hr_imgs, 4, rng=torch.Generator().manual_seed(0))  # rounded to levels too
     pool.exchange(lr_imgs, hr_imgs, 0)
     drawn_lr, drawn_hr = pool.exchange(torch.zeros_like(lr_imgs), torch.zeros_like(hr_imgs), 1)
     order = [0, 1] if torch.equal(drawn_lr[0], lr_imgs[0]) else [1, 0]  # the pool draws its pairs in random order

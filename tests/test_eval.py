@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 
+import checkpoints
+import cli
 import metrics
 import models
-import utils
 
 eval_script = importlib.import_module("eval")  # eval.py (the module name shadows no import, only the builtin name)
 
@@ -58,7 +59,7 @@ def photo_lists(tmp_path_factory):
 
 def run_main(argv):
     """Run eval.py's main as the command line does: errors become one line on stderr and exit code 1."""
-    return utils.run_cli(lambda: eval_script.main(argv))
+    return cli.run_cli(lambda: eval_script.main(argv))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def test_16bit_greyscale_image_gives_the_psnr_of_its_8bit_version(tmp_path, caps
     write_list(tmp_path, "Grey16", [tmp_path / "camera16.png"])
     torch.manual_seed(0)
     tiny = models.build_generator("srresnet", n_channels=8, n_blocks=1, scaling_factor=4)
-    utils.save_checkpoint({"kind": "srresnet", "iteration": 1, "generator_arch": "srresnet",
+    checkpoints.save_checkpoint({"kind": "srresnet", "iteration": 1, "generator_arch": "srresnet",
                            "generator": tiny.state_dict(), "generator_kwargs": tiny.generator_kwargs},
                           tmp_path / "tiny.pth")
     results = eval_script.main(["--data_folder", str(tmp_path), "--test_sets", "Grey8", "Grey16",
@@ -215,7 +216,7 @@ def tiny_checkpoint(path, scaling_factor=4):
     kwargs = dict(n_channels=8, n_blocks=1, scaling_factor=scaling_factor)
     torch.manual_seed(0)
     model = models.build_generator("srresnet", **kwargs)
-    utils.save_checkpoint({"kind": "srresnet", "generator_arch": "srresnet", "generator_kwargs": kwargs,
+    checkpoints.save_checkpoint({"kind": "srresnet", "generator_arch": "srresnet", "generator_kwargs": kwargs,
                            "generator": model.state_dict(), "iteration": 0}, path)
     return model
 

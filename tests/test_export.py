@@ -24,12 +24,13 @@ from torch import nn
 import create_data_lists
 import eval as eval_script
 import export
+import checkpoints
+import inference
 import metrics
 import models
 import super_resolve
 import train_srgan
 import train_srresnet
-import utils
 from test_training import run_script  # a training script's main() in this process
 
 # One tiny generator of each architecture export.py knows. Growth 32 in the RRDBNets: spandrel only reads that one.
@@ -41,7 +42,7 @@ ARCHITECTURES = {
 }
 
 
-def random_generator(name, seed, **changes):
+def random_network(name, seed, **changes):
     """A generator of ARCHITECTURES[name] (with `changes` to its arguments) whose every tensor is random (no zero
     biases, batch-norm statistics that change the output), so that any tensor lost or misplaced by an export changes
     the output."""
@@ -61,8 +62,8 @@ def random_generator(name, seed, **changes):
 
 def write_checkpoint(path, name, **changes):
     """A train_srresnet.py checkpoint with raw and EMA weights (different ones); returns (raw, ema) generators."""
-    raw, ema = random_generator(name, 1, **changes), random_generator(name, 2, **changes)
-    utils.save_checkpoint(dict(kind="srresnet", iteration=7, generator_arch=raw.generator_arch,
+    raw, ema = random_network(name, 1, **changes), random_network(name, 2, **changes)
+    checkpoints.save_checkpoint(dict(kind="srresnet", iteration=7, generator_arch=raw.generator_arch,
                                generator_kwargs=raw.generator_kwargs, generator=raw.state_dict(),
                                generator_ema=ema.state_dict()), path)
     return raw, ema
@@ -75,8 +76,8 @@ def photo_batch(batch, height, width):
 
 
 def forward(model, lr_imgs):
-    """The generator's SR images in [0, 1] (utils.run_generator: what our scripts compute)."""
-    return utils.run_generator(model, lr_imgs)
+    """The generator's SR images in [0, 1] (inference.run_generator: what our scripts compute)."""
+    return inference.run_generator(model, lr_imgs)
 
 
 def psnr_8bit(a, b):
@@ -109,11 +110,11 @@ def test_pth_and_safetensors_load_back_to_the_same_network(name, tmp_path):
     lr_imgs = photo_batch(2, 11, 14)  # odd sides: the pixel-unshuffle model pads
     for extension in (".pth", ".safetensors"):
         export.main([str(tmp_path / "checkpoint.pth"), "--output", str(tmp_path / f"exported{extension}")])
-        model, description, _ = utils.load_generator(tmp_path / f"exported{extension}")
+        model, description, _ = inference.load_generator(tmp_path / f"exported{extension}")
         assert type(model) is type(ema) and "export.py" in description and "params_ema" in description
         assert torch.equal(forward(model, lr_imgs), forward(ema, lr_imgs))
     # The .pth keeps the raw weights too, as "params".
-    assert torch.equal(forward(utils.load_generator(tmp_path / "exported.pth", ema=False)[0], lr_imgs),
+    assert torch.equal(forward(inference.load_generator(tmp_path / "exported.pth", ema=False)[0], lr_imgs),
                        forward(raw, lr_imgs))
 
     # The .pth: tensors and plain values only, which torch.load reads with weights_only and no allowed class.
@@ -136,8 +137,8 @@ def test_pth_and_safetensors_load_back_to_the_same_network(name, tmp_path):
 
 
 def test_a_file_with_one_set_of_weights_exports_it_as_params(tmp_path):
-    generator = random_generator("srresnet", seed=3)
-    utils.save_checkpoint(dict(kind="srgan", iteration=1, generator_arch="srresnet",
+    generator = random_network("srresnet", seed=3)
+    checkpoints.save_checkpoint(dict(kind="srgan", iteration=1, generator_arch="srresnet",
                                generator_kwargs=generator.generator_kwargs, generator=generator.state_dict()),
                           tmp_path / "checkpoint.pth")
     export.main([str(tmp_path / "checkpoint.pth"), "--output", str(tmp_path / "exported.pth")])
@@ -159,7 +160,7 @@ def test_one_set_of_weights_ema_or_raw(tmp_path):
         assert set(torch.load(path, weights_only=True)) & {"params", "params_ema"} == {kept}
         assert path.stat().st_size < 0.6 * (tmp_path / "both.pth").stat().st_size
         for ema_flag in (True, False):
-            assert torch.equal(forward(utils.load_generator(path, ema=ema_flag)[0], lr_imgs), forward(model, lr_imgs))
+            assert torch.equal(forward(inference.load_generator(path, ema=ema_flag)[0], lr_imgs), forward(model, lr_imgs))
 
 
 def test_half_files_are_half_the_size_and_load_as_float32(tmp_path):
@@ -172,10 +173,10 @@ def test_half_files_are_half_the_size_and_load_as_float32(tmp_path):
         export.main([str(tmp_path / "checkpoint.pth"), "--output", str(half), "--half"])
         assert half.stat().st_size < 0.6 * full.stat().st_size
         stored = torch.load(half, weights_only=True)["params_ema"] if extension == ".pth" else \
-            utils.read_safetensors(half)["params_ema"]
+            checkpoints.read_safetensors(half)["params_ema"]
         for key, value in stored.items():
             assert value.dtype == (torch.int64 if key.endswith("num_batches_tracked") else torch.float16), key
-        model, _, _ = utils.load_generator(half)
+        model, _, _ = inference.load_generator(half)
         assert all(value.dtype == torch.float32 for value in model.parameters())
         assert psnr_8bit(forward(model, lr_imgs), forward(ema, lr_imgs)) > 45
 
@@ -310,7 +311,7 @@ def test_onnx_half_and_a_failed_check(tmp_path, capsys):
     assert psnr_8bit(onnx_outputs(tmp_path / "model.onnx", lr_imgs), forward(ema, lr_imgs)) >= 50
     # The check after export fails, with the figure, when ONNX Runtime and PyTorch disagree.
     with pytest.raises(RuntimeError, match=r"does not reproduce the PyTorch network: \d+\.\d dB"):
-        export.check_onnx(random_generator("compact", seed=5), tmp_path / "model.onnx")
+        export.check_onnx(random_network("compact", seed=5), tmp_path / "model.onnx")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -351,8 +352,8 @@ def test_training_prints_the_export_command_and_our_scripts_read_exported_files(
     run_script(train_srgan, [*tiny, "--srresnet_checkpoint", tmp_path / "srresnet.safetensors",
                                       "--n_blocks_d", 2, "--n_channels_d", 8, "--fc_size_d", 16,
                                       "--vgg_weights", "random", "--iterations", 1], monkeypatch)
-    gan = utils.load_checkpoint(tmp_path / "runs" / "checkpoint_srgan.pth", expected_kind="srgan")
-    start = utils.load_checkpoint(checkpoint)
+    gan = checkpoints.load_checkpoint(tmp_path / "runs" / "checkpoint_srgan.pth", expected_kind="srgan")
+    start = checkpoints.load_checkpoint(checkpoint)
     assert (gan["generator_arch"], gan["generator_kwargs"]) == (start["generator_arch"], start["generator_kwargs"])
     name = "conv_block1.conv_block.0.weight"
     assert torch.allclose(gan["generator"][name], start["generator"][name], atol=1e-2)

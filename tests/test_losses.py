@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
+import cli
 import models
 import train_srgan
 import train_srresnet
-import utils
 
 
 def bce_real(logit):
@@ -129,7 +129,7 @@ def test_perceptual_loss_matches_a_manual_computation(tiny_vgg, distance):
 # ------------------------------------------------------------------------------------------------------
 def srgan_hyperparameters(*argv):
     argv = list(argv)
-    return vars(utils.parse_hyperparameters(train_srgan.apply_recipe(train_srgan.hyperparameters, argv), "", argv=argv,
+    return vars(cli.parse_hyperparameters(train_srgan.apply_recipe(train_srgan.hyperparameters, argv), "", argv=argv,
                                             aliases=train_srgan.RENAMED))
 
 

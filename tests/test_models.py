@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import inference
 import models
+import porting
 
 
 def count_params(model):
@@ -100,8 +102,7 @@ def test_generator_is_srresnet_with_same_keys():
 
 @pytest.mark.parametrize("unshuffle_scale, overall", [(2, 2), (4, 1)])
 def test_srresnet_pixel_unshuffle_scales_and_odd_sizes(unshuffle_scale, overall):
-    model = models.SRResNetUnshuffle(n_channels=8, n_blocks=2, scaling_factor=overall,
-                                     unshuffle_scale=unshuffle_scale).eval()
+    model = models.SRResNet(n_channels=8, n_blocks=2, scaling_factor=overall, unshuffle_scale=unshuffle_scale).eval()
     plain = tiny_srresnet().eval()
     assert isinstance(model, models.SRResNet) and model.scaling_factor == overall
     assert model.unshuffle_scale == unshuffle_scale
@@ -128,20 +129,30 @@ def test_srresnet_pixel_unshuffle_scales_and_odd_sizes(unshuffle_scale, overall)
 
 def test_srresnet_unshuffle_scale_must_divide():
     with pytest.raises(ValueError, match="unshuffle_scale"):
-        models.SRResNetUnshuffle(scaling_factor=2, unshuffle_scale=3)
+        models.SRResNet(scaling_factor=2, unshuffle_scale=3)
     with pytest.raises(ValueError, match="unshuffle_scale"):
-        models.SRResNetUnshuffle(scaling_factor=4, unshuffle_scale=1)
+        models.SRResNet(scaling_factor=4, unshuffle_scale=0)
+    with pytest.raises(ValueError, match="scaling_factor must be 2, 4 or 8"):
+        models.SRResNet(scaling_factor=1)  # an x1 SRResNet is an x4 one behind unshuffle_scale 4
 
 
 def test_plain_forwards_read_like_the_papers():
-    """SRResNet and RRDBNet run no padding or folding of their own: their forward is the paper's network."""
+    """Without pixel-unshuffle (unshuffle_scale 1), SRResNet and RRDBNet run no padding or folding: their forward is
+    the paper's network."""
     srresnet = tiny_srresnet().eval()
     x = torch.rand(1, 3, 5, 6)
     with torch.no_grad():
         feat = srresnet.conv_block1(x)
         feat = srresnet.conv_block2(srresnet.residual_blocks(feat)) + feat
         assert torch.equal(srresnet(x), srresnet.conv_block3(srresnet.subpixel_convolutional_blocks(feat)))
-    assert not hasattr(srresnet, "unshuffle_scale") and type(models.RRDBNet()) is models.RRDBNet
+    assert srresnet.unshuffle_scale == 1 and models.RRDBNet(num_block=1, num_feat=8, num_grow_ch=4).unshuffle_scale == 1
+    rrdb = models.RRDBNet(num_block=1, num_feat=8, num_grow_ch=4).eval()
+    with torch.no_grad():
+        feat = rrdb.conv_first(x)
+        feat = feat + rrdb.conv_body(rrdb.body(feat))
+        feat = rrdb.lrelu(rrdb.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        feat = rrdb.lrelu(rrdb.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        assert torch.equal(rrdb(x), rrdb.conv_last(rrdb.lrelu(rrdb.conv_hr(feat))))
 
 
 @pytest.mark.parametrize("size", [96, 128])
@@ -168,7 +179,7 @@ def test_build_generator():
     rrdb = models.build_generator("rrdb", num_block=1, num_feat=8, num_grow_ch=4, scale=2)
     assert isinstance(rrdb, models.RRDBNet) and rrdb.scaling_factor == 2 and rrdb.unshuffle_scale == 2
     unshuffle = models.build_generator("srresnet", n_blocks=1, n_channels=4, scaling_factor=1, unshuffle_scale=4)
-    assert isinstance(unshuffle, models.SRResNetUnshuffle) and unshuffle.scaling_factor == 1
+    assert type(unshuffle) is models.SRResNet and unshuffle.scaling_factor == 1 and unshuffle.unshuffle_scale == 4
     with pytest.raises(ValueError, match="srresnet"):
         models.build_generator("edsr")
 
@@ -177,11 +188,11 @@ def test_build_generator():
     (False, 2, 4, 4), (False, 2, 2, 2), (True, 2, 4, 2), (True, 4, 4, 1)])
 def test_build_generator_accepts_the_arguments_older_checkpoints_stored(use_unshuffle, unshuffle_scale, body_scale,
                                                                          overall):
-    """Before SRResNetUnshuffle existed, checkpoints stored the BODY's scale, use_unshuffle and unshuffle_scale."""
+    """Older checkpoints stored the BODY's scale, use_unshuffle and unshuffle_scale."""
     old = dict(large_kernel_size=3, small_kernel_size=3, n_channels=4, n_blocks=1, scaling_factor=body_scale,
                use_unshuffle=use_unshuffle, unshuffle_scale=unshuffle_scale)
     model = models.build_generator("srresnet", **old)
-    assert model.scaling_factor == overall and isinstance(model, models.SRResNetUnshuffle) == use_unshuffle
+    assert model.scaling_factor == overall and (model.unshuffle_scale > 1) == use_unshuffle
     new = models.upgrade_generator_kwargs("srresnet", old)
     assert "use_unshuffle" not in new and new["scaling_factor"] == overall
     assert new.get("unshuffle_scale") == (unshuffle_scale if use_unshuffle else None)
@@ -196,7 +207,7 @@ def test_generators_of_official_files_keep_how_to_build_them():
     for arch, kwargs in (("rrdb", dict(num_feat=8, num_block=2, num_grow_ch=4, scale=2)),
                          ("compact", dict(num_feat=8, num_conv=3, upscale=2))):
         original = models.build_generator(arch, **kwargs)
-        model, _ = models.generator_from_official_state_dict({"params_ema": original.state_dict()})
+        model, _ = porting.generator_from_official_state_dict({"params_ema": original.state_dict()})
         assert model.generator_arch == arch
         rebuilt = models.build_generator(model.generator_arch, **model.generator_kwargs)
         rebuilt.load_state_dict(original.state_dict())  # the same shapes, strictly
@@ -407,7 +418,7 @@ R, C, H, W = 3, 2, 2, 3
 
 def test_pixel_shuffle_pytorch_matches_formula_and_torch():
     x = torch.randn(2, C * R * R, H, W)
-    out = models.pixel_shuffle_pytorch(x, R)
+    out = porting.pixel_shuffle_pytorch(x, R)
     expected = torch.empty(2, C, H * R, W * R)
     for c in range(C):
         for h in range(H):
@@ -417,14 +428,14 @@ def test_pixel_shuffle_pytorch_matches_formula_and_torch():
                         expected[:, c, h * R + i, w * R + j] = x[:, c * R * R + i * R + j, h, w]
     assert torch.equal(out, expected)
     assert torch.equal(out, F.pixel_shuffle(x, R))
-    assert torch.equal(models.pixel_unshuffle_pytorch(out, R), x)
+    assert torch.equal(porting.pixel_unshuffle_pytorch(out, R), x)
     y = torch.randn(1, C, H * R, W * R)
-    assert torch.equal(models.pixel_unshuffle_pytorch(y, R), F.pixel_unshuffle(y, R))
+    assert torch.equal(porting.pixel_unshuffle_pytorch(y, R), F.pixel_unshuffle(y, R))
 
 
 def test_depth_to_space_tf_matches_formula_and_round_trips():
     x = torch.randn(2, H, W, C * R * R)  # NHWC
-    out = models.depth_to_space_tf(x, R)
+    out = porting.depth_to_space_tf(x, R)
     expected = torch.empty(2, H * R, W * R, C)
     for c in range(C):
         for h in range(H):
@@ -433,12 +444,12 @@ def test_depth_to_space_tf_matches_formula_and_round_trips():
                     for j in range(R):
                         expected[:, h * R + i, w * R + j, c] = x[:, h, w, (i * R + j) * C + c]
     assert torch.equal(out, expected)
-    assert torch.equal(models.space_to_depth_tf(out, R), x)
+    assert torch.equal(porting.space_to_depth_tf(out, R), x)
     y = torch.randn(1, H * R, W * R, C)
-    assert torch.equal(models.depth_to_space_tf(models.space_to_depth_tf(y, R), R), y)
+    assert torch.equal(porting.depth_to_space_tf(porting.space_to_depth_tf(y, R), R), y)
     # With one channel the two orders coincide (only the sub-pixel position is left to order).
     z = torch.randn(1, R * R, H, W)
-    assert torch.equal(models.depth_to_space_tf(z.permute(0, 2, 3, 1), R).permute(0, 3, 1, 2),
+    assert torch.equal(porting.depth_to_space_tf(z.permute(0, 2, 3, 1), R).permute(0, 3, 1, 2),
                        F.pixel_shuffle(z, R))
 
 
@@ -453,21 +464,21 @@ def test_caffe_dtow_order():
         pc, rc = tc // p2, tc % p2
         ph, pw = th * R + rc // R, tw * R + rc % R
         flat_out[(pc * h_out + ph) * w_out + pw] = flat_in[index]
-    out = models.pixel_shuffle_caffe(x, R)
+    out = porting.pixel_shuffle_caffe(x, R)
     assert torch.equal(out.flatten(), flat_out)
-    assert torch.equal(models.pixel_unshuffle_caffe(out, R), x)
+    assert torch.equal(porting.pixel_unshuffle_caffe(out, R), x)
 
 
 def test_shuffle_channel_permutation_ports_a_tf_upsampler():
-    assert torch.equal(models.shuffle_channel_permutation(C, R, "caffe"), torch.arange(C * R * R))
-    assert torch.equal(models.shuffle_channel_permutation(C, R, "pytorch"), torch.arange(C * R * R))
-    perm = models.shuffle_channel_permutation(C, R, "tensorflow")
+    assert torch.equal(porting.shuffle_channel_permutation(C, R, "caffe"), torch.arange(C * R * R))
+    assert torch.equal(porting.shuffle_channel_permutation(C, R, "pytorch"), torch.arange(C * R * R))
+    perm = porting.shuffle_channel_permutation(C, R, "tensorflow")
     assert sorted(perm.tolist()) == list(range(C * R * R))  # a true permutation
 
     tf_conv = nn.Conv2d(4, C * R * R, 3, padding=1)  # the "TensorFlow" convolution, its channels in DCR order
     x = torch.randn(2, 4, H, W)
     with torch.no_grad():
-        tf_out = models.depth_to_space_tf(tf_conv(x).permute(0, 2, 3, 1), R).permute(0, 3, 1, 2)  # back to NCHW
+        tf_out = porting.depth_to_space_tf(tf_conv(x).permute(0, 2, 3, 1), R).permute(0, 3, 1, 2)  # back to NCHW
         ported = nn.Conv2d(4, C * R * R, 3, padding=1)
         ported.weight.copy_(tf_conv.weight[perm])
         ported.bias.copy_(tf_conv.bias[perm])
@@ -475,7 +486,7 @@ def test_shuffle_channel_permutation_ports_a_tf_upsampler():
         assert torch.allclose(torch_out, tf_out, atol=1e-6)
         assert not torch.allclose(nn.PixelShuffle(R)(tf_conv(x)), tf_out)  # without the permutation: wrong
     with pytest.raises(ValueError, match="order"):
-        models.shuffle_channel_permutation(C, R, "mxnet")
+        porting.shuffle_channel_permutation(C, R, "mxnet")
 
 
 # ======================================================================================================
@@ -522,8 +533,8 @@ def test_official_layouts_load_strictly_with_identical_outputs(layout, scale):
     files = {"basicsr": {"params_ema": ours}, "basicsr-params": {"params": ours},
              "esrgan": to_esrgan_layout(ours), "esrgan-old": to_old_esrgan_layout(ours, num_block=2)}
     checkpoint = files[layout]
-    assert models.is_official_generator_state_dict(checkpoint)
-    model, description = models.generator_from_official_state_dict(checkpoint)
+    assert porting.is_official_generator_state_dict(checkpoint)
+    model, description = porting.generator_from_official_state_dict(checkpoint)
     assert isinstance(model, models.RRDBNet) and not model.training
     assert model.scaling_factor == scale and len(model.body) == 2 and model.conv_first.out_channels == 16
     assert model.body[0].rdb1.conv1.out_channels == 8
@@ -535,7 +546,7 @@ def test_official_layouts_load_strictly_with_identical_outputs(layout, scale):
 
 def test_official_params_ema_preferred():
     ema, raw = tiny_rrdb().state_dict(), tiny_rrdb().state_dict()
-    model, description = models.generator_from_official_state_dict({"params": raw, "params_ema": ema})
+    model, description = porting.generator_from_official_state_dict({"params": raw, "params_ema": ema})
     assert torch.equal(model.conv_first.weight, ema["conv_first.weight"])
     assert not torch.equal(model.conv_first.weight, raw["conv_first.weight"])
     assert "params_ema" in description
@@ -546,20 +557,20 @@ def test_official_wrong_keys_error_lists_them():
     state["conv_up3.weight"] = state["conv_up2.weight"].clone()  # an x8 model's extra layer
     del state["conv_hr.bias"]
     with pytest.raises(ValueError) as info:
-        models.generator_from_official_state_dict(state)
+        porting.generator_from_official_state_dict(state)
     message = str(info.value)
     assert "missing keys: conv_hr.bias" in message and "unexpected keys: conv_up3.weight" in message
     assert "RealESRGAN_x4plus.pth" in message  # says what files are supported
     # Not an RRDBNet at all: recognised as such, with the same guidance.
-    assert not models.is_official_generator_state_dict(tiny_srresnet().state_dict())
-    assert not models.is_official_generator_state_dict({"kind": "srgan", "generator": {}})
+    assert not porting.is_official_generator_state_dict(tiny_srresnet().state_dict())
+    assert not porting.is_official_generator_state_dict({"kind": "srgan", "generator": {}})
     with pytest.raises(ValueError, match="supported files"):
-        models.generator_from_official_state_dict(tiny_srresnet().state_dict())
+        porting.generator_from_official_state_dict(tiny_srresnet().state_dict())
     # Same names, wrong shape: still a ValueError, not PyTorch's RuntimeError.
     state = tiny_rrdb().state_dict()
     state["conv_up1.weight"] = state["conv_up1.weight"][:, :, :1, :1].clone()
     with pytest.raises(ValueError, match="conv_up1.weight"):
-        models.generator_from_official_state_dict(state)
+        porting.generator_from_official_state_dict(state)
 
 
 # ======================================================================================================
@@ -568,9 +579,9 @@ def test_official_wrong_keys_error_lists_them():
 
 def test_interpolation_exact_at_0_half_1():
     psnr, gan = tiny_rrdb().state_dict(), tiny_rrdb().state_dict()
-    blended0, skipped = models.interpolate_state_dicts(psnr, gan, 0.0)
-    blended1, _ = models.interpolate_state_dicts(psnr, gan, 1.0)
-    half, _ = models.interpolate_state_dicts(psnr, gan, 0.5)
+    blended0, skipped = inference.interpolate_state_dicts(psnr, gan, 0.0)
+    blended1, _ = inference.interpolate_state_dicts(psnr, gan, 1.0)
+    half, _ = inference.interpolate_state_dicts(psnr, gan, 0.5)
     assert skipped == [] and list(blended0) == list(psnr)
     for key in psnr:
         assert torch.equal(blended0[key], psnr[key]) and torch.equal(blended1[key], gan[key])
@@ -579,19 +590,19 @@ def test_interpolation_exact_at_0_half_1():
     model = tiny_rrdb()
     model.load_state_dict(half)
     with pytest.raises(ValueError, match="alpha"):
-        models.interpolate_state_dicts(psnr, gan, 1.5)
+        inference.interpolate_state_dicts(psnr, gan, 1.5)
 
 
 def test_interpolation_mismatches():
     psnr = tiny_srresnet().state_dict()
-    gan = models.SRResNetUnshuffle(n_channels=8, n_blocks=2, scaling_factor=2, unshuffle_scale=2).state_dict()
+    gan = models.SRResNet(n_channels=8, n_blocks=2, scaling_factor=2, unshuffle_scale=2).state_dict()
     gan["extra.weight"] = torch.zeros(1)
     del gan["conv_block3.conv_block.0.bias"]
     with pytest.raises(ValueError) as info:
-        models.interpolate_state_dicts(psnr, gan, 0.5)
+        inference.interpolate_state_dicts(psnr, gan, 0.5)
     for key in ("conv_block1.conv_block.0.weight", "extra.weight", "conv_block3.conv_block.0.bias"):
         assert key in str(info.value)
-    blended, skipped = models.interpolate_state_dicts(psnr, gan, 0.25, skip_mismatched=True)
+    blended, skipped = inference.interpolate_state_dicts(psnr, gan, 0.25, skip_mismatched=True)
     assert sorted(skipped) == sorted(["conv_block1.conv_block.0.weight", "extra.weight",
                                       "conv_block3.conv_block.0.bias"])
     assert list(blended) == list(psnr)
@@ -704,11 +715,9 @@ def test_compact_state_dict_names_are_realesrgans():
 @pytest.mark.parametrize("wrapper", ["params", "params_ema"])
 @pytest.mark.parametrize("num_conv, scale", [(3, 4), (2, 2), (1, 3)])
 def test_compact_official_files_load_with_the_reference_output(tmp_path, wrapper, num_conv, scale):
-    import utils
-
     state = {name: torch.randn(shape) * 0.1 for name, shape in compact_shapes(8, num_conv, scale).items()}
     torch.save({wrapper: state}, tmp_path / "realesr-tiny.pth")
-    model, description, reference = utils.load_generator(tmp_path / "realesr-tiny.pth")
+    model, description, reference = inference.load_generator(tmp_path / "realesr-tiny.pth")
     assert isinstance(model, models.SRVGGNetCompact) and not model.training and reference is None
     assert model.scaling_factor == scale and len(model.body) == 2 * num_conv + 3
     assert f"x{scale}" in description and f"{num_conv} convolutions" in description and "8 features" in description
@@ -721,11 +730,11 @@ def test_compact_file_with_missing_layers_is_a_clear_error():
     state = {name: torch.randn(shape) for name, shape in compact_shapes(8, 2, 4).items()}
     del state["body.3.weight"]  # a PReLU
     with pytest.raises(ValueError, match="missing keys: body.3.weight"):
-        models.generator_from_official_state_dict({"params": state})
+        porting.generator_from_official_state_dict({"params": state})
     state = {name: torch.randn(shape) for name, shape in compact_shapes(8, 2, 4).items()}
     state["body.6.weight"] = torch.randn(40, 8, 3, 3)  # 40 = 3 * s^2 for no integer s
     with pytest.raises(ValueError, match="square"):
-        models.generator_from_official_state_dict({"params": state})
+        porting.generator_from_official_state_dict({"params": state})
 
 
 def test_compact_starts_as_nearest_upsampling_and_its_first_layer_learns():

@@ -19,6 +19,8 @@ from skimage import data as skimage_data
 from torchvision.models.vgg import cfgs, make_layers
 
 import create_data_lists
+import checkpoints
+import inference
 import models
 import super_resolve
 import train_srgan
@@ -26,7 +28,7 @@ import train_srresnet
 import utils
 
 OLD = Path(__file__).parent / "data" / "old_checkpoints"
-GENERATORS = {"srresnet": ("SRResNet", 4), "srresnet_unshuffle_x2": ("SRResNetUnshuffle", 2), "rrdb": ("RRDBNet", 4),
+GENERATORS = {"srresnet": ("SRResNet", 4), "srresnet_unshuffle_x2": ("SRResNet", 2), "rrdb": ("RRDBNet", 4),
               "srgan": ("SRResNet", 4)}
 # The flags of the old runs (their architecture comes from the checkpoint; these must match to continue them).
 OLD_RUN = ["--crop_size", 32, "--batch_size", 2, "--workers", 0, "--image_cache_mb", 0, "--precision", "fp32"]
@@ -40,18 +42,18 @@ def old_outputs():
 @pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_old_checkpoints_load_and_give_the_old_outputs(name, old_outputs):
     class_name, scaling_factor = GENERATORS[name]
-    model, description, _ = utils.load_generator(OLD / f"{name}.pth", scaling_factor=scaling_factor)
+    model, description, _ = inference.load_generator(OLD / f"{name}.pth", scaling_factor=scaling_factor)
     assert type(model).__name__ == class_name and model.scaling_factor == scaling_factor
     with torch.no_grad():
         assert torch.equal(model(old_outputs["input"]), old_outputs[name])
     # The same through the tiled inference of super_resolve.py and eval.py.
     expected = utils.convert_image(old_outputs[name], model.output_format, "[0, 1]").clamp(0, 1)
-    torch.testing.assert_close(utils.upscale(model, old_outputs["input"], tile=4, tile_pad=8), expected,
+    torch.testing.assert_close(inference.upscale(model, old_outputs["input"], tile=4, tile_pad=8), expected,
                                atol=1e-5, rtol=0)
 
 
 def test_old_srgan_discriminator_loads(old_outputs):
-    checkpoint = utils.load_checkpoint(OLD / "srgan.pth", expected_kind="srgan")
+    checkpoint = checkpoints.load_checkpoint(OLD / "srgan.pth", expected_kind="srgan")
     discriminator = models.Discriminator(**checkpoint["discriminator_kwargs"]).eval()
     discriminator.load_state_dict(checkpoint["discriminator"])
     with torch.no_grad():
@@ -110,13 +112,13 @@ SRRESNET = ["--n_blocks", 1, "--n_channels", 4, "--large_kernel_size", 3]
     ("srresnet_unshuffle_x2", [*SRRESNET, "--use_unshuffle", "true", "--unshuffle_scale", 2, "--scaling_factor", 2]),
     ("rrdb", ["--generator_arch", "rrdb", "--num_block", 1, "--num_feat", 4, "--num_grow_ch", 2])])
 def test_train_srresnet_resumes_an_old_checkpoint(name, flags, data_folder, tmp_path, monkeypatch, capsys):
-    old = utils.load_checkpoint(OLD / f"{name}.pth")
+    old = checkpoints.load_checkpoint(OLD / f"{name}.pth")
     assert "lr" in old["hyperparameters"] and "learning_rate" not in old["hyperparameters"]  # really an old one
     run_script(train_srresnet, [*OLD_RUN, *flags, "--data_folder", data_folder, "--output_folder", tmp_path,
                                 "--checkpoint", OLD / f"{name}.pth", "--iterations", 3], monkeypatch)
     # The old names are compared under the new ones: only the folders differ from the old run.
     assert changed_hyperparameters(capsys.readouterr().err) == {"data_folder", "output_folder"}
-    new = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
+    new = checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
     assert new["iteration"] == 3 and new["hyperparameters"]["learning_rate"] == old["hyperparameters"]["lr"]
     assert "lr" not in new["hyperparameters"]
     assert new["generator_kwargs"] == models.upgrade_generator_kwargs(old["generator_arch"], old["generator_kwargs"])
@@ -133,14 +135,14 @@ def test_train_srgan_resumes_an_old_checkpoint_and_starts_from_an_old_srresnet(d
     # lr, lr_milestones, lr_gamma and (vgg_before_activation false, conv5_4) = relu5_4 all match the new names. (A
     # resumed run takes its generator from the checkpoint, and records the srresnet_checkpoint of the old run.)
     assert changed_hyperparameters(capsys.readouterr().err) == {"data_folder", "output_folder"}
-    resumed = utils.load_checkpoint(tmp_path / "resumed" / "checkpoint_srgan.pth")
+    resumed = checkpoints.load_checkpoint(tmp_path / "resumed" / "checkpoint_srgan.pth")
     assert resumed["iteration"] == 3 and resumed["hyperparameters"]["perceptual_layers"] == ["relu5_4"]
     assert "vgg_before_activation" not in resumed["hyperparameters"]
     # Step 3 from an old step-2 checkpoint.
     run_script(train_srgan, [*OLD_RUN, *discriminator, "--data_folder", data_folder, "--output_folder", tmp_path,
                              "--srresnet_checkpoint", OLD / "srresnet_unshuffle_x2.pth", "--scaling_factor", 2,
                              "--iterations", 1], monkeypatch)
-    started = utils.load_checkpoint(tmp_path / "checkpoint_srgan.pth")
+    started = checkpoints.load_checkpoint(tmp_path / "checkpoint_srgan.pth")
     assert started["generator_kwargs"] == dict(large_kernel_size=3, small_kernel_size=3, n_channels=4, n_blocks=1,
                                                scaling_factor=2, unshuffle_scale=2)
-    assert utils.load_generator(tmp_path / "checkpoint_srgan.pth")[0].scaling_factor == 2
+    assert inference.load_generator(tmp_path / "checkpoint_srgan.pth")[0].scaling_factor == 2

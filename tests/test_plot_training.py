@@ -1,19 +1,19 @@
-"""Tests of plot_training.py: it reads back what the training scripts log (utils.LogFiles) and draws two pictures.
+"""Tests of plot_training.py: it reads back what the training scripts log (training_log.LogFiles) and draws two pictures.
 (tests/test_training.py also draws a real tiny run with it.)"""
 import numpy as np
 import pytest
 from PIL import Image
 
 import plot_training
-import utils
+import training_log
 
 ITERATIONS = (0, 10, 20, 30, 40)
 
 
 def write_run(folder):
-    """The logs of a made-up train_srgan.py run, written by utils.LogFiles as training writes them: two validated
+    """The logs of a made-up train_srgan.py run, written by training_log.LogFiles as training writes them: two validated
     sets, bicubic's scores, and an SR crop per validation whose pixels all equal the iteration."""
-    log = utils.LogFiles(folder, "srgan", 0)
+    log = training_log.LogFiles(folder, "srgan", 0)
     log.write({"iteration": 0, "time": 0.0, "bicubic": {"Set5": {"psnr": 28.4, "ssim": 0.81},
                                                         "Set14": {"psnr": 26.0, "ssim": 0.70}}})
     for name, value in (("hr", 255), ("bicubic", 128)):
@@ -48,7 +48,7 @@ def test_reads_the_logs_and_draws_the_curve_and_the_strip(tmp_path):
 def test_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="No training log.*--kind srgan"):
         plot_training.main([str(tmp_path)])
-    log = utils.LogFiles(tmp_path, "srresnet", 0)  # a run that never validated
+    log = training_log.LogFiles(tmp_path, "srresnet", 0)  # a run that never validated
     log.write({"iteration": 1, "time": 1.0, "losses": {"loss": 0.5}})
     log.close()
     with pytest.raises(ValueError, match="holds no validation.*--val_every"):

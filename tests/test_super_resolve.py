@@ -1,5 +1,5 @@
 """Tests for super_resolve.py: real input files, the command line and the comparison grid (the tiled inference
-itself, utils.upscale, is tested in test_utils.py).
+itself, inference.upscale, is tested in test_utils.py).
 
 Models used here are tiny so the whole file runs in well under a minute on 2 CPU cores:
   * NearestNet: nearest-neighbour upscaling with a '[-1, 1]' output, whose result we know exactly, for the file
@@ -21,6 +21,8 @@ from PIL import Image
 from skimage import data
 from torch import nn
 
+import checkpoints
+import inference
 import metrics
 import models
 import super_resolve
@@ -194,7 +196,7 @@ def test_outputs_are_rounded_not_truncated():
 def save_tiny_checkpoint(path, arch, **kwargs):
     torch.manual_seed(0)
     generator = models.build_generator(arch, **kwargs)
-    utils.save_checkpoint({"kind": "srgan", "generator_arch": arch, "generator_kwargs": kwargs,
+    checkpoints.save_checkpoint({"kind": "srgan", "generator_arch": arch, "generator_kwargs": kwargs,
                            "generator": generator.state_dict(), "iteration": 1}, path)
     return path
 
@@ -237,8 +239,8 @@ def test_cli_folder_and_bad_inputs(tmp_path, tiny_rrdb):
     assert sorted(p.name for p in out_folder.iterdir()) == ["a_x4.png", "b_x4.png", "broken_x4.png"]
 
     # The CLI's output is exactly what upscale() gives in-process (tiling included).
-    model, _, _ = utils.load_generator(tiny_rrdb)
-    expected = utils.upscale(model, photo_from_file(tmp_path / "a.png"), tile=4, tile_pad=2)
+    model, _, _ = inference.load_generator(tiny_rrdb)
+    expected = inference.upscale(model, photo_from_file(tmp_path / "a.png"), tile=4, tile_pad=2)
     np.testing.assert_array_equal(np.asarray(Image.open(out_folder / "a_x4.png")),
                                   np.asarray(utils.convert_image(expected[0], "[0, 1]", "pil")))
 
@@ -444,7 +446,7 @@ def test_cli_denoise_strength_is_network_interpolation(tmp_path, tiny_rrdb, caps
         assert super_resolve.main(common + ["--alpha", str(strength), "--output_folder", str(out_folder)]) == 0
         blended = models.SRVGGNetCompact(num_feat=8, num_conv=2, upscale=4).eval()
         blended.load_state_dict({name: strength * general[name] + (1 - strength) * wdn[name] for name in general})
-        expected = utils.upscale(blended, photo_from_file(tmp_path / "a.png"), tile=0)
+        expected = inference.upscale(blended, photo_from_file(tmp_path / "a.png"), tile=0)
         np.testing.assert_array_equal(np.asarray(Image.open(out_folder / "a_x4.png")),
                                       np.asarray(utils.convert_image(expected[0], "[0, 1]", "pil")))
     # Mistakes: an alpha without a second file (or out of range), two --model files, networks that do not match.

@@ -23,14 +23,19 @@ from skimage import data as skimage_data
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
 
 import create_data_lists
+import checkpoints
+import cli
 import datasets
 import degradations
 import eval as eval_script
+import inference
 import metrics
 import models
 import plot_training
 import train_srgan
 import train_srresnet
+import training
+import training_log
 import utils
 
 # A tiny SRResNet / RRDB, tiny crops, no data-loading processes: each run takes a second or two.
@@ -91,7 +96,7 @@ def assert_same_state(state_a, state_b):
 def test_train_srresnet_runs(data_folder, tmp_path, monkeypatch, arch_args, loss):
     run_script(train_srresnet, [*arch_args, "--data_folder", data_folder, "--output_folder", tmp_path,
                                 "--iterations", 3, "--pixel_loss", loss, "--ema_decay", 0.9], monkeypatch)
-    checkpoint = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth", expected_kind="srresnet")
+    checkpoint = checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth", expected_kind="srresnet")
     assert checkpoint["iteration"] == 3 and checkpoint["hyperparameters"]["pixel_loss"] == loss
     # The weights moved from their initial values, and the EMA lies between (it is a different tensor set).
     torch.manual_seed(0)
@@ -100,7 +105,7 @@ def test_train_srresnet_runs(data_folder, tmp_path, monkeypatch, arch_args, loss
                if value.is_floating_point() and not torch.equal(value, initial[name])]
     assert changed
     assert any(not torch.equal(checkpoint["generator_ema"][name], checkpoint["generator"][name]) for name in changed)
-    model, _, _ = utils.load_generator(tmp_path / "checkpoint_srresnet.pth")
+    model, _, _ = inference.load_generator(tmp_path / "checkpoint_srresnet.pth")
     assert model(torch.rand(1, 3, 6, 6)).shape == (1, 3, 24, 24)
 
 
@@ -108,16 +113,16 @@ def test_train_srresnet_runs(data_folder, tmp_path, monkeypatch, arch_args, loss
 def test_train_srgan_runs_from_srresnet_checkpoint(data_folder, tmp_path, monkeypatch, recipe):
     run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--output_folder", tmp_path,
                                 "--iterations", 2], monkeypatch)
-    srresnet_checkpoint = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
+    srresnet_checkpoint = checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
     run_script(train_srgan, ["--recipe", recipe, *TINY_DISCRIMINATOR, "--data_folder", data_folder,
                              "--srresnet_checkpoint", tmp_path / "checkpoint_srresnet.pth", "--crop_size", 24,
                              "--batch_size", 4, "--workers", 0, "--iterations", 2, "--output_folder", tmp_path,
                              *VALIDATE, "--val_every", 1], monkeypatch)
-    checkpoint = utils.load_checkpoint(tmp_path / "checkpoint_srgan.pth", expected_kind="srgan")
+    checkpoint = checkpoints.load_checkpoint(tmp_path / "checkpoint_srgan.pth", expected_kind="srgan")
     assert checkpoint["iteration"] == 2 and checkpoint["hyperparameters"]["recipe"] == recipe
     # It validated the weights eval.py takes from its checkpoint (ESRGAN's EMA), and kept the best ones.
     assert sorted(validation_records(tmp_path / "log_srgan.jsonl")) == [0, 1, 2]
-    best = utils.load_checkpoint(tmp_path / "best_srgan.pth", expected_kind="srgan")
+    best = checkpoints.load_checkpoint(tmp_path / "best_srgan.pth", expected_kind="srgan")
     assert best["iteration"] == checkpoint["validation"]["best"]["iteration"] in (1, 2)
     assert ("generator_ema" in best) == (recipe == "esrgan")
     assert best["generator_kwargs"] == checkpoint["generator_kwargs"]
@@ -134,14 +139,14 @@ def test_tiny_srresnet_learns(data_folder, tmp_path, monkeypatch):
     """The learning test: a small SRResNet fits a few images; its loss on training crops falls clearly."""
     args = [*TINY_SRRESNET, "--data_folder", data_folder, "--learning_rate", 1e-3, "--checkpoint_every", 10_000]
     run_script(train_srresnet, [*args, "--iterations", 40, "--output_folder", tmp_path], monkeypatch)
-    trained = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
+    trained = checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
     # The same network at iteration 0: same seed, same initial weights.
     torch.manual_seed(0)
     initial = models.build_generator("srresnet", **trained["generator_kwargs"])
     final = models.build_generator("srresnet", **trained["generator_kwargs"])
     final.load_state_dict(trained["generator"])
     # Fixed training crops (the first 32 of the run's own sample stream), scored with the training loss.
-    hp = train_srresnet.utils.parse_hyperparameters(train_srresnet.hyperparameters, "", argv=[*map(str, args)])
+    hp = train_srresnet.cli.parse_hyperparameters(train_srresnet.hyperparameters, "", argv=[*map(str, args)])
     hp.batch_size = 32
     lr_imgs, hr_imgs = next(datasets.make_train_loader(hp))
     losses = []
@@ -162,12 +167,12 @@ def whole_and_resumed_runs(args, iterations, stop_at, tmp_path, monkeypatch):
     the checkpoints (whole, first half, resumed), the first and last checked for their iteration counts."""
     run_script(train_srresnet, [*args, "--iterations", iterations, "--output_folder", tmp_path / "whole"], monkeypatch)
     run_script(train_srresnet, [*args, "--iterations", stop_at, "--output_folder", tmp_path / "halves"], monkeypatch)
-    first_half = utils.load_checkpoint(tmp_path / "halves" / "checkpoint_srresnet.pth")
+    first_half = checkpoints.load_checkpoint(tmp_path / "halves" / "checkpoint_srresnet.pth")
     assert first_half["iteration"] == stop_at
     run_script(train_srresnet, [*args, "--iterations", iterations, "--output_folder", tmp_path / "halves",
                                 "--checkpoint", tmp_path / "halves" / "checkpoint_srresnet.pth"], monkeypatch)
-    whole = utils.load_checkpoint(tmp_path / "whole" / "checkpoint_srresnet.pth")
-    resumed = utils.load_checkpoint(tmp_path / "halves" / "checkpoint_srresnet.pth")
+    whole = checkpoints.load_checkpoint(tmp_path / "whole" / "checkpoint_srresnet.pth")
+    resumed = checkpoints.load_checkpoint(tmp_path / "halves" / "checkpoint_srresnet.pth")
     assert whole["iteration"] == resumed["iteration"] == iterations
     return whole, first_half, resumed
 
@@ -220,7 +225,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(data_folder, tmp_path):
         process.kill()
     assert process.returncode == 0, stderr
     assert "Received SIGTERM" in stderr
-    checkpoint = utils.load_checkpoint(checkpoint_path, expected_kind="srresnet")
+    checkpoint = checkpoints.load_checkpoint(checkpoint_path, expected_kind="srresnet")
     assert 3 <= checkpoint["iteration"] < 100000
     assert not list(tmp_path.glob("*.tmp"))  # no half-written file left behind
 
@@ -270,7 +275,7 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_exits(data_folder, 
         process.kill()
     assert process.returncode == 0, stderr
     assert "Received SIGTERM" in stderr and "killed by signal" not in stderr
-    checkpoint = utils.load_checkpoint(checkpoint_path)
+    checkpoint = checkpoints.load_checkpoint(checkpoint_path)
     assert 3 <= checkpoint["iteration"] < 100000 and not list(tmp_path.glob(".*.tmp"))
     deadline = time.time() + 10  # and the worker is gone with it
     while time.time() < deadline:
@@ -286,21 +291,21 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_exits(data_folder, 
 def test_a_second_ctrl_c_during_the_save_waits_for_it(data_folder, tmp_path, monkeypatch, capsys):
     """Ctrl+C twice while a checkpoint is written (the first Ctrl+C's save takes long for a big model): the save
     goes on, says so, and the run stops after it with a complete checkpoint."""
-    save_checkpoint = utils.save_checkpoint
+    save_checkpoint = checkpoints.save_checkpoint
 
     def save_interrupted_twice(state, path):
         for _ in range(2):
             signal.raise_signal(signal.SIGINT)  # (its handler runs right here, as it would within torch.save)
         save_checkpoint(state, path)
 
-    monkeypatch.setattr(utils, "save_checkpoint", save_interrupted_twice)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_interrupted_twice)
     try:
         run_script(train_srresnet, [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder, "--output_folder",
                                     tmp_path, "--iterations", 100, "--checkpoint_every", 2], monkeypatch)
     except KeyboardInterrupt:
         pytest.fail("the second Ctrl+C broke the save off")
     assert "saving, please wait" in capsys.readouterr().err
-    checkpoint = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
+    checkpoint = checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
     assert checkpoint["iteration"] == 3  # the save at 2 completed; the run stopped after the next iteration's save
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -308,7 +313,7 @@ def test_a_second_ctrl_c_during_the_save_waits_for_it(data_folder, tmp_path, mon
 def test_output_folder_is_checked_before_training(data_folder, tmp_path, monkeypatch, capsys):
     """A file given as the output folder, a folder that cannot be written, a disk without room for a checkpoint:
     one line each, before any training (no log, no checkpoint)."""
-    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: utils.run_cli(main))
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: cli.run_cli(main))
     args = [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder, "--iterations", 2]
     (tmp_path / "a_file").write_text("not a folder")
     code, lines = run_cli(train_srresnet, [*args, "--output_folder", tmp_path / "a_file"], monkeypatch, capsys)
@@ -318,12 +323,12 @@ def test_output_folder_is_checked_before_training(data_folder, tmp_path, monkeyp
         raise PermissionError(13, "Permission denied")
 
     with monkeypatch.context() as patch:
-        patch.setattr(utils.tempfile, "TemporaryFile", permission_denied)
+        patch.setattr(training.tempfile, "TemporaryFile", permission_denied)
         code, lines = run_cli(train_srresnet, [*args, "--output_folder", tmp_path / "read_only"], monkeypatch, capsys)
     assert code == 1 and len(lines) == 1, lines
     assert "Cannot write to the output folder" in lines[0] and "Permission denied" in lines[0], lines
     with monkeypatch.context() as patch:
-        patch.setattr(utils.shutil, "disk_usage", lambda folder: SimpleNamespace(free=100_000))  # 0.1 MB free
+        patch.setattr(checkpoints.shutil, "disk_usage", lambda folder: SimpleNamespace(free=100_000))  # 0.1 MB free
         code, lines = run_cli(train_srresnet, [*args, "--output_folder", tmp_path / "full"], monkeypatch, capsys)
     assert code == 1 and len(lines) == 1 and "No room for a checkpoint" in lines[0], lines
     assert not list((tmp_path / "full").glob("*.pth")) and not (tmp_path / "full" / "log_srresnet.jsonl").exists()
@@ -341,7 +346,7 @@ def test_a_failed_save_says_why_and_keeps_the_previous_checkpoint(data_folder, t
         torch_save(obj, file, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save_on_a_disk_that_fills_up)
-    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: utils.run_cli(main))
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: cli.run_cli(main))
     code, lines = run_cli(train_srresnet, [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder,
                                            "--output_folder", tmp_path, "--iterations", 10, "--checkpoint_every", 2],
                           monkeypatch, capsys)
@@ -352,7 +357,7 @@ def test_a_failed_save_says_why_and_keeps_the_previous_checkpoint(data_folder, t
     assert str(checkpoint_path) in lines[0] and "No space left on device" in lines[0], lines
     assert "intact" in lines[0] and "iteration 2" in lines[0], lines
     assert not list(tmp_path.glob(".*.tmp"))
-    assert utils.load_checkpoint(checkpoint_path)["iteration"] == 2
+    assert checkpoints.load_checkpoint(checkpoint_path)["iteration"] == 2
 
 
 def test_temporary_files_of_interrupted_saves_are_removed(data_folder, tmp_path, monkeypatch, capsys):
@@ -371,8 +376,8 @@ def test_temporary_files_of_interrupted_saves_are_removed(data_folder, tmp_path,
 LOCK_HOLDER = """
 import sys, time
 sys.path.insert(0, {root!r})
-import utils
-utils.lock_output_folder({folder!r}, "srresnet")
+import training
+training.lock_output_folder({folder!r}, "srresnet")
 print("locked", flush=True)
 time.sleep(120)
 """
@@ -385,7 +390,7 @@ def test_a_second_run_into_the_same_folder_is_refused(data_folder, tmp_path, mon
         root=os.path.dirname(train_srresnet.__file__), folder=str(tmp_path))], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: utils.run_cli(main))
+        monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: cli.run_cli(main))
         args = [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder, "--output_folder", tmp_path,
                 "--iterations", 1]
         code, lines = run_cli(train_srresnet, args, monkeypatch, capsys)
@@ -393,14 +398,14 @@ def test_a_second_run_into_the_same_folder_is_refused(data_folder, tmp_path, mon
         assert "in use by another train_srresnet.py run" in lines[0] and f"pid {holder.pid}" in lines[0], lines
         assert not (tmp_path / "checkpoint_srresnet.pth").exists()
         # train_srgan.py writes other files: it may share the folder.
-        utils.lock_output_folder(tmp_path, "srgan")
-        utils.release_output_folder(tmp_path, "srgan")
+        training.lock_output_folder(tmp_path, "srgan")
+        training.release_output_folder(tmp_path, "srgan")
     finally:
         holder.kill()  # SIGKILL: its lock file stays behind, naming a dead process
         holder.wait()
     assert (tmp_path / "train_srresnet.lock").exists()
     run_script(train_srresnet, args, monkeypatch)
-    assert utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")["iteration"] == 1
+    assert checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")["iteration"] == 1
     assert not (tmp_path / "train_srresnet.lock").exists()  # released at the end
 
 
@@ -412,18 +417,18 @@ def test_resume_refuses_another_architecture_and_records_the_one_used(data_folde
             "--output_folder", tmp_path]
     run_script(train_srresnet, [*base, "--n_blocks", 2, "--n_channels", 8, "--iterations", 1], monkeypatch)
     checkpoint_path = tmp_path / "checkpoint_srresnet.pth"
-    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: utils.run_cli(main))
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: cli.run_cli(main))
     for flags in (["--n_blocks", 8], ["--generator_arch", "rrdb"], ["--n_channels", 16, "--scaling_factor", 2]):
         code, lines = run_cli(train_srresnet, [*base, "--n_blocks", 2, "--n_channels", 8, *flags, "--iterations", 2,
                                                "--checkpoint", checkpoint_path], monkeypatch, capsys)
         assert code == 1 and len(lines) == 1 and "Cannot resume" in lines[0], lines
         for name, value in zip(flags[::2], flags[1::2]):
             assert f"{name} {value}" in lines[0], lines
-    assert utils.load_checkpoint(checkpoint_path)["iteration"] == 1  # nothing was overwritten
+    assert checkpoints.load_checkpoint(checkpoint_path)["iteration"] == 1  # nothing was overwritten
     # The architecture flags left out (their defaults, 16 blocks of 64 channels, are not the checkpoint's): the
     # checkpoint's network, and the new checkpoint records it.
     run_script(train_srresnet, [*base, "--iterations", 2, "--checkpoint", checkpoint_path], monkeypatch)
-    checkpoint = utils.load_checkpoint(checkpoint_path)
+    checkpoint = checkpoints.load_checkpoint(checkpoint_path)
     assert checkpoint["iteration"] == 2 and checkpoint["generator_kwargs"]["n_blocks"] == 2
     assert checkpoint["hyperparameters"]["n_blocks"] == 2 and checkpoint["hyperparameters"]["n_channels"] == 8
 
@@ -443,10 +448,10 @@ def test_resume_applies_a_changed_learning_rate_schedule(data_folder, tmp_path, 
     # From iteration 4 on: 1e-2 with milestone 2 passed, 1e-3; from iteration 5 (the second milestone) on, 1e-4.
     assert "Learning-rate schedule changed on resume" in stderr and "learning rate now 0.001" in stderr, stderr
     learning_rates = {record["iteration"]: record["learning_rate"]
-                      for record in utils.read_jsonl(tmp_path / "log_srresnet.jsonl") if "learning_rate" in record}
+                      for record in training_log.read_jsonl(tmp_path / "log_srresnet.jsonl") if "learning_rate" in record}
     # (the rate logged at iteration i is the one of the steps after it)
     assert learning_rates[4] == pytest.approx(2e-3) and learning_rates[5] == learning_rates[6] == pytest.approx(1e-4)
-    checkpoint = utils.load_checkpoint(checkpoint_path)
+    checkpoint = checkpoints.load_checkpoint(checkpoint_path)
     assert checkpoint["optimizer_g"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
     hyperparameters = checkpoint["hyperparameters"]
     assert hyperparameters["learning_rate"] == 1e-2 and hyperparameters["learning_rate_milestones"] == [2, 5]
@@ -454,7 +459,7 @@ def test_resume_applies_a_changed_learning_rate_schedule(data_folder, tmp_path, 
     # Resumed again without the flags (their defaults are not this schedule): the checkpoint's schedule goes on.
     run_script(train_srresnet, [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder, "--output_folder",
                                 tmp_path, "--iterations", 7, "--checkpoint", checkpoint_path], monkeypatch)
-    checkpoint = utils.load_checkpoint(checkpoint_path)
+    checkpoint = checkpoints.load_checkpoint(checkpoint_path)
     assert checkpoint["optimizer_g"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
     assert checkpoint["hyperparameters"]["learning_rate"] == 1e-2
     assert checkpoint["hyperparameters"]["learning_rate_milestones"] == [2, 5]
@@ -472,20 +477,20 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_folder, tmp_path
 
     monkeypatch.setattr(torch.nn.MSELoss, "forward", poisoned_forward)
     saved_hashes = []
-    save_checkpoint = utils.save_checkpoint
+    save_checkpoint = checkpoints.save_checkpoint
 
     def recording_save(state, path):
         save_checkpoint(state, path)
         saved_hashes.append(hashlib.sha256(path.read_bytes()).hexdigest())
 
-    monkeypatch.setattr(utils, "save_checkpoint", recording_save)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", recording_save)
     with pytest.raises(RuntimeError, match=r"loss became nan between iterations 2 and 4.*last good checkpoint"):
         run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--output_folder", tmp_path,
                                     "--iterations", 10, "--checkpoint_every", 2, "--print_every", 5], monkeypatch)
     checkpoint_path = tmp_path / "checkpoint_srresnet.pth"
     assert len(saved_hashes) == 1  # the checkpoint of iteration 2, and none after the NaN
     assert hashlib.sha256(checkpoint_path.read_bytes()).hexdigest() == saved_hashes[0]
-    checkpoint = utils.load_checkpoint(checkpoint_path)
+    checkpoint = checkpoints.load_checkpoint(checkpoint_path)
     assert checkpoint["iteration"] == 2
     assert all(torch.isfinite(value).all() for value in checkpoint["generator"].values())
 
@@ -501,7 +506,7 @@ class _WritesAFileWhenUnpickled:
 
 
 def run_cli(module, args, monkeypatch, capsys):
-    """Run a script as its command line does (utils.run_cli): return (exit code, stderr lines)."""
+    """Run a script as its command line does (cli.run_cli): return (exit code, stderr lines)."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         run_script(module, args, monkeypatch)
@@ -512,10 +517,10 @@ def test_crafted_pickle_checkpoint_is_refused(data_folder, tmp_path, monkeypatch
     marker = tmp_path / "code_was_run"
     crafted = tmp_path / "crafted.pth"
     torch.save({"kind": "srresnet", "generator": _WritesAFileWhenUnpickled(marker)}, crafted)
-    # (utils.load_checkpoint itself is tested in test_utils.py.) Through the scripts' flags: one clear line on
+    # (checkpoints.load_checkpoint itself is tested in test_utils.py.) Through the scripts' flags: one clear line on
     # stderr, exit code 1, and no code run.
-    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: utils.run_cli(main))
-    monkeypatch.setattr(train_srgan, "main", lambda main=train_srgan.main: utils.run_cli(main))
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: cli.run_cli(main))
+    monkeypatch.setattr(train_srgan, "main", lambda main=train_srgan.main: cli.run_cli(main))
     for module, flag in ((train_srresnet, "--checkpoint"), (train_srgan, "--srresnet_checkpoint"),
                          (train_srgan, "--checkpoint")):
         code, lines = run_cli(module, [*TINY_SRRESNET[-2:], "--data_folder", data_folder, flag, crafted,
@@ -537,7 +542,7 @@ def test_user_errors_give_one_clear_line(data_folder, tmp_path, monkeypatch, cap
     run_script(train_srgan, [*TINY_DISCRIMINATOR, "--data_folder", data_folder, "--crop_size", 24, "--batch_size", 4,
                              "--workers", 0, "--iterations", 1, "--output_folder", tmp_path,
                              "--srresnet_checkpoint", tmp_path / "checkpoint_srresnet.pth"], monkeypatch)
-    monkeypatch.setattr(train_srgan, "main", lambda main=train_srgan.main: utils.run_cli(main))
+    monkeypatch.setattr(train_srgan, "main", lambda main=train_srgan.main: cli.run_cli(main))
     code, lines = run_cli(train_srgan, ["--data_folder", data_folder, "--workers", 0, "--output_folder", tmp_path,
                                         "--srresnet_checkpoint", tmp_path / "checkpoint_srgan.pth"],
                           monkeypatch, capsys)
@@ -563,7 +568,7 @@ FAULT_RUN = [*FAULT_TINY, "--workers", "0"]
 ], ids=lambda value: value.__name__ if hasattr(value, "__name__") else None)
 def test_flags_that_cannot_work_give_one_line_before_any_work(data_folder, tmp_path, monkeypatch, capsys, script,
                                                               flags, expected):
-    monkeypatch.setattr(script, "main", lambda main=script.main: utils.run_cli(main))
+    monkeypatch.setattr(script, "main", lambda main=script.main: cli.run_cli(main))
     # (train_srgan.py has no --n_blocks / --n_channels: its generator comes from the checkpoint.)
     base = FAULT_RUN if script is train_srresnet else [*FAULT_RUN[4:], *TINY_DISCRIMINATOR[:4]]
     code, lines = run_cli(script, [*base, "--data_folder", data_folder, "--output_folder", tmp_path / "run",
@@ -575,10 +580,10 @@ def test_flags_that_cannot_work_give_one_line_before_any_work(data_folder, tmp_p
 def test_a_checkpoint_lacking_what_a_run_needs_gives_one_line(data_folder, tmp_path, monkeypatch, capsys):
     run_script(train_srresnet, [*FAULT_RUN, "--data_folder", data_folder, "--output_folder", tmp_path, "--iterations",
                                 1], monkeypatch)
-    checkpoint = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
+    checkpoint = checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
     del checkpoint["generator_arch"], checkpoint["optimizer_g"]
-    utils.save_checkpoint(checkpoint, tmp_path / "crafted.pth")  # of the right kind, but without those keys
-    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: utils.run_cli(main))
+    checkpoints.save_checkpoint(checkpoint, tmp_path / "crafted.pth")  # of the right kind, but without those keys
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: cli.run_cli(main))
     code, lines = run_cli(train_srresnet, [*FAULT_RUN, "--data_folder", data_folder, "--output_folder", tmp_path / "b",
                                            "--checkpoint", tmp_path / "crafted.pth", "--iterations", 2],
                           monkeypatch, capsys)
@@ -595,14 +600,14 @@ def test_srgan_resume_with_other_discriminator_flags_gives_one_line(data_folder,
     run_script(train_srgan, [*srgan, "--n_blocks_d", 2, "--srresnet_checkpoint", tmp_path / "checkpoint_srresnet.pth",
                              "--output_folder", tmp_path / "gan", "--iterations", 1], monkeypatch)
     resume = [*srgan, "--checkpoint", tmp_path / "gan" / "checkpoint_srgan.pth", "--output_folder", tmp_path / "gan"]
-    monkeypatch.setattr(train_srgan, "main", lambda main=train_srgan.main: utils.run_cli(main))
+    monkeypatch.setattr(train_srgan, "main", lambda main=train_srgan.main: cli.run_cli(main))
     code, lines = run_cli(train_srgan, [*resume, "--n_blocks_d", 4, "--iterations", 2], monkeypatch, capsys)
     assert code == 1 and len(lines) == 1 and "--n_blocks_d" in lines[0], lines
     # A checkpoint whose recorded flags do not match its discriminator (crafted) is refused in one line too, never
     # with load_state_dict's dump of mismatched tensors.
-    checkpoint = utils.load_checkpoint(tmp_path / "gan" / "checkpoint_srgan.pth")
+    checkpoint = checkpoints.load_checkpoint(tmp_path / "gan" / "checkpoint_srgan.pth")
     checkpoint["hyperparameters"]["n_blocks_d"] = 4
-    utils.save_checkpoint(checkpoint, tmp_path / "crafted.pth")
+    checkpoints.save_checkpoint(checkpoint, tmp_path / "crafted.pth")
     code, lines = run_cli(train_srgan, [*srgan, "--checkpoint", tmp_path / "crafted.pth", "--output_folder",
                                         tmp_path / "gan", "--iterations", 2], monkeypatch, capsys)
     assert code == 1 and len(lines) == 1, lines
@@ -611,7 +616,7 @@ def test_srgan_resume_with_other_discriminator_flags_gives_one_line(data_folder,
     # Without discriminator flags, the checkpoint's are used: the run resumes.
     run_script(train_srgan, [*srgan[:-4], "--checkpoint", tmp_path / "gan" / "checkpoint_srgan.pth",
                              "--output_folder", tmp_path / "gan", "--iterations", 2], monkeypatch)
-    assert utils.load_checkpoint(tmp_path / "gan" / "checkpoint_srgan.pth")["iteration"] == 2
+    assert checkpoints.load_checkpoint(tmp_path / "gan" / "checkpoint_srgan.pth")["iteration"] == 2
 
 
 def test_nan_and_nothing_to_train_name_only_checkpoints_that_exist(data_folder, tmp_path, monkeypatch, capsys):
@@ -640,7 +645,7 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(RuntimeError, match="--nproc_per_node 1"):
-        utils.setup_distributed()
+        training.setup_distributed()
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -670,8 +675,8 @@ def test_torchrun_matches_one_process(data_folder, tmp_path):
     result = run_subprocess(["train_srresnet.py", *args, "--val_every", 0, "--output_folder", tmp_path / "single"],
                             env=CPU_ONLY)
     assert result.returncode == 0, result.stderr[-3000:]
-    ddp = utils.load_checkpoint(tmp_path / "ddp" / "checkpoint_srresnet.pth")
-    single = utils.load_checkpoint(tmp_path / "single" / "checkpoint_srresnet.pth")
+    ddp = checkpoints.load_checkpoint(tmp_path / "ddp" / "checkpoint_srresnet.pth")
+    single = checkpoints.load_checkpoint(tmp_path / "single" / "checkpoint_srresnet.pth")
     assert ddp["iteration"] == single["iteration"] == 3
     for name, value in single["generator"].items():
         # Same steps up to float rounding: the gradient is averaged in a different order.
@@ -693,8 +698,8 @@ def test_torchrun_resume_with_the_pair_pool_is_exact(data_folder, tmp_path):
         result = torchrun(["train_srresnet.py", *args, "--iterations", iterations, "--output_folder", tmp_path / folder,
                            *resume])
         assert result.returncode == 0, result.stderr[-3000:]
-    whole = utils.load_checkpoint(tmp_path / "whole" / "checkpoint_srresnet.pth")
-    resumed = utils.load_checkpoint(tmp_path / "halves" / "checkpoint_srresnet.pth")
+    whole = checkpoints.load_checkpoint(tmp_path / "whole" / "checkpoint_srresnet.pth")
+    resumed = checkpoints.load_checkpoint(tmp_path / "halves" / "checkpoint_srresnet.pth")
     assert whole["pair_pool"]["count"] == 8 and torch.equal(whole["pair_pool"]["hr_levels"],
                                                             resumed["pair_pool"]["hr_levels"])
     assert_same_state(whole["generator"], resumed["generator"])
@@ -708,7 +713,7 @@ def test_torchrun_trains_srgan(data_folder, tmp_path, monkeypatch):
                        "--srresnet_checkpoint", tmp_path / "checkpoint_srresnet.pth", "--crop_size", 24,
                        "--batch_size", 4, "--workers", 0, "--iterations", 2, "--output_folder", tmp_path])
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = utils.load_checkpoint(tmp_path / "checkpoint_srgan.pth", expected_kind="srgan")
+    checkpoint = checkpoints.load_checkpoint(tmp_path / "checkpoint_srgan.pth", expected_kind="srgan")
     assert checkpoint["iteration"] == 2
     assert not any(key.startswith("module.") for key in checkpoint["discriminator"])  # saved unwrapped
 
@@ -720,12 +725,12 @@ def test_two_stage_realesrgan_recipe(data_folder, tmp_path, monkeypatch):
     and no bicubic LR image is made for them (the loader gives HR crops only)."""
     calls, bicubic_lr_made, batches, l1_targets = [], [], [], []
     real_make_batch, real_make_lr = degradations.make_realesrgan_batch, datasets.make_lr_image
-    real_training_batch, real_l1 = degradations.make_training_batch, torch.nn.L1Loss.forward
+    real_training_batch, real_l1 = degradations.make_training_pairs, torch.nn.L1Loss.forward
     monkeypatch.setattr(degradations, "make_realesrgan_batch",
                         lambda *args, **kwargs: calls.append(args[0].shape) or real_make_batch(*args, **kwargs))
     monkeypatch.setattr(datasets, "make_lr_image",
                         lambda *args, **kwargs: bicubic_lr_made.append(1) or real_make_lr(*args, **kwargs))
-    monkeypatch.setattr(degradations, "make_training_batch",
+    monkeypatch.setattr(degradations, "make_training_pairs",
                         lambda *args, **kwargs: batches.append(real_training_batch(*args, **kwargs)) or batches[-1])
     monkeypatch.setattr(torch.nn.L1Loss, "forward",
                         lambda self, sr_imgs, target_imgs: l1_targets.append(target_imgs) or real_l1(self, sr_imgs,
@@ -737,7 +742,7 @@ def test_two_stage_realesrgan_recipe(data_folder, tmp_path, monkeypatch):
     # Real-ESRNet's target is the sharpened HR (l1_gt_usm, on by default), not the plain one.
     for (_, hr_imgs, hr_usm_imgs), target_imgs in zip(batches, l1_targets):
         assert torch.equal(target_imgs, hr_usm_imgs) and not torch.equal(target_imgs, hr_imgs)
-    esrnet = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth", expected_kind="srresnet")
+    esrnet = checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth", expected_kind="srresnet")
     assert esrnet["generator_arch"] == "rrdb" and esrnet["hyperparameters"]["degradation"] == "realesrgan"
     assert "percep_gt_usm" not in esrnet["hyperparameters"]  # only the flags that mean something here
     assert esrnet["pair_pool"]["count"] == 4 and esrnet["pair_pool"]["hr_levels"].shape == (4, 3, 48, 48)
@@ -747,7 +752,7 @@ def test_two_stage_realesrgan_recipe(data_folder, tmp_path, monkeypatch):
                              "--data_folder", data_folder, "--srresnet_checkpoint", tmp_path / "checkpoint_srresnet.pth",
                              "--crop_size", 48, "--batch_size", 2, "--workers", 0, "--iterations", 2,
                              "--output_folder", tmp_path], monkeypatch)
-    checkpoint = utils.load_checkpoint(tmp_path / "checkpoint_srgan.pth", expected_kind="srgan")
+    checkpoint = checkpoints.load_checkpoint(tmp_path / "checkpoint_srgan.pth", expected_kind="srgan")
     hyperparameters = checkpoint["hyperparameters"]
     assert checkpoint["iteration"] == 2 and checkpoint["discriminator_arch"] == "unet"
     assert hyperparameters["degradation"] == "realesrgan" and len(hyperparameters["perceptual_layers"]) == 5
@@ -798,13 +803,13 @@ def test_training_on_paired_images_crops_aligned_pairs(tmp_path, monkeypatch):
     create_data_lists.create_data_lists([str(tmp_path / "HR")], [], min_size=32, output_folder=str(tmp_path / "lists"),
                                         train_lr_folders=[str(tmp_path / "LR")], scaling_factor=4)
     crops = []
-    real_training_batch = degradations.make_training_batch
-    monkeypatch.setattr(degradations, "make_training_batch",
+    real_training_batch = degradations.make_training_pairs
+    monkeypatch.setattr(degradations, "make_training_pairs",
                         lambda lr_imgs, hr_imgs, *args: crops.append((lr_imgs, hr_imgs)) or real_training_batch(
                             lr_imgs, hr_imgs, *args))
     run_script(train_srresnet, [*TINY_SRRESNET, "--crop_size", 32, "--augment", "true", "--iterations", 3,
                                 "--data_folder", tmp_path / "lists", "--output_folder", tmp_path / "run"], monkeypatch)
-    assert utils.load_checkpoint(tmp_path / "run" / "checkpoint_srresnet.pth")["iteration"] == 3
+    assert checkpoints.load_checkpoint(tmp_path / "run" / "checkpoint_srresnet.pth")["iteration"] == 3
     images = {name: {folder: np.asarray(Image.open(tmp_path / folder / f"{name}.png")) for folder in ("HR", "LR")}
               for name in ("a", "b")}
     to_array = lambda img: (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # noqa: E731
@@ -835,11 +840,11 @@ def test_pixel_unshuffle_models_and_cutblur(data_folder, tmp_path, monkeypatch):
                  "--crop_size", 32, "--batch_size", 2, "--data_folder", data_folder]
     run_script(train_srresnet, [*unshuffle, "--scaling_factor", 2, "--unshuffle_scale", 2,
                                 "--output_folder", tmp_path / "x2"], monkeypatch)
-    model, _, _ = utils.load_generator(tmp_path / "x2" / "checkpoint_srresnet.pth")
+    model, _, _ = inference.load_generator(tmp_path / "x2" / "checkpoint_srresnet.pth")
     assert model.scaling_factor == 2 and model(torch.rand(1, 3, 7, 9)).shape == (1, 3, 14, 18)
     run_script(train_srresnet, [*unshuffle, "--scaling_factor", 4, "--unshuffle_scale", 4,
                                 "--output_folder", tmp_path / "x1"], monkeypatch)
-    assert utils.load_generator(tmp_path / "x1" / "checkpoint_srresnet.pth")[0].scaling_factor == 1
+    assert inference.load_generator(tmp_path / "x1" / "checkpoint_srresnet.pth")[0].scaling_factor == 1
     # CutBlur: spy on the batches it makes, and on what the generator is given.
     cutblur_calls, generator_inputs = [], []
     real_cutblur = degradations.cutblur
@@ -859,7 +864,7 @@ def test_pixel_unshuffle_models_and_cutblur(data_folder, tmp_path, monkeypatch):
                              "--batch_size", 2, "--workers", 0, "--iterations", 2, "--perceptual_layers", "relu2_2",
                              "--output_folder", tmp_path / "x1"], monkeypatch)
     monkeypatch.setattr(utils, "convert_image", real_convert)
-    checkpoint = utils.load_checkpoint(tmp_path / "x1" / "checkpoint_srgan.pth")
+    checkpoint = checkpoints.load_checkpoint(tmp_path / "x1" / "checkpoint_srgan.pth")
     assert checkpoint["iteration"] == 2
     assert len(cutblur_calls) == 2  # once per iteration
     for lr_imgs, hr_imgs, mixed_imgs in cutblur_calls:
@@ -871,7 +876,7 @@ def test_pixel_unshuffle_models_and_cutblur(data_folder, tmp_path, monkeypatch):
         # ... and the x1 generator ran on exactly these HR-sized mixtures.
         assert any(torch.equal(mixed_imgs, seen) for seen in generator_inputs)
     # The generator trained from its x1 start (and is still the x1 model).
-    start = utils.load_checkpoint(tmp_path / "x1" / "checkpoint_srresnet.pth")
+    start = checkpoints.load_checkpoint(tmp_path / "x1" / "checkpoint_srresnet.pth")
     assert checkpoint["generator_kwargs"] == start["generator_kwargs"] == dict(
         large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=1, scaling_factor=1, unshuffle_scale=4)
     assert any(not torch.equal(value, start["generator"][name]) for name, value in checkpoint["generator"].items()
@@ -888,14 +893,14 @@ def test_training_batches_differ_across_ranks_and_repeat_exactly():
     """The degradations and CutBlur of one iteration: other random draws in each process (the old seeds made rank
     r's CutBlur stream rank r + 1's degradation stream), the same draws every time for the same process."""
     argv = ["--recipe", "realesrgan", "--cutblur_prob", "1.0", "--channels_last", "false"]
-    hp = utils.parse_hyperparameters(train_srgan.apply_recipe(train_srgan.hyperparameters, argv), "", argv=argv)
+    hp = cli.parse_hyperparameters(train_srgan.apply_recipe(train_srgan.hyperparameters, argv), "", argv=argv)
     torch.manual_seed(0)
     hr_imgs = torch.rand(2, 3, 32, 32)
     lr_imgs = torch.nn.functional.interpolate(hr_imgs, scale_factor=0.25, mode="area")
     x1_generator = SimpleNamespace(scaling_factor=1)
 
     def batch(iteration, rank):
-        return train_srgan.make_training_batch(lr_imgs, hr_imgs, hp, iteration, rank, x1_generator, torch.device("cpu"))
+        return train_srgan.make_gan_batch(lr_imgs, hr_imgs, hp, iteration, rank, x1_generator, torch.device("cpu"))
 
     rank0, rank1, again = batch(5, 0), batch(5, 1), batch(5, 0)
     assert rank0[0].shape == (2, 3, 32, 32)  # CutBlur: HR-sized inputs for the x1 generator
@@ -919,19 +924,19 @@ def decode_png(image_event):
 
 def keep_every_checkpoint(monkeypatch, folder):
     """From now on, also keep a copy of each training checkpoint as it is saved, as folder/<iteration>.pth."""
-    save_checkpoint = utils.save_checkpoint
+    save_checkpoint = checkpoints.save_checkpoint
 
     def save_and_keep(state, path):
         save_checkpoint(state, path)
         if Path(path).name.startswith("checkpoint_"):
             save_checkpoint(state, Path(folder) / f"{state['iteration']}.pth")
 
-    monkeypatch.setattr(utils, "save_checkpoint", save_and_keep)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_and_keep)
 
 
 def validation_records(path):
     """iteration -> the validation scores on Tiny ({"psnr", "ssim"}), from a run's JSON-lines log."""
-    return {record["iteration"]: record["val"]["Tiny"] for record in utils.read_jsonl(path) if "val" in record}
+    return {record["iteration"]: record["val"]["Tiny"] for record in training_log.read_jsonl(path) if "val" in record}
 
 
 # A learning rate high enough that the validation PSNR of these tiny runs goes up and then down again: the best
@@ -967,16 +972,16 @@ def test_validation_is_eval_py_and_keeps_the_best_weights(data_folder, tmp_path,
         results = eval_script.main(["--data_folder", str(data_folder), "--test_sets", "Tiny",
                                     "--model", str(checkpoint_path)])
         assert (results[0]["psnr"], results[0]["ssim"]) == (validated[iteration]["psnr"], validated[iteration]["ssim"])
-        model, description, _ = utils.load_generator(checkpoint_path)
+        model, description, _ = inference.load_generator(checkpoint_path)
         assert "generator_ema" in description  # what was measured: the EMA, as eval.py takes it
         assert np.array_equal(sr_crops[iteration], metrics.upscale_array(model, lr_crop, 4))
     # The best weights: those of the validation with the highest PSNR (the start does not count).
     best_iteration = max((2, 4, 6, 7), key=lambda iteration: validated[iteration]["psnr"])
     assert best_iteration != 7  # (the settings make the test able to tell "the best" from "the last")
-    best = utils.load_checkpoint(run / "best_srresnet.pth", expected_kind="srresnet")
+    best = checkpoints.load_checkpoint(run / "best_srresnet.pth", expected_kind="srresnet")
     assert best["iteration"] == best_iteration and best["val"] == {"Tiny": validated[best_iteration]}
     assert best["generator_arch"] == "srresnet" and best["generator_kwargs"]["n_channels"] == 8
-    assert_same_state(best["generator_ema"], utils.load_checkpoint(tmp_path / "saved" / f"{best_iteration}.pth")[
+    assert_same_state(best["generator_ema"], checkpoints.load_checkpoint(tmp_path / "saved" / f"{best_iteration}.pth")[
         "generator_ema"])
     results = eval_script.main(["--data_folder", str(data_folder), "--test_sets", "Tiny",
                                 "--model", str(run / "best_srresnet.pth")])
@@ -984,7 +989,7 @@ def test_validation_is_eval_py_and_keeps_the_best_weights(data_folder, tmp_path,
     # The training checkpoints know the best score so far (so a resumed run keeps it), from the iteration it was
     # measured at on; and the best file cannot be resumed by mistake.
     for path in (tmp_path / "saved" / f"{best_iteration}.pth", run / "checkpoint_srresnet.pth"):
-        assert utils.load_checkpoint(path)["validation"]["best"] == {
+        assert checkpoints.load_checkpoint(path)["validation"]["best"] == {
             "iteration": best_iteration, "val_set": "Tiny", "psnr": validated[best_iteration]["psnr"]}
     with pytest.raises(ValueError, match="holds a generator only.*resume from checkpoint_srresnet.pth"):
         run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--output_folder", run,
@@ -1007,7 +1012,7 @@ def test_validation_does_not_change_training(data_folder, tmp_path, monkeypatch,
                             "--val_every", val_every, "--output_folder", tmp_path / f"val_every_{val_every}"],
                    monkeypatch)
     kind = "srresnet" if script is train_srresnet else "srgan"
-    validating, plain = (utils.load_checkpoint(tmp_path / f"val_every_{val_every}" / f"checkpoint_{kind}.pth")
+    validating, plain = (checkpoints.load_checkpoint(tmp_path / f"val_every_{val_every}" / f"checkpoint_{kind}.pth")
                          for val_every in (1, 0))
     assert sorted(validation_records(tmp_path / "val_every_1" / f"log_{kind}.jsonl")) == [0, 1, 2, 3, 4]
     assert validation_records(tmp_path / "val_every_0" / f"log_{kind}.jsonl") == {}
@@ -1019,7 +1024,7 @@ def test_validation_does_not_change_training(data_folder, tmp_path, monkeypatch,
             assert_same_state(state_a, state_b)
     assert torch.equal(validating["rng_state"]["torch"], plain["rng_state"]["torch"])
     # ... and the weights did move: the runs trained.
-    start = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")["generator"] if script is train_srgan else \
+    start = checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")["generator"] if script is train_srgan else \
         models.build_generator("srresnet", **plain["generator_kwargs"]).state_dict()
     assert not torch.equal(plain["generator"]["conv_block1.conv_block.0.weight"],
                            start["conv_block1.conv_block.0.weight"])
@@ -1038,7 +1043,7 @@ def test_resumed_run_logs_every_iteration_once(data_folder, tmp_path, monkeypatc
     resumed_at = time.time()
     run_script(train_srresnet, [*args, "--iterations", 8, "--output_folder", crashed,
                                 "--checkpoint", tmp_path / "saved" / "4.pth"], monkeypatch)
-    whole_log, log = (utils.read_jsonl(folder / "log_srresnet.jsonl") for folder in (tmp_path / "whole", crashed))
+    whole_log, log = (training_log.read_jsonl(folder / "log_srresnet.jsonl") for folder in (tmp_path / "whole", crashed))
 
     def iterations(records, key):
         return [record["iteration"] for record in records if key in record]
@@ -1058,7 +1063,7 @@ def test_resumed_run_logs_every_iteration_once(data_folder, tmp_path, monkeypatc
     assert [event.step for event in events.Images("val_crop/sr")] == [0, 2, 4, 6, 8]
     assert [event.step for event in events.Images("val_crop/hr")] == [0]
     # The best weights are chosen over the whole run, the iterations before the resume included.
-    best, whole_best = (utils.load_checkpoint(folder / "best_srresnet.pth") for folder in (crashed, tmp_path / "whole"))
+    best, whole_best = (checkpoints.load_checkpoint(folder / "best_srresnet.pth") for folder in (crashed, tmp_path / "whole"))
     assert best["iteration"] == whole_best["iteration"] and best["val"] == whole_best["val"]
     assert_same_state(best["generator"], whole_best["generator"])
     # plot_training.py draws the run from these logs.

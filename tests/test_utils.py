@@ -1,8 +1,10 @@
 """Tests of utils.py: conversions, image loading, atomic writes, checkpoints, generators and tiled inference, seeds,
 the command line (hyperparameters and deprecated flags) and the training bookkeeping."""
 import argparse
+import contextlib
 import errno
 import os
+import signal
 import stat
 import time
 from types import SimpleNamespace
@@ -14,7 +16,12 @@ from PIL import Image
 from skimage import data
 from torch import nn
 
+import checkpoints
+import cli
+import inference
 import models
+import training
+import training_log
 import utils
 
 
@@ -145,19 +152,19 @@ def test_load_image_decompression_bomb_message_fits_any_script(tmp_path, monkeyp
 def test_checkpoint_round_trip_and_kind_check(tmp_path):
     path = tmp_path / "ckpt.pth"
     state = dict(kind="srresnet", generator={"w": torch.arange(3.0)}, iteration=7, hyperparameters={"lr": 1e-4})
-    utils.save_checkpoint(state, path)
+    checkpoints.save_checkpoint(state, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]  # the temporary file was renamed
-    loaded = utils.load_checkpoint(path, expected_kind="srresnet")
+    loaded = checkpoints.load_checkpoint(path, expected_kind="srresnet")
     assert loaded["iteration"] == 7 and torch.equal(loaded["generator"]["w"], torch.arange(3.0))
     with pytest.raises(ValueError, match="written by train_srresnet.py, but a checkpoint of train_srgan.py"):
-        utils.load_checkpoint(path, expected_kind="srgan")
+        checkpoints.load_checkpoint(path, expected_kind="srgan")
 
 
 def test_a_checkpoint_that_cannot_be_written_says_why(tmp_path, monkeypatch):
     """save_checkpoint on a full disk: which file, why, the previous file intact, no partial file left; torch's own
     short-write error (it names no reason) is reported with the free space; other errors pass through unchanged."""
     path = tmp_path / "ckpt.pth"
-    utils.save_checkpoint({"iteration": 1}, path)
+    checkpoints.save_checkpoint({"iteration": 1}, path)
     for error, reason in ((OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "No space left on device"),
                           (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
                            "the disk is full (0.5 MB free)")):
@@ -167,33 +174,33 @@ def test_a_checkpoint_that_cannot_be_written_says_why(tmp_path, monkeypatch):
 
         with monkeypatch.context() as patch:
             patch.setattr(torch, "save", failing_save)
-            patch.setattr(utils.shutil, "disk_usage", lambda folder: SimpleNamespace(free=2 ** 19))
+            patch.setattr(checkpoints.shutil, "disk_usage", lambda folder: SimpleNamespace(free=2 ** 19))
             with pytest.raises(RuntimeError) as error_info:
-                utils.save_checkpoint({"iteration": 2}, path)
+                checkpoints.save_checkpoint({"iteration": 2}, path)
         assert str(error_info.value) == (f"Could not write {path}: {reason}; the previous ckpt.pth there is intact, "
                                          f"and the partial file was removed.")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]
-        assert utils.load_checkpoint(path)["iteration"] == 1
+        assert checkpoints.load_checkpoint(path)["iteration"] == 1
 
     def interrupted_save(obj, file):
         raise RuntimeError("DataLoader worker (pid 123) is killed by signal: Terminated.")
 
     monkeypatch.setattr(torch, "save", interrupted_save)
     with pytest.raises(RuntimeError, match=r"^DataLoader worker \(pid 123\)"):
-        utils.save_checkpoint({"iteration": 2}, path)
+        checkpoints.save_checkpoint({"iteration": 2}, path)
 
 
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="Checkpoint not found"):
-        utils.load_checkpoint(tmp_path / "missing.pth")
+        checkpoints.load_checkpoint(tmp_path / "missing.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
-        utils.load_checkpoint(junk)
+        checkpoints.load_checkpoint(junk)
     other = tmp_path / "other.pth"
     torch.save({"weights": torch.zeros(1)}, other)
     with pytest.raises(ValueError, match="not a checkpoint of this project"):
-        utils.load_checkpoint(other, expected_kind="srresnet")
+        checkpoints.load_checkpoint(other, expected_kind="srresnet")
 
 
 class _Exploit:
@@ -211,7 +218,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"kind": "srresnet", "payload": _Exploit(marker)}, path)
     with pytest.raises(ValueError, match="Refused to load"):
-        utils.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
     assert not marker.exists()
 
 
@@ -226,12 +233,12 @@ def test_a_pickle_naming_a_blocked_module_is_refused_not_called_damaged(tmp_path
     path = tmp_path / "evil.pth"
     torch.save({"kind": "srresnet", "payload": _RunsACommand()}, path)
     with pytest.raises(ValueError, match=r"Refused to load .*evil.pth: it holds Python objects \((posix|nt)\.system\)"):
-        utils.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
 
 
 def test_save_checkpoint_keeps_the_old_file_if_saving_fails(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pth"
-    utils.save_checkpoint({"iteration": 1}, path)
+    checkpoints.save_checkpoint({"iteration": 1}, path)
 
     def failing_save(obj, file):
         file.write(b"half a file")
@@ -239,9 +246,9 @@ def test_save_checkpoint_keeps_the_old_file_if_saving_fails(tmp_path, monkeypatc
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(KeyboardInterrupt):
-        utils.save_checkpoint({"iteration": 2}, path)
+        checkpoints.save_checkpoint({"iteration": 2}, path)
     monkeypatch.undo()
-    assert utils.load_checkpoint(path)["iteration"] == 1
+    assert checkpoints.load_checkpoint(path)["iteration"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]  # no temporary file left behind
 
 
@@ -307,14 +314,14 @@ def test_atomic_write_all_is_all_or_nothing(tmp_path):
 
 
 def test_check_finite():
-    utils.check_finite(torch.tensor(1.0), 3, "ckpt.pth")
+    training_log.check_finite(torch.tensor(1.0), 3, "ckpt.pth")
     with pytest.raises(RuntimeError, match="iteration 3.*ckpt.pth"):
-        utils.check_finite(torch.tensor(float("nan")), 3, "ckpt.pth")
+        training_log.check_finite(torch.tensor(float("nan")), 3, "ckpt.pth")
 
 
 def test_model_ema_moves_towards_the_weights():
     model = torch.nn.Linear(2, 1)
-    ema = utils.ModelEMA(model, decay=0.9)
+    ema = training.ModelEMA(model, decay=0.9)
     before = ema.module.weight.clone()
     with torch.no_grad():
         model.weight.add_(1.0)
@@ -327,7 +334,7 @@ def test_model_ema_warms_up():
     """At iteration t the decay is min(decay, (1 + t) / (10 + t)): the first update takes 90% of the new weights,
     so a short run's average is not the random initial weights."""
     model = torch.nn.Linear(2, 1)
-    ema = utils.ModelEMA(model, decay=0.999)
+    ema = training.ModelEMA(model, decay=0.999)
     before = ema.module.weight.clone()
     with torch.no_grad():
         model.weight.add_(1.0)
@@ -365,7 +372,7 @@ def photo_01(height, width, dtype=torch.float32):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Running a generator: run_generator and the tiled utils.upscale
+# Running a generator: run_generator and the tiled inference.upscale
 # ------------------------------------------------------------------------------------------------------
 
 def test_tiled_equals_untiled_when_pad_covers_receptive_field():
@@ -379,11 +386,11 @@ def test_tiled_equals_untiled_when_pad_covers_receptive_field():
         reference = model(lr_img)  # independent reference: the network on the whole image, no tiling code
     radius = TinyNet.receptive_field_radius
     for tile in (12, 20):
-        tiled = utils.upscale(model, lr_img, tile=tile, tile_pad=radius)
+        tiled = inference.upscale(model, lr_img, tile=tile, tile_pad=radius)
         assert tiled.shape == (1, 3, 74, 106) and tiled.dtype == torch.float64
         assert (tiled - reference).abs().max() < 1e-12, f"tile {tile}"
     # And the test can fail: one pixel of context too few leaves visible seams.
-    too_little = utils.upscale(model, lr_img, tile=16, tile_pad=radius - 1)
+    too_little = inference.upscale(model, lr_img, tile=16, tile_pad=radius - 1)
     assert (too_little - reference).abs().max() > 1e-4
 
 
@@ -397,7 +404,7 @@ def test_tiled_equals_untiled_for_pixel_unshuffle_rrdbnet():
     lr_img = photo_01(51, 69, torch.float64)
     with torch.no_grad():
         reference = model(lr_img)
-    tiled = utils.upscale(model, lr_img, tile=31, tile_pad=40)  # tile rounded up to 32: 2 x 3 tiles
+    tiled = inference.upscale(model, lr_img, tile=31, tile_pad=40)  # tile rounded up to 32: 2 x 3 tiles
     assert tiled.shape == reference.shape == (1, 3, 102, 138)
     assert (tiled - reference.clamp(0, 1)).abs().max() < 1e-12
 
@@ -406,9 +413,9 @@ def test_default_tiling_psnr_on_real_photo():
     # With the default tile settings the image must really be split, so use an LR photo larger than one tile.
     torch.manual_seed(0)
     model = models.RRDBNet(scale=4, num_feat=8, num_block=2, num_grow_ch=4).eval()
-    lr_img = photo_01(utils.DEFAULT_TILE + 40, utils.DEFAULT_TILE + 24)  # 2 x 2 tiles
-    untiled = utils.upscale(model, lr_img, tile=0)
-    tiled = utils.upscale(model, lr_img)  # default tile and tile_pad
+    lr_img = photo_01(inference.DEFAULT_TILE + 40, inference.DEFAULT_TILE + 24)  # 2 x 2 tiles
+    untiled = inference.upscale(model, lr_img, tile=0)
+    tiled = inference.upscale(model, lr_img)  # default tile and tile_pad
     assert tiled.shape == untiled.shape == (1, 3, 4 * lr_img.shape[2], 4 * lr_img.shape[3])
     mse = torch.mean((tiled.double() - untiled.double()) ** 2).item()
     psnr = 10 * np.log10(1 / mse) if mse > 0 else float("inf")
@@ -419,26 +426,26 @@ def test_precision_modes_on_cpu():
     torch.manual_seed(0)
     model = TinyNet().eval()
     lr_img = photo_01(24, 24)
-    fp32 = utils.upscale(model, lr_img, tile=0)
-    bf16 = utils.upscale(model, lr_img, tile=0, precision="bf16")
+    fp32 = inference.upscale(model, lr_img, tile=0)
+    bf16 = inference.upscale(model, lr_img, tile=0, precision="bf16")
     assert bf16.dtype == torch.float32 and 0 < (bf16 - fp32).abs().max() < 0.02  # bf16 ran, and is close
     with pytest.raises(ValueError, match="fp16.*CUDA"):
-        utils.upscale(model, lr_img, precision="fp16")
+        inference.upscale(model, lr_img, precision="fp16")
 
 
 def test_upscale_rejects_bad_arguments():
     model = TinyNet().eval()
     with pytest.raises(ValueError, match=r"\(1, C, H, W\)"):
-        utils.upscale(model, photo_01(8, 8)[0])
+        inference.upscale(model, photo_01(8, 8)[0])
     with pytest.raises(ValueError, match="tile"):
-        utils.upscale(model, photo_01(8, 8), tile=-1)
+        inference.upscale(model, photo_01(8, 8), tile=-1)
 
 
 def test_run_generator_converts_formats_and_keeps_no_gradients():
     torch.manual_seed(0)
     model = models.SRResNet(n_channels=8, n_blocks=1).eval()  # takes [0, 1], gives [-1, 1]
     lr_imgs = photo_01(6, 7).double()
-    sr_imgs = utils.run_generator(model, lr_imgs)
+    sr_imgs = inference.run_generator(model, lr_imgs)
     with torch.no_grad():
         expected = ((model(lr_imgs.float()) + 1) / 2).clamp(0, 1).double()
     assert sr_imgs.dtype == torch.float64 and not sr_imgs.requires_grad
@@ -458,10 +465,10 @@ def test_random_seeds_differ_across_purposes_iterations_and_ranks_and_are_reprod
     # The collision of the arithmetic seeds (seed * 1000003 + iteration * 1009 + rank, + 1 for CutBlur): rank r's
     # CutBlur stream was rank r + 1's degradation stream. Not any more, and the streams themselves differ.
     assert utils.random_seed(0, "cutblur", 5, 0) != utils.random_seed(0, "degradation", 5, 1)
-    draws = {(purpose, rank): torch.rand(8, generator=utils.random_generator(0, purpose, 5, rank))
+    draws = {(purpose, rank): torch.rand(8, generator=utils.make_rng(0, purpose, 5, rank))
              for purpose in ("degradation", "cutblur") for rank in (0, 1)}
     assert len({tuple(values.tolist()) for values in draws.values()}) == 4
-    torch.testing.assert_close(torch.rand(8, generator=utils.random_generator(0, "cutblur", 5, 1)),
+    torch.testing.assert_close(torch.rand(8, generator=utils.make_rng(0, "cutblur", 5, 1)),
                                draws["cutblur", 1])
 
 
@@ -472,40 +479,40 @@ def test_parse_hyperparameters_types_and_comments(tmp_path):
     script = tmp_path / "script.py"
     script.write_text("hp = dict(\n    lr=1e-4,  # Adam's learning rate\n    n_blocks=16,  # residual blocks\n)\n")
     defaults = dict(lr=1e-4, n_blocks=16, augment=False, milestones=[10, 20], checkpoint=None, arch="srresnet")
-    hp = utils.parse_hyperparameters(defaults, "doc", script, argv=[])
+    hp = cli.parse_hyperparameters(defaults, "doc", script, argv=[])
     assert vars(hp) == defaults
-    hp = utils.parse_hyperparameters(defaults, "doc", script, argv=[
+    hp = cli.parse_hyperparameters(defaults, "doc", script, argv=[
         "--lr", "2e-4", "--n_blocks", "4", "--augment", "true", "--milestones", "5", "--checkpoint", "a.pth",
         "--arch", "rrdb"])
     assert vars(hp) == dict(lr=2e-4, n_blocks=4, augment=True, milestones=[5], checkpoint="a.pth", arch="rrdb")
-    assert utils.parse_hyperparameters(defaults, "doc", script, argv=["--milestones"]).milestones == []
+    assert cli.parse_hyperparameters(defaults, "doc", script, argv=["--milestones"]).milestones == []
 
 
 def test_deprecated_flags_still_work_and_say_what_replaced_them(capsys):
     defaults = dict(learning_rate=1e-4, learning_rate_milestones=[10], layers=["relu5_4"])
     aliases = {"lr": "learning_rate", "lr_milestones": "learning_rate_milestones",
-               "before": utils.Renamed("layers", convert=lambda before, hp: [f"{before}:{name}" for name in hp["layers"]],
+               "before": cli.Renamed("layers", convert=lambda before, hp: [f"{before}:{name}" for name in hp["layers"]],
                                        example=False, note="name the layers instead")}
-    hp = utils.parse_hyperparameters(defaults, "doc", argv=["--lr", "2e-4", "--lr_milestones", "5", "6"],
+    hp = cli.parse_hyperparameters(defaults, "doc", argv=["--lr", "2e-4", "--lr_milestones", "5", "6"],
                                      aliases=aliases)
     assert vars(hp) == dict(learning_rate=2e-4, learning_rate_milestones=[5, 6], layers=["relu5_4"])
     err = capsys.readouterr().err.splitlines()
     assert err == ["note: --lr is deprecated, use --learning_rate",
                    "note: --lr_milestones is deprecated, use --learning_rate_milestones"]
     # A conversion sees the other hyperparameters after the whole command line is parsed, whatever the order.
-    hp = utils.parse_hyperparameters(defaults, "doc", argv=["--before", "true", "--layers", "conv1_2"],
+    hp = cli.parse_hyperparameters(defaults, "doc", argv=["--before", "true", "--layers", "conv1_2"],
                                      aliases=aliases)
     assert hp.layers == ["True:conv1_2"] and not hasattr(hp, "deprecated_before")
     assert capsys.readouterr().err.strip() == "note: --before is deprecated, name the layers instead"
     # Nothing is said when the old flags are not used, and --help does not list them.
-    assert vars(utils.parse_hyperparameters(defaults, "doc", argv=[], aliases=aliases)) == defaults
+    assert vars(cli.parse_hyperparameters(defaults, "doc", argv=[], aliases=aliases)) == defaults
     with pytest.raises(SystemExit):
-        utils.parse_hyperparameters(defaults, "doc", argv=["--help"], aliases=aliases)
+        cli.parse_hyperparameters(defaults, "doc", argv=["--help"], aliases=aliases)
     help_text = capsys.readouterr().out
     assert "--learning_rate" in help_text and "--lr " not in help_text and "--before" not in help_text
     # The hyperparameters saved in an older checkpoint are read under today's names.
     saved = dict(lr=1e-3, lr_milestones=[7], layers=["conv5_4"], before=False)
-    assert utils.rename_hyperparameters(saved, aliases) == dict(learning_rate=1e-3, learning_rate_milestones=[7],
+    assert cli.rename_hyperparameters(saved, aliases) == dict(learning_rate=1e-3, learning_rate_milestones=[7],
                                                                 layers=["False:conv5_4"])
 
 
@@ -513,26 +520,26 @@ def test_parse_hyperparameters_tells_which_were_given():
     """hp.given: the hyperparameters set on the command line (an old flag counts for its new name), also when the
     value given is the default; kept out of vars(hp), which checkpoints store."""
     defaults = dict(learning_rate=1e-4, n_blocks=16, milestones=[10], checkpoint=None)
-    hp = utils.parse_hyperparameters(defaults, "doc", argv=["--lr", "2e-4", "--n_blocks", "16"],
+    hp = cli.parse_hyperparameters(defaults, "doc", argv=["--lr", "2e-4", "--n_blocks", "16"],
                                      aliases={"lr": "learning_rate"})
     assert hp.given == {"learning_rate", "n_blocks"} and vars(hp) == dict(defaults, learning_rate=2e-4)
-    hp = utils.parse_hyperparameters(defaults, "doc", argv=[])
+    hp = cli.parse_hyperparameters(defaults, "doc", argv=[])
     assert hp.given == set() and vars(hp) == defaults
-    converted = {"first_milestone": utils.Renamed("milestones", convert=lambda value, hp: [value], example=0)}
-    hp = utils.parse_hyperparameters(defaults, "doc", argv=["--first_milestone", "5"], aliases=converted)
+    converted = {"first_milestone": cli.Renamed("milestones", convert=lambda value, hp: [value], example=0)}
+    hp = cli.parse_hyperparameters(defaults, "doc", argv=["--first_milestone", "5"], aliases=converted)
     assert hp.given == {"milestones"} and hp.milestones == [5]
 
 
 def test_a_prefix_of_a_flag_is_not_taken_for_it(capsys):
     """--n_blocks must not silently set --n_blocks_d (the discriminator's) when the script has no --n_blocks."""
     with pytest.raises(SystemExit):
-        utils.parse_hyperparameters(dict(n_blocks_d=8), "doc", argv=["--n_blocks", "2"])
+        cli.parse_hyperparameters(dict(n_blocks_d=8), "doc", argv=["--n_blocks", "2"])
     assert "unrecognized arguments: --n_blocks 2" in capsys.readouterr().err
 
 
 def test_scaling_factor_argument_and_its_old_name(capsys):
     parser = argparse.ArgumentParser()
-    utils.add_scaling_factor_argument(parser, default=4, choices=(2, 3, 4))
+    cli.add_scaling_factor_argument(parser, default=4, choices=(2, 3, 4))
     assert parser.parse_args([]).scaling_factor == 4
     assert parser.parse_args(["--scaling_factor", "2"]).scaling_factor == 2
     assert capsys.readouterr().err == ""
@@ -545,34 +552,44 @@ def test_scaling_factor_argument_and_its_old_name(capsys):
 # ------------------------------------------------------------------------------------------------------
 # Training bookkeeping
 # ------------------------------------------------------------------------------------------------------
-def test_training_log_reports_checks_saves_and_stops(tmp_path, monkeypatch):
-    hp = SimpleNamespace(iterations=7, print_every=3, checkpoint_every=2)
-    saved, reports = [], []
-    log = utils.TrainingLog(["loss"], hp, 0, torch.device("cpu"), saved.append, tmp_path / "ckpt.pth", True,
-                            learning_rate=lambda: 0.5)
-    monkeypatch.setattr(log, "report", lambda iteration, losses, it_per_s: reports.append((iteration, losses)))
-    stops = [log.end_of_iteration(iteration, loss=torch.tensor(float(iteration))) for iteration in log.iterations()]
+def test_training_log_reports_the_means_and_checks_for_nan(tmp_path):
+    hp = SimpleNamespace(iterations=7, output_folder=tmp_path)
+    log = training_log.TrainingLog(["loss"], hp, 0, torch.device("cpu"), True, learning_rate=lambda: 0.5)
+    for value in (1.0, 2.0, 6.0):
+        log.add_losses(loss=torch.tensor(value))
+    log.check_finite(3, None)
+    log.report(3)  # the mean since the last report, the learning rate and the speed, on the progress bar
+    assert log.progress.postfix.startswith("loss=3.0000, learning_rate=5.0e-01, it_per_s=")
+    log.add_losses(loss=torch.tensor(float("nan")))
+    log.add_losses(loss=torch.tensor(1.0))
+    # A NaN loss is found at the next check, which names the iterations it happened between and the last good file.
+    with pytest.raises(RuntimeError, match="between iterations 3 and 5.*kept at ckpt.pth"):
+        log.check_finite(5, "ckpt.pth")
+    log.progress.close()
+
+
+def test_checkpoint_saver_names_the_last_good_checkpoint_and_lets_a_signal_wait(tmp_path, monkeypatch):
+    hp = SimpleNamespace(iterations=7)
+    stop_signal = SimpleNamespace(saving=contextlib.nullcontext)
+    saved = []
+    monkeypatch.setattr(checkpoints, "save_checkpoint", lambda state, path: saved.append(state["iteration"]))
+    stateful = {"model": nn.Linear(2, 2)}
+    save = training.CheckpointSaver("srresnet", tmp_path / "ckpt.pth", hp, stateful, True, stop_signal,
+                                    resumed_from="old.pth")
+    assert save.last_checkpoint == "old.pth"  # nothing saved yet: the checkpoint the run resumed from
+    save(2)
+    assert saved == [2] and save.last_checkpoint == tmp_path / "ckpt.pth" and save.saved_iteration == 2
+    # Only the main process writes; the others just count the save.
+    others = training.CheckpointSaver("srresnet", tmp_path / "ckpt.pth", hp, stateful, False, stop_signal)
+    others(4)
+    assert saved == [2] and others.saved_iteration == 4
+    # A signal that arrives during a save lets it finish and asks to stop after it.
     monkeypatch.undo()
-    log.report(7, {"loss": 6.0}, 2.5)  # the real report: the losses, learning rate and speed on the progress bar
-    assert log.progress.postfix == "loss=6.0000, learning_rate=5.0e-01, it_per_s=2.50"
-    log.close()
-    assert stops == [False] * 7
-    assert saved == [2, 4, 6, 7]  # every checkpoint_every iterations, and at the end
-    assert [iteration for iteration, _ in reports] == [3, 6, 7]
-    assert [losses["loss"] for _, losses in reports] == [1.0, 4.0, 6.0]  # means since the last
-    # A NaN loss stops training before the next save, and names the iterations it happened between.
-    saved.clear()
-    log = utils.TrainingLog(["loss"], hp, 0, torch.device("cpu"), saved.append, tmp_path / "ckpt.pth", False)
-    for iteration in range(4):
-        log.end_of_iteration(iteration, loss=torch.tensor(1.0))  # checked at 2 (save) and 3 (report)
-    log.end_of_iteration(4, loss=torch.tensor(float("nan")))  # iteration 5: neither report nor save, no check
-    with pytest.raises(RuntimeError, match="between iterations 4 and 6"):
-        log.end_of_iteration(5, loss=torch.tensor(1.0))  # iteration 6: the save is due, the check comes first
-    assert saved == [2, 4]
-    # A signal: save now, and stop.
-    log = utils.TrainingLog(["loss"], hp, 0, torch.device("cpu"), saved.append, tmp_path / "ckpt.pth", False)
-    log.stop_signal.requested = True
-    assert log.end_of_iteration(0, loss=torch.tensor(1.0)) and saved[-1] == 1
+    exit_flag = training.GracefulExit()
+    monkeypatch.setattr(checkpoints, "save_checkpoint", lambda state, path: exit_flag._handler(signal.SIGTERM, None))
+    save = training.CheckpointSaver("srresnet", tmp_path / "ckpt.pth", hp, stateful, True, exit_flag)
+    save(3)
+    assert exit_flag.requested and save.saved_iteration == 3
 
 
 @pytest.mark.parametrize("switch_at", [3, 6, 12])
@@ -591,8 +608,8 @@ def test_a_new_learning_rate_schedule_is_the_one_set_from_the_start(switch_at):
     switched, reference = scheduler(1e-3, [4], 0.5), scheduler(1e-2, [5, 10], 0.1)
     for _ in range(switch_at):
         step(switched, reference)
-    utils.set_learning_rate_schedule(switched, 1e-2, [10, 5], 0.1)
-    assert utils.learning_rate_schedule(switched) == dict(learning_rate=1e-2, learning_rate_milestones=[5, 10],
+    training.set_learning_rate_schedule(switched, 1e-2, [10, 5], 0.1)
+    assert training.learning_rate_schedule(switched) == dict(learning_rate=1e-2, learning_rate_milestones=[5, 10],
                                                           learning_rate_gamma=0.1)
     for _ in range(10):
         assert switched.get_last_lr() == pytest.approx(reference.get_last_lr(), rel=1e-12)
@@ -616,7 +633,7 @@ def test_log_files_continue_a_resumed_run_with_each_iteration_once(tmp_path):
         events.Reload()
         return [(event.step, event.value) for event in events.Scalars(tag)]
 
-    log = utils.LogFiles(tmp_path, "srresnet", 0)
+    log = training_log.LogFiles(tmp_path, "srresnet", 0)
     for iteration in range(1, 7):
         log.write({"iteration": iteration, "time": 100.0 + iteration, "losses": {"loss": float(iteration)}})
     log.write({"iteration": 6, "time": 106.5, "val": {"Set5": {"psnr": 30.5, "ssim": 0.875}}})
@@ -625,21 +642,21 @@ def test_log_files_continue_a_resumed_run_with_each_iteration_once(tmp_path):
         file.write('{"iteration": 7, "ti')  # the process died in the middle of a line
     assert tensorboard_scalars("val/Set5/psnr") == [(6, 30.5)]  # a value's tag is its path in the record
     time.sleep(1)  # TensorBoard reads event files in the order of their names, which begin with the time in seconds
-    log = utils.LogFiles(tmp_path, "srresnet", 4)  # resumed from the checkpoint of iteration 4
+    log = training_log.LogFiles(tmp_path, "srresnet", 4)  # resumed from the checkpoint of iteration 4
     for iteration in (5, 6, 7):
         log.write({"iteration": iteration, "time": 200.0 + iteration, "losses": {"loss": -float(iteration)}})
     log.close()
-    records = utils.read_jsonl(tmp_path / "log_srresnet.jsonl")
+    records = training_log.read_jsonl(tmp_path / "log_srresnet.jsonl")
     assert [(record["iteration"], record["losses"]["loss"]) for record in records] == [
         (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, -5.0), (6, -6.0), (7, -7.0)]
     assert tensorboard_scalars("losses/loss") == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, -5.0), (6, -6.0),
                                                   (7, -7.0)]
     assert tensorboard_scalars("val/Set5/psnr") == []  # iteration 6's validation was after the checkpoint
     time.sleep(1)
-    log = utils.LogFiles(tmp_path, "srresnet", 0)  # a new run from scratch in the same folder
+    log = training_log.LogFiles(tmp_path, "srresnet", 0)  # a new run from scratch in the same folder
     log.write({"iteration": 1, "time": 300.0, "losses": {"loss": 9.0}})
     log.close()
-    assert utils.read_jsonl(tmp_path / "log_srresnet.jsonl") == [{"iteration": 1, "time": 300.0,
+    assert training_log.read_jsonl(tmp_path / "log_srresnet.jsonl") == [{"iteration": 1, "time": 300.0,
                                                                  "losses": {"loss": 9.0}}]
     assert tensorboard_scalars("losses/loss") == [(1, 9.0)]
 
@@ -656,7 +673,7 @@ def _save_generator_checkpoint(path, arch, kwargs, seed, kind="srresnet", ema=Fa
     if ema:  # EMA weights differ from the raw ones: load_generator must prefer them
         torch.manual_seed(seed + 100)
         state["generator_ema"] = models.build_generator(arch, **kwargs).state_dict()
-    utils.save_checkpoint(state, path)
+    checkpoints.save_checkpoint(state, path)
     return state
 
 
@@ -665,24 +682,24 @@ def test_load_generator_prefers_ema_and_reads_official_files(tmp_path):
 
     kwargs = dict(num_feat=8, num_block=1, num_grow_ch=4, scale=4)
     state = _save_generator_checkpoint(tmp_path / "ours.pth", "rrdb", kwargs, seed=0, ema=True)
-    model, description, reference = utils.load_generator(tmp_path / "ours.pth")
+    model, description, reference = inference.load_generator(tmp_path / "ours.pth")
     assert isinstance(model, models.RRDBNet) and not model.training and "generator_ema" in description
     assert reference == "RRDB-PSNR"  # an RRDB trained by train_srresnet.py: ESRGAN's PSNR-oriented model
     assert torch.equal(model.state_dict()["conv_first.weight"], state["generator_ema"]["conv_first.weight"])
     # The same weights as a Real-ESRGAN file ('params_ema') load to the same network.
     torch.save({"params_ema": state["generator_ema"]}, tmp_path / "official.pth")
-    official, _, reference = utils.load_generator(tmp_path / "official.pth")
+    official, _, reference = inference.load_generator(tmp_path / "official.pth")
     assert reference is None  # no published figures for a file of that name
     lr_imgs = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(official(lr_imgs), model(lr_imgs))
     torch.save({"something": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="no generator this project recognises"):
-        utils.load_generator(tmp_path / "other.pth")
+        inference.load_generator(tmp_path / "other.pth")
     # The scale check: a clear error naming both scales and the flag.
     with pytest.raises(ValueError, match=r"upscales x4, not x2.*--scaling_factor 4"):
-        utils.load_generator(tmp_path / "ours.pth", scaling_factor=2)
-    assert utils.load_generator(tmp_path / "ours.pth", scaling_factor=4)[0].scaling_factor == 4
+        inference.load_generator(tmp_path / "ours.pth", scaling_factor=2)
+    assert inference.load_generator(tmp_path / "ours.pth", scaling_factor=4)[0].scaling_factor == 4
 
 
 def test_load_generator_raw_weights_expected_kind_and_safetensors(tmp_path):
@@ -692,38 +709,38 @@ def test_load_generator_raw_weights_expected_kind_and_safetensors(tmp_path):
     state = _save_generator_checkpoint(tmp_path / "ours.pth", "rrdb", kwargs, seed=0, ema=True, kind="srgan")
     weights = lambda model: model.state_dict()["conv_first.weight"]  # noqa: E731
     # ema=False: the raw weights of our checkpoints and of official files that hold both.
-    raw, description, _ = utils.load_generator(tmp_path / "ours.pth", ema=False)
+    raw, description, _ = inference.load_generator(tmp_path / "ours.pth", ema=False)
     assert torch.equal(weights(raw), state["generator"]["conv_first.weight"]) and "(generator weights)" in description
     torch.save({"params": state["generator"], "params_ema": state["generator_ema"]}, tmp_path / "official.pth")
-    assert torch.equal(weights(utils.load_generator(tmp_path / "official.pth", ema=False)[0]),
+    assert torch.equal(weights(inference.load_generator(tmp_path / "official.pth", ema=False)[0]),
                        state["generator"]["conv_first.weight"])
-    assert torch.equal(weights(utils.load_generator(tmp_path / "official.pth")[0]),
+    assert torch.equal(weights(inference.load_generator(tmp_path / "official.pth")[0]),
                        state["generator_ema"]["conv_first.weight"])
     # expected_kind refuses our checkpoints of another script, and lets files without a script through.
     with pytest.raises(ValueError, match="written by train_srgan.py.*train_srresnet.py is needed"):
-        utils.load_generator(tmp_path / "ours.pth", expected_kind="srresnet")
-    assert utils.load_generator(tmp_path / "official.pth", expected_kind="srresnet")[0].generator_arch == "rrdb"
+        inference.load_generator(tmp_path / "ours.pth", expected_kind="srresnet")
+    assert inference.load_generator(tmp_path / "official.pth", expected_kind="srresnet")[0].generator_arch == "rrdb"
     # A .safetensors file: export.py's metadata says the architecture; without it, the key names do (official).
     save_file(state["generator_ema"], tmp_path / "bare.safetensors")
-    model, description, _ = utils.load_generator(tmp_path / "bare.safetensors")
+    model, description, _ = inference.load_generator(tmp_path / "bare.safetensors")
     assert torch.equal(weights(model), state["generator_ema"]["conv_first.weight"]) and "RRDBNet x4" in description
     save_file(state["generator"], tmp_path / "ours.safetensors",
               metadata={"generator_arch": "rrdb", "generator_kwargs": '{"num_feat": 8, "num_block": 1, '
                         '"num_grow_ch": 4, "scale": 4}', "weights": "params"})
-    model, description, _ = utils.load_generator(tmp_path / "ours.safetensors")
+    model, description, _ = inference.load_generator(tmp_path / "ours.safetensors")
     assert torch.equal(weights(model), state["generator"]["conv_first.weight"]) and "(params weights)" in description
     (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file" * 10)
     with pytest.raises(ValueError, match="not a safetensors file"):
-        utils.load_generator(tmp_path / "broken.safetensors")
+        inference.load_generator(tmp_path / "broken.safetensors")
     with pytest.raises(ValueError, match="not a checkpoint of this project"):
-        utils.load_checkpoint(tmp_path / "ours.safetensors", expected_kind="srresnet")
+        checkpoints.load_checkpoint(tmp_path / "ours.safetensors", expected_kind="srresnet")
 
 
 def test_network_interpolation(tmp_path):
     kwargs = dict(n_channels=8, n_blocks=1, scaling_factor=2)
     psnr = _save_generator_checkpoint(tmp_path / "psnr.pth", "srresnet", kwargs, seed=1)["generator"]
     gan = _save_generator_checkpoint(tmp_path / "gan.pth", "srresnet", kwargs, seed=2, kind="srgan")["generator"]
-    model, description = utils.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "gan.pth", 0.25)
+    model, description = inference.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "gan.pth", 0.25)
     blended = model.state_dict()
     assert blended.keys() == psnr.keys() and "conv_block1.conv_block.0.weight" in blended
     differing = [name for name, value in psnr.items() if not torch.equal(value, gan[name])]
@@ -737,8 +754,8 @@ def test_network_interpolation(tmp_path):
     # A pixel-unshuffle variant differs in its first convolution only: skipped (and named) on request.
     _save_generator_checkpoint(tmp_path / "unshuffle.pth", "srresnet", {**kwargs, "unshuffle_scale": 2}, seed=3)
     with pytest.raises(ValueError, match="different shapes"):
-        utils.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "unshuffle.pth", 0.5)
-    model, description = utils.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "unshuffle.pth", 0.5,
+        inference.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "unshuffle.pth", 0.5)
+    model, description = inference.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "unshuffle.pth", 0.5,
                                                            skip_mismatched=True)
     assert "kept from" in description and "conv_block1.conv_block.0.weight" in description
     assert model.scaling_factor == 2
@@ -746,4 +763,4 @@ def test_network_interpolation(tmp_path):
     _save_generator_checkpoint(tmp_path / "rrdb.pth", "rrdb", dict(num_feat=8, num_block=1, num_grow_ch=4, scale=2),
                                seed=4)
     with pytest.raises(ValueError, match="share an architecture"):
-        utils.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "rrdb.pth", 0.5)
+        inference.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "rrdb.pth", 0.5)

@@ -1,6 +1,6 @@
 """Tests of the trained models that ship in weights/ (weights/README.md is their model card).
 
-Each shipped file must load by its name through utils.load_generator (as super_resolve.py, eval.py and
+Each shipped file must load by its name through inference.load_generator (as super_resolve.py, eval.py and
 train_srresnet.py --pretrained load it), have the architecture the card describes, upscale an image sensibly, and
 score on Set5 what the card says eval.py printed for it (when the benchmark images are present).
 """
@@ -17,10 +17,11 @@ from skimage import data as skimage_data
 
 import create_data_lists
 import eval as eval_script
+import checkpoints
+import inference
 import metrics
 import super_resolve
 import train_srresnet
-import utils
 
 # The architecture each shipped model must have (the model card's "Architecture" lines say the same).
 EXPECTED = {
@@ -28,7 +29,7 @@ EXPECTED = {
                                   scaling_factor=4), 1_549_462),
     "compact": ("compact", dict(num_feat=64, num_conv=16, upscale=4), 621_424),
 }
-MODEL_CARD = utils.WEIGHTS_FOLDER / "README.md"
+MODEL_CARD = inference.WEIGHTS_FOLDER / "README.md"
 
 
 def model_card_scores(name):
@@ -42,28 +43,28 @@ def model_card_scores(name):
     return dict(zip(test_sets, scores))
 
 
-@pytest.mark.parametrize("name", sorted(utils.SHIPPED_MODELS))
+@pytest.mark.parametrize("name", sorted(inference.SHIPPED_MODELS))
 def test_shipped_file_is_small_and_loads_by_name_with_its_architecture(name):
-    path = utils.shipped_model_path(name)
-    assert path.parent == utils.WEIGHTS_FOLDER and path.is_file()
+    path = inference.shipped_model_path(name)
+    assert path.parent == inference.WEIGHTS_FOLDER and path.is_file()
     assert path.stat().st_size < 5e6  # fp16: a few MB at most
-    checkpoint = utils.load_checkpoint(path)
+    checkpoint = checkpoints.load_checkpoint(path)
     weights = [checkpoint[name] for name in ("params", "params_ema") if name in checkpoint]
     assert len(weights) == 1  # one set of weights: the one the model card reports
     assert all(t.dtype == torch.float16 for t in weights[0].values() if t.is_floating_point())
-    model, description, reference = utils.load_generator(name)
+    model, description, reference = inference.load_generator(name)
     arch, kwargs, n_parameters = EXPECTED[name]
     assert (model.generator_arch, model.generator_kwargs) == (arch, kwargs)
     assert sum(p.numel() for p in model.parameters()) == n_parameters
-    assert f"shipped '{name}' model" in description and reference == utils.SHIPPED_MODELS[name][1]
+    assert f"shipped '{name}' model" in description and reference == inference.SHIPPED_MODELS[name][1]
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp16 file, float32 network
 
 
-@pytest.mark.parametrize("name", sorted(utils.SHIPPED_MODELS))
+@pytest.mark.parametrize("name", sorted(inference.SHIPPED_MODELS))
 def test_shipped_model_beats_bicubic_on_a_photo(name):
     """A short forward pass on a real photo crop (not in the training data): x4 size, and closer to the HR crop than
     bicubic upscaling is, by the benchmark protocol (metrics.evaluate_set)."""
-    model, _, _ = utils.load_generator(name)
+    model, _, _ = inference.load_generator(name)
     hr = skimage_data.astronaut()[100:196, 150:246]  # (96, 96, 3) uint8
     lr = metrics.imresize(hr, 1 / 4)  # (24, 24, 3), as the benchmarks make LR images
     sr = metrics.upscale_array(model, lr, 4)
@@ -75,8 +76,8 @@ def test_shipped_model_beats_bicubic_on_a_photo(name):
 def test_model_card_scores_are_reproduced_on_set5(shared_data):
     """The numbers in the model card are what eval.py measures for the shipped files (Set5, x4, standard protocol)."""
     pairs = metrics.load_test_pairs(sorted((shared_data / "Set5" / "HR").glob("*.png")), 4)
-    for name in ("bicubic", *sorted(utils.SHIPPED_MODELS)):
-        model = None if name == "bicubic" else utils.load_generator(name)[0]
+    for name in ("bicubic", *sorted(inference.SHIPPED_MODELS)):
+        model = None if name == "bicubic" else inference.load_generator(name)[0]
         psnr, ssim = metrics.evaluate_set(model, pairs, 4)
         card_psnr, card_ssim = model_card_scores(name)["Set5"]
         assert psnr == pytest.approx(card_psnr, abs=0.006) and ssim == pytest.approx(card_ssim, abs=6e-5), name
@@ -122,10 +123,10 @@ def test_train_srresnet_pretrained_starts_from_the_shipped_weights(tmp_path, mon
     finally:
         for number, handler in handlers.items():
             signal.signal(number, handler)
-    checkpoint = utils.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
+    checkpoint = checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
     assert (checkpoint["generator_arch"], checkpoint["generator_kwargs"]) == EXPECTED["compact"][:2]
     recorded = checkpoint["hyperparameters"]
     assert (recorded["generator_arch"], recorded["num_conv"], recorded["num_feat"]) == ("compact", 16, 64)
-    shipped = utils.load_generator("compact")[0].state_dict()
+    shipped = inference.load_generator("compact")[0].state_dict()
     for name, value in shipped.items():
         torch.testing.assert_close(checkpoint["generator"][name], value, atol=1e-8, rtol=0, msg=name)

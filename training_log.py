@@ -1,0 +1,402 @@
+"""What a training run reports as it goes: the running losses, validation, the log files and the progress bar.
+
+  check_finite, RunningLosses     the losses since the last report, summed on the device, and the NaN / inf check
+  Validation                      PSNR / SSIM on test sets during training, exactly as eval.py measures them, and
+                                  the best weights so far (best_<kind>.pth)
+  LogFiles, read_jsonl            TensorBoard event files and a JSON-lines log, continued exactly by a resumed run
+  TrainingLog                     the progress bar, reports and validations a training loop asks for
+  export_command                  the command a finished run suggests, to use its generator elsewhere
+"""
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import checkpoints
+import metrics
+import utils
+
+def check_finite(loss, iteration, checkpoint_path, since_iteration=None):
+    """
+    Stop training when a loss becomes NaN or infinite: continuing would only overwrite the last good
+    checkpoint with garbage. The checkpoint on disk is left as it is.
+
+    `loss` may be a sum of the losses of the iterations since `since_iteration` (one NaN / inf makes the sum NaN /
+    inf): checking a sum now and then instead of every loss spares a GPU synchronisation per iteration.
+    `checkpoint_path` is the last good checkpoint, or None when there is none yet (the message then names no file).
+    """
+    if not torch.isfinite(loss):
+        when = f"at iteration {iteration}" if since_iteration is None else \
+            f"between iterations {since_iteration} and {iteration}"
+        if checkpoint_path is None:  # nothing saved yet (and not resumed): no file to name
+            raise RuntimeError(f"The loss became {loss.item()} {when}; training stopped, before any checkpoint was "
+                               f"saved. Start again with a lower learning rate or precision='fp32'.")
+        raise RuntimeError(f"The loss became {loss.item()} {when}; training stopped. The last "
+                           f"good checkpoint is kept at {checkpoint_path}. Try a lower learning rate or "
+                           f"precision='fp32', then resume with --checkpoint {checkpoint_path}.")
+
+
+class RunningLosses:
+    """
+    The losses of the iterations since the last report, for the progress bar and the NaN check.
+
+    They are summed on the device and read (.item()) only when reported: reading a GPU value makes the CPU wait
+    for the GPU, which would otherwise already be queuing the next iteration's work.
+    """
+
+    def __init__(self, names, device, start_iteration):
+        self.names, self.device = names, device
+        self.last_checked = start_iteration  # the sums hold the losses of the iterations since this one
+        self._reset()
+
+    def _reset(self):
+        self.sums = {name: torch.zeros((), device=self.device) for name in self.names}
+        self.count, self.start_time = 0, time.time()
+
+    def add(self, **losses):
+        for name, value in losses.items():
+            self.sums[name] = self.sums[name] + value.detach().float()
+        self.count += 1
+
+    def check_finite(self, iteration, checkpoint_path):
+        """One NaN / inf loss makes its sum NaN / inf: stop before a checkpoint overwrites the last good one."""
+        check_finite(sum(self.sums.values()), iteration, checkpoint_path, since_iteration=self.last_checked)
+        self.last_checked = iteration
+
+    def report(self):
+        """The mean of each loss and the iterations per second since the last report (then start afresh).
+
+        :return: (dict name -> mean loss, iterations per second), floats
+        """
+        means = {name: total.item() / self.count for name, total in self.sums.items()}
+        it_per_s = self.count / (time.time() - self.start_time)
+        self._reset()
+        return means, it_per_s
+
+
+class Validation:
+    """
+    PSNR / SSIM of the generator on test sets during training, measured exactly as eval.py measures them, and the
+    best weights so far.
+
+    The test images are loaded once, at start-up (metrics.load_test_pairs: the standard protocol, LR made with
+    MATLAB's imresize); each validation runs metrics.evaluate_set, the code eval.py runs, on the weights a checkpoint
+    gives to eval.py (the EMA when there is one). So the PSNR logged at iteration k is the number eval.py prints for
+    the checkpoint saved at iteration k. The images go through inference.upscale, in tiles: large test images take
+    bounded memory, as in super_resolve.py.
+
+    Validating changes nothing in training: the generator is measured in eval mode (batch norm uses its running
+    statistics and updates none), without gradients, and put back in training mode after; nothing draws a random
+    number or touches the data loader. Only the main process validates. The others go on to the next iteration and
+    wait there for its gradients; no collective operation is called while it validates, so none can hang.
+
+    The weights with the best PSNR on the first set are written to `best_path`, a generator-only checkpoint that
+    load_generator, eval.py and super_resolve.py read like any other. The best score is saved in the training
+    checkpoint (state_dict / load_state_dict, through the script's `stateful` objects), so a resumed run keeps it.
+    """
+
+    CROP = 64  # side of the LR crop whose SR image is logged at each validation (the first image's centre)
+
+    def __init__(self, hp, kind, generator, ema, best_path, is_main_process, **architecture):
+        """
+        :param hp: the hyperparameters (val_sets, val_every, data_folder, scaling_factor; stored with the best weights)
+        :param kind: 'srresnet' or 'srgan', the script (the best file's `kind`, as in its training checkpoints)
+        :param generator: the plain generator (not its DDP / torch.compile wrapper); ema: its ModelEMA, or None
+        :param best_path: where the best weights are written (best_<kind>.pth, beside the training checkpoint)
+        :param architecture: generator_arch and generator_kwargs, stored with the best weights
+        """
+        self.hp, self.kind, self.best_path, self.architecture = hp, kind, Path(best_path), architecture
+        self.is_main_process = is_main_process
+        self.model, self.weights_name = (ema.module, "generator_ema") if ema is not None else (generator, "generator")
+        self.best = None  # the best validation so far: {"iteration", "val_set", "psnr"}
+        self.pairs, self.bicubic = {}, {}  # test set -> its (name, hr, lr) images; -> bicubic's {"psnr", "ssim"}
+        self.crops = {}  # 'lr', 'hr', 'bicubic' -> the fixed crop, uint8 (h, w, 3)
+
+    def load_test_sets(self):
+        """Load the test sets, make their LR images and measure bicubic on them, once (TrainingLog calls this when
+        training starts, after the training data were found: a missing test list is only a note)."""
+        hp, s = self.hp, self.hp.scaling_factor
+        if hp.val_every <= 0 or not self.is_main_process:
+            return
+        if self.model.scaling_factor != s:
+            print(f"note: no validation: the generator upscales x{self.model.scaling_factor}, and the test sets are "
+                  f"measured at the data's scaling factor, x{s}", file=sys.stderr)
+            return
+        for name, hr_paths in metrics.find_test_lists(hp.data_folder, hp.val_sets, "not validating on").items():
+            self.pairs[name] = metrics.load_test_pairs(hr_paths, s)
+            self.bicubic[name] = self._scores(*metrics.evaluate_set(None, self.pairs[name], s))
+        if self.best is not None and self.first_set not in (None, self.best["val_set"]):
+            print(f"note: the best weights so far were chosen by their PSNR on {self.best['val_set']}; from now on "
+                  f"{self.first_set} chooses them, and the next validation replaces {self.best_path}", file=sys.stderr)
+            self.best = None
+        if self.pairs:
+            # The crop: the centre of the first LR image (the whole image if smaller), and its HR and bicubic images.
+            _, hr, lr = next(iter(self.pairs.values()))[0]
+            size = min(self.CROP, lr.shape[0], lr.shape[1])
+            top, left = (lr.shape[0] - size) // 2, (lr.shape[1] - size) // 2
+            lr_crop = lr[top:top + size, left:left + size]
+            self.crops = {"lr": _rgb(lr_crop), "hr": _rgb(hr[top * s:(top + size) * s, left * s:(left + size) * s]),
+                          "bicubic": _rgb(metrics.upscale_array(None, lr_crop, s))}
+
+    @staticmethod
+    def _scores(psnr, ssim):
+        return {"psnr": psnr, "ssim": ssim}
+
+    @property
+    def first_set(self):
+        """The test set whose PSNR picks the best weights (the first of val_sets that has a list), or None."""
+        return next(iter(self.pairs), None)
+
+    def due(self, iteration, last):
+        """Whether to validate after `iteration` completed iterations (never in processes that do not validate)."""
+        return bool(self.pairs) and (iteration % self.hp.val_every == 0 or last)
+
+    def __call__(self, iteration):
+        """
+        Measure the generator now, after `iteration` completed iterations, and keep its weights if they are the best
+        so far (iteration 0, the starting point, is measured but never kept: it is not this run's work).
+
+        :return: (scores: test set -> {"psnr", "ssim"}, the SR image of the fixed crop (h s, w s, 3) uint8,
+                  whether these weights are the new best)
+        """
+        s = self.hp.scaling_factor
+        modes = {module: module.training for module in self.model.modules()}
+        self.model.eval()
+        try:
+            scores = {name: self._scores(*metrics.evaluate_set(self.model, pairs, s)) for name, pairs in
+                      self.pairs.items()}
+            sr_crop = metrics.upscale_array(self.model, self.crops["lr"], s)
+        finally:
+            for module, training in modes.items():
+                module.train(training)
+        psnr = scores[self.first_set]["psnr"]
+        is_best = iteration > 0 and (self.best is None or psnr > self.best["psnr"])
+        if is_best:
+            self.best = {"iteration": iteration, "val_set": self.first_set, "psnr": psnr}
+            checkpoints.save_checkpoint({"kind": self.kind, "iteration": iteration, **self.architecture,
+                             self.weights_name: self.model.state_dict(), "val": scores,
+                             "hyperparameters": vars(self.hp)}, self.best_path)
+        return scores, sr_crop, is_best
+
+    def state_dict(self):
+        return {"best": self.best}
+
+    def load_state_dict(self, state):
+        self.best = state["best"]
+
+
+def _rgb(img):
+    """A uint8 image (h, w) or (h, w, 3) as (h, w, 3): grey images repeated into three channels, for display."""
+    return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+
+
+class LogFiles:
+    """
+    The logs of a run, for people and for scripts, in its output folder: TensorBoard event files in
+    `tensorboard_<kind>/` (watch them with `tensorboard --logdir <output folder>`), and the same numbers as JSON
+    lines in `log_<kind>.jsonl`, one record per line, e.g.
+
+        {"iteration": 200, "time": 1700000000.0, "losses": {"loss": 0.0123}, "learning_rate": 0.0001, "it_per_s": 5.1}
+        {"iteration": 200, "time": 1700000001.2, "val": {"Set5": {"psnr": 28.91, "ssim": 0.8231}}}
+
+    In TensorBoard a value's tag is its path in the record ('losses/loss', 'val/Set5/psnr') and its step the
+    iteration; `time` is the Unix time. Images go to TensorBoard only.
+
+    A resumed run continues the same logs, with each iteration once: what was written after the iteration of the
+    checkpoint it resumes from (between the last save and a crash) is dropped. The JSON lines are rewritten with
+    the records up to that iteration; TensorBoard hides the later events itself (SummaryWriter's purge_step). A run
+    from scratch (start_iteration 0) starts both afresh.
+    """
+
+    def __init__(self, output_folder, kind, start_iteration):
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # imported here: only the main process writes logs
+        except ImportError as error:  # (a package of requirements.txt, not a project module)
+            raise RuntimeError(f"TensorBoard is not installed ({error}): pip install -r requirements.txt.") from None
+        output_folder = Path(output_folder)
+        output_folder.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = output_folder / f"log_{kind}.jsonl"
+        kept = [record for record in read_jsonl(self.jsonl_path) if record["iteration"] <= start_iteration] \
+            if start_iteration > 0 and self.jsonl_path.is_file() else []
+        text = "".join(json.dumps(record) + "\n" for record in kept)
+        utils.atomic_write(self.jsonl_path, lambda file: file.write(text.encode("utf-8")))
+        self.jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+        # purge_step: TensorBoard hides the events of steps >= it written before (all of them, for a fresh run).
+        self.tensorboard = SummaryWriter(output_folder / f"tensorboard_{kind}",
+                                         purge_step=start_iteration + 1 if start_iteration > 0 else 0)
+
+    def write(self, record):
+        """Append one record {"iteration", "time", ...} to the JSON lines, and each of its numbers to TensorBoard."""
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()  # a record is on disk as soon as it is written, whatever happens next
+        for tag, value in _flatten(record):
+            if tag not in ("iteration", "time"):
+                self.tensorboard.add_scalar(tag, value, record["iteration"], walltime=record["time"])
+        self.tensorboard.flush()
+
+    def add_image(self, tag, image, iteration):
+        """An image (h, w, 3) uint8 in TensorBoard (stored as PNG: read back, it is the same pixels)."""
+        self.tensorboard.add_image(tag, image, iteration, dataformats="HWC")
+        self.tensorboard.flush()
+
+    def close(self):
+        self.jsonl.close()
+        self.tensorboard.close()
+
+
+def _flatten(record, prefix=""):
+    """(tag, value) for every number in a nested dict: {"val": {"Set5": {"psnr": x}}} -> ("val/Set5/psnr", x)."""
+    for key, value in record.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}/")
+        else:
+            yield prefix + key, value
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines log (LogFiles), as a list of dicts; a last line cut short by a crash is left out."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return records
+
+
+class TrainingLog:
+    """
+    What a training run shows and writes as it goes, shared by both training scripts: the progress bar, the running
+    losses, the validations and the log files (LogFiles: TensorBoard and JSON lines), and the closing lines. The
+    training loop decides when each happens, in plain sight:
+
+        log = training_log.TrainingLog(["loss"], hp, start_iteration, device, is_main_process, ...)
+        for iteration in log.iterations():
+            ...                                                  # one training step
+            log.add_losses(loss=loss)
+            if report_now or validate_now or save_now:
+                log.check_finite(completed, save.last_checkpoint)  # never save a NaN model over a good one
+            if report_now:
+                log.report(completed)
+            if validate_now:
+                log.validate(completed)
+            ...
+        log.close(save)
+
+    Only the main process prints, validates and writes files.
+    """
+
+    def __init__(self, loss_names, hp, start_iteration, device, is_main_process, description="training",
+                 learning_rate=None, validation=None, kind=None):
+        """
+        :param loss_names: the names of the losses given to add_losses
+        :param hp: the hyperparameters (iterations, output_folder, checkpoint)
+        :param learning_rate: optional function () -> the current learning rate, reported with the losses
+        :param validation: a Validation, or None (no validation)
+        :param kind: 'srresnet' or 'srgan': the log files are log_<kind>.jsonl and tensorboard_<kind>/ in
+                     hp.output_folder (None: no log files)
+        """
+        self.hp, self.is_main_process, self.learning_rate, self.validation = hp, is_main_process, learning_rate, \
+            validation
+        self.start_iteration = start_iteration
+        if validation is not None:
+            validation.load_test_sets()
+        self.running_losses = RunningLosses(loss_names, device, start_iteration)
+        self.log_files = LogFiles(hp.output_folder, kind, start_iteration) \
+            if is_main_process and kind is not None else None
+        self.postfix = {}  # what the progress bar shows after the counter: the last losses, speed, scores
+        self.progress = tqdm(range(start_iteration, hp.iterations), initial=start_iteration, total=hp.iterations,
+                             disable=not is_main_process, desc=description)
+        if start_iteration == 0 and validation is not None and validation.pairs:
+            # A fresh run: bicubic's scores and the crop's HR and bicubic images once, then the starting point.
+            if self.log_files is not None:
+                self.log_files.write({"iteration": 0, "time": time.time(), "bicubic": validation.bicubic})
+                for name in ("hr", "bicubic"):
+                    self.log_files.add_image(f"val_crop/{name}", validation.crops[name], 0)
+            self.validate(0)
+
+    def iterations(self):
+        """The iterations still to run, start_iteration .. iterations - 1 (advancing the progress bar)."""
+        return self.progress
+
+    def add_losses(self, **losses):
+        """Add one iteration's losses (name -> 0-d tensor) to the running sums (read only when reported)."""
+        self.running_losses.add(**losses)
+
+    def check_finite(self, iteration, last_checkpoint):
+        """Stop the run (RuntimeError, naming last_checkpoint) if a loss since the last check was NaN or infinite."""
+        self.running_losses.check_finite(iteration, last_checkpoint)
+
+    def report(self, iteration):
+        """Show and log the mean losses since the last report, the speed and the learning rate."""
+        losses, it_per_s = self.running_losses.report()
+        record = {"iteration": iteration, "time": time.time(), "losses": losses}
+        if self.learning_rate is not None:
+            record["learning_rate"] = self.learning_rate()
+        record["it_per_s"] = it_per_s
+        self.postfix.update({name: f"{value:.4f}" for name, value in losses.items()})
+        if self.learning_rate is not None:
+            self.postfix["learning_rate"] = f"{record['learning_rate']:.1e}"
+        self.postfix["it_per_s"] = f"{it_per_s:.2f}"
+        if self.is_main_process:
+            self.progress.set_postfix(self.postfix)
+        if self.log_files is not None:
+            self.log_files.write(record)
+
+    def validate(self, iteration):
+        """Validate now (the main process only; see Validation), show and log the scores and the crop's SR image."""
+        start = time.time()
+        scores, sr_crop, is_best = self.validation(iteration)
+        bicubic = self.validation.bicubic
+        self.progress.write(f"iteration {iteration}: " + ", ".join(
+            f"{name} {s['psnr']:.2f} dB / {s['ssim']:.4f} (bicubic {bicubic[name]['psnr']:.2f} / "
+            f"{bicubic[name]['ssim']:.4f})" for name, s in scores.items())
+            + (f"; best so far, saved to {self.validation.best_path}" if is_best else ""))
+        self.postfix.update({name: f"{s['psnr']:.2f}dB" for name, s in scores.items()})
+        self.progress.set_postfix(self.postfix)
+        if self.log_files is not None:
+            self.log_files.write({"iteration": iteration, "time": time.time(), "val": scores})
+            self.log_files.add_image("val_crop/sr", sr_crop, iteration)
+        self.running_losses.start_time += time.time() - start  # the speed reported is the training's own
+
+    def close(self, save):
+        """Close the progress bar and the log files, and say which files the run leaves (save: its CheckpointSaver)."""
+        self.progress.close()
+        if self.log_files is not None:
+            self.log_files.close()
+        if not self.is_main_process:
+            return
+        # Only files that exist are named: a run with nothing to train (--iterations at or below the starting
+        # iteration) writes no checkpoint, and a run resumed into another folder has no best file there yet.
+        saved = save.saved_iteration is not None
+        if saved:
+            print(f"Checkpoint: {save.path}")
+        else:
+            print(f"No checkpoint written: nothing to train from iteration {self.start_iteration} to --iterations "
+                  f"{self.hp.iterations}" + (f"; {save.resumed_from} is unchanged" if save.resumed_from else "")
+                  + ".")
+        best = self.validation.best if self.validation is not None else None
+        best_written = best is not None and self.validation.best_path.is_file()
+        if best_written:
+            print(f"Best validated weights: {self.validation.best_path} (iteration {best['iteration']}, "
+                  f"{best['val_set']} {best['psnr']:.2f} dB)")
+        paths = ([save.path] if saved else []) + ([self.validation.best_path] if best_written else [])
+        if paths:
+            print("To run the generator in other programs, export it (to .onnx, .pth or .safetensors; see "
+                  "docs/export.md):\n" + "\n".join(f"    {export_command(p)}" for p in paths))
+
+
+def export_command(path):
+    """The command that exports the generator of a checkpoint for other programs (export.py), to an ONNX file beside
+    it: checkpoint_srgan.pth -> srgan.onnx, best_srgan.pth -> best_srgan.onnx."""
+    path = Path(path)
+    output = path.with_name(path.stem.removeprefix("checkpoint_") + ".onnx")
+    script = Path(__file__).resolve().with_name("export.py")
+    script = os.path.relpath(script) if Path.cwd() in script.parents else str(script)  # 'export.py' when run here
+    return f"python {shlex.quote(script)} {shlex.quote(str(path))} --output {shlex.quote(str(output))}"
