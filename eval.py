@@ -32,13 +32,24 @@ Inputs:
   --protocol    `standard` (default, comparable with papers) or `classic`: the classic PyTorch tutorial's own
                 protocol (centre crop, Pillow's bicubic LR, float Y, 4-pixel border, 7x7 uniform SSIM), FOR
                 COMPARISON ONLY -- its numbers cannot be put next to a paper's.
+  --lr_degradation
+                how the LR test images are made (metrics.LR_DEGRADATIONS; the HR image stays the reference):
+                `bicubic` (default, the standard LR images), `jpeg` (bicubic, then JPEG at quality 75), `noise_jpeg`
+                (bicubic, Gaussian noise of sigma 5 levels, then JPEG at quality 75) or `realesrgan` (Real-ESRGAN's
+                second-order chain, degradations.py, at milder ranges than its training). Random draws use a fixed
+                seed per image, so every run, and every model, gets the very same LR images: a robustness test.
+  --metrics     any of `psnr`, `ssim` and `niqe` (default: psnr ssim). NIQE (metrics.calculate_niqe) scores the SR
+                image alone, on the same Y with the same border shaved: LOWER IS BETTER. It rewards sharpness,
+                artefacts included, so read it beside PSNR, never alone.
 
-Outputs: a markdown table on stdout (rows: models, then the published figures and the difference where known;
-columns: test sets) and, with --json, `{"results": [{"model", "test_set", "scale", "psnr", "ssim", "n_images"},
-...]}` (PSNR and SSIM are averages over the images of the set, as in papers; "scale" is the scaling factor).
+Outputs: a markdown table on stdout (rows: models, then the published figures and the difference where known --
+for clean bicubic LR only; columns: test sets) and, with --json, `{"results": [{"model", "test_set", "scale",
+"lr_degradation", "psnr", "ssim", "n_images"}, ...]}`, with "niqe" too when measured (each measure is an average
+over the images of the set, as in papers; "scale" is the scaling factor; only the measures asked for are there).
 
-The work itself (reading the test sets, running a model on them, measuring) is metrics.py's: read_test_list,
-load_test_pairs and evaluate_set, which a training script can call to validate with exactly this protocol.
+The work itself (reading the test sets, making their LR images, running a model on them, measuring) is metrics.py's:
+read_test_list, load_test_pairs and measure_set, which a training script can call to validate with exactly this
+protocol.
 
 Errors a user can cause (missing list or folder, unreadable image, wrong checkpoint, model of another scale) end the
 script with one line on stderr and a non-zero exit. Nothing computed is lost: the sets finished before the error
@@ -92,28 +103,50 @@ SCALES = (2, 3, 4)
 # ------------------------------------------------------------------------------------------------------
 # Report: markdown table and JSON
 # ------------------------------------------------------------------------------------------------------
-def markdown_table(results, models, test_sets, scaling_factor, references, protocol):
+MEASURE_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "niqe": "NIQE"}
+
+
+def _format(measure, value, signed=False):
+    """One number of a cell: PSNR and NIQE with 2 decimals, SSIM with 4; a difference (signed) with one more for PSNR.
+    An infinite PSNR is marked with '*' (explained below the table); None (not known) is '-'."""
+    if value is None:
+        return "-"
+    if signed:
+        return f"{value:+.3f}" if measure == "psnr" else f"{value:+.4f}"
+    text = f"{value:.4f}" if measure == "ssim" else f"{value:.2f}"
+    return text + "*" if math.isinf(value) else text
+
+
+def markdown_table(results, models, test_sets, scaling_factor, references, protocol, measures=("psnr", "ssim"),
+                   lr_degradation="bicubic"):
     """A markdown table: one row per model (then its published figures and the difference, where known), one
-    column per test set, each cell 'PSNR / SSIM'."""
+    column per test set, each cell the measures in order, e.g. 'PSNR / SSIM / NIQE'. Under a degraded LR setting the
+    header and every model row name it, and no published rows are shown (papers measure clean bicubic LR only)."""
     by_key = {(r["model"], r["test_set"]): r for r in results}
-    header = [f"Model (x{scaling_factor})"] + [f"{s} PSNR / SSIM" for s in test_sets]
+    setting = "" if lr_degradation == "bicubic" else f", {lr_degradation} LR"
+    lower_is_better = "; NIQE: lower is better" if "niqe" in measures else ""
+    header = ([f"Model (x{scaling_factor}{setting}{lower_is_better})"]
+              + [f"{s} " + " / ".join(MEASURE_NAMES[m] for m in measures) for s in test_sets])
     rows = []
     for model_arg in models:
         measured = [by_key.get((model_arg, s)) for s in test_sets]
-        # An infinite mean PSNR (an output equal to its HR image) is marked, and explained below the table.
-        rows.append([model_arg] + [f"{r['psnr']:.2f}{'*' if math.isinf(r['psnr']) else ''} / {r['ssim']:.4f}"
-                                   if r else "-" for r in measured])
+        label = model_arg if lr_degradation == "bicubic" else f"{model_arg} ({lr_degradation} LR)"
+        rows.append([label] + [" / ".join(_format(m, r[m]) for m in measures) if r else "-" for r in measured])
+        # Published figures (PSNR and SSIM; '-' for NIQE) are comparable with clean bicubic LR, standard protocol.
         reference = references.get(model_arg)
         published = [PUBLISHED.get(reference, {}).get((s, scaling_factor)) for s in test_sets]
-        if protocol == "standard" and any(published):
-            rows.append([f"published: {reference}"]
-                        + [f"{p[0]:.2f} / {p[1]:.4f}" if p else "-" for p in published])
-            rows.append(["diff"] + [f"{r['psnr'] - p[0]:+.3f} / {r['ssim'] - p[1]:+.4f}" if r and p else "-"
-                                    for r, p in zip(measured, published)])
+        if (protocol == "standard" and lr_degradation == "bicubic" and any(published)
+                and {"psnr", "ssim"} & set(measures)):
+            paper = [dict(zip(("psnr", "ssim"), p)) if p else None for p in published]
+            rows.append([f"published: {reference}"] + [" / ".join(_format(m, p.get(m)) for m in measures)
+                                                      if p else "-" for p in paper])
+            rows.append(["diff"] + [" / ".join(_format(m, r[m] - p[m] if m in p else None, signed=True)
+                                               for m in measures) if r and p else "-"
+                                    for r, p in zip(measured, paper)])
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in [header] + rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    if any(math.isinf(r["psnr"]) for r in results):
+    if any(math.isinf(r.get("psnr", 0)) for r in results):
         lines.append("* infinite: some output equals its HR image exactly (named in the note on stderr), which makes "
                      "the set's mean PSNR infinite; remove such images from the test list.")
     return "\n".join(lines)
@@ -141,6 +174,14 @@ def parse_args(argv=None):
     parser.add_argument("--protocol", default="standard", choices=("standard", "classic"),
                         help="'standard' (comparable with papers) or 'classic' (the old tutorial's, for comparison "
                              "only)")
+    parser.add_argument("--lr_degradation", default="bicubic", choices=tuple(metrics.LR_DEGRADATIONS),
+                        help="how the LR test images are made from HR, with a fixed seed per image: "
+                             + "; ".join(f"'{name}': {setting['models']}"
+                                         for name, setting in metrics.LR_DEGRADATIONS.items())
+                             + " (default: bicubic)")
+    parser.add_argument("--metrics", nargs="+", default=["psnr", "ssim"], choices=metrics.MEASURES, metavar="NAME",
+                        help="what to measure: any of psnr, ssim, niqe (no-reference, lower is better) "
+                             "(default: psnr ssim)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results to this JSON file")
     inference.add_interpolation_arguments(parser)
     args = parser.parse_args(argv)
@@ -151,8 +192,14 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     args.model = list(dict.fromkeys(args.model))  # a model named twice is evaluated once
+    args.metrics = [m for m in metrics.MEASURES if m in args.metrics]  # each once, in the table's order
     if args.protocol == "classic" and args.lr_source == "provided":
         raise ValueError("--protocol classic makes its own LR images with Pillow; use it with --lr_source generated.")
+    if args.lr_degradation != "bicubic" and (args.protocol, args.lr_source) != ("standard", "generated"):
+        raise ValueError(f"--lr_degradation {args.lr_degradation} makes its LR images from HR under the standard "
+                         f"protocol; use it with --protocol standard --lr_source generated.")
+    if "niqe" in args.metrics and args.protocol != "standard":
+        raise ValueError("--metrics niqe is measured under the standard protocol only; drop --protocol classic.")
     if not Path(args.data_folder).is_dir():
         raise FileNotFoundError(f"Data folder not found: {args.data_folder}. Give --data_folder the folder where "
                                 f"create_data_lists.py wrote the *_test_images.json lists.")
@@ -178,16 +225,17 @@ def main(argv=None):
         raise FileNotFoundError(f"No test list found in {args.data_folder} for {', '.join(args.test_sets)}. "
                                 f"Run create_data_lists.py --test_folders ... first, or fix --data_folder.")
 
-    # Evaluate: each set's LR images are made once and shared by all models.
+    # Evaluate: each set's LR images are made once and shared by all models (degraded ones too: the same pixels).
     results = []
     try:
         for test_set, hr_paths in test_lists.items():
             start = time.time()
-            pairs = metrics.load_test_pairs(hr_paths, args.scaling_factor, args.lr_source, args.protocol)
+            pairs = metrics.load_test_pairs(hr_paths, args.scaling_factor, args.lr_source, args.protocol,
+                                            args.lr_degradation)
             for model_arg, model in models.items():
-                psnr, ssim = metrics.evaluate_set(model, pairs, args.scaling_factor, args.protocol)
+                scores = metrics.measure_set(model, pairs, args.scaling_factor, args.metrics, args.protocol)
                 results.append({"model": model_arg, "test_set": test_set, "scale": args.scaling_factor,
-                                "psnr": psnr, "ssim": ssim, "n_images": len(pairs)})
+                                "lr_degradation": args.lr_degradation, **scores, "n_images": len(pairs)})
             print(f"{test_set}: {len(pairs)} images, {time.time() - start:.1f} s", file=sys.stderr)
     finally:
         # Whatever happens, report (and save) what was computed.
@@ -195,7 +243,7 @@ def main(argv=None):
             if args.protocol == "classic":
                 print("Protocol: classic tutorial's, FOR COMPARISON ONLY (not comparable with published numbers).")
             print(markdown_table(results, args.model, list(test_lists), args.scaling_factor, references,
-                                 args.protocol))
+                                 args.protocol, args.metrics, args.lr_degradation))
             if args.json:
                 write_json(args.json, results)
     return results

@@ -8,24 +8,35 @@ reproduce that protocol exactly:
      itself 8 bits); single-channel (grey) images are measured on their own values.
   4. s pixels are shaved from every border (the network cannot see past the image edge there).
   5. PSNR in float64; SSIM as in Wang et al. 2004 (11x11 Gaussian window, sigma 1.5, 'valid' filtering).
+Beside them: NIQE, a no-reference score of how natural the SR image looks (on the same Y, the same border shaved),
+and degraded-input settings (JPEG, noise, Real-ESRGAN's chain) that measure how a model copes with the LR images
+people actually have, each reproducible to the bit.
 Everything works on whole arrays at once (no per-pixel Python loops).
 
 Contents, top to bottom:
   imresize                                    MATLAB's bicubic resize, bit for bit
   rgb2y, calculate_psnr, calculate_ssim       the measurements
+  calculate_niqe                              NIQE as MATLAB's niqe computes it (pristine model in metrics_data/)
   evaluate_pair                               the protocols ('standard', and the classic tutorial's for comparison)
+  LR_DEGRADATIONS, degrade_lr                 the LR images of the degraded-input settings, with fixed seeds
   read_test_list ... evaluate_set             a generator (or bicubic) on a whole test set: what eval.py runs, and
                                               what a training script can call to validate with exactly eval.py's code
 """
+import functools
+import io
 import json
 import math
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
+import scipy.ndimage
+import scipy.special
 import torch
 from PIL import Image
 
+import degradations
 import inference
 import utils
 
@@ -278,6 +289,135 @@ def calculate_ssim(sr, hr, crop_border=0, data_range=255., gaussian_weights=True
 
 
 # ------------------------------------------------------------------------------------------------------
+# NIQE: a no-reference measure of how natural an image looks
+# ------------------------------------------------------------------------------------------------------
+# NIQE (Mittal, Soundararajan, Bovik, "Making a Completely Blind Image Quality Analyzer", 2013) needs no HR image.
+# Natural photos share statistics: after each pixel is normalised by its neighbourhood's mean and deviation (the MSCN
+# coefficients), the values, and the products of neighbouring values, follow bell-shaped (generalised Gaussian)
+# distributions of typical shapes. NIQE fits those shapes in every 96x96 block of the image, at two scales (36
+# numbers a block), fits one multivariate Gaussian to all blocks, and returns its distance to the Gaussian of pristine
+# photos that the authors fitted once. 0 would be "exactly as natural as the pristine photos"; higher is less natural.
+# The pristine model (36 means, their 36x36 covariance and the 7x7 window) lives in metrics_data/, with its source.
+NIQE_MODEL_PATH = Path(__file__).resolve().parent / "metrics_data" / "niqe_pristine_model.json"
+NIQE_BLOCK = 96  # block side at the full scale, the authors' choice (and that of their pristine model)
+
+# The shape parameter alpha of a generalised Gaussian is found by table look-up, as the authors' code does: the
+# ratio r(alpha) = Gamma(2 / alpha)^2 / (Gamma(1 / alpha) Gamma(3 / alpha)) for alpha = 0.2, 0.201, ..., 10 (the
+# same grid, so the same alpha is picked), and each block takes the alpha whose ratio is closest to its own.
+_AGGD_ALPHAS = np.arange(0.2, 10.001, 0.001)                                             # (9801,)
+_AGGD_RATIOS = scipy.special.gamma(2 / _AGGD_ALPHAS) ** 2 / (scipy.special.gamma(1 / _AGGD_ALPHAS)
+                                                           * scipy.special.gamma(3 / _AGGD_ALPHAS))
+
+
+@functools.lru_cache(maxsize=1)
+def load_niqe_model():
+    """NIQE's pristine model from NIQE_MODEL_PATH, read once.
+
+    :return: (mu (36,), cov (36, 36), window (7, 7)), float64 numpy arrays
+    """
+    with open(NIQE_MODEL_PATH) as f:
+        model = json.load(f)
+    return tuple(np.array(model[key], dtype=np.float64) for key in ("mu", "cov", "gaussian_window"))
+
+
+def _mscn(img, window):
+    """Mean-subtracted, contrast-normalised coefficients of an (H, W) image: (x - local mean) / (local deviation + 1),
+    under the Gaussian window (the +1 keeps flat regions from dividing by zero, on the 0-255 scale)."""
+    # The border is repeated outwards (MATLAB's imfilter(..., 'replicate')); the output has the input's size.
+    mu = scipy.ndimage.convolve(img, window, mode="nearest")
+    sigma = np.sqrt(np.abs(scipy.ndimage.convolve(img * img, window, mode="nearest") - mu * mu))
+    return (img - mu) / (sigma + 1)
+
+
+def _aggd_fit(x):
+    """Fit an asymmetric generalised Gaussian to each row of x: (N, M) samples -> alpha, beta_left, beta_right, each
+    (N,). alpha is the shape (2: Gaussian, smaller: peakier), the betas the spreads of the left and right halves.
+    A row with no negative (or no positive) value gets NaN spreads, which the caller leaves out, as the authors do."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        left_std = np.sqrt(np.sum(x * x * (x < 0), axis=1) / np.sum(x < 0, axis=1))
+        right_std = np.sqrt(np.sum(x * x * (x > 0), axis=1) / np.sum(x > 0, axis=1))
+        gamma_hat = left_std / right_std
+        r_hat = np.mean(np.abs(x), axis=1) ** 2 / np.mean(x * x, axis=1)
+        r_hat_norm = r_hat * (gamma_hat ** 3 + 1) * (gamma_hat + 1) / (gamma_hat ** 2 + 1) ** 2
+    # The closest ratio in the table, every row at once: (N, 9801) differences. (A NaN row picks the first entry,
+    # as the authors' code does; its betas are NaN anyway.)
+    alpha = _AGGD_ALPHAS[np.argmin((_AGGD_RATIOS[None, :] - r_hat_norm[:, None]) ** 2, axis=1)]
+    spread = np.sqrt(scipy.special.gamma(1 / alpha) / scipy.special.gamma(3 / alpha))
+    return alpha, left_std * spread, right_std * spread
+
+
+def _niqe_block_features(mscn, block):
+    """The 18 NIQE features of each block x block tile of an MSCN map whose sides are multiples of `block`.
+
+    :param mscn: (H, W) MSCN coefficients
+    :return: (number of tiles, 18), the tiles in row-major order
+    """
+    h, w = mscn.shape
+    # (H, W) -> (tiles, block, block): rows of tiles, then tiles within a row.
+    tiles = mscn.reshape(h // block, block, w // block, block).transpose(0, 2, 1, 3).reshape(-1, block, block)
+    features = []
+    # 1-2: the shape and mean spread of the coefficients themselves.
+    alpha, beta_left, beta_right = _aggd_fit(tiles.reshape(len(tiles), -1))
+    features += [alpha, (beta_left + beta_right) / 2]
+    # 3-18: products of each coefficient with its right, lower, lower-right and lower-left neighbour. Each tile is
+    # shifted circularly within itself (what the authors' code does), so a tile's own pixels only are used.
+    for shift in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        products = tiles * np.roll(tiles, shift, axis=(1, 2))
+        alpha, beta_left, beta_right = _aggd_fit(products.reshape(len(tiles), -1))
+        mean = (beta_right - beta_left) * scipy.special.gamma(2 / alpha) / scipy.special.gamma(1 / alpha)
+        features += [alpha, mean, beta_left, beta_right]
+    return np.stack(features, axis=1)                                                       # (tiles, 18)
+
+
+def calculate_niqe(img, crop_border=0):
+    """NIQE, the naturalness of one image without any reference (Mittal et al. 2013). LOWER IS BETTER.
+
+    Computed as MATLAB's `niqe` and BasicSR's `calculate_niqe(img, crop_border, convert_to='y')` compute it: on the
+    luma Y (`rgb2y`, whole numbers in [16, 235]) of an RGB image, or on the values of a single-channel one;
+    `crop_border` pixels shaved from each border; the rest cropped top-left to whole 96x96 blocks; features at the
+    full and at half size (MATLAB's bicubic imresize by 0.5); the pristine model of metrics_data/.
+
+    NIQE rewards the statistics of sharp natural photos, so it also rewards invented detail and some artefacts (noise,
+    ringing): read it beside PSNR / SSIM, never alone.
+
+    :param img: uint8 numpy array (H, W, 3), RGB; or (H, W) / (H, W, 1) grey or Y values in [0, 255], any real dtype
+                (used as given)
+    :param crop_border: pixels removed from each border first (the scaling factor, in the standard protocol)
+    :return: NIQE score (float, typically 2-10 on photos; lower is better)
+    """
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[2] == 3:
+        y = rgb2y(img)                                                          # (H, W), whole numbers in [16, 235]
+    elif img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        y = img.reshape(img.shape[0], img.shape[1]).astype(np.float64)         # (H, W), [0, 255]
+    else:
+        raise ValueError(f"NIQE expects an RGB (H, W, 3) or grey (H, W) image, got shape {img.shape}")
+    y = _shave(y, crop_border)
+
+    # Whole blocks only (top-left), and at least two of them: the image's Gaussian needs a covariance.
+    n_rows, n_cols = y.shape[0] // NIQE_BLOCK, y.shape[1] // NIQE_BLOCK
+    if n_rows * n_cols < 2:
+        raise ValueError(f"NIQE needs at least two {NIQE_BLOCK}x{NIQE_BLOCK} blocks after the border crop (e.g. "
+                         f"{NIQE_BLOCK}x{2 * NIQE_BLOCK} pixels); this image has {y.shape[1]}x{y.shape[0]}")
+    y = y[:n_rows * NIQE_BLOCK, :n_cols * NIQE_BLOCK]
+
+    # 18 features per block at full size, 18 more for the same block at half size: (blocks, 36).
+    mu_pristine, cov_pristine, window = load_niqe_model()
+    half = imresize(y, scale=0.5)                                    # (H/2, W/2), float, MATLAB's antialiased bicubic
+    features = np.concatenate([_niqe_block_features(_mscn(y, window), NIQE_BLOCK),
+                               _niqe_block_features(_mscn(half, window), NIQE_BLOCK // 2)], axis=1)
+
+    # The image's multivariate Gaussian: mean over blocks (ignoring NaN features), covariance of the complete blocks.
+    mu = np.nanmean(features, axis=0)                                                       # (36,)
+    cov = np.cov(features[~np.isnan(features).any(axis=1)], rowvar=False)                   # (36, 36)
+
+    # Distance between the two Gaussians: sqrt((mu_p - mu)^T ((cov_p + cov) / 2)^+ (mu_p - mu)) (pseudo-inverse: the
+    # mean covariance can be singular).
+    diff = mu_pristine - mu
+    return float(np.sqrt(diff @ np.linalg.pinv((cov_pristine + cov) / 2) @ diff))
+
+
+# ------------------------------------------------------------------------------------------------------
 # The evaluation protocols
 # ------------------------------------------------------------------------------------------------------
 def _grey_from_rgb(img):
@@ -311,6 +451,30 @@ def center_modcrop_array(img, scaling_factor):
     return img[top:top + h - h % scaling_factor, left:left + w - w % scaling_factor, ...]
 
 
+def _measured_luma(sr, hr, scaling_factor):
+    """What the standard protocol measures of an SR image and its HR image: (sr_y, hr_y), float64 (H, W) each.
+
+    HR cropped top-left to a multiple of the scale; SR quantised to 8 bits; RGB -> MATLAB's luma Y (rgb2y, whole
+    numbers in [16, 235]); a single-channel HR image -> its grey values (an RGB SR of it brought back to grey).
+    The border is not shaved here: each measure shaves it.
+    """
+    hr = modcrop_array(np.asarray(hr), scaling_factor)
+    sr = quantize_to_uint8(sr)
+    if hr.ndim == 2 or hr.shape[2] == 1:
+        # Grey HR: measure grey values. A model that returned RGB for it is brought back to grey.
+        hr = hr.reshape(hr.shape[0], hr.shape[1])
+        if sr.ndim == 3 and sr.shape[2] == 3:
+            sr = _grey_from_rgb(sr)
+        sr = sr.reshape(sr.shape[0], sr.shape[1])
+        sr_y, hr_y = sr.astype(np.float64), hr.astype(np.float64)
+    else:
+        sr_y, hr_y = rgb2y(sr), rgb2y(hr)                                       # (H, W), whole numbers in [16, 235]
+    if sr_y.shape != hr_y.shape:
+        raise ValueError(f"SR image is {sr_y.shape[1]}x{sr_y.shape[0]} but the HR image cropped to a multiple "
+                         f"of {scaling_factor} is {hr_y.shape[1]}x{hr_y.shape[0]}")
+    return sr_y, hr_y
+
+
 def evaluate_pair(sr, hr, scaling_factor, protocol='standard'):
     """PSNR and SSIM of one super-resolved image against its ground truth, under a named protocol.
 
@@ -336,20 +500,7 @@ def evaluate_pair(sr, hr, scaling_factor, protocol='standard'):
         raise ValueError(f"evaluate_pair expects an 8-bit HR image, got dtype {hr.dtype}")
 
     if protocol == 'standard':
-        hr = modcrop_array(hr, scaling_factor)
-        sr = quantize_to_uint8(sr)
-        if hr.ndim == 2 or hr.shape[2] == 1:
-            # Grey HR: measure grey values. A model that returned RGB for it is brought back to grey.
-            hr = hr.reshape(hr.shape[0], hr.shape[1])
-            if sr.ndim == 3 and sr.shape[2] == 3:
-                sr = _grey_from_rgb(sr)
-            sr = sr.reshape(sr.shape[0], sr.shape[1])
-            hr_y, sr_y = hr.astype(np.float64), sr.astype(np.float64)
-        else:
-            hr_y, sr_y = rgb2y(hr), rgb2y(sr)                                   # (H, W), whole numbers in [16, 235]
-        if sr_y.shape != hr_y.shape:
-            raise ValueError(f"SR image is {sr_y.shape[1]}x{sr_y.shape[0]} but the HR image cropped to a multiple "
-                             f"of {scaling_factor} is {hr_y.shape[1]}x{hr_y.shape[0]}")
+        sr_y, hr_y = _measured_luma(sr, hr, scaling_factor)
         psnr = calculate_psnr(sr_y, hr_y, crop_border=scaling_factor)
         ssim = calculate_ssim(sr_y, hr_y, crop_border=scaling_factor)
         return psnr, ssim
@@ -372,6 +523,113 @@ def evaluate_pair(sr, hr, scaling_factor, protocol='standard'):
         return psnr, ssim
 
     raise ValueError(f"unknown protocol {protocol!r}: use 'standard' (comparable with papers) or 'classic'")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Degraded-input protocols: how robust is a model to the LR images people actually have?
+# ------------------------------------------------------------------------------------------------------
+# The standard protocol feeds clean bicubic LR images; real photos arrive compressed, noisy, blurred. Each setting
+# below makes the LR test image from the HR one (after the standard top-left crop to a multiple of the scale; the HR
+# image stays the reference), with fixed values and, where something is random, a fixed seed per image
+# (image_seed), so every run gives the very same LR images, and bicubic and every model see the same ones.
+# The fixed values are chosen for ordinary photos from phones and the web; each says why.
+LR_DEGRADATIONS = {
+    # The standard protocol papers report: MATLAB's bicubic imresize by 1/s, nothing else (or, with
+    # lr_source='provided', the MATLAB-made LR files of a benchmark folder, which are the same pixels).
+    "bicubic": {"models": "a clean bicubic downscale (the standard protocol papers report)"},
+    # Bicubic, then one JPEG round trip: a photo saved or shared once.
+    "jpeg": {
+        "models": "a bicubic downscale saved once as JPEG (quality 75)",
+        "jpeg_quality": 75,  # libjpeg's and Pillow's default quality: what an image saved with no setting gets
+    },
+    # Bicubic, then sensor-like noise, then JPEG: a noisy photo saved once.
+    "noise_jpeg": {
+        "models": "a bicubic downscale with colour noise (sigma 5 levels), saved as JPEG (quality 75)",
+        "noise_sigma": 5.0,  # in 8-bit levels: visible grain in flat areas, like an indoor phone photo
+        "jpeg_quality": 75,  # the same quality as 'jpeg', so the two rows differ by the noise alone
+    },
+    # degradations.degrade_batch, Real-ESRGAN's second-order chain (blur, resize, noise, JPEG, twice, and a final
+    # sinc filter), at milder ranges than Real-ESRGAN trains with; every other value is DEGRADATION_DEFAULTS'.
+    # (No unsharp masking: that sharpens the training target, while here the HR image itself is the reference.)
+    "realesrgan": {
+        "models": "Real-ESRGAN's second-order blur / resize / noise / JPEG chain, at milder ranges than its training",
+        "settings": {
+            "blur_sigma": [0.2, 1.5],  # optics and focus of a usable photo (training: up to 3 pixels)
+            "blur_sigma2": [0.2, 1.0],  # (training: up to 1.5)
+            "resize_range": [0.5, 1.5],  # a photo shrunk to half, not to 15% and back (training: 0.15-1.5)
+            "resize_range2": [0.5, 1.2],  # (training: 0.3-1.2)
+            "noise_range": [1, 10],  # Gaussian noise sigma in levels: phone photos, not night shots (training: 1-30)
+            "noise_range2": [1, 8],  # (training: 1-25)
+            "poisson_scale_range": [0.05, 1.0],  # shot noise, scaled down in the same proportion (training: 0.05-3)
+            "poisson_scale_range2": [0.05, 0.8],  # (training: 0.05-2.5)
+            "jpeg_range": [60, 95],  # web photos are rarely stored below quality 60 (training: 30-95)
+            "jpeg_range2": [60, 95],  # (training: 30-95)
+        },
+    },
+}
+
+
+def image_seed(name):
+    """The fixed seed of one test image: CRC-32 of its name (e.g. 'baby'), the same in every run, process and
+    Python version (unlike Python's hash() of a string, which changes from run to run)."""
+    return zlib.crc32(name.encode("utf-8"))
+
+
+def _jpeg_round_trip(img, quality):
+    """Encode a uint8 (H, W) or (H, W, 3) array as JPEG with Pillow and decode it again: same shape, uint8.
+    Baseline JPEG with 4:2:0 chroma, the defaults of Pillow and most cameras; the same Pillow gives the same bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(img).save(buffer, format="JPEG", quality=quality, subsampling="4:2:0")
+    return np.array(Image.open(buffer))                                   # a writable copy, like imresize's output
+
+
+def degrade_lr(hr, scaling_factor, lr_degradation="bicubic", seed=0):
+    """Make the LR test image of one HR image under a named setting of LR_DEGRADATIONS, the same on every run.
+
+    :param hr: uint8 numpy array (H, W, 3) or (H, W), H and W multiples of scaling_factor (modcrop_array first)
+    :param scaling_factor: the upscale factor s
+    :param lr_degradation: a name of LR_DEGRADATIONS: 'bicubic', 'jpeg', 'noise_jpeg' or 'realesrgan'
+    :param seed: the image's seed (image_seed of its name) for the random settings ('noise_jpeg', 'realesrgan');
+                 'bicubic' and 'jpeg' draw nothing
+    :return: uint8 array (H/s, W/s, 3) or (H/s, W/s), like hr; bit-identical for the same arguments, whatever the
+             thread count (with the same numpy, Pillow and torch, on the same kind of CPU)
+    """
+    if lr_degradation not in LR_DEGRADATIONS:
+        raise ValueError(f"unknown LR degradation {lr_degradation!r}: use one of {', '.join(LR_DEGRADATIONS)}")
+    hr = np.asarray(hr)
+    s = scaling_factor
+    if hr.dtype != np.uint8 or hr.shape[0] % s or hr.shape[1] % s:
+        raise ValueError(f"degrade_lr expects an 8-bit HR image cropped to a multiple of {s} (modcrop_array), got "
+                         f"dtype {hr.dtype} and shape {hr.shape}")
+    setting = LR_DEGRADATIONS[lr_degradation]
+
+    if lr_degradation == "realesrgan":
+        # The training pipeline, on the CPU, one image at a time, with its own generator seeded for this image.
+        rgb = np.repeat(hr[..., None], 3, axis=2) if hr.ndim == 2 else hr         # the pipeline takes RGB
+        hr_tensor = torch.tensor(rgb).permute(2, 0, 1).unsqueeze(0).float().div(255)   # (1, 3, H, W), [0, 1] (a copy)
+        # On one thread: split over several, torch's sums (convolutions, the JPEG transform) change their order, and
+        # a pixel may then round to the next 8-bit level; one thread gives the same bits whatever the thread count.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            lr_tensor = degradations.degrade_batch(hr_tensor, s, setting["settings"],
+                                                   torch.Generator().manual_seed(seed))   # (1, 3, H/s, W/s), 8-bit
+        finally:
+            torch.set_num_threads(threads)
+        lr = quantize_to_uint8(lr_tensor[0].permute(1, 2, 0).double().numpy())        # (H/s, W/s, 3), uint8
+        return _grey_from_rgb(lr) if hr.ndim == 2 else lr                             # a grey image stays grey
+
+    # Every other setting starts from the standard bicubic LR image (MATLAB's imresize, 8 bits).
+    lr = imresize(hr, scale=1 / s)                                                    # (H/s, W/s[, 3]), uint8
+    if "noise_sigma" in setting:
+        # Gaussian noise in 8-bit levels, independent per pixel and channel, from this image's own generator;
+        # rounded and clipped to 8 bits, as a camera stores it.
+        rng = np.random.Generator(np.random.PCG64(seed))
+        noise = rng.normal(0.0, setting["noise_sigma"], size=lr.shape)
+        lr = _round_to_uint8(lr + noise).astype(np.uint8)
+    if "jpeg_quality" in setting:
+        lr = _jpeg_round_trip(lr, setting["jpeg_quality"])
+    return lr
 
 
 # ======================================================================================================
@@ -423,15 +681,23 @@ def provided_lr_path(hr_path, scaling_factor):
     return hr_path.parent.parent / "LR_bicubic" / f"X{scaling_factor}" / f"{hr_path.stem}x{scaling_factor}.png"
 
 
-def load_test_pairs(hr_paths, scaling_factor, lr_source="generated", protocol="standard"):
+def load_test_pairs(hr_paths, scaling_factor, lr_source="generated", protocol="standard", lr_degradation="bicubic"):
     """Load the HR images of a test set and make (or read) their LR images.
 
     :param lr_source: 'generated' (made here with imresize, as MATLAB makes them) or 'provided' (read from
-                      provided_lr_path)
+                      provided_lr_path); the degraded settings always make theirs from HR ('generated')
+    :param lr_degradation: a name of LR_DEGRADATIONS: 'bicubic' (the standard LR images), or a degraded input made by
+                           degrade_lr with the image's fixed seed (image_seed of its file name), standard protocol only
     :return: list of (name, hr, lr): hr a uint8 array (H, W) or (H, W, 3) as stored (greyscale stays single-channel,
              so it is measured on its own values); lr a uint8 array of the size the protocol gives.
     """
     s = scaling_factor
+    # A degraded setting starts from HR under the standard protocol: say so now, before any image is read.
+    if lr_degradation not in LR_DEGRADATIONS:
+        raise ValueError(f"unknown LR degradation {lr_degradation!r}: use one of {', '.join(LR_DEGRADATIONS)}")
+    if lr_degradation != "bicubic" and (protocol != "standard" or lr_source != "generated"):
+        raise ValueError(f"the {lr_degradation!r} LR images are made from HR under the standard protocol: use them "
+                         f"with --protocol standard --lr_source generated")
     pairs = []
     for hr_path in hr_paths:
         # PIL, RGB or grey as stored: other modes (RGBA, palette) become RGB, 16-bit grey is rounded to 8 bits.
@@ -447,6 +713,9 @@ def load_test_pairs(hr_paths, scaling_factor, lr_source="generated", protocol="s
             hr_crop = Image.fromarray(center_modcrop_array(hr, s)).convert("RGB")
             lr_img = hr_crop.resize((hr_crop.width // s, hr_crop.height // s), Image.Resampling.BICUBIC)
             lr = np.asarray(lr_img)                                # (h, w, 3), uint8
+        elif lr_degradation != "bicubic":
+            # The standard crop, then the named degradation with this image's own seed.
+            lr = degrade_lr(modcrop_array(hr, s), s, lr_degradation, image_seed(hr_path.stem))   # (H/s, W/s[, 3])
         elif lr_source == "generated":
             # MATLAB's recipe: crop HR top-left to a multiple of the scale, then imresize by 1/scale.
             lr = imresize(modcrop_array(hr, s), scale=1 / s)       # (H/s, W/s[, 3]), uint8
@@ -487,16 +756,28 @@ def upscale_array(generator, lr, scaling_factor, protocol="standard", precision=
     return quantize_to_uint8(sr)                                                             # 8 bits, rounded
 
 
-def evaluate_set(generator, pairs, scaling_factor, protocol="standard", precision="fp32"):
-    """Average PSNR and SSIM of one generator (None: bicubic) over one test set's (name, hr, lr) pairs.
+MEASURES = ("psnr", "ssim", "niqe")  # what measure_set can average; NIQE needs no HR image and is lower-is-better
 
-    The generator is used as it is: put it in eval mode first (batch norm must use its running statistics), and
-    back in training mode afterwards when validating during training.
 
-    :return: (mean PSNR in dB, mean SSIM), floats
+def measure_set(generator, pairs, scaling_factor, measures=("psnr", "ssim"), protocol="standard", precision="fp32"):
+    """Average measures of one generator (None: bicubic) over one test set's (name, hr, lr) pairs.
+
+    PSNR and SSIM compare each SR image with its HR image (evaluate_pair); NIQE looks at the SR image alone, on the
+    same Y channel with the same border shaved (calculate_niqe), standard protocol only. The generator is used as
+    it is: put it in eval mode first (batch norm must use its running statistics), and back in training mode
+    afterwards when validating during training.
+
+    :param pairs: from load_test_pairs
+    :param measures: any of MEASURES, e.g. ('psnr', 'ssim', 'niqe')
+    :return: dict measure -> mean over the images (float), in the order of `measures`
     """
     s = scaling_factor
-    psnrs, ssims = [], []
+    unknown = [m for m in measures if m not in MEASURES]
+    if unknown or not measures:
+        raise ValueError(f"unknown measure(s) {unknown}: choose one or more of {', '.join(MEASURES)}")
+    if "niqe" in measures and protocol != "standard":
+        raise ValueError("NIQE is measured under the standard protocol only (on its 8-bit outputs and luma Y)")
+    values = {m: [] for m in measures}
     for name, hr, lr in pairs:
         sr = upscale_array(generator, lr, s, protocol, precision)
         if protocol == "standard":
@@ -507,13 +788,31 @@ def evaluate_set(generator, pairs, scaling_factor, protocol="standard", precisio
                 raise ValueError(f"The LR image of {name} gives a {sr.shape[1]}x{sr.shape[0]} output at x{s}, "
                                  f"which does not match its {w}x{h} HR image cropped to a multiple of {s}.")
             sr = sr[:h, :w]
-        psnr, ssim = evaluate_pair(sr, hr, s, protocol=protocol)
-        psnrs.append(psnr)
-        ssims.append(ssim)
-    exact = [name for (name, _, _), psnr in zip(pairs, psnrs) if math.isinf(psnr)]
+        if "psnr" in values or "ssim" in values:
+            psnr, ssim = evaluate_pair(sr, hr, s, protocol=protocol)
+            for m, value in (("psnr", psnr), ("ssim", ssim)):
+                if m in values:
+                    values[m].append(value)
+        if "niqe" in values:
+            sr_y, _ = _measured_luma(sr, hr, s)                                  # what PSNR / SSIM measure, too
+            try:
+                values["niqe"].append(calculate_niqe(sr_y, crop_border=s))
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}; measure this set without niqe, or remove the image") from None
+    exact = [name for (name, _, _), psnr in zip(pairs, values.get("psnr", [])) if math.isinf(psnr)]
     if exact:
         # An output identical to its HR image has an infinite PSNR, and so then has the mean: say why, every time.
         print(f"note: the PSNR of {', '.join(exact)} is infinite: the output equals the HR image exactly (a flat or "
               f"synthetic image?), so the mean PSNR of the set is infinite too; such an image says nothing about a "
               f"model: remove it from the test list.", file=sys.stderr)
-    return float(np.mean(psnrs)), float(np.mean(ssims))
+    return {m: float(np.mean(v)) for m, v in values.items()}
+
+
+def evaluate_set(generator, pairs, scaling_factor, protocol="standard", precision="fp32"):
+    """Average PSNR and SSIM of one generator (None: bicubic) over one test set's (name, hr, lr) pairs: measure_set
+    with ('psnr', 'ssim'), the numbers eval.py prints by default and a training run validates with.
+
+    :return: (mean PSNR in dB, mean SSIM), floats
+    """
+    scores = measure_set(generator, pairs, scaling_factor, ("psnr", "ssim"), protocol, precision)
+    return scores["psnr"], scores["ssim"]

@@ -89,6 +89,27 @@ def test_bicubic_reproduces_published_baselines_all_sets(benchmark_lists, tmp_pa
     check_bicubic_baselines(benchmark_lists, scale, ("Set5", "Set14", "BSD100"), tmp_path)
 
 
+# BasicSR 1.4.2's calculate_niqe(sr, crop_border=4, convert_to='y') averaged over Set5's bicubic x4 outputs (LR made
+# with MATLAB's imresize, upscaled with it), computed once outside this project (see tests/test_metrics.py).
+BASICSR_SET5_BICUBIC_X4_NIQE = 8.455715232177074
+
+
+def test_set5_niqe_and_a_degraded_setting_from_the_command_line(benchmark_lists, tmp_path, capsys):
+    """Acceptance: `--metrics psnr ssim niqe` on clean Set5 x4 gives BasicSR's bicubic NIQE within 0.1, and the same
+    run with `--lr_degradation jpeg` names its setting in the table and the JSON."""
+    argv = ["--data_folder", str(benchmark_lists), "--test_sets", "Set5", "--model", "bicubic",
+            "--metrics", "psnr", "ssim", "niqe"]
+    cli.run_cli(lambda: eval_script.main(argv + ["--json", str(tmp_path / "r.json")]))
+    clean = json.loads((tmp_path / "r.json").read_text())["results"][0]
+    assert clean["niqe"] == pytest.approx(BASICSR_SET5_BICUBIC_X4_NIQE, abs=0.1)   # (measured: 8.441, 0.015 off)
+    assert clean["psnr"] == pytest.approx(28.42, abs=0.025) and clean["lr_degradation"] == "bicubic"
+    cli.run_cli(lambda: eval_script.main(argv + ["--lr_degradation", "jpeg", "--json", str(tmp_path / "j.json")]))
+    jpeg = json.loads((tmp_path / "j.json").read_text())["results"][0]
+    assert jpeg["lr_degradation"] == "jpeg" and jpeg["psnr"] < clean["psnr"] - 0.5
+    out = capsys.readouterr().out
+    assert "| bicubic (jpeg LR) " in out and "NIQE: lower is better" in out
+
+
 def test_provided_lr_gives_the_same_numbers_as_generated_on_set14(benchmark_lists, tmp_path):
     """Set14's LR images were made by MATLAB; ours are pixel-identical, so both LR sources give the same numbers."""
     results = {}
@@ -174,7 +195,8 @@ def test_table_and_json(photo_lists, tmp_path, capsys):
     saved = json.loads(json_path.read_text())
     assert saved == {"results": results}
     assert len(results) == 1
-    assert set(results[0]) == {"model", "test_set", "scale", "psnr", "ssim", "n_images"}
+    assert set(results[0]) == {"model", "test_set", "scale", "lr_degradation", "psnr", "ssim", "n_images"}
+    assert results[0]["lr_degradation"] == "bicubic"
     assert results[0]["model"] == "bicubic" and results[0]["test_set"] == "Photos"
     assert results[0]["scale"] == 2 and results[0]["n_images"] == 2
     assert 20 < results[0]["psnr"] < 45 and 0.5 < results[0]["ssim"] < 1
@@ -200,6 +222,61 @@ def test_table_shows_published_figures_and_differences():
     # The classic protocol is not comparable with papers: no published rows.
     assert len(eval_script.markdown_table(results, ["bicubic"], ["Set5"], 4, {"bicubic": "Bicubic"},
                                           "classic").splitlines()) == 3
+
+
+def test_table_with_niqe_and_a_degraded_setting():
+    """NIQE is a third number in each cell, the header says lower is better, the published rows have '-' for it;
+    under a degraded setting the header and every model row name it, and there are no published rows."""
+    results = [{"model": "bicubic", "test_set": "Set5", "scale": 4, "lr_degradation": "bicubic", "psnr": 28.43,
+                "ssim": 0.8111, "niqe": 8.444, "n_images": 5}]
+    table = eval_script.markdown_table(results, ["bicubic"], ["Set5"], 4, {"bicubic": "Bicubic"}, "standard",
+                                       ("psnr", "ssim", "niqe"))
+    cells = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.splitlines()]
+    assert cells[0] == ["Model (x4; NIQE: lower is better)", "Set5 PSNR / SSIM / NIQE"]
+    assert cells[2:] == [["bicubic", "28.43 / 0.8111 / 8.44"], ["published: Bicubic", "28.42 / 0.8104 / -"],
+                         ["diff", "+0.010 / +0.0007 / -"]]
+    results[0]["lr_degradation"] = "jpeg"
+    table = eval_script.markdown_table(results, ["bicubic"], ["Set5"], 4, {"bicubic": "Bicubic"}, "standard",
+                                       ("niqe",), "jpeg")
+    cells = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.splitlines()]
+    assert cells[0] == ["Model (x4, jpeg LR; NIQE: lower is better)", "Set5 NIQE"]
+    assert cells[2:] == [["bicubic (jpeg LR)", "8.44"]]
+
+
+@pytest.fixture(scope="module")
+def niqe_photo_lists(tmp_path_factory):
+    """Two real photos large enough for NIQE at x4 (at least two 96x96 blocks after the 4-pixel border crop)."""
+    folder = tmp_path_factory.mktemp("niqe_photos")
+    paths = []
+    for name in ("astronaut", "chelsea"):
+        paths.append(folder / f"{name}.png")
+        Image.fromarray(getattr(skimage_data, name)()[:204, :300]).save(paths[-1])
+    write_list(folder, "Photos", paths)
+    return folder
+
+
+def test_degraded_setting_is_the_same_for_every_model_and_every_run(niqe_photo_lists, tmp_path):
+    """--lr_degradation noise_jpeg: bicubic and a model see the same LR images (metrics.load_test_pairs with the
+    setting), two runs write identical JSON, and the rows carry the setting and NIQE."""
+    checkpoint = tmp_path / "tiny_srresnet.pth"
+    model = tiny_checkpoint(checkpoint).eval()
+    data = ["--data_folder", str(niqe_photo_lists), "--test_sets", "Photos"]
+    argv = data + ["--model", "bicubic", str(checkpoint), "--lr_degradation", "noise_jpeg",
+                   "--metrics", "niqe", "psnr", "ssim"]
+    eval_script.main(argv + ["--json", str(tmp_path / "first.json")])
+    eval_script.main(argv + ["--json", str(tmp_path / "second.json")])
+    first = json.loads((tmp_path / "first.json").read_text())["results"]
+    assert (tmp_path / "first.json").read_bytes() == (tmp_path / "second.json").read_bytes()
+    assert [list(r) for r in first] == [["model", "test_set", "scale", "lr_degradation", "psnr", "ssim", "niqe",
+                                         "n_images"]] * 2
+    assert {r["lr_degradation"] for r in first} == {"noise_jpeg"}
+    pairs = metrics.load_test_pairs(metrics.read_test_list(niqe_photo_lists, "Photos"), 4,
+                                    lr_degradation="noise_jpeg")
+    for generator, row in zip((None, model), first):
+        assert metrics.measure_set(generator, pairs, 4, ("psnr", "ssim", "niqe")) == {
+            m: row[m] for m in ("psnr", "ssim", "niqe")}
+    clean = eval_script.main(data + ["--metrics", "psnr"])[0]                       # bicubic, clean LR
+    assert clean["psnr"] > first[0]["psnr"] + 0.5  # the noise and JPEG cost bicubic PSNR
 
 
 def test_classic_protocol_runs_and_is_labelled(photo_lists, capsys):
@@ -348,3 +425,22 @@ def test_missing_provided_lr(photo_lists, capsys):
     with pytest.raises(SystemExit) as excinfo:
         run_main(["--data_folder", str(photo_lists), "--test_sets", "Photos", "--lr_source", "provided"])
     assert_one_line_error(capsys, excinfo, "LR_bicubic", "--lr_source generated")
+
+
+
+def test_degraded_settings_and_niqe_refuse_what_they_cannot_do(photo_lists, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        run_main(["--data_folder", str(photo_lists), "--test_sets", "Photos", "--lr_degradation", "jpeg",
+                  "--lr_source", "provided"])
+    assert_one_line_error(capsys, excinfo, "--lr_degradation jpeg", "--lr_source generated")
+    with pytest.raises(SystemExit) as excinfo:
+        run_main(["--data_folder", str(photo_lists), "--test_sets", "Photos", "--metrics", "niqe",
+                  "--protocol", "classic"])
+    assert_one_line_error(capsys, excinfo, "niqe", "standard protocol")
+    # The photos are 150x130: after the border crop, one 96x96 block only, too few for NIQE.
+    with pytest.raises(SystemExit) as excinfo:
+        run_main(["--data_folder", str(photo_lists), "--test_sets", "Photos", "--metrics", "niqe"])
+    assert_one_line_error(capsys, excinfo, "astronaut", "96x96 blocks", "without niqe")
+    with pytest.raises(SystemExit) as excinfo:  # argparse: not one of the listed choices
+        eval_script.main(["--data_folder", str(photo_lists), "--lr_degradation", "blur"])
+    assert excinfo.value.code == 2 and "realesrgan" in capsys.readouterr().err

@@ -1,18 +1,25 @@
 """Tests of metrics.py: the MATLAB-compatible imresize, the metrics, the protocols and evaluating a test set.
 
 Checked against independent references: MATLAB-made LR images (../shared/data), scikit-image's SSIM / PSNR /
-rgb2ycbcr, and values computed by hand from the cubic kernel's formula.
+rgb2ycbcr, BasicSR's NIQE (numbers stored below), and values computed by hand from the cubic kernel's formula.
 """
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.ndimage
 import torch
 from PIL import Image
 from skimage import data as skimage_data
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+import degradations
 import metrics
 
 
@@ -312,3 +319,226 @@ def test_classic_protocol_matches_a_reimplementation_of_the_tutorial(astronaut):
     assert ssim == pytest.approx(structural_similarity(hr_y, sr_y, data_range=255), abs=1e-9)
     # ... and it is a different protocol: its numbers differ from the standard one's on the same images.
     assert abs(psnr - metrics.evaluate_pair(sr, hr_crop, scale)[0]) > 0.01
+
+
+# ------------------------------------------------------------------------------------------------------
+# NIQE
+# ------------------------------------------------------------------------------------------------------
+# Reference NIQE scores computed once, outside this project, with BasicSR 1.4.2's calculate_niqe(img, crop_border,
+# input_order='HWC', convert_to='y') (basicsr/metrics/niqe.py, its own pristine parameters), on the image read by
+# cv2.imread (BGR; input_order='HW' for the grey bridge.png). "HR": the benchmark file itself; "bicubic x4": the MATLAB
+# LR file LR_bicubic/X4/<name>x4.png upscaled x4 with metrics.imresize (MATLAB's bicubic, bit for bit), crop_border 4.
+# BasicSR computes in float32 and metrics.calculate_niqe in float64, as MATLAB does: BasicSR's niqe() run in float64
+# (with a float64 imresize) gives our scores to 1e-9; its float32 rounding moves its scores by up to ~0.2 on images
+# with flat areas (MSCN coefficients that are exactly 0 in exact arithmetic change sign), by under 0.03 on these.
+BASICSR_NIQE = [
+    # (set, image, what, crop_border, BasicSR NIQE); the comment: width x height of the image measured
+    ("Set14", "baboon", "HR", 0, 5.729572592446565),                # 500 x 480, RGB
+    ("Set14", "comic", "HR", 0, 4.1388358658943085),                # 250 x 361, RGB
+    ("Set14", "bridge", "HR", 0, 2.512162189134675),                # 512 x 512, grey
+    ("BSD100", "101087", "HR", 0, 3.9807931637691643),              # 320 x 480, RGB
+    ("Set5", "bird", "bicubic x4", 4, 8.104775405863803),           # 288 x 288
+    ("Set5", "woman", "bicubic x4", 4, 7.343660672978073),          # 228 x 344
+    ("Set14", "monarch", "bicubic x4", 4, 7.534146471924531),       # 768 x 512
+    ("Set14", "zebra", "bicubic x4", 4, 7.569937606892577),         # 584 x 388
+]
+
+
+def test_niqe_agrees_with_basicsr_on_real_images(shared_data):
+    """Acceptance: within 0.05 of BasicSR's NIQE on real images of 8 different sizes (HR photos, a grey one, and
+    bicubic x4 upscales), with the border crop."""
+    diffs = []
+    for test_set, name, what, crop_border, reference in BASICSR_NIQE:
+        hr_path = shared_data / test_set / "HR" / f"{name}.png"
+        if what == "HR":
+            img = np.asarray(Image.open(hr_path))                                  # (H, W, 3) or (H, W), uint8
+        else:
+            img = metrics.imresize(np.asarray(Image.open(metrics.provided_lr_path(hr_path, 4))), scale=4)
+        ours = metrics.calculate_niqe(img, crop_border=crop_border)
+        diffs.append(abs(ours - reference))
+        assert ours == pytest.approx(reference, abs=0.05), (name, what)
+    assert max(diffs) < 0.03  # (measured: 0.021, Set5 bird; the others under 0.01)
+
+
+def test_niqe_of_a_blurred_image_is_higher(astronaut):
+    """Blur removes the sharp-edge statistics of natural photos: NIQE (lower is better) rises, clearly."""
+    blurred = np.stack([scipy.ndimage.gaussian_filter(astronaut[..., c].astype(np.float64), 1.5) for c in range(3)],
+                       axis=2)
+    blurred = np.clip(np.floor(blurred + 0.5), 0, 255).astype(np.uint8)
+    sharp_score, blurred_score = metrics.calculate_niqe(astronaut), metrics.calculate_niqe(blurred)
+    assert 2 < sharp_score < 5  # a sharp photo (measured: 3.10)
+    assert blurred_score > sharp_score + 2  # (measured: 6.63)
+
+
+def test_niqe_pristine_model_file():
+    """The data file holds the model MATLAB's niqe uses: 36 means, a symmetric positive-definite 36x36 covariance,
+    the 7x7 Gaussian window of sigma 7/6 (MATLAB's fspecial('gaussian', 7, 7/6)), and names its source and licence."""
+    mu, cov, window = metrics.load_niqe_model()
+    assert mu.shape == (36,) and cov.shape == (36, 36) and window.shape == (7, 7)
+    assert mu[0] == 2.6013136801541448  # the first mean, as in BasicSR's niqe_pris_params.npz, to the bit
+    np.testing.assert_array_equal(cov, cov.T)
+    assert np.linalg.eigvalsh(cov).min() > 0
+    offsets = np.arange(-3, 4)
+    gaussian = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * (7 / 6) ** 2))
+    np.testing.assert_allclose(window, gaussian / gaussian.sum(), atol=1e-15)
+    about = json.loads(metrics.NIQE_MODEL_PATH.read_text())
+    assert "BasicSR 1.4.2" in about["source"] and "Mittal" in about["source"]
+    assert "Apache License 2.0" in about["licence"]
+
+
+def test_niqe_input_forms_blocks_and_errors(astronaut):
+    """RGB is measured on rgb2y's luma; a grey (H, W) or (H, W, 1) array on its values; the border crop is a plain
+    crop; only whole 96x96 blocks (top-left) count; fewer than two blocks is an error."""
+    y = metrics.rgb2y(astronaut)
+    score = metrics.calculate_niqe(astronaut)
+    assert metrics.calculate_niqe(y) == score
+    assert metrics.calculate_niqe(y.astype(np.uint8)[..., None]) == score
+    assert metrics.calculate_niqe(astronaut, crop_border=5) == metrics.calculate_niqe(y[5:-5, 5:-5])
+    # 500x300 holds 5x3 whole blocks: the pixels past them (bottom and right) change nothing.
+    assert metrics.calculate_niqe(y[:500, :300]) == metrics.calculate_niqe(y[:480, :288])
+    assert metrics.calculate_niqe(y[:500, :300]) != metrics.calculate_niqe(y[12:492, 12:300])
+    with pytest.raises(ValueError, match="at least two 96x96 blocks"):
+        metrics.calculate_niqe(astronaut[:191, :191])                               # one block only
+    with pytest.raises(ValueError):
+        metrics.calculate_niqe(np.zeros((200, 200, 2)))                             # neither RGB nor grey
+
+
+# ------------------------------------------------------------------------------------------------------
+# Degraded-input protocols
+# ------------------------------------------------------------------------------------------------------
+DEGRADED = [name for name in metrics.LR_DEGRADATIONS if name != "bicubic"]
+
+
+def test_image_seed_is_a_fixed_function_of_the_name():
+    """CRC-32 of the name: the same number in every process and Python version (hash() of a str is not)."""
+    assert metrics.image_seed("baby") == 2272035134
+    assert metrics.image_seed("baby") != metrics.image_seed("bird")
+
+
+@pytest.mark.parametrize("lr_degradation", DEGRADED)
+def test_degraded_lr_is_bit_identical_on_every_run_and_depends_on_the_seed(astronaut, lr_degradation):
+    """Acceptance: the same HR image and seed give the same LR bits; another seed gives another LR image (for the
+    settings that draw random numbers; 'jpeg' draws none, so its seed changes nothing)."""
+    hr = metrics.modcrop_array(astronaut[:203, :157], 4)
+    lr = metrics.degrade_lr(hr, 4, lr_degradation, seed=11)
+    assert lr.dtype == np.uint8 and lr.shape == (50, 39, 3)
+    np.testing.assert_array_equal(metrics.degrade_lr(hr, 4, lr_degradation, seed=11), lr)
+    assert not np.array_equal(lr, metrics.imresize(hr, scale=1 / 4))               # degraded, not the clean LR
+    other_seed = metrics.degrade_lr(hr, 4, lr_degradation, seed=12)
+    if lr_degradation == "jpeg":
+        np.testing.assert_array_equal(other_seed, lr)
+    else:
+        assert not np.array_equal(other_seed, lr)
+
+
+def test_degraded_lr_is_the_same_in_another_process(tmp_path, astronaut):
+    """Every run: a fresh Python process (another hash seed, another thread count) loads the same test images and makes
+    the same LR bits."""
+    paths = []
+    for name, crop in (("left", astronaut[:120, :100]), ("right", astronaut[200:320, 300:400])):
+        paths.append(tmp_path / f"{name}.png")
+        Image.fromarray(crop).save(paths[-1])
+    # The other run writes its LR images to lr.npz, one array per (setting, image).
+    script = "\n".join([
+        f"import sys; sys.path.insert(0, {str(Path(metrics.__file__).parent)!r})",
+        "from pathlib import Path; import numpy as np; import metrics",
+        f"paths = [Path(p) for p in {[str(p) for p in paths]!r}]",
+        f"lrs = {{f'{{d}}_{{name}}': lr for d in {DEGRADED!r}",
+        "       for name, _, lr in metrics.load_test_pairs(paths, 4, lr_degradation=d)}",
+        f"np.savez({str(tmp_path / 'lr.npz')!r}, **lrs)"])
+    threads = "1" if torch.get_num_threads() > 1 else "2"
+    subprocess.run([sys.executable, "-c", script], check=True,
+                   env={**os.environ, "PYTHONHASHSEED": "123", "OMP_NUM_THREADS": threads})
+    other_run = np.load(tmp_path / "lr.npz")
+    for lr_degradation in DEGRADED:
+        for name, _, lr in metrics.load_test_pairs(paths, 4, lr_degradation=lr_degradation):
+            np.testing.assert_array_equal(other_run[f"{lr_degradation}_{name}"], lr)
+
+
+def test_realesrgan_lr_does_not_depend_on_the_thread_count(shared_data):
+    """torch splits sums differently over 1 and 2 threads, which moved 2 pixels of Set14 (baboon, flowers) by one
+    level; degrade_lr runs the pipeline on one thread, so the LR images are the same whatever the thread count."""
+    paths = sorted((shared_data / "Set14" / "HR").glob("*.png"))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = metrics.load_test_pairs(paths, 4, lr_degradation="realesrgan")
+        torch.set_num_threads(2)
+        two = metrics.load_test_pairs(paths, 4, lr_degradation="realesrgan")
+    finally:
+        torch.set_num_threads(threads)
+    for (name, _, lr_one), (_, _, lr_two) in zip(one, two):
+        np.testing.assert_array_equal(lr_one, lr_two, err_msg=name)
+    assert torch.get_num_threads() == threads  # degrade_lr gave the thread count back
+
+
+def test_jpeg_and_noise_settings_do_what_they_say(astronaut, monkeypatch, tmp_path):
+    """'jpeg' is the bicubic LR image through one Pillow JPEG file at quality 75; 'noise_jpeg' adds Gaussian noise of
+    sigma 5 levels (rounded, clipped) before the same JPEG step."""
+    hr = metrics.modcrop_array(astronaut, 4)
+    bicubic = metrics.imresize(hr, scale=1 / 4)                                    # (128, 128, 3), uint8
+    np.testing.assert_array_equal(metrics.degrade_lr(hr, 4, "bicubic", seed=3), bicubic)
+    # JPEG, by way of a real file.
+    Image.fromarray(bicubic).save(tmp_path / "lr.jpg", quality=75)
+    np.testing.assert_array_equal(metrics.degrade_lr(hr, 4, "jpeg"), np.asarray(Image.open(tmp_path / "lr.jpg")))
+    # The noise alone (JPEG switched off): zero mean, sigma 5, whole levels in [0, 255].
+    monkeypatch.setattr(metrics, "_jpeg_round_trip", lambda img, quality: img)
+    noisy = metrics.degrade_lr(hr, 4, "noise_jpeg", seed=3).astype(np.float64)
+    noise = (noisy - bicubic)[(bicubic > 20) & (bicubic < 235)]                   # away from clipping
+    assert abs(noise.mean()) < 0.1 and noise.std() == pytest.approx(5.0, abs=0.1)
+    assert noise.std() > 0 and np.array_equal(noise, np.round(noise))
+
+
+def test_realesrgan_setting_is_a_milder_run_of_the_training_pipeline(astronaut):
+    """'realesrgan' is degradations.degrade_batch with its own settings, each range within the training range; a grey
+    image stays grey."""
+    settings = metrics.LR_DEGRADATIONS["realesrgan"]["settings"]
+    for key, (low, high) in settings.items():
+        default_low, default_high = degradations.DEGRADATION_DEFAULTS[key]
+        if key.startswith("jpeg"):  # milder JPEG: a higher lowest quality
+            assert low >= default_low and high == default_high
+        else:
+            assert low >= default_low and high <= default_high and (low, high) != (default_low, default_high)
+    hr = metrics.modcrop_array(astronaut[:128, :96], 4)
+    seed = metrics.image_seed("astronaut")
+    expected = degradations.degrade_batch(torch.from_numpy(hr.copy()).permute(2, 0, 1)[None].float() / 255, 4,
+                                          settings, torch.Generator().manual_seed(seed))
+    expected = (expected[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    np.testing.assert_array_equal(metrics.degrade_lr(hr, 4, "realesrgan", seed), expected)
+    grey = metrics.degrade_lr(metrics.rgb2y(hr).astype(np.uint8), 4, "realesrgan", seed)
+    assert grey.shape == (32, 24) and grey.dtype == np.uint8
+
+
+def test_load_test_pairs_with_a_degraded_setting(tmp_path, astronaut):
+    """The HR image stays as stored; the LR image is degrade_lr of its standard crop with the seed of its file name;
+    settings that need HR under the standard protocol refuse the other LR sources."""
+    crop = astronaut[:101, :98]
+    for name in ("a", "b"):  # the same pixels under two names: two seeds
+        Image.fromarray(crop).save(tmp_path / f"{name}.png")
+    pairs = metrics.load_test_pairs([tmp_path / "a.png", tmp_path / "b.png"], 4, lr_degradation="noise_jpeg")
+    (name_a, hr_a, lr_a), (_, _, lr_b) = pairs
+    assert name_a == "a" and np.array_equal(hr_a, crop)
+    np.testing.assert_array_equal(lr_a, metrics.degrade_lr(crop[:100, :96], 4, "noise_jpeg", metrics.image_seed("a")))
+    assert not np.array_equal(lr_a, lr_b)
+    with pytest.raises(ValueError, match="standard protocol"):
+        metrics.load_test_pairs([tmp_path / "a.png"], 4, lr_source="provided", lr_degradation="jpeg")
+    with pytest.raises(ValueError, match="standard protocol"):
+        metrics.load_test_pairs([tmp_path / "a.png"], 4, protocol="classic", lr_degradation="jpeg")
+    with pytest.raises(ValueError, match="unknown LR degradation"):
+        metrics.load_test_pairs([tmp_path / "a.png"], 4, lr_degradation="blur")
+
+
+def test_measure_set_adds_niqe_of_the_measured_luma(astronaut, tmp_path):
+    """measure_set: PSNR / SSIM as evaluate_set gives them, NIQE of each SR image's Y with `scale` pixels shaved."""
+    Image.fromarray(astronaut[:300, :250]).save(tmp_path / "photo.png")
+    pairs = metrics.load_test_pairs([tmp_path / "photo.png"], 4, lr_degradation="jpeg")
+    scores = metrics.measure_set(None, pairs, 4, ("psnr", "ssim", "niqe"))
+    assert list(scores) == ["psnr", "ssim", "niqe"]
+    assert (scores["psnr"], scores["ssim"]) == metrics.evaluate_set(None, pairs, 4)
+    sr = metrics.imresize(pairs[0][2], scale=4)                                    # bicubic, (300, 248, 3)
+    assert scores["niqe"] == metrics.calculate_niqe(metrics.rgb2y(sr)[4:-4, 4:-4])
+    assert metrics.measure_set(None, pairs, 4, ("niqe",)) == {"niqe": scores["niqe"]}
+    with pytest.raises(ValueError, match="unknown measure"):
+        metrics.measure_set(None, pairs, 4, ("lpips",))
+    with pytest.raises(ValueError, match="standard protocol"):
+        metrics.measure_set(None, pairs, 4, ("niqe",), protocol="classic")
