@@ -102,6 +102,8 @@ hyperparameters = dict(
     val_sets=["Set5"],  # test sets to validate on (<data_folder>/<name>_test_images.json); the first one's PSNR
     #   picks the best weights, written to best_srgan.pth
     val_every=1000,  # measure PSNR / SSIM on val_sets every this many iterations, at the start and the end (0: off)
+    val_degradation="bicubic",  # how the validation LR images are made, as eval.py's --lr_degradation: 'bicubic'
+    #   (the papers' protocol), 'jpeg', 'noise_jpeg' or 'realesrgan' (watch a model for real photos on such inputs)
     # Bookkeeping
     seed=0,  # random seed
     print_every=100,  # update the running losses shown on the progress bar every this many iterations

@@ -30,6 +30,7 @@ import torch
 import checkpoints
 import cli
 import inference
+import metrics
 import utils
 
 # The hyperparameters of both training scripts whose values are limited (check_training_hyperparameters): counts that
@@ -38,7 +39,8 @@ import utils
 TRAINING_POSITIVE = ("crop_size", "scaling_factor", "batch_size", "print_every", "checkpoint_every")
 TRAINING_NON_NEGATIVE = ("iterations", "learning_rate", "ema_decay", "workers", "image_cache_mb", "val_every",
                          "queue_size")
-TRAINING_CHOICES = dict(precision=("auto", *inference.PRECISIONS), lr_maker=("pil", "matlab"))
+TRAINING_CHOICES = dict(precision=("auto", *inference.PRECISIONS), lr_maker=("pil", "matlab"),
+                        val_degradation=tuple(metrics.LR_DEGRADATIONS))
 
 
 def check_training_hyperparameters(hp, positive=(), non_negative=(), choices=None):

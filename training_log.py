@@ -117,6 +117,7 @@ class Validation:
         self.best = None  # the best validation so far: {"iteration", "val_set", "psnr"}
         self.pairs, self.bicubic = {}, {}  # test set -> its (name, hr, lr) images; -> bicubic's {"psnr", "ssim"}
         self.crops = {}  # 'lr', 'hr', 'bicubic' -> the fixed crop, uint8 (h, w, 3)
+        self.lr_degradation = getattr(hp, "val_degradation", "bicubic")  # how the test LR images are made
 
     def load_test_sets(self):
         """Load the test sets, make their LR images and measure bicubic on them, once (TrainingLog calls this when
@@ -129,7 +130,9 @@ class Validation:
                   f"measured at the data's scaling factor, x{s}", file=sys.stderr)
             return
         for name, hr_paths in metrics.find_test_lists(hp.data_folder, hp.val_sets, "not validating on").items():
-            self.pairs[name] = metrics.load_test_pairs(hr_paths, s)
+            # The LR images as eval.py makes them under --lr_degradation (e.g. JPEG-compressed ones, for a model
+            # trained on degraded inputs): the same pixels at every validation.
+            self.pairs[name] = metrics.load_test_pairs(hr_paths, s, lr_degradation=self.lr_degradation)
             self.bicubic[name] = self._scores(*metrics.evaluate_set(None, self.pairs[name], s))
         if self.best is not None and self.first_set not in (None, self.best["val_set"]):
             print(f"note: the best weights so far were chosen by their PSNR on {self.best['val_set']}; from now on "
@@ -354,8 +357,9 @@ class TrainingLog:
         start = time.time()
         scores, sr_crop, is_best = self.validation(iteration)
         bicubic = self.validation.bicubic
+        setting = "" if self.validation.lr_degradation == "bicubic" else f" ({self.validation.lr_degradation} LR)"
         self.progress.write(f"iteration {iteration}: " + ", ".join(
-            f"{name} {s['psnr']:.2f} dB / {s['ssim']:.4f} (bicubic {bicubic[name]['psnr']:.2f} / "
+            f"{name}{setting} {s['psnr']:.2f} dB / {s['ssim']:.4f} (bicubic {bicubic[name]['psnr']:.2f} / "
             f"{bicubic[name]['ssim']:.4f})" for name, s in scores.items())
             + (f"; best so far, saved to {self.validation.best_path}" if is_best else ""))
         self.postfix.update({name: f"{s['psnr']:.2f}dB" for name, s in scores.items()})

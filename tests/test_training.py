@@ -1071,3 +1071,28 @@ def test_resumed_run_logs_every_iteration_once(data_folder, tmp_path, monkeypatc
     assert [path.name for path in paths] == ["validation_curve.png", "validation_strip.png"]
     assert all(Image.open(path).format == "PNG" for path in paths)
     assert [step for step, _ in plot_training.read_crops(crashed, "srresnet")["sr"]] == [0, 2, 4, 6, 8]
+
+
+def test_validation_under_a_degraded_setting_measures_the_jpeg_lr_images(data_folder, tmp_path, monkeypatch, capsys):
+    """--val_degradation jpeg validates on the LR images eval.py makes under --lr_degradation jpeg: bicubic's scores
+    are eval.py's for those images, and the line on the screen names the setting."""
+    run_script(train_srresnet, [*TINY_SRRESNET, *VALIDATE, "--data_folder", data_folder, "--output_folder", tmp_path,
+                                "--iterations", 1, "--val_every", 1, "--val_degradation", "jpeg"], monkeypatch)
+    assert "Tiny (jpeg LR)" in capsys.readouterr().out
+    logged = training_log.read_jsonl(tmp_path / "log_srresnet.jsonl")[0]["bicubic"]["Tiny"]
+    hr_paths = metrics.read_test_list(data_folder, "Tiny")
+    expected = metrics.evaluate_set(None, metrics.load_test_pairs(hr_paths, 4, lr_degradation="jpeg"), 4)
+    clean = metrics.evaluate_set(None, metrics.load_test_pairs(hr_paths, 4), 4)
+    assert (logged["psnr"], logged["ssim"]) == pytest.approx(expected) and logged["psnr"] < clean[0]
+
+
+def test_a_flag_of_another_architecture_is_refused(data_folder, tmp_path, monkeypatch, capsys):
+    """The sources' names stay (n_blocks for SRResNet, num_block for RRDBNet): the wrong one is refused, not ignored."""
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: cli.run_cli(main))
+    code, lines = run_cli(train_srresnet, ["--generator_arch", "rrdb", "--n_blocks", 2, "--data_folder", data_folder,
+                                           "--output_folder", tmp_path], monkeypatch, capsys)
+    assert code == 1 and len(lines) == 1 and "--n_blocks not used by --generator_arch rrdb" in lines[0], lines
+    assert "--num_block" in lines[0]
+    code, lines = run_cli(train_srresnet, ["--generator_arch", "compact", "--unshuffle_scale", 4, "--data_folder",
+                                           data_folder, "--output_folder", tmp_path], monkeypatch, capsys)
+    assert code == 1 and "--unshuffle_scale not used by --generator_arch compact" in lines[0], lines
