@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -271,7 +270,7 @@ class SRDataset(Dataset):
         if lr_img is None and self.lr_maker is not None:
             lr_img = make_lr_image(hr_img, self.scaling_factor, self.lr_maker)
         # (3, h, w) or None, and (3, h*s, w*s), in [0, 1]
-        return (TF.to_tensor(lr_img) if lr_img is not None else None), TF.to_tensor(hr_img)
+        return (utils.pil_to_tensor(lr_img) if lr_img is not None else None), utils.pil_to_tensor(hr_img)
 
 
 class TrainingSampler(Sampler):

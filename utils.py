@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # ImageNet statistics (RGB), used to normalise images the way the pretrained VGG19 expects.
@@ -54,6 +53,15 @@ def _channel_view(stats, img):
     return stats.to(img.device, img.dtype).view(shape)
 
 
+def pil_to_tensor(img):
+    """An 8-bit PIL image as a float32 tensor (C, H, W) in [0, 1]: torchvision's to_tensor, the same numbers
+    (uint8 -> float32, divided by 255), without importing torchvision, which takes seconds to load and which nothing
+    else in upscaling or evaluation needs."""
+    pixels = torch.from_numpy(np.array(img, dtype=np.uint8))  # (H, W) or (H, W, C), uint8
+    pixels = pixels[:, :, None] if pixels.dim() == 2 else pixels
+    return pixels.permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+
+
 def convert_image(img, source, target):
     """
     Convert an image between the representations used in this project.
@@ -81,7 +89,7 @@ def convert_image(img, source, target):
 
     # Step 1: source -> [0, 1].
     if source == "pil":
-        img = TF.to_tensor(img.convert("RGB"))  # (3, H, W), uint8 / 255 -> [0, 1]
+        img = pil_to_tensor(img.convert("RGB"))  # (3, H, W), uint8 / 255 -> [0, 1]
     elif source == "[-1, 1]":
         img = (img + 1.0) / 2.0
     elif source == "imagenet-norm":

@@ -6,7 +6,10 @@ import errno
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -764,3 +767,21 @@ def test_network_interpolation(tmp_path):
                                seed=4)
     with pytest.raises(ValueError, match="share an architecture"):
         inference.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "rrdb.pth", 0.5)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_pil_to_tensor_is_torchvisions_to_tensor(mode):
+    """The same numbers as torchvision's to_tensor (the independent reference), for colour and grey images."""
+    import torchvision.transforms.functional as TF
+
+    img = Image.fromarray(data.astronaut()[:37, :53]).convert(mode)
+    assert torch.equal(utils.pil_to_tensor(img), TF.to_tensor(img))
+
+
+def test_upscaling_and_evaluating_do_not_load_torchvision():
+    """torchvision takes seconds to import; super_resolve.py and eval.py start without it (only the VGG19 of the
+    perceptual loss needs it)."""
+    code = "import sys, super_resolve, eval; assert 'torchvision' not in sys.modules, 'torchvision was imported'"
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(utils.__file__).parent, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-500:]
