@@ -59,9 +59,6 @@ import inference
 import metrics
 import utils
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
 # ======================================================================================================
 # 1. Real files in and out
 # ======================================================================================================
@@ -392,8 +389,10 @@ def parse_args(argv=None):
                         help=f"LR tile side in pixels, 0 = whole image at once (default {inference.DEFAULT_TILE})")
     parser.add_argument("--tile_pad", type=int, default=inference.DEFAULT_TILE_PAD,
                         help=f"LR context pixels around each tile (default {inference.DEFAULT_TILE_PAD})")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32; bf16 (CPU or CUDA autocast); fp16 (CUDA only)")
+    parser.add_argument("--precision", choices=("auto", *inference.PRECISIONS), default=None,
+                        help="auto (the default for upscaling; --grid measures in fp32, as eval.py): bf16 where the CPU or GPU computes it natively, else fp32 (bf16 "
+                             "outputs are within 1-2 levels of fp32's, 54 dB or more); fp32: exact, and tiles give "
+                             "the untiled result; bf16 (CPU or CUDA autocast); fp16 (CUDA only)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--outscale", type=float, default=None, metavar="FACTOR",
@@ -455,7 +454,9 @@ def main(argv=None):
         # (--interpolate_with: the one --model blended with another, inference.load_generator_or_blend.)
         models = [inference.load_generator_or_blend(path, device, args.scaling_factor, args.interpolate_with,
                                                 args.alpha)[:3] for path in args.model]
-        inference.resolve_precision(args.precision, device)  # fail now, not after the first image, on a bad precision
+        # 'auto' (or no flag): what this device computes fast; the grid's PSNR is eval.py's only in fp32.
+        grid_precision = inference.resolve_precision(args.precision or "fp32", device)
+        args.precision = inference.resolve_precision(args.precision or "auto", device)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -467,7 +468,7 @@ def main(argv=None):
                          else f"{Path(path).stem} ({description.split(' ')[0]})")
                         for (model, description, _), path in zip(models, args.model)]
             grid = comparison_grid(utils.load_image(args.grid, mode="RGB"), labelled, tile=args.tile,
-                                   tile_pad=args.tile_pad, precision=args.precision)
+                                   tile_pad=args.tile_pad, precision=grid_precision)
             grid_path = Path(args.output_folder) / f"{Path(args.grid).stem}_grid_x{labelled[0][0].scaling_factor}.png"
             write_image(grid, grid_path)
         except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
@@ -479,7 +480,7 @@ def main(argv=None):
 
     model, description, _ = models[0]
     scale = int(model.scaling_factor)
-    print(f"model: {description}")
+    print(f"model: {description}; precision {args.precision}")
     failures, written = [], {}
     with warnings.catch_warnings():  # restores the warning machinery when done
         # Warnings (skipped files, 8-bit fallbacks) are printed through tqdm so they do not break the bars.

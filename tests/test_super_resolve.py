@@ -438,7 +438,7 @@ def test_cli_denoise_strength_is_network_interpolation(tmp_path, tiny_rrdb, caps
     general = save_official_compact(tmp_path / "realesr-general-x4v3.pth", seed=0)
     wdn = save_official_compact(tmp_path / "realesr-general-wdn-x4v3.pth", seed=1)
     Image.fromarray(random_pixels((10, 12, 3))).save(tmp_path / "a.png")
-    common = [str(tmp_path / "a.png"), "--no_progress", "--tile", "0", "--model",
+    common = [str(tmp_path / "a.png"), "--no_progress", "--tile", "0", "--precision", "fp32", "--model",
               str(tmp_path / "realesr-general-wdn-x4v3.pth"), "--interpolate_with",
               str(tmp_path / "realesr-general-x4v3.pth")]
     for strength in (0.0, 0.3, 1.0):
@@ -459,3 +459,27 @@ def test_cli_denoise_strength_is_network_interpolation(tmp_path, tiny_rrdb, caps
                                "--model", str(tiny_rrdb), "--interpolate_with",
                                str(tmp_path / "realesr-general-x4v3.pth"), "--alpha", "0.5"]) == 1
     assert "share an architecture" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(inference.SHIPPED_MODELS))
+def test_bf16_and_fp32_outputs_agree_on_real_photos(name):
+    """The default precision ('auto') is bf16 on CPUs and GPUs with native bf16: its 8-bit outputs must be those of
+    fp32 within a level or two (PSNR >= 50 dB) on real photos, for every shipped model."""
+    model = inference.load_generator(name)[0]
+    for photo in (data.coffee()[100:196, 200:296], data.chelsea()[50:146, 150:246]):
+        fp32, bf16 = (metrics.upscale_array(model, photo, 4, precision=p).astype(np.float64) for p in ("fp32", "bf16"))
+        assert not np.array_equal(fp32, bf16)  # bf16 did run (its rounding shows somewhere)
+        psnr = 10 * np.log10(255 ** 2 / np.mean((fp32 - bf16) ** 2))
+        assert psnr >= 50 and np.abs(fp32 - bf16).max() <= 3, (name, psnr)
+
+
+def test_upscaling_uses_the_devices_fast_precision_by_default(tmp_path, monkeypatch, capsys):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(data.coffee()[:24, :32]).save(photo)
+    monkeypatch.setattr(inference, "resolve_precision", lambda precision, device: {"auto": "bf16"}.get(precision,
+                                                                                                         precision))
+    assert super_resolve.main([str(photo), "--model", "compact", "--output_folder", str(tmp_path), "--no_progress"]) == 0
+    assert "precision bf16" in capsys.readouterr().out
+    assert super_resolve.main([str(photo), "--model", "compact", "--output_folder", str(tmp_path / "exact"),
+                               "--precision", "fp32", "--no_progress"]) == 0
+    assert "precision fp32" in capsys.readouterr().out
