@@ -256,7 +256,43 @@ def comparison_grid(hr_img, models, tile=inference.DEFAULT_TILE, tile_pad=infere
         sr = metrics.upscale_array(model, lr, scale, precision=precision, tile=tile, tile_pad=tile_pad)
         psnr, _ = metrics.evaluate_pair(sr, hr, scale)
         panels.append((f"{label}  {psnr:.2f} dB", Image.fromarray(sr)))
+    return side_by_side(panels)
 
+
+def photo_strip(lr_img, models, crop=None, tile=inference.DEFAULT_TILE, tile_pad=inference.DEFAULT_TILE_PAD,
+                precision="fp32"):
+    """
+    The comparison for a real photo, which has no HR image: bicubic | each model's output, each labelled with its
+    name and NIQE (metrics.calculate_niqe, of the whole upscaled image: lower is better), cropped to `crop` to show
+    detail. With no HR there is no PSNR; NIQE rewards sharp-looking statistics, artefacts included, so the picture
+    is the evidence and the number only a guide.
+
+    :param lr_img: PIL image, the photo as it is (e.g. a JPEG), upscaled as super_resolve.py would
+    :param models: list of (model, label) pairs of one scale
+    :param crop: (left, top, width, height) of the region shown, in the photo's own pixels (None: all of it)
+    :return: PIL RGB image
+    """
+    scales = {int(model.scaling_factor) for model, _ in models}
+    if len(scales) != 1:
+        raise ValueError(f"The strip compares models of one scale, but got scales {sorted(scales)}.")
+    scale = scales.pop()
+    lr = np.asarray(lr_img.convert("RGB"))  # (h, w, 3), uint8
+    left, top, width, height = crop or (0, 0, lr.shape[1], lr.shape[0])
+    if left + width > lr.shape[1] or top + height > lr.shape[0]:
+        raise ValueError(f"The crop {width}x{height} at ({left}, {top}) does not fit in the {lr.shape[1]}x"
+                         f"{lr.shape[0]} photo: give a --crop inside it.")
+    panels = []
+    for model, label in [(None, "Bicubic"), *models]:
+        sr = metrics.upscale_array(model, lr, scale, precision=precision, tile=tile, tile_pad=tile_pad)  # uint8
+        niqe = metrics.calculate_niqe(sr, crop_border=scale)
+        shown = sr[top * scale:(top + height) * scale, left * scale:(left + width) * scale]
+        panels.append((f"{label}  NIQE {niqe:.2f}", Image.fromarray(shown)))
+    return side_by_side(panels)
+
+
+def side_by_side(panels):
+    """One row of (label, PIL image) panels of one size, a label strip above each: the grid's and the strip's layout."""
+    width, height = panels[0][1].size
     # Layout: one row of panels, a label strip above each. ImageFont.load_default(size) is Pillow's built-in
     # scalable font (no font file needed, works offline); text is measured with textbbox / textlength, which
     # replace the textsize() that Pillow 10 removed.
@@ -372,6 +408,11 @@ def output_path(input_path, output_folder, scale):
     return Path(output_folder) / f"{Path(input_path).stem}_x{scale:g}.png"
 
 
+def comparing_only(args):
+    """Whether the command only draws a --grid or a --strip (no input files to upscale)."""
+    return (args.grid is not None or args.strip is not None) and not args.inputs
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -407,18 +448,26 @@ def parse_args(argv=None):
     inference.add_interpolation_arguments(parser)
     parser.add_argument("--grid", metavar="HR_IMAGE", default=None,
                         help="draw the comparison grid HR | bicubic | each --model for this HR image")
+    parser.add_argument("--strip", metavar="PHOTO", default=None,
+                        help="draw the comparison for a real photo (no HR image): bicubic | each --model, labelled "
+                             "with NIQE (lower is better), cropped to --crop")
+    parser.add_argument("--crop", type=int, nargs=4, metavar=("LEFT", "TOP", "WIDTH", "HEIGHT"), default=None,
+                        help="the region of the --strip photo to show, in its own pixels (default: all of it)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if args.grid is None and not args.inputs:
-        parser.error("give at least one input image or folder (or --grid HR_IMAGE)")
-    if args.grid is None and len(args.model) > 1:
+    comparing = args.grid is not None or args.strip is not None
+    if not comparing and not args.inputs:
+        parser.error("give at least one input image or folder (or --grid HR_IMAGE, or --strip PHOTO)")
+    if not comparing and len(args.model) > 1:
         parser.error(f"upscaling takes one --model, got {len(args.model)} ({' '.join(args.model)}); several models "
-                     f"are for --grid. Put the input images before --model: INPUT... --model PATH")
+                     f"are for --grid and --strip. Put the input images before --model: INPUT... --model PATH")
     if args.tile < 0 or args.tile_pad < 0 or args.max_output_megapixels < 0:
         parser.error("--tile, --tile_pad and --max_output_megapixels must be >= 0")
-    if args.outscale is not None and (args.outscale <= 0 or args.grid is not None):
-        parser.error("--outscale must be > 0, and is for upscaling files: the --grid compares models at their own "
-                     "scale")
+    if args.outscale is not None and (args.outscale <= 0 or comparing):
+        parser.error("--outscale must be > 0, and is for upscaling files: --grid and --strip compare models at their "
+                     "own scale")
+    if args.crop is not None and (args.strip is None or min(args.crop) < 0 or min(args.crop[2:]) == 0):
+        parser.error("--crop LEFT TOP WIDTH HEIGHT (non-negative, a width and height above 0) goes with --strip")
     inference.check_interpolation_arguments(parser, args, args.model)
     return args
 
@@ -475,8 +524,19 @@ def main(argv=None):
             print(f"error: {error}", file=sys.stderr)
             return 1
         print(f"wrote {grid_path}")
-        if not args.inputs:
-            return 0
+    if args.strip is not None:
+        try:
+            labelled = [(model, Path(path).stem) for (model, _, _), path in zip(models, args.model)]
+            strip = photo_strip(utils.load_image(args.strip, mode="RGB"), labelled, crop=args.crop, tile=args.tile,
+                                tile_pad=args.tile_pad, precision=grid_precision)
+            strip_path = Path(args.output_folder) / f"{Path(args.strip).stem}_strip_x{labelled[0][0].scaling_factor}.png"
+            write_image(strip, strip_path)
+        except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"wrote {strip_path}")
+    if comparing_only(args):
+        return 0
 
     model, description, _ = models[0]
     scale = int(model.scaling_factor)

@@ -483,3 +483,26 @@ def test_upscaling_uses_the_devices_fast_precision_by_default(tmp_path, monkeypa
     assert super_resolve.main([str(photo), "--model", "compact", "--output_folder", str(tmp_path / "exact"),
                                "--precision", "fp32", "--no_progress"]) == 0
     assert "precision fp32" in capsys.readouterr().out
+
+
+def test_photo_strip_shows_the_crop_and_scores_the_whole_image(tmp_path, monkeypatch, capsys):
+    """--strip: bicubic | each model on a real photo with no HR, the crop of each output, and NIQE of each whole
+    output (what calculate_niqe was given)."""
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(data.coffee()[:60, :80]).save(photo, quality=60)
+    scored = []
+    monkeypatch.setattr(metrics, "calculate_niqe", lambda img, crop_border: scored.append(img.shape) or 5.0)
+    assert super_resolve.main(["--strip", str(photo), "--model", "compact", "srresnet", "--crop", "10", "5", "30", "20",
+                               "--output_folder", str(tmp_path)]) == 0
+    assert scored == [(240, 320, 3)] * 3  # bicubic and the two models, each whole upscaled photo
+    with Image.open(tmp_path / "photo_strip_x4.png") as strip:
+        gap, label = max(4, 120 // 64), max(12, min(40, 80 // 16)) + 12
+        assert strip.size == (3 * 120 + 2 * gap, 80 + label)
+    # The crop is the model's output there: the middle panel is bicubic's crop, the first one.
+    lr = np.asarray(Image.open(photo).convert("RGB"))
+    with Image.open(tmp_path / "photo_strip_x4.png") as strip:
+        first = np.asarray(strip)[label:, :120]
+    np.testing.assert_array_equal(first, metrics.imresize(lr, scale=4)[20:100, 40:160])
+    assert super_resolve.main(["--strip", str(photo), "--model", "compact", "--crop", "70", "0", "30", "20",
+                               "--output_folder", str(tmp_path)]) == 1
+    assert "does not fit" in capsys.readouterr().err
