@@ -276,7 +276,7 @@ def photo_strip(lr_img, models, crop=None, tile=inference.DEFAULT_TILE, tile_pad
     if len(scales) != 1:
         raise ValueError(f"The strip compares models of one scale, but got scales {sorted(scales)}.")
     scale = scales.pop()
-    lr = np.asarray(lr_img.convert("RGB"))  # (h, w, 3), uint8
+    lr = np.array(lr_img.convert("RGB"))  # (h, w, 3), uint8 (a writable copy, as torch.from_numpy wants)
     left, top, width, height = crop or (0, 0, lr.shape[1], lr.shape[0])
     if left + width > lr.shape[1] or top + height > lr.shape[0]:
         raise ValueError(f"The crop {width}x{height} at ({left}, {top}) does not fit in the {lr.shape[1]}x"
