@@ -101,6 +101,7 @@ DEGRADATION_DEFAULTS = {
     "final_sinc_cutoff_range": [math.pi / 3, math.pi],
     "resize_mode_list": ["area", "bilinear", "bicubic"],
     "resize_mode_prob": [1 / 3, 1 / 3, 1 / 3],
+    "resize_antialias": False,  # anti-alias shrinking bilinear / bicubic resizes (Real-ESRGAN: no; photo software: yes)
     "final_jpeg_first_prob": 0.5,  # order of the last two steps: JPEG first, or [resize + sinc] first
     "usm_weight": 0.5,  # unsharp masking of the ground truth: strength,
     "usm_radius": 50,  # Gaussian window side (made odd: 51, sigma 8 as OpenCV derives it),
@@ -518,15 +519,18 @@ def _random_resize(imgs, settings, rng, suffix, reference_size):
     scale = {"up": lambda: _uniform(rng, 1, high), "down": lambda: _uniform(rng, low, 1),
              "keep": lambda: 1.0}[direction]()
     size = (max(1, int(reference_size[0] * scale)), max(1, int(reference_size[1] * scale)))
-    return _resize(imgs, size, _choice(rng, settings["resize_mode_list"], settings["resize_mode_prob"]))
+    mode = _choice(rng, settings["resize_mode_list"], settings["resize_mode_prob"])
+    return _resize(imgs, size, mode, settings["resize_antialias"])
 
 
-def _resize(imgs, size, mode):
-    """F.interpolate with the given mode; no anti-aliasing (as Real-ESRGAN: aliasing is one more artifact)."""
+def _resize(imgs, size, mode, antialias=False):
+    """F.interpolate with the given mode. Real-ESRGAN does not anti-alias (aliasing is one more artifact to learn);
+    with `antialias` (the setting resize_antialias), bilinear and bicubic shrinking widen their filter as photo
+    software (and MATLAB's imresize) does, so the LR images look like the downscaled photos people have."""
     if mode == "area":
         return F.interpolate(imgs, size=size, mode="area")
     if mode in ("bilinear", "bicubic"):
-        return F.interpolate(imgs, size=size, mode=mode, align_corners=False)
+        return F.interpolate(imgs, size=size, mode=mode, align_corners=False, antialias=antialias)
     raise ValueError(f"unknown resize mode {mode!r} in resize_mode_list; use area, bilinear or bicubic")
 
 
@@ -636,7 +640,7 @@ def degrade_batch(hr_imgs, scaling_factor, settings=None, rng=None):
     jpeg_first = _uniform(rng, 0, 1) < settings["final_jpeg_first_prob"]
     if jpeg_first:
         out = _random_jpeg(out, settings, rng, "2")
-    out = filter_per_image(_resize(out, lr_size, resize_mode), sinc_kernels)  # (N, 3, H // s, W // s)
+    out = filter_per_image(_resize(out, lr_size, resize_mode, settings["resize_antialias"]), sinc_kernels)  # (N, 3, h, w)
     if not jpeg_first:
         out = _random_jpeg(out, settings, rng, "2")
 
