@@ -23,6 +23,7 @@ from degradations import _JPEG_CHROMA_TABLE, _JPEG_LUMA_TABLE, _jpeg_tables  # t
 
 import metrics
 
+
 def photo_crop(size=64, top=40, left=180):
     """A crop of a real photo (skimage's astronaut: face, hair, fabric), (1, 3, size, size) in [0, 1]."""
     img = skimage.data.astronaut()[top:top + size, left:left + size]
