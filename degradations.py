@@ -57,8 +57,9 @@ import utils
 DEGRADATION_DEFAULTS = {
     # ---- stage 1: blur ----
     "blur_kernel_size": 21,  # largest kernel side; every stage-1 kernel is zero-padded to this size
-    "kernel_list": ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"],
-    "kernel_prob": [0.45, 0.25, 0.12, 0.03, 0.12, 0.03],
+    "kernel_list": ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"],  # kinds
+    #   of stage-1 blur kernel: (an)isotropic Gaussian, generalized Gaussian, plateau
+    "kernel_prob": [0.45, 0.25, 0.12, 0.03, 0.12, 0.03],  # the probability of each kind in kernel_list
     "sinc_prob": 0.1,  # chance that the stage-1 kernel is a 2-D sinc instead of one of kernel_list
     "blur_sigma": [0.2, 3.0],  # Gaussian-family standard deviations, in pixels
     "betag_range": [0.5, 4.0],  # shape exponent of the generalized Gaussian (1 = Gaussian)
@@ -72,36 +73,38 @@ DEGRADATION_DEFAULTS = {
     "gray_noise_prob": 0.4,  # chance that the noise is the same in R, G and B (luminance-only noise)
     "jpeg_range": [30, 95],  # JPEG quality
     # ---- stage 2 ----
-    "second_blur_prob": 0.8,
-    "blur_kernel_size2": 21,
-    "kernel_list2": ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"],
-    "kernel_prob2": [0.45, 0.25, 0.12, 0.03, 0.12, 0.03],
-    "sinc_prob2": 0.1,
-    "blur_sigma2": [0.2, 1.5],
-    "betag_range2": [0.5, 4.0],
-    "betap_range2": [1.0, 2.0],
+    "second_blur_prob": 0.8,  # chance that stage 2 blurs at all
+    "blur_kernel_size2": 21,  # stage 2: as blur_kernel_size
+    "kernel_list2": ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"],  # stage
+    #   2: as kernel_list
+    "kernel_prob2": [0.45, 0.25, 0.12, 0.03, 0.12, 0.03],  # stage 2: as kernel_prob
+    "sinc_prob2": 0.1,  # stage 2: as sinc_prob
+    "blur_sigma2": [0.2, 1.5],  # stage 2: as blur_sigma
+    "betag_range2": [0.5, 4.0],  # stage 2: as betag_range
+    "betap_range2": [1.0, 2.0],  # stage 2: as betap_range
     "resize_prob2": [0.3, 0.4, 0.3],  # up / down / keep, relative to the target LR size
-    "resize_range2": [0.3, 1.2],
-    "gaussian_noise_prob2": 0.5,
-    "noise_range2": [1, 25],
-    "poisson_scale_range2": [0.05, 2.5],
-    "gray_noise_prob2": 0.4,
-    "jpeg_range2": [30, 95],
+    "resize_range2": [0.3, 1.2],  # stage 2: as resize_range, relative to the target LR size
+    "gaussian_noise_prob2": 0.5,  # stage 2: as gaussian_noise_prob
+    "noise_range2": [1, 25],  # stage 2: as noise_range
+    "poisson_scale_range2": [0.05, 2.5],  # stage 2: as poisson_scale_range
+    "gray_noise_prob2": 0.4,  # stage 2: as gray_noise_prob
+    "jpeg_range2": [30, 95],  # stage 2: as jpeg_range
     # ---- final sinc filter ----
     "final_sinc_prob": 0.8,  # else the final filter is the identity
     # ---- which targets are unsharp-masked (used by the training step, not by degrade_batch) ----
-    "l1_gt_usm": True,
-    "percep_gt_usm": True,
-    "gan_gt_usm": False,
+    "l1_gt_usm": True,  # the pixel (L1) loss compares with the sharpened HR image
+    "percep_gt_usm": True,  # the perceptual loss compares with the sharpened HR image
+    "gan_gt_usm": False,  # the discriminator's real images are the sharpened HR images
     # ---- constants Real-ESRGAN hard-codes ----
     "blur_kernel_min_size": 7,  # kernel sides are drawn from the odd numbers in [7, blur_kernel_size]
     "kernel_rotation_range": [-math.pi, math.pi],  # angle of anisotropic kernels, radians
     "sinc_cutoff_range_small": [math.pi / 3, math.pi],  # stage 1/2 sinc cutoff for kernel sides < 13
     "sinc_cutoff_range_large": [math.pi / 5, math.pi],  # ... and for sides >= 13
-    "final_sinc_cutoff_range": [math.pi / 3, math.pi],
-    "resize_mode_list": ["area", "bilinear", "bicubic"],
-    "resize_mode_prob": [1 / 3, 1 / 3, 1 / 3],
-    "resize_antialias": False,  # anti-alias shrinking bilinear / bicubic resizes (Real-ESRGAN: no; photo software: yes)
+    "final_sinc_cutoff_range": [math.pi / 3, math.pi],  # cutoff of the final sinc filter, radians
+    "resize_mode_list": ["area", "bilinear", "bicubic"],  # interpolations of the random resizes
+    "resize_mode_prob": [1 / 3, 1 / 3, 1 / 3],  # the probability of each of resize_mode_list
+    "resize_antialias": False,  # anti-alias shrinking bilinear / bicubic resizes (Real-ESRGAN: no; photo software:
+    #   yes)
     "final_jpeg_first_prob": 0.5,  # order of the last two steps: JPEG first, or [resize + sinc] first
     "usm_weight": 0.5,  # unsharp masking of the ground truth: strength,
     "usm_radius": 50,  # Gaussian window side (made odd: 51, sigma 8 as OpenCV derives it),

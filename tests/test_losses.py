@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 import cli
+import degradations
 import models
 import train_srgan
 import train_srresnet
@@ -199,3 +200,20 @@ def test_help_text_comes_from_the_hyperparameter_comments(script, monkeypatch, c
                 "taken before its ReLU, reluX_Y after it (SRGAN: relu5_4) (default: ['relu5_4'])") in text
         assert "--jpeg_range [JPEG_RANGE ...] JPEG quality (default: [30, 95])" in text
         assert "--vgg_before_activation" not in text
+
+
+@pytest.mark.parametrize("script", [train_srgan, train_srresnet], ids=["train_srgan", "train_srresnet"])
+def test_help_lists_every_hyperparameter_with_its_comment(script, monkeypatch, capsys):
+    """Every hyperparameter of the script's block (and of the degradation settings it adds) is a flag in --help, and
+    each has a help text: the comment of its line, with any '#   ' continuation lines."""
+    comments = cli.help_texts([script.__file__, degradations.__file__], script.hyperparameters)
+    assert set(comments) == set(script.hyperparameters), set(script.hyperparameters) - set(comments)
+    monkeypatch.setattr(sys, "argv", [script.__file__, "--help"])
+    with pytest.raises(SystemExit):
+        script.main()
+    text = capsys.readouterr().out
+    squeezed = "".join(text.split())  # argparse wraps the help, at spaces and after hyphens
+    for name, comment in comments.items():
+        assert f"--{name} " in text and "".join(comment.split()).replace("%%", "%") in squeezed, name
+    # A wrapped comment is one help text: the continuation line is in it, not lost.
+    assert "(Real-ESRGAN: 180; at least batch_size; 0: off)" in comments["queue_size"]
