@@ -31,18 +31,17 @@ def save_checkpoint(state, path):
     """
     path = Path(path)
     try:
+        # (The system's own refusals, 'No space left on device', 'Permission denied', come from atomic_write as
+        # that one line already.)
         utils.atomic_write(path, lambda file: torch.save(state, file))
-    except (OSError, RuntimeError) as error:  # the OS's errors, and those of torch's writer (a short write)
-        if isinstance(error, RuntimeError) and "inline_container" not in str(error):
-            raise  # not a write that failed (e.g. a DataLoader worker's death, reported by a signal handler)
-        if isinstance(error, OSError) and error.strerror:
-            reason = error.strerror  # 'No space left on device', 'Permission denied', 'Read-only file system'
-        else:  # torch's zip writer says only "unexpected pos 3696640 vs 3696532" when the disk fills
-            free = free_bytes(path.parent)
-            reason = f"the disk is full ({free / 2 ** 20:.1f} MB free)" if free is not None and free < 2 ** 20 * 64 \
-                else str(error).strip()
+    except RuntimeError as error:  # torch's zip writer says only "unexpected pos 3696640 vs 3696532" on a full disk
+        if "inline_container" not in str(error):
+            raise  # not a short write: atomic_write's line, or a DataLoader worker's death (from a signal handler)
+        free = free_bytes(path.parent)
+        reason = f"the disk is full ({free / 2 ** 20:.1f} MB free)" if free is not None and free < 2 ** 20 * 64 \
+            else str(error).strip()
         previous = f"the previous {path.name} there is intact" if path.is_file() else "no earlier file was replaced"
-        raise RuntimeError(f"Could not write {path}: {reason}; {previous}, and the partial file was removed.") from None
+        raise RuntimeError(f"Could not write {path}: {reason}; {previous}, and no partial file is left.") from None
 
 
 def free_bytes(folder):
@@ -116,5 +115,10 @@ def read_safetensors(path):
         raise ValueError(f"Cannot read {path}: it is not a safetensors file or it is damaged ({error}).") from None
     if "generator_arch" not in metadata:
         return state_dict
+    try:
+        kwargs = json.loads(metadata["generator_kwargs"])
+    except (KeyError, json.JSONDecodeError) as error:
+        raise ValueError(f"Cannot read {path}: its metadata names a generator_arch but no readable generator_kwargs "
+                         f"({type(error).__name__}: {error}); the file is damaged.") from None
     return {metadata.get("weights", "params"): state_dict, "generator_arch": metadata["generator_arch"],
-            "generator_kwargs": json.loads(metadata["generator_kwargs"])}
+            "generator_kwargs": kwargs}

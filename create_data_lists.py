@@ -12,7 +12,8 @@ SR benchmarks (`../shared/data/Set5/HR` gives `Set5`).
 
 Every image is fully decoded once here, so a corrupt or truncated file is found now, in one report, and not hours
 into training inside a DataLoader worker. Images that cannot be used are skipped and reported by name, with the reason:
-  - unreadable (missing, corrupt, truncated, or not an image at all): skipped from every list;
+  - unreadable (missing, corrupt, truncated, not an image at all, or a 32-bit float image, whose range is unknown):
+    skipped from every list;
   - too small (shorter side below --min_size): skipped from the TRAINING list only. Training cuts random crops
     (96 x 96 by default) out of each image, so every training image must be at least that large. Test images are
     never filtered by size, because a benchmark set must stay complete to be comparable with published figures.
@@ -225,8 +226,7 @@ def save_sample_images(output_folder):
     train_folder = os.path.join(output_folder, "sample_images", "train")
     test_folder = os.path.join(output_folder, "sample_images", "test", SAMPLE_TEST_SET_NAME)
     for folder, photos in ((train_folder, SAMPLE_TRAIN_PHOTOS), (test_folder, SAMPLE_TEST_PHOTOS)):
-        os.makedirs(folder, exist_ok=True)
-        for name, load_photo in photos.items():
+        for name, load_photo in photos.items():  # (atomic_write makes the folder, and says so if it cannot)
             img = Image.fromarray(load_photo())  # (H, W, 3) uint8 in [0, 255] -> PIL RGB
             # Atomic, like the lists: an interrupted run never leaves a half-written PNG behind.
             atomic_write(os.path.join(folder, f"{name}.png"), lambda file: img.save(file, format="PNG"))

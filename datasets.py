@@ -12,9 +12,12 @@ Contents, top to bottom:
 (The Real-ESRGAN degradations, which make LR images on the device inside the training step, are in degradations.py;
 the test sets of the evaluation protocol are read by metrics.py.)
 """
+import atexit
 import json
 import random
+import re
 import signal
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -257,10 +260,13 @@ class SRDataset(Dataset):
                              f"divided by {self.scaling_factor}; rebuild the data lists with create_data_lists.py.")
         if self.split == "train":
             rng = random.Random(crop_seed)  # this crop's own generator: reproducible in any worker
-            if lr_img is None:
-                hr_img = random_crop(hr_img, self.crop_size, rng)
-            else:
-                lr_img, hr_img = random_paired_crop(lr_img, hr_img, self.crop_size, self.scaling_factor, rng)
+            try:
+                if lr_img is None:
+                    hr_img = random_crop(hr_img, self.crop_size, rng)
+                else:
+                    lr_img, hr_img = random_paired_crop(lr_img, hr_img, self.crop_size, self.scaling_factor, rng)
+            except ValueError as error:  # an image too small for the crop: say which one
+                raise ValueError(f"{self.image_paths[image_index]}: {error}") from None
             if self.augment and lr_img is None:
                 hr_img = augment(hr_img, rng)
             elif self.augment:
@@ -335,6 +341,65 @@ def ignore_stop_signals(worker_id=None):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+class TrainingBatches:
+    """
+    The endless iterator of training batches that make_train_loader returns: the DataLoader's own, plus what a run
+    needs when the data fail.
+
+    A worker that cannot make a crop (an image deleted, replaced or too small since the lists were made) sends its
+    error to the main process, where the DataLoader raises it again with the worker's whole traceback. Here it becomes
+    one line that names the file and the reason, and the workers are stopped first. They must be: they ignore SIGTERM
+    (ignore_stop_signals), so Python's exit, which terminates them with SIGTERM and then waits for them, would wait
+    forever, and so would `timeout` or a cluster's scheduler. For the same reason the workers are also stopped when
+    the process ends for any other reason (an error in the training step, a failed save) while they run.
+    """
+
+    def __init__(self, loader):
+        self.batches = iter(loader)
+        # (A weak reference: the registration must not keep the workers alive once the run has let them go.)
+        atexit.register(_stop_workers_at_exit, weakref.ref(self))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self.batches)
+        except Exception as error:  # (not KeyboardInterrupt: a second Ctrl+C goes through as it is)
+            self.stop_workers()
+            kind = type(error) if type(error) in (FileNotFoundError, ValueError) else RuntimeError
+            raise kind(f"{_worker_error_reason(error)} Training stopped; the checkpoints written so far are intact: "
+                       f"fix the data (or rebuild the lists with create_data_lists.py), then resume with "
+                       f"--checkpoint.") from None
+
+    def stop_workers(self):
+        """End the data-loading processes now: asked to stop, then killed if one does not within seconds (a worker
+        blocked reading a file)."""
+        shutdown = getattr(self.batches, "_shutdown_workers", None)  # (no workers: nothing to stop)
+        if shutdown is None:
+            return
+        shutdown()  # each worker is told to stop, and joined for up to 5 s
+        for worker in self.batches._workers:
+            if worker.is_alive():  # it ignored the SIGTERM that followed: SIGKILL, which cannot be ignored
+                worker.kill()
+                worker.join()
+
+
+def _stop_workers_at_exit(reference):
+    batches = reference()
+    if batches is not None:
+        batches.stop_workers()
+
+
+def _worker_error_reason(error):
+    """The message of a data error, in one line. A worker's error comes with its traceback ("Caught ValueError in
+    DataLoader worker process 0. Original Traceback ...", the original message in its last line): that line."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = re.sub(r"^[\w.]+: ", "", text.splitlines()[-1])  # 'ValueError: <message>' -> '<message>'
+    return " ".join(text.split()) or type(error).__name__
+
+
 def make_train_loader(hp, start_iteration=0, rank=0, world_size=1):
     """
     The training DataLoader shared by train_srresnet.py and train_srgan.py.
@@ -361,4 +426,4 @@ def make_train_loader(hp, start_iteration=0, rank=0, world_size=1):
     loader = DataLoader(dataset, batch_size=sampler.local_batch_size, sampler=sampler, num_workers=hp.workers,
                         collate_fn=_collate, pin_memory=torch.cuda.is_available(), persistent_workers=hp.workers > 0,
                         worker_init_fn=ignore_stop_signals)  # signals are the main process's (the save is there)
-    return iter(loader)
+    return TrainingBatches(loader)

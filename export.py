@@ -22,11 +22,13 @@ generator alone, in the format the output file's extension names:
                 export, ONNX Runtime runs the file on a test image and must match PyTorch to 50 dB PSNR.
 
 --half stores fp16 tensors (.pth / .safetensors: files half the size; loaders copy them into their float32 networks)
-or an fp16 graph (.onnx: fp16 weights and arithmetic, still float32 in and out).
+or an fp16 graph (.onnx: fp16 weights and arithmetic, still float32 in and out); a weight beyond fp16's range is
+refused, naming it, before any file is written. An --output that exists is replaced only with --overwrite, and never
+when it is the checkpoint itself.
 
     python export.py runs/checkpoint_srgan.pth --output runs/srgan.onnx
     python export.py runs/checkpoint_srgan.pth --output runs/srgan.pth --half
-    python export.py runs/checkpoint_srresnet.pth --output weights/srresnet_x4.pth --half --weights ema
+    python export.py runs/checkpoint_srresnet.pth --output weights/srresnet_x4.pth --half --weights ema --overwrite
     python export.py RealESRGAN_x4plus.pth --output RealESRGAN_x4plus.safetensors
 
 The checkpoint may be anything inference.load_generator reads: our training checkpoints, the best-validation files
@@ -85,6 +87,19 @@ def plain_tensors(state_dict, half=False):
     they are)."""
     return {name: (value.half() if half and value.is_floating_point() else value).detach().clone().contiguous()
             for name, value in state_dict.items()}
+
+
+FP16_MAX = torch.finfo(torch.float16).max  # 65504: larger values become inf in fp16
+
+
+def check_fits_fp16(state_dict, weights_name):
+    """Refuse (ValueError, naming the tensor) weights that fp16 cannot hold: beyond FP16_MAX they would be stored as
+    inf, and the network would output black images."""
+    for name, value in state_dict.items():
+        if value.is_floating_point() and value.abs().max() > FP16_MAX:
+            raise ValueError(f"{weights_name}: the tensor {name} has values up to {value.abs().max().item():.4g}, "
+                             f"beyond fp16's largest ({FP16_MAX:g}): --half would store them as inf. Export without "
+                             f"--half.")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -198,6 +213,8 @@ def main(argv=None):
     parser.add_argument("--half", action="store_true",
                         help="fp16 tensors (.pth / .safetensors) or an fp16 graph with float32 input and output "
                              "(.onnx): smaller files")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output if it exists (never the checkpoint itself, which is always refused)")
     parser.add_argument("--weights", choices=("both", "ema", "raw"), default="both",
                         help="which weights of a file that has raw and EMA ones to write: both (default; .pth only: "
                              "'params' and 'params_ema'), ema or raw alone (half the .pth file; the EMA weights are "
@@ -207,6 +224,14 @@ def main(argv=None):
     if output.suffix.lower() not in FORMATS:
         raise ValueError(f"--output {output} has no extension this script writes: end it in "
                          f"{', '.join(FORMATS)} to choose the format.")
+    # Never write over the file read (a training checkpoint, or a shipped model's weights/ file by its name), however
+    # the two paths are spelled; any other file only when asked.
+    source = inference.shipped_model_path(args.checkpoint)
+    if output.resolve() == source.resolve() or (output.exists() and source.exists() and output.samefile(source)):
+        raise ValueError(f"--output {output} is the checkpoint being exported, its own input: give another file "
+                         f"name (the export would replace the file it reads).")
+    if output.exists() and not args.overwrite:
+        raise ValueError(f"--output {output} already exists: give --overwrite to replace it, or another name.")
 
     model, weights, description = load_weights(args.checkpoint)
     if args.weights != "both" and "params_ema" in weights:
@@ -214,7 +239,9 @@ def main(argv=None):
         weights = {"params_ema": weights["params_ema"]} if args.weights == "ema" else {"params": weights["params"]}
         if args.weights == "raw":  # say so: the description above is of the EMA weights
             description = inference.load_generator(args.checkpoint, ema=False)[1]
-    output.parent.mkdir(parents=True, exist_ok=True)
+    if args.half:  # before any file is written: a value fp16 cannot hold would become inf, and the output black
+        for weights_name, state_dict in weights.items():
+            check_fits_fp16(state_dict, weights_name)
     stored = "params_ema" if "params_ema" in weights else "params"  # what .safetensors and .onnx keep
     if output.suffix.lower() == ".pth":
         export_pth(model, weights, output, args.half)

@@ -1,17 +1,21 @@
 """Running a generator: which file holds which network, blending two of them, precision, and tiled upscaling.
 
-  Generators from files      the shipped models (SHIPPED_MODELS, weights/), load_generator (our checkpoints,
-                             export.py's files and the official ones)
+  Generators from files      the shipped models (SHIPPED_MODELS, weights/, check_shipped_file: their SHA-256),
+                             load_generator (our checkpoints, export.py's files and the official ones; what a file
+                             says of its network is checked against its tensors: models.generator_from_weights)
   Network interpolation      interpolate_state_dicts, load_interpolated_generator, load_generator_or_blend and
                              the --interpolate_with / --alpha flags
   Precision and layout       PRECISIONS, resolve_precision, autocast, memory_format
-  Running a generator        match_generator_input, run_generator, upscale (tiled inference)
+  Running a generator        check_generator_scale, match_generator_input, run_generator, upscale (tiled
+                             inference)
 
 eval.py, super_resolve.py, export.py and the validation during training all run generators through this module.
 """
+import hashlib
 import math
 from collections import OrderedDict
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 import torch
 from tqdm import tqdm
@@ -34,12 +38,26 @@ PUBLISHED_REFERENCE_OF_CHECKPOINT = {
 }
 PUBLISHED_REFERENCE_OF_OFFICIAL_FILE = {"rrdb_psnr_x4": "RRDB-PSNR"}
 
+
+class ShippedModel(NamedTuple):
+    """A trained model that ships with the code: its file in weights/, the name of the published figures of the same
+    architecture (eval.PUBLISHED) or None, and the SHA-256 of the file (also in the model card), checked on load."""
+    file: str
+    reference: Optional[str]
+    sha256: str
+
+
 # The trained models that ship with the code, in weights/ (weights/README.md is their model card: how each was
-# trained and what it scores). Every script that takes a model (--model, --pretrained) also takes these names.
+# trained, what it scores, and the same SHA-256s). Every script that takes a model (--model, --pretrained) also takes
+# these names.
 WEIGHTS_FOLDER = Path(__file__).resolve().parent / "weights"
-SHIPPED_MODELS = {  # name: (file in weights/, published figures of the same architecture, or None)
-    "srresnet": ("srresnet_x4.pth", "SRResNet"),  # the SRGAN paper's SRResNet, PSNR-oriented
-    "compact": ("compact_x4.pth", None),  # Real-ESRGAN's SRVGGNetCompact (16 convolutions): the fast default
+SHIPPED_MODELS = {
+    # the SRGAN paper's SRResNet, PSNR-oriented
+    "srresnet": ShippedModel("srresnet_x4.pth", "SRResNet",
+                             "38ea3313eada9d53785fa92ad7909fbe2d61df7b01e0a7e3acd05880d5506ca2"),
+    # Real-ESRGAN's SRVGGNetCompact (16 convolutions): the fast default
+    "compact": ShippedModel("compact_x4.pth", None,
+                            "c8bdc9d1613d4acd636a6e61b000e4974ebf763b8d7d0495fbc38011b89e6bf2"),
 }
 DEFAULT_MODEL = "compact"  # what super_resolve.py upscales with when no --model is given
 
@@ -50,8 +68,27 @@ def shipped_model_path(name_or_path):
     and comes back unchanged (a file of that name in the current folder is a path too, and wins).
     """
     if name_or_path in SHIPPED_MODELS and not Path(name_or_path).exists():
-        return WEIGHTS_FOLDER / SHIPPED_MODELS[name_or_path][0]
+        return WEIGHTS_FOLDER / SHIPPED_MODELS[name_or_path].file
     return Path(name_or_path)
+
+
+def check_shipped_file(path):
+    """
+    If `path` is a shipped model's file (however it was named), check its SHA-256 against SHIPPED_MODELS, as
+    torchvision checks the files it downloads: bytes changed in place (a bad disk, a botched merge, an edit) would
+    otherwise load without a word and upscale badly.
+
+    :raises ValueError: the file is not the one that ships, in one line that says how to get it back
+    """
+    for name, shipped in SHIPPED_MODELS.items():
+        shipped_path = WEIGHTS_FOLDER / shipped.file
+        if shipped_path.is_file() and Path(path).is_file() and Path(path).samefile(shipped_path):
+            digest = hashlib.sha256(shipped_path.read_bytes()).hexdigest()
+            if digest != shipped.sha256:
+                raise ValueError(f"{shipped_path}, the shipped '{name}' model, is not the file that ships (its SHA-256 "
+                                 f"is {digest[:16]}..., not {shipped.sha256[:16]}...): restore it with `git checkout "
+                                 f"-- weights/`. (If you replaced it on purpose, record its SHA-256 in "
+                                 f"inference.SHIPPED_MODELS and weights/README.md.)")
 
 
 def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_kind=None):
@@ -78,6 +115,7 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
     if shipped_name is not None and not path.exists():
         raise FileNotFoundError(f"The shipped model '{shipped_name}' should be {path}, which is missing: restore it "
                                 f"with `git checkout -- weights/`, or give the path of a checkpoint.")
+    check_shipped_file(path)  # a shipped file, by its name or its path: the bytes that ship
     checkpoint = checkpoints.load_checkpoint(path)
     if isinstance(checkpoint, dict) and "generator_arch" in checkpoint:
         # Training checkpoints keep the raw and EMA weights as 'generator' / 'generator_ema'; export.py's files as
@@ -85,10 +123,14 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
         if expected_kind is not None and "kind" in checkpoint:
             checkpoints.check_checkpoint_kind(checkpoint, expected_kind, path)
         arch = checkpoint["generator_arch"]
-        model = models.build_generator(arch, **checkpoint["generator_kwargs"])
         order = ("generator_ema", "params_ema", "generator", "params")
-        weights_name = next(name for name in (order if ema else order[2:] + order[:2]) if name in checkpoint)
-        model.load_state_dict(checkpoint[weights_name])
+        weights_name = next((name for name in (order if ema else order[2:] + order[:2]) if name in checkpoint), None)
+        if weights_name is None:
+            raise ValueError(f"{path} names a generator ({arch}) but holds no weights for it (none of "
+                             f"{', '.join(order)}): the file is damaged or was not written by this project.")
+        # What the file says about the network is checked against its tensors before anything is built.
+        model = models.generator_from_weights(arch, checkpoint.get("generator_kwargs"), checkpoint[weights_name],
+                                              f"{path} ({weights_name})")
         source = (f"train_{checkpoint['kind']}.py, iteration {checkpoint.get('iteration', '?')}"
                   if "kind" in checkpoint else "export.py")
         description = f"{arch} x{model.scaling_factor} from {source} ({weights_name} weights)"
@@ -96,7 +138,10 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
     elif isinstance(checkpoint, dict) and porting.is_official_generator_state_dict(checkpoint):
         if not ema and isinstance(checkpoint.get("params"), dict):
             checkpoint = {"params": checkpoint["params"]}  # the raw weights, not the params_ema preferred otherwise
-        model, description = porting.generator_from_official_state_dict(checkpoint)
+        try:
+            model, description = porting.generator_from_official_state_dict(checkpoint)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
         reference = PUBLISHED_REFERENCE_OF_OFFICIAL_FILE.get(Path(path).stem.lower())
     else:
         raise ValueError(f"{path} holds no generator this project recognises: expected a checkpoint from "
@@ -106,7 +151,7 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
         description = (f"{model.generator_arch} x{model.scaling_factor}, the "
                        f"shipped '{shipped_name}' model ({path.relative_to(WEIGHTS_FOLDER.parent)}; its model card: "
                        f"weights/README.md)")
-        reference = SHIPPED_MODELS[shipped_name][1]
+        reference = SHIPPED_MODELS[shipped_name].reference
     if scaling_factor is not None and model.scaling_factor != scaling_factor:
         raise ValueError(f"{path} upscales x{model.scaling_factor}, not x{scaling_factor} ({description}): use a "
                          f"model trained for x{scaling_factor} (for x2 / x1, a pixel-unshuffle variant), or give "
@@ -137,16 +182,10 @@ def interpolate_state_dicts(psnr_state, gan_state, alpha, skip_mismatched=False)
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] (0: PSNR model, 1: GAN model), got {alpha}")
-    only_psnr = [k for k in psnr_state if k not in gan_state]
-    only_gan = [k for k in gan_state if k not in psnr_state]
-    shape_differs = [k for k in psnr_state if k in gan_state and psnr_state[k].shape != gan_state[k].shape]
-    skipped_keys = only_psnr + shape_differs + only_gan
+    skipped_keys, differences = _mismatch(psnr_state, gan_state)
     if skipped_keys and not skip_mismatched:
-        raise ValueError(
-            "the two state dicts do not match: "
-            f"only in the PSNR model: {porting.short_list(only_psnr)}; only in the GAN model: {porting.short_list(only_gan)}; "
-            f"different shapes: {porting.short_list(shape_differs)}. Pass skip_mismatched=True to keep the PSNR values "
-            "for these keys.")
+        raise ValueError(f"the two state dicts do not match: {differences}. Pass skip_mismatched=True to keep the "
+                         f"PSNR values for these keys.")
 
     skipped = set(skipped_keys)
     blended = OrderedDict()
@@ -157,6 +196,16 @@ def interpolate_state_dicts(psnr_state, gan_state, alpha, skip_mismatched=False)
             gan_value = gan_state[key].to(device=psnr_value.device, dtype=psnr_value.dtype)
             blended[key] = (1 - alpha) * psnr_value + alpha * gan_value
     return blended, skipped_keys
+
+
+def _mismatch(psnr_state, gan_state):
+    """The keys two state dicts do not share, or hold in different shapes (a list), and a line that names them."""
+    only_psnr = [k for k in psnr_state if k not in gan_state]
+    only_gan = [k for k in gan_state if k not in psnr_state]
+    shape_differs = [k for k in psnr_state if k in gan_state and psnr_state[k].shape != gan_state[k].shape]
+    return only_psnr + shape_differs + only_gan, (
+        f"only in the PSNR model: {porting.short_list(only_psnr)}; only in the GAN model: "
+        f"{porting.short_list(only_gan)}; different shapes: {porting.short_list(shape_differs)}")
 
 
 def load_interpolated_generator(psnr_path, gan_path, alpha, device="cpu", skip_mismatched=False):
@@ -177,6 +226,10 @@ def load_interpolated_generator(psnr_path, gan_path, alpha, device="cpu", skip_m
     if not (isinstance(psnr_model, type(gan_model)) or isinstance(gan_model, type(psnr_model))):
         raise ValueError(f"Cannot interpolate a {type(psnr_model).__name__} ({psnr_path}) with a "
                          f"{type(gan_model).__name__} ({gan_path}): the two networks must share an architecture.")
+    mismatched, differences = _mismatch(psnr_model.state_dict(), gan_model.state_dict())
+    if mismatched and not skip_mismatched:  # (said in the words of the scripts' flags, which end up here)
+        raise ValueError(f"Cannot blend {psnr_path} with {gan_path} (--model and --interpolate_with): their layers "
+                         f"differ ({differences}); give two files of the same network, of the same size.")
     state_dict, skipped = interpolate_state_dicts(psnr_model.state_dict(), gan_model.state_dict(), alpha,
                                                   skip_mismatched=skip_mismatched)
     psnr_model.load_state_dict(state_dict)
@@ -278,20 +331,36 @@ DEFAULT_TILE = 256
 DEFAULT_TILE_PAD = 16
 
 
+def check_generator_scale(generator, scaling_factor, source="The generator"):
+    """
+    Raise ValueError, in one line, unless `generator` fits data of `scaling_factor`: it upscales by that factor, or it
+    is a pixel-unshuffle model whose x(s r) body behind its fold by r makes up that factor (the one network meant for
+    LR images nearest-upscaled by r: match_generator_input). A plain x2 network on x4 data would otherwise train on
+    nearest-upscaled images without a word.
+
+    :param source: what to call the generator in the message (a flag and its file, e.g. "--pretrained x2.pth")
+    """
+    scale, fold = int(generator.scaling_factor), int(getattr(generator, "unshuffle_scale", 1))
+    if scaling_factor == scale or (fold > 1 and scaling_factor == scale * fold):
+        return
+    body = f" (a pixel-unshuffle model: x{scale * fold} behind a fold by {fold})" if fold > 1 else ""
+    raise ValueError(f"{source} upscales x{scale}{body}, but the data are x{scaling_factor}: give --scaling_factor "
+                     f"{scale} (data of its scale), or a model made for x{scaling_factor}.")
+
+
 def match_generator_input(lr_imgs, generator, scaling_factor):
     """
     Give a generator the input size it expects.
 
     Most generators upscale by the data's scaling_factor and take the LR image as it is. A pixel-unshuffle model
     that upscales less (e.g. an x1 model with an x4 body, as CutBlur needs) takes the LR image enlarged by
-    scaling_factor / generator.scaling_factor with nearest-neighbour interpolation, which adds no information.
+    scaling_factor / generator.scaling_factor (its fold) with nearest-neighbour interpolation, which adds no
+    information. Any other generator is refused (check_generator_scale).
 
     :param lr_imgs: (N, 3, h, w) LR images, any range
     :return: (N, 3, h * k, w * k) with k = scaling_factor / generator.scaling_factor
     """
-    if scaling_factor % generator.scaling_factor != 0:
-        raise ValueError(f"The generator upscales x{generator.scaling_factor}, which does not divide the scaling "
-                         f"factor {scaling_factor}.")
+    check_generator_scale(generator, scaling_factor)
     factor = scaling_factor // generator.scaling_factor
     if factor == 1:
         return lr_imgs

@@ -26,6 +26,8 @@ Contents, in the order the papers introduced them:
       build_generator                                                 'srresnet' | 'rrdb' | 'compact' -> a generator,
                                                                       from the constructor arguments a checkpoint
                                                                       stores
+      generator_from_weights, check_weights                           the same from a file, once its tensors are
+                                                                      known to fit (shapes, dtypes, finite values)
 
 Conventions shared by the whole project:
   * image tensors are float32 (N, C, H, W);
@@ -783,4 +785,77 @@ def build_generator(arch, **kwargs):
     else:
         generator = SRResNet(**kwargs)
     generator.generator_arch, generator.generator_kwargs = arch, kwargs
+    return generator
+
+
+# The largest value a constructor argument read from a file may have (channels, blocks, convolutions, kernel sizes).
+# Real networks stay far below it (RRDBNet: 64 channels, 23 blocks); a crafted file claiming 20,000 channels would
+# make every loader allocate gigabytes for each convolution before its tensors could be found not to fit.
+MAX_ARCHITECTURE_VALUE = 4096
+
+
+def check_weights(expected, weights, source):
+    """
+    Check, before they are loaded, that a file's weights fit the network they are for and can be right.
+
+    :param expected: the network's state dict (its tensors may be on the 'meta' device: only names, shapes and
+                     dtypes are read)
+    :param weights: the file's state dict
+    :param source: what to name in the message, e.g. "model.pth (params_ema)"
+    :raises ValueError: in one line, naming the tensors: names missing or unexpected, other shapes; an integer or bool
+                        tensor where the network has floats (load_state_dict would cast it silently); NaN or infinite
+                        values (an fp16 export that overflowed, a run that diverged: the network would output black)
+    """
+    def names(keys):
+        keys = sorted(keys)
+        return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "") if keys else "none"
+
+    missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
+    reshaped = [f"{key} {tuple(weights[key].shape)} (the network's: {tuple(expected[key].shape)})"
+                for key in expected if key in weights and weights[key].shape != expected[key].shape]
+    if missing or unexpected or reshaped:
+        raise ValueError(f"{source}: the weights do not fit the network the file describes (missing: {names(missing)}; "
+                         f"unexpected: {names(unexpected)}; other shapes: {names(reshaped)}): the file is damaged, "
+                         f"or its architecture was changed.")
+    for key, value in weights.items():
+        if expected[key].is_floating_point() and not value.is_floating_point():
+            raise ValueError(f"{source}: the tensor {key} is {str(value.dtype).removeprefix('torch.')}, not floating "
+                             f"point, where the network has weights: the file is damaged or not a generator's.")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{source}: the tensor {key} holds NaN or infinite values, so the network would output "
+                             f"nothing usable: the file is damaged, or was written from a run that diverged (or by an "
+                             f"fp16 export whose values overflowed).")
+
+
+def generator_from_weights(arch, kwargs, weights, source):
+    """
+    The generator a file describes (`arch`, `kwargs`: its generator_arch and generator_kwargs), with its weights, once
+    they are known to fit.
+
+    A file's description is not trusted: the arguments must be a dict of values no larger than
+    MAX_ARCHITECTURE_VALUE, and the network is first built on the 'meta' device (shapes, no memory) and its tensors
+    compared with the file's (check_weights). Only then is it built for real and loaded.
+
+    :raises ValueError: one line naming `source`, for anything that does not fit
+    """
+    if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
+        raise ValueError(f"{source}: its generator_kwargs ({str(kwargs)[:80]}) are not the constructor arguments of a "
+                         f"network: the file is damaged or was not written by this project.")
+    too_large = [f"{key}={value}" for key, value in kwargs.items()
+                 if isinstance(value, (int, float)) and not abs(value) <= MAX_ARCHITECTURE_VALUE]
+    if too_large:
+        raise ValueError(f"{source}: its generator_kwargs claim {', '.join(too_large)}, beyond any real network (at "
+                         f"most {MAX_ARCHITECTURE_VALUE}): the file is damaged or crafted; it was not loaded.")
+    if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
+        raise ValueError(f"{source}: its weights are a {type(weights).__name__}, not a state dict (names -> tensors): "
+                         f"the file is damaged or was not written by this project.")
+    try:
+        with torch.device("meta"):  # every tensor a shape without memory
+            skeleton = build_generator(arch, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{source}: generator_arch {arch!r} with generator_kwargs {kwargs} is no network of this "
+                         f"project ({error}).") from None
+    check_weights(skeleton.state_dict(), weights, source)
+    generator = build_generator(arch, **kwargs)
+    generator.load_state_dict(weights)
     return generator

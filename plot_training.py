@@ -50,11 +50,16 @@ def read_validation(run_folder, kind):
     if not path.is_file():
         raise FileNotFoundError(f"No training log {path}: give the output folder of a train_{kind}.py run "
                                 f"(and --kind srgan for train_srgan.py's).")
+    def measured(value, names):  # a set's scores as the training scripts log them (a damaged record is not drawn)
+        return isinstance(value, dict) and all(isinstance(value.get(name), (int, float)) for name in names)
+
     scores, bicubic = {}, {}
-    for record in training_log.read_jsonl(path):
-        for test_set, value in record.get("val", {}).items():
-            scores.setdefault(test_set, []).append((record["iteration"], value["psnr"], value["ssim"]))
-        bicubic.update(record.get("bicubic", {}))
+    for record in training_log.read_jsonl(path):  # (records with an iteration: other lines are left out, with a note)
+        for test_set, value in (record["val"].items() if isinstance(record.get("val"), dict) else ()):
+            if measured(value, ("psnr", "ssim")):
+                scores.setdefault(test_set, []).append((record["iteration"], value["psnr"], value["ssim"]))
+        if isinstance(record.get("bicubic"), dict):
+            bicubic.update({name: value for name, value in record["bicubic"].items() if measured(value, ("psnr",))})
     if not scores:
         raise ValueError(f"{path} holds no validation: train with --val_sets <test sets> and --val_every N "
                          f"(N > 0) to get one.")

@@ -302,20 +302,23 @@ def generator_from_official_state_dict(checkpoint):
         network, kwargs = models.SRVGGNetCompact, _compact_architecture(state_dict)
     else:
         network, kwargs = models.RRDBNet, _rrdbnet_architecture(state_dict, layout)
-    model = models.build_generator("compact" if layout == "compact" else "rrdb", **kwargs)  # keeps its arch and kwargs
+    # First on the 'meta' device (shapes, no memory): a crafted first tensor could claim a huge network.
+    arch = "compact" if layout == "compact" else "rrdb"
+    with torch.device("meta"):
+        skeleton = models.build_generator(arch, **kwargs)
 
     # Strict loading, with an error that says what differs instead of PyTorch's wall of text.
     name = network.__name__
-    expected_keys = set(model.state_dict())
+    expected_keys = set(skeleton.state_dict())
     missing, unexpected = expected_keys - set(state_dict), set(state_dict) - expected_keys
     if missing or unexpected:
         raise ValueError(f"the weights do not fit an {name}{kwargs} (read as layout {layout!r}): "
                          f"missing keys: {short_list(missing)}; unexpected keys: {short_list(unexpected)}. "
                          f"{_SUPPORTED_FILES}")
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:  # same names, different shapes
-        raise ValueError(f"the weights do not fit an {name}{kwargs}: {error}") from None
+    # Shapes, and weights that cannot be right (integer, NaN or infinite), by the names of our network.
+    models.check_weights(skeleton.state_dict(), state_dict, f"the {wrapper_key or 'state dict'} of an {name}")
+    model = models.build_generator(arch, **kwargs)  # keeps its arch and kwargs
+    model.load_state_dict(state_dict, strict=True)
     model.eval()
 
     weights_note = f"; {wrapper_key}" if wrapper_key else ""

@@ -39,7 +39,8 @@ so). The whole output is held in memory before it is written (about OUTPUT_BYTES
 an image whose output would be larger than --max_output_megapixels is refused before anything is decoded, with the
 memory it would need (`check_output_size()`). When the output folder is also an input folder, the files in it named
 like our outputs (`*_x<s>.png`) are skipped (`find_inputs()`), so that a second run does not upscale the first
-run's outputs again.
+run's outputs again. A file already in the output folder with an output's name is never replaced without --overwrite
+(it may be a picture of yours), and a file this run wrote over is never read after as an input.
 """
 import argparse
 import math
@@ -459,6 +460,9 @@ def parse_args(argv=None):
                              "with NIQE (lower is better), cropped to --crop")
     parser.add_argument("--crop", type=int, nargs=4, metavar=("LEFT", "TOP", "WIDTH", "HEIGHT"), default=None,
                         help="the region of the --strip photo to show, in its own pixels (default: all of it)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files already in --output_folder that have an output's name (without it, such "
+                             "a file is left as it is and its input fails with a line: it may be a picture of yours)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     comparing = args.grid is not None or args.strip is not None
@@ -469,24 +473,46 @@ def parse_args(argv=None):
                      f"are for --grid and --strip. Put the input images before --model: INPUT... --model PATH")
     if args.tile < 0 or args.tile_pad < 0 or args.max_output_megapixels < 0:
         parser.error("--tile, --tile_pad and --max_output_megapixels must be >= 0")
-    if args.outscale is not None and (args.outscale <= 0 or comparing):
-        parser.error("--outscale must be > 0, and is for upscaling files: --grid and --strip compare models at their "
-                     "own scale")
+    if args.outscale is not None and (not 0 < args.outscale < math.inf or comparing):
+        parser.error("--outscale must be a number > 0 (not inf or nan), and is for upscaling files: --grid and "
+                     "--strip compare models at their own scale")
     if args.crop is not None and (args.strip is None or min(args.crop) < 0 or min(args.crop[2:]) == 0):
         parser.error("--crop LEFT TOP WIDTH HEIGHT (non-negative, a width and height above 0) goes with --strip")
     inference.check_interpolation_arguments(parser, args, args.model)
     return args
 
 
+def check_not_overwriting(target, overwrite):
+    """Refuse (ValueError) to write `target` over a file that is already there, unless --overwrite: a file named like
+    an output that this run did not write may be the user's own picture (the caller skips the targets it wrote)."""
+    if target.exists() and not overwrite:
+        raise ValueError(f"{target} already exists (from an earlier run, or a file of yours): it is left as it is. "
+                         f"Give --overwrite to replace it, or another --output_folder.")
+
+
 def _upscale_all(args, model, scale, progress, failures, written):
     """The main loop: every input, one at a time; failures are collected, never fatal."""
     inputs = find_inputs(args.inputs, args.output_folder)
+    # A folder that gives no image is a mistake to report, not an empty success (a typo, or the wrong folder).
+    for folder in (Path(item) for item in args.inputs if Path(item).is_dir()):
+        if not any(not explicit and path.parent == folder for path, explicit in inputs):
+            failures.append((folder, ValueError("no image files in this folder (it is empty, or holds no file "
+                                                "Pillow reads as an image)")))
+            tqdm.write(f"error: {folder}: {failures[-1][1]}", file=sys.stderr)
     for input_path, _ in tqdm(inputs, desc="images", unit="image", disable=not progress):
         target = output_path(input_path, args.output_folder, args.outscale or scale)
+        wrote_it = [source for output, source in written.items() if output.resolve() == input_path.resolve()]
+        if wrote_it:  # (with --overwrite) an input this run has written over: never read our own output as input
+            warnings.warn(f"skipping {input_path}: this run replaced it with the output of {wrote_it[0]}")
+            continue
         try:
             if target in written:  # photo.jpg and photo.png would both become photo_x4.png
                 raise ValueError(f"its output {target} was already written from {written[target]} in this run; "
                                  f"rename one of the two inputs.")
+            check_not_overwriting(target, args.overwrite)
+            # Only regular files: opening a FIFO (or a device) to read its header would wait for a writer forever.
+            if input_path.exists() and not input_path.is_file():
+                raise ValueError("not a regular file (a FIFO, socket or device): give image files or folders.")
             # The network's output at its own scale is made first, then resized to --outscale: the larger counts.
             check_output_size(input_path, max(scale, args.outscale or scale), args.max_output_megapixels)
             sr_img = upscale_image(model, read_image(input_path), tile=args.tile, tile_pad=args.tile_pad,
@@ -494,8 +520,12 @@ def _upscale_all(args, model, scale, progress, failures, written):
             write_image(sr_img, target)
             written[target] = input_path
             tqdm.write(f"wrote {target} ({sr_img.mode} {sr_img.width}x{sr_img.height})")
-        except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
-            # Keep going: one bad file should not cost the user the rest of the folder.
+        except (FileNotFoundError, ValueError, RuntimeError, OSError, MemoryError) as error:
+            # Keep going: one bad file should not cost the user the rest of the folder. Running out of memory on one
+            # image is such a case too: torch says so with a RuntimeError, NumPy and Pillow with a MemoryError.
+            if isinstance(error, MemoryError):
+                error = MemoryError(f"out of memory ({str(error) or 'MemoryError'}): lower --max_output_megapixels or "
+                                    f"--tile, or split the image into parts")
             failures.append((input_path, error))
             tqdm.write(f"error: {input_path}: {error}", file=sys.stderr)
 
@@ -522,9 +552,10 @@ def main(argv=None):
             labelled = [(model, f"{path} (shipped)" if inference.shipped_model_path(path) != Path(path)
                          else f"{Path(path).stem} ({description.split(' ')[0]})")
                         for (model, description, _), path in zip(models, args.model)]
+            grid_path = Path(args.output_folder) / f"{Path(args.grid).stem}_grid_x{labelled[0][0].scaling_factor}.png"
+            check_not_overwriting(grid_path, args.overwrite)
             grid = comparison_grid(utils.load_image(args.grid, mode="RGB"), labelled, tile=args.tile,
                                    tile_pad=args.tile_pad, precision=grid_precision)
-            grid_path = Path(args.output_folder) / f"{Path(args.grid).stem}_grid_x{labelled[0][0].scaling_factor}.png"
             write_image(grid, grid_path)
         except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
@@ -533,9 +564,10 @@ def main(argv=None):
     if args.strip is not None:
         try:
             labelled = [(model, Path(path).stem) for (model, _, _), path in zip(models, args.model)]
+            strip_path = Path(args.output_folder) / f"{Path(args.strip).stem}_strip_x{labelled[0][0].scaling_factor}.png"
+            check_not_overwriting(strip_path, args.overwrite)
             strip = photo_strip(utils.load_image(args.strip, mode="RGB"), labelled, crop=args.crop, tile=args.tile,
                                 tile_pad=args.tile_pad, precision=grid_precision)
-            strip_path = Path(args.output_folder) / f"{Path(args.strip).stem}_strip_x{labelled[0][0].scaling_factor}.png"
             write_image(strip, strip_path)
         except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)

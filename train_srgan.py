@@ -110,6 +110,8 @@ hyperparameters = dict(
     checkpoint_every=1000,  # save a checkpoint every this many iterations (and at the end, and on Ctrl+C)
     output_folder=".",  # where checkpoint_srgan.pth, best_srgan.pth and the logs are written
     checkpoint=None,  # path of a checkpoint_srgan.pth to resume from
+    overwrite=False,  # start a new run in an output_folder that holds a run of this script: its checkpoint, best
+    #   weights and logs are removed first (without it such a run is refused: resume it with --checkpoint instead)
 )
 # Real-ESRGAN's degradations (degradation 'realesrgan'): every probability and range is a flag too, with Real-ESRGAN's
 # values as defaults (degradations.DEGRADATION_DEFAULTS says what each means), e.g. --noise_range 1 20 --jpeg_range 50
@@ -275,19 +277,21 @@ def build_networks(hp, resumed, device):
     :return: (generator, discriminator, vgg, architecture), architecture being the names and constructor arguments
              a checkpoint stores
     """
-    if resumed:
-        generator = models.build_generator(resumed["generator_arch"], **resumed["generator_kwargs"])
-        generator.load_state_dict(resumed["generator"])
+    if resumed:  # (built once its weights are known to fit what the file says of it)
+        generator = models.generator_from_weights(resumed["generator_arch"], resumed["generator_kwargs"],
+                                                  resumed["generator"], f"{hp.checkpoint} (generator)")
     else:
         # Step 2's network, with its EMA weights when it kept them (they are the better network), or any generator
         # file inference.load_generator reads, e.g. one of export.py (its architecture comes with it; no optimiser state).
         generator, _, _ = inference.load_generator(hp.srresnet_checkpoint, expected_kind="srresnet")
     arch, kwargs = generator.generator_arch, generator.generator_kwargs  # (build_generator keeps them)
-    # With CutBlur the generator takes HR-sized inputs, so it must not upscale (an x1 pixel-unshuffle model).
-    if hp.scaling_factor % generator.scaling_factor != 0 or (hp.cutblur_prob > 0 and generator.scaling_factor != 1):
-        raise ValueError(f"The generator from {hp.checkpoint or hp.srresnet_checkpoint} upscales "
-                         f"x{generator.scaling_factor}, which does not fit scaling_factor {hp.scaling_factor}"
-                         + (" with CutBlur (it needs an x1 model)." if hp.cutblur_prob > 0 else "."))
+    # The generator must fit the data's scale (a pixel-unshuffle model by its fold); with CutBlur it takes HR-sized
+    # inputs, so it must not upscale at all (an x1 pixel-unshuffle model).
+    source = f"--checkpoint {hp.checkpoint}" if resumed else f"--srresnet_checkpoint {hp.srresnet_checkpoint}"
+    inference.check_generator_scale(generator, hp.scaling_factor, f"The generator of {source}")
+    if hp.cutblur_prob > 0 and generator.scaling_factor != 1:
+        raise ValueError(f"The generator of {source} upscales x{generator.scaling_factor}, which does not fit "
+                         f"scaling_factor {hp.scaling_factor} with CutBlur (it needs an x1 model).")
     discriminator, discriminator_kwargs = build_discriminator(hp)
     if resumed and (resumed["discriminator_arch"], resumed["discriminator_kwargs"]) != (hp.discriminator_arch,
                                                                                         discriminator_kwargs):

@@ -98,6 +98,8 @@ hyperparameters = dict(
     checkpoint_every=1000,  # save a checkpoint every this many iterations (and at the end, and on Ctrl+C)
     output_folder=".",  # where checkpoint_srresnet.pth, best_srresnet.pth and the logs are written
     checkpoint=None,  # path of a checkpoint_srresnet.pth to resume from
+    overwrite=False,  # start a new run in an output_folder that holds a run of this script: its checkpoint, best
+    #   weights and logs are removed first (without it such a run is refused: resume it with --checkpoint instead)
     pretrained=None,  # start from these weights, to fine-tune on your data: a shipped model ('srresnet', 'compact')
     #   or any file eval.py takes; the architecture comes with them
 )
@@ -181,9 +183,10 @@ def main():
         # The architecture flags become the checkpoint's (other values given are refused).
         training.reconcile_resumed_hyperparameters(resumed, hp, cli.RENAMED_HYPERPARAMETERS, ARCHITECTURE,
                                                    not_used=("pretrained",))
-        arch = resumed["generator_arch"]
-        kwargs = models.upgrade_generator_kwargs(arch, resumed["generator_kwargs"])
-        generator = models.build_generator(arch, **kwargs).to(device)
+        # (Built once its weights are known to fit what the file says of it: models.generator_from_weights.)
+        generator = models.generator_from_weights(resumed["generator_arch"], resumed["generator_kwargs"],
+                                                  resumed["generator"], f"{hp.checkpoint} (generator)").to(device)
+        arch, kwargs = generator.generator_arch, generator.generator_kwargs  # (older checkpoints' in today's form)
     elif hp.pretrained:
         generator, description, _ = inference.load_generator(hp.pretrained, device)  # its EMA weights, if it has them
         arch, kwargs = generator.generator_arch, generator.generator_kwargs
@@ -197,9 +200,9 @@ def main():
     else:
         arch, kwargs = hp.generator_arch, generator_kwargs(hp)
         generator = models.build_generator(arch, **kwargs).to(device)
-    if hp.scaling_factor % generator.scaling_factor != 0:
-        raise ValueError(f"The {arch} generator upscales x{generator.scaling_factor}, which does not divide "
-                         f"scaling_factor {hp.scaling_factor}.")
+    # The network must fit the data's scale (a pixel-unshuffle model by its fold), whichever way it came.
+    source = f"--pretrained {hp.pretrained}" if hp.pretrained and not resumed else f"The {arch} generator"
+    inference.check_generator_scale(generator, hp.scaling_factor, source)
     memory_format = utils.memory_format(hp.channels_last)
     generator = generator.to(memory_format=memory_format)
     # fused: one kernel updates every weight; the default (foreach) runs ~10 operations per weight tensor, and on CPUs

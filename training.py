@@ -18,6 +18,7 @@ import copy
 import fcntl
 import glob
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -144,7 +145,7 @@ def setup_training(hp, kind):
     rank, world_size, device = setup_distributed()
     precision = inference.resolve_precision(hp.precision, device)
     if rank == 0:
-        prepare_output_folder(hp.output_folder, kind)
+        prepare_output_folder(hp.output_folder, kind, fresh=hp.checkpoint is None, overwrite=hp.overwrite)
     utils.seed_everything(hp.seed)
     return rank, world_size, device, precision
 
@@ -269,33 +270,81 @@ def training_checkpoint(kind, iteration, hp, stateful, **extra):
 _HELD_LOCKS = {}  # lock file -> its open file, for the locks this process holds (see lock_output_folder)
 
 
-def prepare_output_folder(folder, kind):
+def run_files(folder, kind):
+    """The files of a train_<kind>.py run in `folder` that are there: checkpoint_<kind>.pth, best_<kind>.pth,
+    log_<kind>.jsonl and the folder tensorboard_<kind>/."""
+    folder = Path(folder)
+    paths = [folder / name for name in (f"checkpoint_{kind}.pth", f"best_{kind}.pth", f"log_{kind}.jsonl")]
+    return [path for path in paths if path.exists()] + [path for path in [folder / f"tensorboard_{kind}"]
+                                                        if path.is_dir()]
+
+
+def prepare_output_folder(folder, kind, fresh=False, overwrite=False):
     """
     Make a training run's output folder ready before training starts, so that nothing fails only at the first save,
-    hours in: it must be a folder (it is created if missing), and writable; it is locked for this run
+    hours in: it must be a folder (it is created if missing), and writable (a byte is written: a full disk still
+    creates empty files); its tensorboard_<kind> must be a writable folder if it is there; it is locked for this run
     (lock_output_folder); and the temporary files that interrupted writes of this run's own files left behind
     (a kill -9 during a save) are removed, with a note.
+
+    A fresh run (not resumed) writes its log and TensorBoard events from scratch, and its checkpoints over those
+    there: a run of the same script already in the folder would be lost without a word. So a fresh run is refused in
+    a folder that holds one (run_files), unless `overwrite` (the flag --overwrite true) says to start over: the
+    previous run's files are then removed first, so that nothing of it mixes with the new one.
 
     Call it in the main process only. TrainingLog.close() releases the lock at the end.
 
     :param folder: the output folder
     :param kind: 'srresnet' or 'srgan': the script whose files (checkpoint_<kind>.pth, best_<kind>.pth,
-                 log_<kind>.jsonl) are written there
-    :raises ValueError: with what to do, when the folder is a file, cannot be created or written, or is in use
+                 log_<kind>.jsonl, tensorboard_<kind>/) are written there
+    :param fresh: True for a run from scratch (no --checkpoint)
+    :param overwrite: with `fresh`, remove a previous run's files instead of refusing to start
+    :raises ValueError: with what to do, when the folder is a file, cannot be created or written (nor its lock file,
+                        nor its TensorBoard folder), is in use, or holds a run that a fresh run would replace
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"The output folder {folder} is a file, not a folder: give another --output_folder.")
+    tensorboard = folder / f"tensorboard_{kind}"
+    if tensorboard.exists() and not tensorboard.is_dir():
+        raise ValueError(f"{tensorboard} is a file, where this run's TensorBoard folder goes: move it away, or give "
+                         f"another --output_folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        # Can files be created there? (The probe is removed on closing; whether a checkpoint fits is a question for
-        # CheckpointSaver, which knows its size.)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        # Can files be created and written there? (The probe is removed on closing; whether a checkpoint fits is a
+        # question for CheckpointSaver, which knows its size.)
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(b"\0")
+            probe.flush()  # (a full disk still creates an empty file: it refuses the first byte)
     except OSError as error:
         raise ValueError(f"Cannot write to the output folder {folder} ({error.strerror or error}): fix its "
                          f"permissions or free some space, or give another --output_folder.") from None
     lock_output_folder(folder, kind)
+    previous = run_files(folder, kind) if fresh else []
+    if previous and not overwrite:
+        release_output_folder(folder, kind)  # refused: the folder is left exactly as it was
+        checkpoint = folder / f"checkpoint_{kind}.pth"
+        resume = (f"resume it with --checkpoint {checkpoint}" if checkpoint.is_file()
+                  else "it has no checkpoint to resume")
+        raise ValueError(f"{folder} holds a train_{kind}.py run ({', '.join(path.name for path in previous)}), which a "
+                         f"new run would replace: {resume}; start over with --overwrite true (which removes these "
+                         f"files), or give another --output_folder.")
+    for path in previous:  # --overwrite true: start over
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if previous:
+        print(f"Note: --overwrite: removed the previous run's {', '.join(path.name for path in previous)} from "
+              f"{folder}.", file=sys.stderr)
+    if tensorboard.is_dir():  # a resumed run's TensorBoard folder: TensorBoard would fail on it with a traceback
+        try:
+            with tempfile.TemporaryFile(dir=tensorboard):
+                pass
+        except OSError as error:
+            release_output_folder(folder, kind)
+            raise ValueError(f"Cannot write to the TensorBoard folder {tensorboard} ({error.strerror or error}): fix "
+                             f"its permissions, or give another --output_folder.") from None
     # A temporary file of one of our names can only be left over now: the lock says no other run of this script
     # writes here.
     leftovers = [path for name in (f"checkpoint_{kind}.pth", f"best_{kind}.pth", f"log_{kind}.jsonl")
@@ -341,10 +390,15 @@ def lock_output_folder(folder, kind):
         except FileNotFoundError:
             pass
         file.close()
-    file.seek(0)
-    file.truncate()
-    file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    file.flush()
+    try:
+        file.seek(0)
+        file.truncate()
+        file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        file.flush()
+    except OSError as error:  # a disk full to the last block, which still let the lock file be created
+        file.close()
+        raise ValueError(f"Cannot write the lock file {path} ({error.strerror or error}): free some space, or give "
+                         f"another --output_folder.") from None
     _HELD_LOCKS[path] = file
     atexit.register(release_output_folder, path.parent, kind)  # a run that ends with an error leaves no lock file either
     return path
@@ -555,7 +609,8 @@ def resume_training(checkpoint, stateful, hp, aliases=None):
                   f"{checkpoint['iteration']} on, as if the run had had it from the start (milestones already passed "
                   f"count): learning rate now {schedulers[0].get_last_lr()[0]:.3g}.", file=sys.stderr)
     warn_changed_hyperparameters(cli.rename_hyperparameters(checkpoint["hyperparameters"], aliases), vars(hp),
-                                 keys_to_ignore=("checkpoint", "iterations", "workers", *LEARNING_RATE_SCHEDULE))
+                                 keys_to_ignore=("checkpoint", "iterations", "workers", "overwrite",
+                                                 *LEARNING_RATE_SCHEDULE))
     return checkpoint["iteration"]
 
 

@@ -263,13 +263,29 @@ def _flatten(record, prefix=""):
 
 
 def read_jsonl(path):
-    """The records of a JSON-lines log (LogFiles), as a list of dicts; a last line cut short by a crash is left out."""
-    records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    """
+    The records of a JSON-lines log (LogFiles), as a list of dicts, each with its int "iteration".
+
+    A last line cut short by a crash is left out. So is any other line that is not such a record (bytes damaged on
+    the disk, a line of something else), with a note that names the file: a resumed run (which rewrites the log with
+    the records it keeps) and plot_training.py go on with the rest.
+    """
+    lines = Path(path).read_bytes().splitlines()  # bytes: a damaged line need not be UTF-8
+    records, damaged = [], 0
+    for number, line in enumerate(lines):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+            if number == len(lines) - 1 or not line.strip():  # the line a crash cut short, or an empty one
+                continue
+        if isinstance(record, dict) and type(record.get("iteration")) is int:
+            records.append(record)
+        else:
+            damaged += 1
+    if damaged:
+        print(f"note: {path}: {damaged} line(s) that are not log records left out (damaged, or written by something "
+              f"else)", file=sys.stderr)
     return records
 
 

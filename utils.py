@@ -144,7 +144,8 @@ def load_image(path, mode="RGB"):
     The file is decoded here (not lazily, as PIL does by default), so a truncated file fails now with a
     message that names it, not later inside a DataLoader worker. EXIF orientation is applied, so a phone
     photo is the right way up. A 16-bit greyscale image is scaled to 8 bits (grey_16bit_values, rounded) before any
-    conversion. Of an animated image (GIF, APNG, WebP) only the first frame is used, and a warning says so.
+    conversion; a 32-bit floating-point one (mode 'F'), whose range is unknown, is refused unless its own mode is
+    kept. Of an animated image (GIF, APNG, WebP) only the first frame is used, and a warning says so.
 
     :param path: path to the image file
     :param mode: PIL mode to convert to ('RGB' by default); a tuple of modes keeps the file's mode when it is one of
@@ -152,9 +153,12 @@ def load_image(path, mode="RGB"):
                  the file's own mode, 16 bits included
     :return: a PIL image
     :raises FileNotFoundError: the file does not exist
-    :raises ValueError: the file is not a readable image (corrupt, truncated, not an image, or too large)
+    :raises ValueError: the file is not a readable image (corrupt, truncated, not an image, too large, floating-point,
+                        or not a regular file: a FIFO would block the read)
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not an image file (a folder, FIFO, socket or device).")
     if not path.is_file():
         raise FileNotFoundError(f"Image not found: {path}. Check the path (if it comes from a data list, the "
                                 f"images have moved: rebuild the lists with create_data_lists.py).")
@@ -172,6 +176,9 @@ def load_image(path, mode="RGB"):
         warnings.warn(f"{path} is animated ({n_frames} frames); only its first frame is used.")
     if mode is None:
         return img
+    if img.mode == "F":  # converted to 8 bits, its values would be clipped (a [0, 1] image: near-black)
+        raise ValueError(f"{path} is a 32-bit floating-point image (mode 'F'), whose value range is unknown; convert "
+                         f"it to a 16-bit or 8-bit PNG first.")
     if img.mode in GREY_16BIT_MODES:
         img = Image.fromarray(np.round(grey_16bit_values(img, path) * 255).astype(np.uint8))  # mode 'L'
     modes = (mode,) if isinstance(mode, str) else tuple(mode)
@@ -213,8 +220,10 @@ def atomic_write_all(writers):
 
     :param writers: dict path -> write, where write(file) writes the content into the open binary file it is given
     :return: the paths written, as Path objects
+    :raises RuntimeError: when the system refuses a write (a read-only or full disk, no permission, a folder where the
+                          file should be), in one line: which file, why, and that nothing was replaced
     """
-    temporary_paths = {}
+    temporary_paths, path = {}, None
     try:
         for path, write in writers.items():
             path = Path(path)
@@ -222,6 +231,10 @@ def atomic_write_all(writers):
             temporary_paths[path] = _write_temporary(path, write)
         for path, temporary_path in temporary_paths.items():
             os.replace(temporary_path, path)
+    except OSError as error:  # the system's refusal, said in one line instead of a traceback
+        previous = f"the previous {path.name} there is intact" if path.is_file() else "no earlier file was replaced"
+        raise RuntimeError(f"Could not write {path}: {error.strerror or error}; {previous}, and no partial file "
+                           f"is left.") from None
     finally:
         for temporary_path in temporary_paths.values():
             if os.path.exists(temporary_path):  # only left over when something above failed

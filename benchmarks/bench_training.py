@@ -242,7 +242,7 @@ def main():
             results = {}
             for config_name in ["baseline", "defaults", *args.extra]:
                 argv = [*model_flags[model_name], "--data_folder", str(Path(work_folder) / "lists"),
-                        "--output_folder", work_folder]
+                        "--output_folder", work_folder, "--overwrite", "true"]  # (each configuration's run anew)
                 for name, value in CONFIGS[config_name].items():
                     argv += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
                 spec = json.dumps(dict(argv=argv, warmup=warmup, iterations=iterations))

@@ -65,6 +65,7 @@ def test_bad_images_skipped_and_reported(tmp_path, capsys):
     save_truncated_png(train / "truncated.png")
     (train / "text.png").write_text("this is not an image")
     save_noise_image(train / "small.png", 99, 300)
+    Image.fromarray(np.full((120, 120), 0.5, np.float32)).save(train / "float.tif")  # mode 'F': no known range
     (train / "notes.txt").write_text("ignored: not an image extension")
     (train / ".hidden.png").write_text("ignored: hidden file")
 
@@ -88,12 +89,13 @@ def test_bad_images_skipped_and_reported(tmp_path, capsys):
 
     # Every skipped image is named, with its reason, in the summary and in the printed report.
     reasons = {os.path.basename(path): reason for path, reason in summary["skipped"]}
-    assert set(reasons) == {"truncated.png", "text.png", "small.png", "broken.png"}
+    assert set(reasons) == {"truncated.png", "text.png", "small.png", "broken.png", "float.tif"}
+    assert reasons["float.tif"].startswith("unreadable") and "floating-point" in reasons["float.tif"]
     assert reasons["truncated.png"].startswith("unreadable")
     assert reasons["text.png"].startswith("unreadable")
     assert reasons["broken.png"].startswith("unreadable")
     assert reasons["small.png"].startswith("too small: 99x300")
-    assert "Skipped images: 4" in report
+    assert "Skipped images: 5" in report
     assert "Training images: 4" in report and "Test set 'MySet': 1 images" in report
     for name in reasons:
         assert name in report
@@ -117,6 +119,35 @@ def test_cli_missing_folder_fails_cleanly(tmp_path):
     assert "no_such_folder does not exist; check the path or run without folders for the bundled sample images" \
         in result.stderr
     assert not (tmp_path / "lists").exists()  # nothing written
+
+
+def test_lists_that_cannot_be_written_give_one_line(tmp_path, monkeypatch, capsys):
+    """A list where a folder is, or an output folder that refuses writes: one line naming the file, no traceback,
+    and the lists that were there are untouched."""
+    import cli
+    import utils
+
+    save_noise_image(tmp_path / "train" / "a.png", 120, 120)
+    output = tmp_path / "lists"
+    (output / "train_images.json").mkdir(parents=True)  # a folder where the list should go
+
+    def one_line(**kwargs):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run_cli(lambda: create_data_lists([str(tmp_path / "train")], [], output_folder=str(output), **kwargs))
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 1 and len(lines) == 1 and lines[0].startswith("error: "), lines
+        return lines[0]
+
+    assert "train_images.json" in one_line()
+    (output / "train_images.json").rmdir()
+    (output / "Set5_test_images.json").write_text('["old test list"]')
+
+    def read_only(*args, **kwargs):  # what a read-only folder answers (chmod would not stop root)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(utils.tempfile, "mkstemp", read_only)
+    assert "Permission denied" in one_line() and "train_images.json" in one_line()
+    assert (output / "Set5_test_images.json").read_text() == '["old test list"]'
 
 
 def test_failed_run_keeps_existing_lists(tmp_path):

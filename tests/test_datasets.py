@@ -1,7 +1,11 @@
 """Tests of datasets.py: crops, augmentation and LR making, SRDataset, TrainingSampler and the training loader."""
 import itertools
 import json
+import os
 import random
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -177,3 +181,34 @@ def test_sampler_streams_come_from_utils_random_seed():
     for epoch in (0, 1):
         order = torch.randperm(5, generator=utils.make_rng(7, "epoch_order", epoch)).tolist()
         assert [index for index, _ in keys[5 * epoch: 5 * epoch + 5]] == order
+
+
+# A training loop that fails in its own step (not in the data) while the loader's workers run; the error is held in a
+# reference cycle (frame -> error -> traceback -> frame), so the loader is still alive when Python exits.
+FAILING_STEP = """
+import sys, types
+sys.path.insert(0, {root!r})
+import cli, datasets
+hp = types.SimpleNamespace(data_folder={data!r}, crop_size=16, scaling_factor=4, augment=False, lr_maker="pil",
+                           batch_size=2, seed=0, workers=2, image_cache_mb=0)
+def main():
+    batches = datasets.make_train_loader(hp)
+    next(batches)
+    try:
+        raise RuntimeError("the training step failed")
+    except RuntimeError as caught:
+        kept = caught
+        raise kept
+cli.run_cli(main)
+"""
+
+
+def test_the_workers_never_keep_a_failed_process_from_exiting(data_folder):
+    """The workers ignore SIGTERM (the main process saves on it), which is what Python's exit sends them before it
+    waits for them: whatever ends the process, they must be stopped first, or the process never exits."""
+    start = time.time()
+    result = subprocess.run([sys.executable, "-c", FAILING_STEP.format(root=os.path.dirname(datasets.__file__),
+                                                                       data=str(data_folder))],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1 and result.stderr.strip() == "error: the training step failed", result.stderr
+    assert time.time() - start < 20

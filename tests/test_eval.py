@@ -210,6 +210,18 @@ def test_table_and_json(photo_lists, tmp_path, capsys):
     assert "skipping Missing" in captured.err
 
 
+def test_json_that_cannot_be_written_is_one_line_after_the_table(photo_lists, tmp_path, capsys):
+    """--json naming a folder (or a file in a folder that refuses writes): the table is printed, then one line."""
+    (tmp_path / "results.json").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(["--data_folder", str(photo_lists), "--test_sets", "Photos", "--scaling_factor", "2", "--json",
+                  str(tmp_path / "results.json")])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 1 and "| bicubic" in captured.out
+    errors = [line for line in captured.err.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "results.json" in errors[0], captured.err
+
+
 def test_table_shows_published_figures_and_differences():
     results = [{"model": "bicubic", "test_set": "Set5", "scale": 4, "psnr": 28.43, "ssim": 0.8111, "n_images": 5}]
     table = eval_script.markdown_table(results, ["bicubic"], ["Set5", "Set14"], 4, {"bicubic": "Bicubic"}, "standard")

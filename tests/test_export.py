@@ -8,6 +8,7 @@ traces the network with symbolic sizes).
 import json
 import pickletools
 import shlex
+import sys
 import zipfile
 
 import numpy as np
@@ -21,16 +22,18 @@ from safetensors import safe_open
 from skimage import data as skimage_data
 from torch import nn
 
+import checkpoints
+import cli
 import create_data_lists
 import eval as eval_script
 import export
-import checkpoints
 import inference
 import metrics
 import models
 import super_resolve
 import train_srgan
 import train_srresnet
+import utils
 from test_training import run_script  # a training script's main() in this process
 
 # One tiny generator of each architecture export.py knows. Growth 32 in the RRDBNets: spandrel only reads that one.
@@ -268,6 +271,73 @@ def test_output_extension_must_name_a_format(tmp_path):
     write_checkpoint(tmp_path / "checkpoint.pth", "compact")
     with pytest.raises(ValueError, match=r"extension.*\.pth, \.safetensors, \.onnx"):
         export.main([str(tmp_path / "checkpoint.pth"), "--output", str(tmp_path / "model.bin")])
+
+
+def test_export_never_writes_over_its_input_and_asks_before_replacing_a_file(tmp_path, monkeypatch):
+    """--output naming the checkpoint itself (however spelled, or a shipped model's file) is refused even with
+    --overwrite; any other file that exists is replaced only with --overwrite. Nothing is touched when refused."""
+    write_checkpoint(tmp_path / "checkpoint.pth", "compact")
+    checkpoint = (tmp_path / "checkpoint.pth").read_bytes()
+    for output in (tmp_path / "checkpoint.pth", tmp_path / "sub" / ".." / "checkpoint.pth"):
+        for overwrite in ([], ["--overwrite"]):
+            with pytest.raises(ValueError, match="its own input"):
+                export.main([str(tmp_path / "checkpoint.pth"), "--output", str(output), *overwrite])
+    assert (tmp_path / "checkpoint.pth").read_bytes() == checkpoint
+    # A shipped model by its name: its file in weights/ (a copy here) is the input.
+    monkeypatch.setattr(inference, "WEIGHTS_FOLDER", tmp_path / "weights")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "compact_x4.pth").write_bytes((inference.Path(export.__file__).parent / "weights" /
+                                                          "compact_x4.pth").read_bytes())
+    with pytest.raises(ValueError, match="its own input"):
+        export.main(["compact", "--output", str(tmp_path / "weights" / "compact_x4.pth"), "--overwrite"])
+    monkeypatch.undo()
+    # Another file: only with --overwrite.
+    (tmp_path / "model.pth").write_bytes(b"a file of yours")
+    with pytest.raises(ValueError, match="--overwrite"):
+        export.main([str(tmp_path / "checkpoint.pth"), "--output", str(tmp_path / "model.pth")])
+    assert (tmp_path / "model.pth").read_bytes() == b"a file of yours"
+    export.main([str(tmp_path / "checkpoint.pth"), "--output", str(tmp_path / "model.pth"), "--overwrite"])
+    assert inference.load_generator(tmp_path / "model.pth")[0].generator_arch == "compact"
+
+
+def test_export_refuses_weights_that_fp16_or_anything_cannot_hold(tmp_path):
+    """--half turns values beyond 65504 into inf: a network that outputs black. Refused before writing, with the
+    tensor's name, in every format; and a checkpoint with NaN weights is refused on load. No file is left."""
+    raw, ema = write_checkpoint(tmp_path / "checkpoint.pth", "compact")
+    state = checkpoints.load_checkpoint(tmp_path / "checkpoint.pth")
+    state["generator_ema"]["body.0.weight"][0, 0, 0, 0] = 1e5  # fine in float32, inf in fp16
+    checkpoints.save_checkpoint(state, tmp_path / "large.pth")
+    state["generator"]["body.0.weight"][0, 0, 0, 0] = float("nan")
+    checkpoints.save_checkpoint(state, tmp_path / "nan.pth")
+    for extension in export.FORMATS:
+        output = tmp_path / "out" / f"model{extension}"
+        with pytest.raises(ValueError, match=r"body\.0\.weight.*65504"):
+            export.main([str(tmp_path / "large.pth"), "--output", str(output), "--half"])
+        with pytest.raises(ValueError, match=r"body\.0\.weight.*NaN"):
+            export.main([str(tmp_path / "nan.pth"), "--output", str(output)])
+        assert not output.exists() and not list(tmp_path.glob("**/.*.tmp"))
+
+
+def test_export_into_a_folder_it_cannot_write_or_onto_a_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    write_checkpoint(tmp_path / "checkpoint.pth", "compact")
+
+    def export_cli(*args):
+        """export.py's command line (cli.run_cli): the lines it prints on stderr."""
+        monkeypatch.setattr(sys, "argv", ["export.py", str(tmp_path / "checkpoint.pth"), "--output", *map(str, args)])
+        with pytest.raises(SystemExit):
+            cli.run_cli(export.main)
+        return capsys.readouterr().err.strip().splitlines()
+
+    def read_only(*args, **kwargs):  # what a read-only folder answers (chmod would not stop root)
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(utils.tempfile, "mkstemp", read_only)
+        lines = export_cli(tmp_path / "model.safetensors")
+    assert len(lines) == 1 and "model.safetensors" in lines[0] and "Permission denied" in lines[0], lines
+    (tmp_path / "model.pth").mkdir()  # a folder where the file should go
+    lines = export_cli(tmp_path / "model.pth", "--overwrite")
+    assert len(lines) == 1 and str(tmp_path / "model.pth") in lines[0], lines
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -53,3 +53,34 @@ def test_clear_errors(tmp_path):
     log.close()
     with pytest.raises(ValueError, match="holds no validation.*--val_every"):
         plot_training.main([str(tmp_path)])
+
+
+def test_pictures_that_cannot_be_written_give_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import cli
+
+    write_run(tmp_path)
+    (tmp_path / "plots" / "validation_curve.png").mkdir(parents=True)  # a folder where the picture should go
+    monkeypatch.setattr(sys, "argv", ["plot_training.py", str(tmp_path), "--kind", "srgan", "--output_folder",
+                                      str(tmp_path / "plots")])
+    with pytest.raises(SystemExit):
+        cli.run_cli(plot_training.main)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "validation_curve.png" in lines[0], lines
+
+
+def test_a_damaged_log_is_read_around_and_named(tmp_path, capsys):
+    """Lines of the JSON-lines log that are not records (a list, a string, a record without its iteration, binary
+    bytes, a validation without its SSIM) are left out with a note that names the file; the rest is drawn."""
+    write_run(tmp_path)
+    path = tmp_path / "log_srgan.jsonl"
+    with open(path, "ab") as file:
+        file.write(b'[1, 2, 3]\n"a string"\n{"val": {"Set5": {"psnr": 1.0, "ssim": 0.1}}}\n')
+        file.write(b"\x00\xff\xfe binary \x80\n")
+        file.write(b'{"iteration": 50, "time": 50.0, "val": {"Set5": {"psnr": 30.0}}}\n')
+    scores, bicubic = plot_training.read_validation(tmp_path, "srgan")
+    assert scores == {"Set5": [(i, 20 + i / 10, 0.5) for i in ITERATIONS],
+                      "Set14": [(i, 19.0, 0.4) for i in ITERATIONS]}
+    assert str(path) in capsys.readouterr().err
+    assert len(plot_training.main([str(tmp_path), "--kind", "srgan", "--output_folder", str(tmp_path / "plots")])) == 2

@@ -6,7 +6,9 @@ Models used here are tiny so the whole file runs in well under a minute on 2 CPU
     round trips (every pixel of the output can be checked, not just the size and mode);
   * small RRDBNet / SRResNet from models.py (random weights) for the CLI and the grid.
 """
+import os
 import resource
+import signal
 import subprocess
 import sys
 import struct
@@ -312,7 +314,7 @@ def test_output_folder_that_is_also_the_input_folder_skips_our_outputs(tmp_path,
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.fromarray(random_pixels((8, 10, 3))).save(folder / "a.png")
-    args = [str(folder), "--model", str(tiny_rrdb), "--output_folder", str(folder), "--no_progress"]
+    args = [str(folder), "--model", str(tiny_rrdb), "--output_folder", str(folder), "--no_progress", "--overwrite"]
     for run in range(3):  # each run must find a.png only, never a_x4.png (which would give a_x4_x4.png, x16)
         assert super_resolve.main(args) == 0
         error = capsys.readouterr().err
@@ -413,10 +415,12 @@ def test_cli_outscale_file_name_and_errors(tmp_path, tiny_rrdb, capsys):
     assert super_resolve.main(common + ["--outscale", "3.5"]) == 0
     with Image.open(tmp_path / "out" / "a_x3.5.png") as out:
         assert out.size == (42, 35)
-    for bad in (["--outscale", "0"], ["--outscale", "2", "--grid", str(tmp_path / "a.png")]):
+    for bad in (["--outscale", "0"], ["--outscale", "2", "--grid", str(tmp_path / "a.png")], ["--outscale", "inf"],
+                ["--outscale", "nan"]):
         with pytest.raises(SystemExit):
             super_resolve.main(common + bad)
-        assert "--outscale" in capsys.readouterr().err
+        error = capsys.readouterr().err
+        assert "--outscale" in error and "Traceback" not in error, error
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -504,5 +508,106 @@ def test_photo_strip_shows_the_crop_and_scores_the_whole_image(tmp_path, monkeyp
         first = np.asarray(strip)[label:, :120]
     np.testing.assert_array_equal(first, metrics.imresize(lr, scale=4)[20:100, 40:160])
     assert super_resolve.main(["--strip", str(photo), "--model", "compact", "--crop", "70", "0", "30", "20",
-                               "--output_folder", str(tmp_path)]) == 1
+                               "--output_folder", str(tmp_path / "again")]) == 1
     assert "does not fit" in capsys.readouterr().err
+
+
+def test_mismatched_networks_to_blend_are_named_by_their_flags(tmp_path, capsys):
+    """Two files whose layers differ cannot be blended: the line names the two flags, not a Python argument."""
+    save_official_compact(tmp_path / "a.pth", seed=0)
+    torch.manual_seed(1)
+    torch.save({"params": models.SRVGGNetCompact(num_feat=8, num_conv=3, upscale=4).state_dict()}, tmp_path / "b.pth")
+    Image.fromarray(random_pixels((10, 12, 3))).save(tmp_path / "photo.png")
+    assert super_resolve.main([str(tmp_path / "photo.png"), "--no_progress", "--output_folder", str(tmp_path / "out"),
+                               "--model", str(tmp_path / "a.pth"), "--interpolate_with", str(tmp_path / "b.pth"),
+                               "--alpha", "0.5"]) == 1
+    error = capsys.readouterr().err
+    assert "--model" in error and "--interpolate_with" in error and "skip_mismatched" not in error, error
+    assert len(error.strip().splitlines()) == 1, error
+
+
+# ------------------------------------------------------------------------------------------------------
+# Nothing lost, nothing hung: files of the user's, odd inputs, memory
+# ------------------------------------------------------------------------------------------------------
+
+def test_never_overwrites_a_file_it_did_not_write(tmp_path, tiny_rrdb, capsys):
+    """A file of the user's named like an output (b_x4.png in the output folder) is replaced only with --overwrite;
+    and a file this run wrote over is never read after as an input (no b_x4_x4.png made from b.png's output)."""
+    Image.fromarray(random_pixels((8, 10, 3))).save(tmp_path / "b.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.fromarray(random_pixels((6, 7, 3))).save(out / "b_x4.png")  # the user's own picture
+    users = (out / "b_x4.png").read_bytes()
+    common = ["--model", str(tiny_rrdb), "--output_folder", str(out), "--no_progress"]
+    assert super_resolve.main([str(tmp_path / "b.png"), *common]) == 1
+    error = capsys.readouterr().err
+    assert "b_x4.png" in error and "--overwrite" in error and "Traceback" not in error, error
+    assert (out / "b_x4.png").read_bytes() == users
+    # The user's file given as an input too: without --overwrite it is read, never replaced (its own output is new).
+    assert super_resolve.main([str(tmp_path / "b.png"), str(out / "b_x4.png"), *common]) == 1
+    assert (out / "b_x4.png").read_bytes() == users and (out / "b_x4_x4.png").is_file()
+    capsys.readouterr()
+    # With --overwrite b.png's output replaces it, and it is then not read again as the second input.
+    (out / "b_x4_x4.png").unlink()
+    assert super_resolve.main([str(tmp_path / "b.png"), str(out / "b_x4.png"), *common, "--overwrite"]) == 0
+    assert "b_x4.png" in capsys.readouterr().err  # a line says why the second input was skipped
+    with Image.open(out / "b_x4.png") as sr_img:
+        assert sr_img.size == (40, 32)
+    assert sorted(path.name for path in out.iterdir()) == ["b_x4.png"]
+
+
+def test_an_input_folder_without_images_is_an_error(tmp_path, tiny_rrdb, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("no image here")
+    for folder in (empty, notes):
+        assert super_resolve.main([str(folder), "--model", str(tiny_rrdb), "--output_folder", str(tmp_path / "out"),
+                                   "--no_progress"]) == 1
+        error = capsys.readouterr().err
+        assert str(folder) in error and "no image" in error, error
+
+
+class Blocked(BaseException):
+    """Raised by the alarm below when a call blocks (a BaseException: no `except OSError` swallows it)."""
+
+
+def test_a_fifo_given_as_input_is_skipped_with_a_line_not_waited_for(tmp_path, tiny_rrdb, capsys):
+    os.mkfifo(tmp_path / "pipe.png")  # opening it for reading blocks until someone writes: nobody will
+    Image.fromarray(random_pixels((8, 8, 3))).save(tmp_path / "a.png")
+
+    def blocked(*args):
+        raise Blocked("super_resolve.py waited for the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(10)
+    try:
+        status = super_resolve.main([str(tmp_path / "pipe.png"), str(tmp_path / "a.png"), "--model", str(tiny_rrdb),
+                                     "--output_folder", str(tmp_path / "out"), "--no_progress"])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    error = capsys.readouterr().err
+    assert status == 1 and "pipe.png" in error and "not a regular file" in error, error
+    assert (tmp_path / "out" / "a_x4.png").is_file()
+
+
+def test_running_out_of_memory_on_one_image_skips_it(tmp_path, tiny_rrdb, capsys, monkeypatch):
+    """NumPy and Pillow raise MemoryError (not torch's out-of-memory RuntimeError): that image fails with a line,
+    the others are still written."""
+    for name in ("a", "b"):
+        Image.fromarray(random_pixels((8, 8, 3))).save(tmp_path / f"{name}.png")
+    write_image = super_resolve.write_image
+
+    def write_or_run_out_of_memory(img, path):
+        if path.name == "a_x4.png":
+            raise MemoryError()  # (what Pillow raises: no message)
+        write_image(img, path)
+
+    monkeypatch.setattr(super_resolve, "write_image", write_or_run_out_of_memory)
+    assert super_resolve.main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--model", str(tiny_rrdb),
+                               "--output_folder", str(tmp_path / "out"), "--no_progress"]) == 1
+    error = capsys.readouterr().err
+    assert "a.png" in error and "memory" in error, error
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["b_x4.png"]

@@ -3,6 +3,7 @@
 Most runs call the script's main() in this process (fast: torch is already imported); runs that must be separate
 processes (signals, torchrun, the command-line error path) start a subprocess.
 """
+import contextlib
 import errno
 import hashlib
 import io
@@ -11,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -288,6 +290,52 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_exits(data_folder, 
         pytest.fail("a process of the run outlived it")
 
 
+def error_lines(stderr):
+    """The 'error: ...' lines of a script's stderr (a progress bar may precede one on the same line, after a \\r)."""
+    return [line[line.index("error:"):] for line in re.split(r"[\r\n]+", stderr) if "error:" in line]
+
+
+@pytest.mark.parametrize("damage", ["deleted", "too_small"])
+def test_a_data_error_in_a_worker_stops_the_run_at_once(tmp_path, damage):
+    """A training image deleted, or replaced by one smaller than the crop, while a run with data-loading processes
+    trains: one line naming the file and the reason, exit 1 within seconds (the workers ignore SIGTERM, so nothing
+    may wait for them to end by themselves), no process left behind, and the last checkpoint kept."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(skimage_data, name)()).resize((48, 48)).save(images / f"{name}.png")
+    create_data_lists.create_data_lists([str(images)], [], min_size=32, output_folder=str(tmp_path / "lists"))
+    checkpoint_path = tmp_path / "run" / "checkpoint_srresnet.pth"
+    process = subprocess.Popen(
+        [sys.executable, "train_srresnet.py", *map(str, FAULT_TINY), "--workers", "2", "--image_cache_mb", "0",
+         "--data_folder", str(tmp_path / "lists"), "--output_folder", str(tmp_path / "run"), "--iterations", "100000",
+         "--checkpoint_every", "1", "--val_every", "0"], start_new_session=True,
+        cwd=os.path.dirname(train_srresnet.__file__), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    damaged = images / "coffee.png"
+    try:
+        assert wait_for(checkpoint_path, process), process.communicate()[1] if process.poll() is not None else "timeout"
+        if damage == "deleted":
+            damaged.unlink()
+        else:  # replaced at once (a rename), as a program that rewrites its files does
+            Image.fromarray(skimage_data.coffee()).resize((20, 20)).save(tmp_path / "small.png")
+            os.replace(tmp_path / "small.png", damaged)
+        start = time.time()
+        _, stderr = process.communicate(timeout=60)
+        elapsed = time.time() - start
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # (the script and its workers, should they still be there)
+        process.wait()
+    assert process.returncode == 1 and elapsed < 20, (process.returncode, elapsed, stderr)
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    reason = "Image not found" if damage == "deleted" else "smaller than the 32px crop"
+    assert str(damaged) in lines[0] and reason in lines[0], lines
+    assert checkpoints.load_checkpoint(checkpoint_path)["iteration"] >= 1
+    assert not list(checkpoint_path.parent.glob(".*.tmp"))
+
+
 def test_a_second_ctrl_c_during_the_save_waits_for_it(data_folder, tmp_path, monkeypatch, capsys):
     """Ctrl+C twice while a checkpoint is written (the first Ctrl+C's save takes long for a big model): the save
     goes on, says so, and the run stops after it with a complete checkpoint."""
@@ -332,6 +380,69 @@ def test_output_folder_is_checked_before_training(data_folder, tmp_path, monkeyp
         code, lines = run_cli(train_srresnet, [*args, "--output_folder", tmp_path / "full"], monkeypatch, capsys)
     assert code == 1 and len(lines) == 1 and "No room for a checkpoint" in lines[0], lines
     assert not list((tmp_path / "full").glob("*.pth")) and not (tmp_path / "full" / "log_srresnet.jsonl").exists()
+
+
+class FullDiskFile:
+    """A file on a disk with no space left: opened and locked like any other, every write refused (ENOSPC)."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_tensorboard_folder_that_is_a_file_or_read_only_and_a_full_disk_give_one_line(data_folder, tmp_path,
+                                                                                        monkeypatch, capsys):
+    """Found before training, one line each: a file where the run's TensorBoard folder goes, a TensorBoard folder that
+    refuses writes (of a run being resumed), and a disk so full that the lock file cannot be written."""
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: cli.run_cli(main))
+    args = [*FAULT_RUN, "--data_folder", data_folder, "--iterations", 1, "--val_every", 0]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "tensorboard_srresnet").write_text("a file of yours")
+    code, lines = run_cli(train_srresnet, [*args, "--output_folder", tmp_path / "a"], monkeypatch, capsys)
+    assert code == 1 and len(lines) == 1 and "tensorboard_srresnet" in lines[0], lines
+    assert (tmp_path / "a" / "tensorboard_srresnet").read_text() == "a file of yours"
+
+    run_script(train_srresnet, [*args, "--output_folder", tmp_path / "b"], monkeypatch)
+    temporary_file = tempfile.TemporaryFile
+
+    def read_only_tensorboard_folder(*args, dir=None, **kwargs):  # (chmod would not stop root)
+        if Path(dir).name == "tensorboard_srresnet":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return temporary_file(*args, dir=dir, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training.tempfile, "TemporaryFile", read_only_tensorboard_folder)
+        code, lines = run_cli(train_srresnet, [*args, "--output_folder", tmp_path / "b", "--iterations", 2,
+                                               "--checkpoint", tmp_path / "b" / "checkpoint_srresnet.pth"],
+                              monkeypatch, capsys)
+    assert code == 1 and len(lines) == 1, lines
+    assert "tensorboard_srresnet" in lines[0] and "Permission denied" in lines[0], lines
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "open", lambda *args, **kwargs: FullDiskFile(open(*args, **kwargs)), raising=False)
+        code, lines = run_cli(train_srresnet, [*args, "--output_folder", tmp_path / "c"], monkeypatch, capsys)
+    assert code == 1 and len(lines) == 1 and "No space left on device" in lines[0], lines
+
+
+def test_a_damaged_log_does_not_block_a_resume(data_folder, tmp_path, monkeypatch, capsys):
+    """Lines of log_srresnet.jsonl that are not records (a list, a record without its iteration, binary bytes) are
+    left out, with a note naming the file, and the run resumes; its log then holds each iteration's records once."""
+    args = [*FAULT_RUN, "--data_folder", data_folder, "--output_folder", tmp_path, "--print_every", 1]
+    run_script(train_srresnet, [*args, "--iterations", 2], monkeypatch)
+    log = tmp_path / "log_srresnet.jsonl"
+    with open(log, "ab") as file:
+        file.write(b'[1, 2]\n{"time": 5.0, "losses": {"loss": 1.0}}\n\xff\xfe\x00 binary\n')
+    capsys.readouterr()
+    run_script(train_srresnet, [*args, "--iterations", 3, "--checkpoint", tmp_path / "checkpoint_srresnet.pth"],
+               monkeypatch)
+    assert str(log) in capsys.readouterr().err
+    assert [record["iteration"] for record in training_log.read_jsonl(log) if "losses" in record] == [1, 2, 3]
+    assert checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")["iteration"] == 3
 
 
 def test_a_failed_save_says_why_and_keeps_the_previous_checkpoint(data_folder, tmp_path, monkeypatch, capsys):
@@ -381,6 +492,42 @@ training.lock_output_folder({folder!r}, "srresnet")
 print("locked", flush=True)
 time.sleep(120)
 """
+
+
+def test_a_fresh_run_never_replaces_the_run_in_its_folder(data_folder, tmp_path, monkeypatch, capsys):
+    """A run without --checkpoint into a folder that holds a run of the same script (its checkpoint, best weights,
+    JSON-lines log or TensorBoard folder): refused with one line that names the --checkpoint resuming it and
+    --overwrite; every file of the previous run byte for byte as it was. --overwrite true starts over."""
+    run = tmp_path / "run"
+    args = [*FAULT_RUN, "--data_folder", data_folder, "--output_folder", run, *VALIDATE, "--val_every", 1]
+    run_script(train_srresnet, [*args, "--iterations", 2], monkeypatch)
+
+    def files(folder):
+        return {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+    before = files(run)
+    assert {"checkpoint_srresnet.pth", "best_srresnet.pth", "log_srresnet.jsonl"} <= {str(p) for p in before}
+    assert any(str(path).startswith("tensorboard_srresnet/") for path in before)
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: cli.run_cli(main))
+    code, lines = run_cli(train_srresnet, [*args, "--iterations", 3], monkeypatch, capsys)
+    assert code == 1 and len(lines) == 1, lines
+    assert f"--checkpoint {run / 'checkpoint_srresnet.pth'}" in lines[0] and "--overwrite true" in lines[0], lines
+    assert files(run) == before
+    # Any one of the run's files is a run (a run stopped before its first save has its logs only).
+    for name in ("checkpoint_srresnet.pth", "best_srresnet.pth", "log_srresnet.jsonl", "tensorboard_srresnet"):
+        folder = tmp_path / f"only_{name}"
+        (folder / name).parent.mkdir(parents=True)
+        (folder / name).mkdir() if name.startswith("tensorboard") else (folder / name).write_bytes(b"x")
+        code, lines = run_cli(train_srresnet, [*args[:-4], "--output_folder", folder, "--iterations", 1],
+                              monkeypatch, capsys)
+        assert code == 1 and "--overwrite true" in lines[0], (name, lines)
+        assert sorted(p.name for p in folder.iterdir()) == [name]
+    # Another script's run may share the folder; --overwrite true starts over, with nothing of the old run left.
+    (run / "checkpoint_srgan.pth").write_bytes(b"another script's run")
+    run_script(train_srresnet, [*args, "--iterations", 1, "--overwrite", "true", "--val_every", 0], monkeypatch)
+    assert checkpoints.load_checkpoint(run / "checkpoint_srresnet.pth")["iteration"] == 1
+    assert not (run / "best_srresnet.pth").exists() and validation_records(run / "log_srresnet.jsonl") == {}
+    assert (run / "checkpoint_srgan.pth").read_bytes() == b"another script's run"
 
 
 def test_a_second_run_into_the_same_folder_is_refused(data_folder, tmp_path, monkeypatch, capsys):
@@ -543,8 +690,8 @@ def test_user_errors_give_one_clear_line(data_folder, tmp_path, monkeypatch, cap
                              "--workers", 0, "--iterations", 1, "--output_folder", tmp_path,
                              "--srresnet_checkpoint", tmp_path / "checkpoint_srresnet.pth"], monkeypatch)
     monkeypatch.setattr(train_srgan, "main", lambda main=train_srgan.main: cli.run_cli(main))
-    code, lines = run_cli(train_srgan, ["--data_folder", data_folder, "--workers", 0, "--output_folder", tmp_path,
-                                        "--srresnet_checkpoint", tmp_path / "checkpoint_srgan.pth"],
+    code, lines = run_cli(train_srgan, ["--data_folder", data_folder, "--workers", 0, "--output_folder",
+                                        tmp_path / "other", "--srresnet_checkpoint", tmp_path / "checkpoint_srgan.pth"],
                           monkeypatch, capsys)
     assert code == 1 and len(lines) == 1, lines
     assert "train_srgan.py" in lines[0] and "train_srresnet.py is needed" in lines[0], lines
@@ -577,6 +724,33 @@ def test_flags_that_cannot_work_give_one_line_before_any_work(data_folder, tmp_p
     assert not (tmp_path / "run").exists()  # refused before anything was made
 
 
+def test_weights_of_another_scale_than_the_data_are_refused(data_folder, tmp_path, monkeypatch, capsys):
+    """--pretrained (or train_srgan.py's --srresnet_checkpoint) with an x2 network on x4 data would train it on
+    nearest-upscaled crops and exit 0: refused, with one line. A pixel-unshuffle x2 model (an x4 network behind a
+    2 x 2 fold) is the one network meant for such input, and is taken."""
+    def save_generator(path, **kwargs):
+        torch.manual_seed(0)
+        generator = models.build_generator("srresnet", n_channels=8, n_blocks=1, **kwargs)
+        torch.save({"params": generator.state_dict(), "generator_arch": "srresnet",
+                    "generator_kwargs": generator.generator_kwargs}, path)
+        return path
+
+    x2 = save_generator(tmp_path / "x2.pth", scaling_factor=2)
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: cli.run_cli(main))
+    monkeypatch.setattr(train_srgan, "main", lambda main=train_srgan.main: cli.run_cli(main))
+    for script, flag in ((train_srresnet, "--pretrained"), (train_srgan, "--srresnet_checkpoint")):
+        base = FAULT_RUN if script is train_srresnet else [*FAULT_RUN[4:], *TINY_DISCRIMINATOR]
+        code, lines = run_cli(script, [*base, "--data_folder", data_folder, "--output_folder", tmp_path / "run",
+                                       "--iterations", 1, flag, x2], monkeypatch, capsys)
+        assert code == 1 and len(lines) == 1, lines
+        assert "x2" in lines[0] and "x4" in lines[0] and "--scaling_factor 2" in lines[0], lines
+        assert not list((tmp_path / "run").glob("checkpoint_*.pth"))
+    unshuffle = save_generator(tmp_path / "unshuffle_x2.pth", scaling_factor=2, unshuffle_scale=2)
+    run_script(train_srresnet, [*FAULT_RUN, "--data_folder", data_folder, "--output_folder", tmp_path / "run",
+                                "--iterations", 1, "--pretrained", unshuffle, "--overwrite", "true"], monkeypatch)
+    assert checkpoints.load_checkpoint(tmp_path / "run" / "checkpoint_srresnet.pth")["iteration"] == 1
+
+
 def test_a_checkpoint_lacking_what_a_run_needs_gives_one_line(data_folder, tmp_path, monkeypatch, capsys):
     run_script(train_srresnet, [*FAULT_RUN, "--data_folder", data_folder, "--output_folder", tmp_path, "--iterations",
                                 1], monkeypatch)
@@ -589,6 +763,22 @@ def test_a_checkpoint_lacking_what_a_run_needs_gives_one_line(data_folder, tmp_p
                           monkeypatch, capsys)
     assert code == 1 and len(lines) == 1, lines
     assert "crafted.pth: it lacks generator_arch, optimizer_g" in lines[0]
+
+
+def test_a_checkpoint_whose_architecture_does_not_fit_its_weights_gives_one_line(data_folder, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """A training checkpoint whose generator_kwargs were changed (1,000 channels over tensors of 8; a crafted file
+    could claim 20,000, and 14 GB per convolution): refused before the network is built, by both scripts."""
+    run_script(train_srresnet, [*FAULT_RUN, "--data_folder", data_folder, "--output_folder", tmp_path, "--iterations",
+                                1], monkeypatch)
+    checkpoint = checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
+    checkpoint["generator_kwargs"]["n_channels"] = 1000
+    checkpoints.save_checkpoint(checkpoint, tmp_path / "crafted.pth")
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: cli.run_cli(main))
+    code, lines = run_cli(train_srresnet, [*FAULT_RUN, "--data_folder", data_folder, "--output_folder", tmp_path / "b",
+                                           "--checkpoint", tmp_path / "crafted.pth", "--iterations", 2],
+                          monkeypatch, capsys)
+    assert code == 1 and len(lines) == 1 and "crafted.pth" in lines[0] and "do not fit" in lines[0], lines
 
 
 def test_srgan_resume_with_other_discriminator_flags_gives_one_line(data_folder, tmp_path, monkeypatch, capsys):
@@ -631,8 +821,8 @@ def test_nan_and_nothing_to_train_name_only_checkpoints_that_exist(data_folder, 
     mse_forward = torch.nn.MSELoss.forward
     monkeypatch.setattr(torch.nn.MSELoss, "forward", lambda self, *args: mse_forward(self, *args) * float("nan"))
     with pytest.raises(RuntimeError, match="loss became nan.*before any checkpoint was saved") as error:
-        run_script(train_srresnet, [*run, "--iterations", 10, "--print_every", 1, "--checkpoint_every", 5],
-                   monkeypatch)
+        run_script(train_srresnet, [*run, "--iterations", 10, "--print_every", 1, "--checkpoint_every", 5,
+                                    "--overwrite", "true"], monkeypatch)  # (the first run left its log there)
     assert "checkpoint_srresnet.pth" not in str(error.value)
     assert not (tmp_path / "run" / "checkpoint_srresnet.pth").exists()
 

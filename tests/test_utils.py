@@ -89,6 +89,17 @@ def test_unknown_format_is_a_clear_error():
 # ------------------------------------------------------------------------------------------------------
 # load_image
 # ------------------------------------------------------------------------------------------------------
+def test_load_image_refuses_floating_point_images(tmp_path):
+    """A 32-bit float image (mode 'F', e.g. a float TIFF in [0, 1]) has no known range: converting it to RGB would
+    clip it to near-black (and a test set of such images would score infinite PSNR). Refused, except by callers that
+    keep the file's own mode (mode=None: super_resolve.py says the same itself)."""
+    Image.fromarray(np.full((6, 5), 0.5, np.float32)).save(tmp_path / "float.tiff")
+    for mode in ("RGB", ("RGB", "L"), "L"):
+        with pytest.raises(ValueError, match=r"float.tiff.*floating-point.*mode 'F'"):
+            utils.load_image(tmp_path / "float.tiff", mode=mode)
+    assert utils.load_image(tmp_path / "float.tiff", mode=None).mode == "F"
+
+
 def test_load_image_missing_corrupt_truncated(tmp_path):
     with pytest.raises(FileNotFoundError, match="Image not found"):
         utils.load_image(tmp_path / "nope.png")
@@ -181,7 +192,7 @@ def test_a_checkpoint_that_cannot_be_written_says_why(tmp_path, monkeypatch):
             with pytest.raises(RuntimeError) as error_info:
                 checkpoints.save_checkpoint({"iteration": 2}, path)
         assert str(error_info.value) == (f"Could not write {path}: {reason}; the previous ckpt.pth there is intact, "
-                                         f"and the partial file was removed.")
+                                         f"and no partial file is left.")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]
         assert checkpoints.load_checkpoint(path)["iteration"] == 1
 
@@ -305,9 +316,11 @@ def test_atomic_write_all_is_all_or_nothing(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"old a")
 
     def failing(file):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with pytest.raises(OSError):
+    # The system's refusal is one line (RuntimeError, which the scripts print as it is): which file, why, nothing lost.
+    with pytest.raises(RuntimeError, match=r"^Could not write .*b\.txt: No space left on device; no earlier file was "
+                                           r"replaced, and no partial file is left\.$"):
         utils.atomic_write_all({tmp_path / "a.txt": lambda file: file.write(b"new a"), tmp_path / "b.txt": failing})
     assert (tmp_path / "a.txt").read_bytes() == b"old a"  # the first file was not replaced either
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]

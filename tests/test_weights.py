@@ -4,6 +4,7 @@ Each shipped file must load by its name through inference.load_generator (as sup
 train_srresnet.py --pretrained load it), have the architecture the card describes, upscale an image sensibly, and
 score on Set5 what the card says eval.py printed for it (when the benchmark images are present).
 """
+import hashlib
 import json
 import re
 import signal
@@ -56,8 +57,27 @@ def test_shipped_file_is_small_and_loads_by_name_with_its_architecture(name):
     arch, kwargs, n_parameters = EXPECTED[name]
     assert (model.generator_arch, model.generator_kwargs) == (arch, kwargs)
     assert sum(p.numel() for p in model.parameters()) == n_parameters
-    assert f"shipped '{name}' model" in description and reference == inference.SHIPPED_MODELS[name][1]
+    assert f"shipped '{name}' model" in description and reference == inference.SHIPPED_MODELS[name].reference
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp16 file, float32 network
+
+
+def test_a_shipped_file_whose_bytes_changed_is_refused(tmp_path, monkeypatch):
+    """Each shipped file's SHA-256 is in the code (inference.SHIPPED_MODELS) and in the model card. A file whose bytes
+    changed in place (here one weight, the file still a sound checkpoint: it would load, and upscale badly) is refused
+    on load, by its name or its path, with the way to restore it."""
+    card = MODEL_CARD.read_text()
+    for name, shipped in inference.SHIPPED_MODELS.items():
+        digest = hashlib.sha256(inference.shipped_model_path(name).read_bytes()).hexdigest()
+        assert shipped.sha256 == digest and f"`{digest}`" in card, name
+    checkpoint = checkpoints.load_checkpoint(inference.shipped_model_path("compact"))
+    weights = next(checkpoint[key] for key in ("params_ema", "params") if key in checkpoint)
+    weights["body.0.weight"][0, 0, 0, 0] += 0.5
+    monkeypatch.setattr(inference, "WEIGHTS_FOLDER", tmp_path)
+    torch.save(checkpoint, tmp_path / "compact_x4.pth")
+    for model in ("compact", tmp_path / "compact_x4.pth"):
+        with pytest.raises(ValueError, match=r"SHA-256.*git checkout -- weights/") as error:
+            inference.load_generator(model)
+        assert "compact_x4.pth" in str(error.value) and "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("name", sorted(inference.SHIPPED_MODELS))

@@ -1,0 +1,114 @@
+"""Tests of inference.py's generators from files against crafted and damaged files: what a file says about its network
+is checked against its tensors before anything is built, and weights that cannot be right are refused with one line.
+
+(Loading the files this project and others write, and network interpolation, are tested in test_utils.py; the
+shipped models in test_weights.py.)
+"""
+import json
+import resource
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import checkpoints
+import inference
+import models
+
+SRRESNET = dict(n_channels=8, n_blocks=1, scaling_factor=4)
+
+
+def tiny_state_dict():
+    torch.manual_seed(0)
+    return models.build_generator("srresnet", **SRRESNET).state_dict()
+
+
+def save_export(path, weights=None, arch="srresnet", kwargs=SRRESNET, name="params"):
+    """An export.py-style .pth file: {name: weights, 'generator_arch': arch, 'generator_kwargs': kwargs}."""
+    torch.save({name: tiny_state_dict() if weights is None else weights, "generator_arch": arch,
+                "generator_kwargs": kwargs}, path)
+    return path
+
+
+def save_safetensors(path, state_dict=None, **metadata):
+    """An export.py-style .safetensors file, with string metadata (the architecture; 'weights': which set) as given."""
+    metadata = {"generator_arch": "srresnet", "generator_kwargs": json.dumps(SRRESNET), "weights": "params",
+                **metadata}
+    save_file(tiny_state_dict() if state_dict is None else state_dict, path, metadata=metadata)
+    return path
+
+
+def refused(path, match):
+    """load_generator refuses `path` with one line (a ValueError, which the scripts print as one line) that names
+    the file and matches `match`."""
+    with pytest.raises(ValueError, match=match or None) as error:
+        inference.load_generator(path)
+    message = str(error.value)
+    assert str(path) in message and "\n" not in message, message
+    return message
+
+
+def test_crafted_sizes_are_refused_before_any_memory_is_spent(tmp_path):
+    """A file of a few kB whose generator_kwargs claim a huge network: checked against its tensors (and bounded)
+    before the network is built. 20,000 channels would take 14 GB per convolution; 1,000, about 0.4 GB."""
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB
+    refused(save_export(tmp_path / "wide.pth", kwargs={**SRRESNET, "n_channels": 1000}),
+            r"n_channels.*do not fit|do not fit.*conv_block1")
+    refused(save_export(tmp_path / "huge.pth", kwargs={**SRRESNET, "n_channels": 20000}), r"n_channels=20000")
+    refused(save_safetensors(tmp_path / "huge.safetensors", generator_kwargs=json.dumps({**SRRESNET,
+                                                                                         "n_blocks": 10 ** 9})),
+            r"n_blocks=1000000000")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 200_000  # no network was allocated
+
+
+@pytest.mark.parametrize("extension", [".pth", ".safetensors"])
+def test_crafted_architectures_give_one_line(tmp_path, extension):
+    """generator_kwargs with an unknown key or a list, weights under a name the file does not have, weights that are
+    not a state dict: one line each (ValueError), never a traceback."""
+    if extension == ".pth":
+        files = [save_export(tmp_path / "unknown_key.pth", kwargs={**SRRESNET, "bogus": 1}),
+                 save_export(tmp_path / "list.pth", kwargs={**SRRESNET, "n_channels": [8]}),
+                 save_export(tmp_path / "kwargs_list.pth", kwargs=[8, 1, 4]),
+                 save_export(tmp_path / "no_weights.pth", name="weights_of_another_name"),
+                 save_export(tmp_path / "params_tensor.pth", weights=torch.zeros(3))]
+    else:
+        files = [save_safetensors(tmp_path / "unknown_key.safetensors",
+                                  generator_kwargs=json.dumps({**SRRESNET, "bogus": 1})),
+                 save_safetensors(tmp_path / "list.safetensors",
+                                  generator_kwargs=json.dumps({**SRRESNET, "n_channels": [8]})),
+                 save_safetensors(tmp_path / "not_json.safetensors", generator_kwargs="{n_channels: 8"),
+                 save_safetensors(tmp_path / "no_weights.safetensors", weights="weights_of_another_name")]
+    for path in files:
+        refused(path, None)
+
+
+def test_weights_that_cannot_be_right_are_refused_with_the_tensors_name(tmp_path):
+    """NaN or infinite weights (an fp16 export that overflowed, a diverged run) and integer or bool tensors where the
+    network has floats: refused on load, naming the tensor, in our files, safetensors files and official ones."""
+    name = "conv_block1.conv_block.0.weight"
+    for value in (float("nan"), float("inf")):
+        weights = tiny_state_dict()
+        weights[name][0, 0, 0, 0] = value
+        refused(save_export(tmp_path / "non_finite.pth", weights), rf"{name}.*(NaN|infinite)")
+        refused(save_safetensors(tmp_path / "non_finite.safetensors", weights), rf"{name}.*(NaN|infinite)")
+    for dtype in (torch.int32, torch.bool):
+        weights = tiny_state_dict()
+        weights[name] = weights[name].to(dtype)
+        refused(save_safetensors(tmp_path / "integer.safetensors", weights), rf"{name}.*{str(dtype)[6:]}")
+    # Batch norm's counters are integers in the network itself: they stay allowed.
+    assert tiny_state_dict()["residual_blocks.0.conv_block1.conv_block.1.num_batches_tracked"].dtype == torch.int64
+    assert inference.load_generator(save_safetensors(tmp_path / "good.safetensors"))[0].generator_arch == "srresnet"
+    # An official Real-ESRGAN compact file with an infinite weight.
+    torch.manual_seed(0)
+    official = models.SRVGGNetCompact(num_feat=8, num_conv=2, upscale=4).state_dict()
+    official["body.0.weight"][0, 0, 0, 0] = float("inf")
+    torch.save({"params": official}, tmp_path / "realesr-general-x4v3.pth")
+    refused(tmp_path / "realesr-general-x4v3.pth", r"body\.0\.weight.*(NaN|infinite)")
+
+
+def test_a_good_export_still_loads_exactly(tmp_path):
+    """The checks change nothing for a sound file: the same weights, bit for bit."""
+    model, description, _ = inference.load_generator(save_export(tmp_path / "good.pth"))
+    for key, value in tiny_state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert checkpoints.load_checkpoint(tmp_path / "good.pth")["generator_arch"] == "srresnet"
