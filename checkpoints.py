@@ -116,5 +116,8 @@ def read_safetensors(path):
         raise ValueError(f"Cannot read {path}: it is not a safetensors file or it is damaged ({error}).") from None
     if "generator_arch" not in metadata:
         return state_dict
-    return {metadata.get("weights", "params"): state_dict, "generator_arch": metadata["generator_arch"],
-            "generator_kwargs": json.loads(metadata["generator_kwargs"])}
+    checkpoint = {metadata.get("weights", "params"): state_dict, "generator_arch": metadata["generator_arch"],
+                  "generator_kwargs": json.loads(metadata["generator_kwargs"])}
+    if "data_scaling_factor" in metadata:  # the scale of the data it was trained on (an x1 model's: e.g. 4)
+        checkpoint["data_scaling_factor"] = int(metadata["data_scaling_factor"])
+    return checkpoint
