@@ -120,5 +120,8 @@ def read_safetensors(path):
     except (KeyError, json.JSONDecodeError) as error:
         raise ValueError(f"Cannot read {path}: its metadata names a generator_arch but no readable generator_kwargs "
                          f"({type(error).__name__}: {error}); the file is damaged.") from None
-    return {metadata.get("weights", "params"): state_dict, "generator_arch": metadata["generator_arch"],
-            "generator_kwargs": kwargs}
+    checkpoint = {metadata.get("weights", "params"): state_dict, "generator_arch": metadata["generator_arch"],
+                  "generator_kwargs": kwargs}
+    if "data_scaling_factor" in metadata:  # the scale of the data it was trained on (an x1 model's: e.g. 4)
+        checkpoint["data_scaling_factor"] = int(metadata["data_scaling_factor"])
+    return checkpoint

@@ -40,9 +40,9 @@ How a training step uses it (make_training_pairs at the end of this file does th
     real_for_discriminator = hr_usm_imgs if settings['gan_gt_usm'] else hr_imgs
 
 Contents, top to bottom: DEGRADATION_DEFAULTS; random draws; blur kernels; unsharp masking (USM); noise; JPEG;
-the two-stage pipeline (degrade_batch, make_realesrgan_batch); CutBlur (Yoo et al., 2020), an independent
-augmentation; and, at the end, the training batch of both training scripts (make_training_pairs) with Real-ESRGAN's
-training-pair pool (TrainingPairPool).
+the two-stage pipeline (degrade_batch, make_realesrgan_batch); and, at the end, the training batch of both training
+scripts (make_training_pairs) with Real-ESRGAN's training-pair pool (TrainingPairPool). (CutBlur and the other batch
+augmentations of the CutBlur paper are augmentations.py's.)
 """
 import math
 
@@ -670,66 +670,6 @@ def make_realesrgan_batch(hr_imgs, scaling_factor, settings=None, rng=None):
     hr_usm_imgs = usm_sharpen(hr_imgs, settings["usm_weight"], settings["usm_radius"], settings["usm_threshold"])
     lr_imgs = degrade_batch(hr_usm_imgs, scaling_factor, settings, rng)
     return lr_imgs, hr_imgs, hr_usm_imgs
-
-
-# ------------------------------------------------------------------------------------------------------
-# CutBlur (Yoo et al., "Rethinking Data Augmentation for Image Super-resolution", CVPR 2020), batched as
-# traiNNer does it. The LR image is upscaled with nearest neighbour to the HR size; then a random rectangle
-# of one image is pasted into the other: either an HR patch inside the blocky LR image, or an LR patch
-# inside the HR image. The target stays the HR image. The model thus learns WHERE to super-resolve and,
-# in HR regions, to leave already-sharp content alone instead of over-sharpening it.
-#
-# Because the input now has the HR size, the generator must not upscale: use an x1 model that first
-# pixel-unshuffles by 4 ((N, 3, H, W) -> (N, 48, H/4, W/4)), so its body still works at the LR size and
-# its x4 upsampler brings it back to (N, 3, H, W), e.g. models.SRResNet(scaling_factor=1,
-# unshuffle_scale=4) or models.RRDBNet(scale=1) (scaling_factor 1).
-# A training step:
-#     mixed_imgs, hr_imgs = cutblur(lr_imgs, hr_imgs, 4, rng)   # (N, 3, H, W), (N, 3, H, W), in [0, 1]
-#     sr_imgs = model(convert_image(mixed_imgs, '[0, 1]', model.input_format))
-#     loss = F.l1_loss(convert_image(sr_imgs, model.output_format, '[0, 1]'), hr_imgs)
-# At test time, such a model is fed the nearest-upscaled LR image:
-#     F.interpolate(lr_imgs, scale_factor=4, mode='nearest').
-# ------------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def cutblur(lr_imgs, hr_imgs, scaling_factor, rng=None, prob=1.0, alpha=0.7):
-    """
-    CutBlur augmentation of a batch.
-
-    lr_imgs: (N, C, h, w); hr_imgs: (N, C, h * s, w * s), s = scaling_factor; any value range.
-    rng: torch.Generator, as for degrade_batch (None: torch's global RNG). Per image, with prob. `prob`, a
-    rectangle whose sides are ~alpha (alpha + 0.01 * normal noise, clipped to [0, 1]) times the image sides
-    is placed at random, and with probability 1/2 the HR content goes inside it (LR around), else the LR
-    content goes inside (HR around). Images that are not augmented are the plain nearest-upscaled LR.
-    Returns (mixed_imgs (N, C, h * s, w * s), hr_imgs) -- the target is unchanged.
-    """
-    n, c, h, w = hr_imgs.shape
-    if lr_imgs.shape != (n, c, h // scaling_factor, w // scaling_factor) or h % scaling_factor or w % scaling_factor:
-        raise ValueError(f"cutblur needs hr_imgs exactly x{scaling_factor} the size of lr_imgs; got LR "
-                         f"{tuple(lr_imgs.shape)} and HR {tuple(hr_imgs.shape)}")
-    rng = _cpu_rng(rng)
-    lr_upscaled = F.interpolate(lr_imgs, scale_factor=scaling_factor, mode="nearest")  # (N, C, H, W)
-
-    # Per-image rectangle [top, top + height) x [left, left + width) and direction, drawn on the CPU.
-    boxes = []
-    for _ in range(n):
-        apply = _uniform(rng, 0, 1) < prob
-        ratio = min(max(alpha + 0.01 * torch.randn((), generator=rng).item(), 0.0), 1.0)
-        box_h, box_w = int(h * ratio), int(w * ratio)
-        top = int(torch.randint(0, h - box_h + 1, (), generator=rng))
-        left = int(torch.randint(0, w - box_w + 1, (), generator=rng))
-        hr_inside = _uniform(rng, 0, 1) < 0.5
-        boxes.append((top, box_h, left, box_w, hr_inside, apply))
-    top, box_h, left, box_w, hr_inside, apply = (torch.tensor(v, device=hr_imgs.device) for v in zip(*boxes))
-
-    rows = torch.arange(h, device=hr_imgs.device).view(1, h, 1)
-    cols = torch.arange(w, device=hr_imgs.device).view(1, 1, w)
-    inside = ((rows >= top.view(n, 1, 1)) & (rows < (top + box_h).view(n, 1, 1))
-              & (cols >= left.view(n, 1, 1)) & (cols < (left + box_w).view(n, 1, 1)))  # (N, H, W)
-    # Pixels taken from the HR image: the box if hr_inside, else everything outside it; none if not applied.
-    take_hr = torch.where(hr_inside.view(n, 1, 1), inside, ~inside) & apply.view(n, 1, 1)
-    mixed_imgs = torch.where(take_hr.unsqueeze(1), hr_imgs, lr_upscaled)
-    return mixed_imgs, hr_imgs
-
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ generator alone, in the format the output file's extension names:
 
   .pth          {"params": state dict, "params_ema": state dict (when the run kept EMA weights)}, the convention of
                 BasicSR and Real-ESRGAN, plus plain-value keys that say the architecture (generator_arch,
-                generator_kwargs, scaling_factor, input_format, output_format; the programs below ignore them).
+                generator_kwargs, scaling_factor, data_scaling_factor, input_format, output_format; the programs
+                below ignore them).
                 RRDBNet and SRVGGNetCompact already have Real-ESRGAN's parameter names, so Real-ESRGAN's
                 inference script, BasicSR and chaiNNer (spandrel) load these files as they load the official ones.
                 SRResNet has no such program: it keeps our names, and this project's scripts read it.
@@ -18,7 +19,9 @@ generator alone, in the format the output file's extension names:
   .onnx         the whole network as a graph (ONNX opset 18) for ONNX Runtime, chaiNNer and other runtimes, as the
                 ecosystem's ONNX super-resolution models are: input (N, 3, H, W) RGB float32 in [0, 1], output
                 (N, 3, sH, sW) float32 in [0, 1] whatever the network's own ranges (SRResNet's [-1, 1] output is
-                converted, and every output clamped, inside the graph); batch, height and width are free. After
+                converted, and every output clamped, inside the graph); batch, height and width are free. An x1 / x2
+                model trained on x4 data (data_scaling_factor 4) is exported with its nearest-neighbour input
+                upscale inside the graph, so the graph is an x4 model: give it the LR image, as the others. After
                 export, ONNX Runtime runs the file on a test image and must match PyTorch to 50 dB PSNR.
 
 --half stores fp16 tensors (.pth / .safetensors: files half the size; loaders copy them into their float32 networks)
@@ -75,10 +78,13 @@ def load_weights(path):
 
 
 def architecture(model):
-    """The plain values an exported file says about its network: how to build it and what it eats and gives."""
+    """The plain values an exported file says about its network: how to build it, what it eats and gives, and the
+    scaling factor of the data it was trained on (4 for an x1 pixel-unshuffle model trained on x4 data: the loaders of
+    this project then feed it the LR image nearest-upscaled, inference.fit_generator_to_data)."""
     return dict(generator_arch=model.generator_arch, generator_kwargs=dict(model.generator_kwargs),
-                scaling_factor=model.scaling_factor, input_format=model.input_format,
-                output_format=model.output_format)
+                scaling_factor=model.scaling_factor,
+                data_scaling_factor=getattr(model, "data_scaling_factor", model.scaling_factor),
+                input_format=model.input_format, output_format=model.output_format)
 
 
 def plain_tensors(state_dict, half=False):
@@ -157,7 +163,10 @@ def export_onnx(model, path, half=False):
     the sides divide. Reflection needs sides of at least the fold: such a graph takes images from 2 (x2) or 4 (x1)
     pixels a side. The example's batch of 2 keeps the batch free (a batch of 1 would be recorded as fixed).
     """
-    wrapper = OnnxGenerator(model.eval(), half).eval()
+    # An x1 / x2 model of x4 data: the nearest-neighbour upscale of its input goes into the graph, which is then an
+    # x4 model (inference.MatchedInputGenerator; the ONNX Resize operator, mode nearest).
+    model, _ = inference.fit_generator_to_data(model.eval())
+    wrapper = OnnxGenerator(model, half).eval()
     example = torch.rand(2, 3, 17, 23)
     free = torch.export.Dim.DYNAMIC
     with torch.no_grad():
@@ -188,7 +197,7 @@ def check_onnx(model, path):
     except Exception as error:  # onnxruntime's own exception types
         raise RuntimeError(f"ONNX Runtime cannot run the exported file {path} on a 67 x 61 test image ({error}); "
                            f"do not use the file.") from None
-    torch_sr = inference.run_generator(model, lr_imgs).numpy()
+    torch_sr = inference.run_generator(inference.fit_generator_to_data(model)[0], lr_imgs).numpy()
     if onnx_sr.shape != torch_sr.shape:
         raise RuntimeError(f"The ONNX file {path} gives an output of shape {onnx_sr.shape}, PyTorch "
                            f"{torch_sr.shape}: the export is wrong; do not use the file.")
@@ -254,6 +263,9 @@ def main(argv=None):
     print(f"Wrote {output} ({size / 1e6:.1f} MB" if size >= 1e5 else f"Wrote {output} ({size / 1e3:.0f} kB",
           f"{'fp16' if args.half else 'fp32'}, {stored}): {description}", sep=", ")
     if output.suffix.lower() == ".onnx":
+        _, note = inference.fit_generator_to_data(model)
+        if note:  # the graph takes the LR image as it is, like any x4 model
+            print(f"The graph is an x{model.data_scaling_factor} model: {note} (the upscale is inside the graph).")
         psnr = check_onnx(model, output)
         print("ONNX Runtime reproduces PyTorch on a test image: " + (
             "identical 8-bit outputs." if psnr == float("inf") else f"{psnr:.1f} dB PSNR between the 8-bit outputs."))

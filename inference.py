@@ -2,9 +2,13 @@
 
   Generators from files      the shipped models (SHIPPED_MODELS, weights/, check_shipped_file: their SHA-256),
                              load_generator (our checkpoints, export.py's files and the official ones; what a file
-                             says of its network is checked against its tensors: models.generator_from_weights)
-  Network interpolation      interpolate_state_dicts, load_interpolated_generator, load_generator_or_blend and
-                             the --interpolate_with / --alpha flags
+                             says of its network is checked against its tensors: models.generator_from_weights),
+                             load_weights_but_first_convolution (an x4 network's weights into its x2 / x1
+                             pixel-unshuffle variant)
+  Network interpolation      interpolate_state_dicts, load_interpolated_generator (across x1 / x2 / x4 variants
+                             too), load_generator_or_blend and the --interpolate_with / --alpha flags
+  The data's scale           MatchedInputGenerator, fit_generator_to_data: an x1 / x2 model trained on x4 data, run
+                             as an x4 model (the LR image nearest-upscaled to its input size)
   Precision and layout       PRECISIONS, resolve_precision, autocast, memory_format
   Running a generator        check_generator_scale, match_generator_input, run_generator, upscale (tiled
                              inference)
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 import checkpoints
@@ -101,14 +106,17 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
     BasicSR weight files (architecture inferred from the tensors). Weights stored in fp16 are loaded into the float32
     model (load_state_dict converts them).
 
-    :param scaling_factor: if given, the upscaling factor the model must have. A weight file holds one network with
-                           one scale (a pixel-unshuffle x2 variant is its own file), so this only confirms which one
-                           you meant: a mismatch is an error rather than a silent x4 when you asked for x2.
+    :param scaling_factor: if given, the upscaling factor the model must have, or the data's it was trained on (an x1
+                           model trained on x4 data serves x4: fit_generator_to_data). A weight file holds one
+                           network with one scale (a pixel-unshuffle x2 variant is its own file), so this only confirms
+                           which one you meant: a mismatch is an error rather than a silent x4 when you asked for x2.
     :param ema: False takes the raw weights of a file that also holds EMA weights (which are the default)
     :param expected_kind: if given, the training script our training checkpoints must come from (load_checkpoint);
                           exported and official files are accepted as they are
     :return: (model in eval mode on `device`, a one-line description, the name of its published figures in
-             eval.PUBLISHED or None); the model's generator_arch and generator_kwargs say how to build it again
+             eval.PUBLISHED or None); the model's generator_arch and generator_kwargs say how to build it again, and
+             its data_scaling_factor the scaling factor of the data it was trained on (the checkpoint's
+             hyperparameter scaling_factor, or what export.py recorded; else the network's own scale)
     """
     shipped_name = str(path) if shipped_model_path(path) != Path(path) else None
     path = shipped_model_path(path)  # 'srresnet' / 'compact': the shipped weights/<file>
@@ -135,6 +143,12 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
                   if "kind" in checkpoint else "export.py")
         description = f"{arch} x{model.scaling_factor} from {source} ({weights_name} weights)"
         reference = PUBLISHED_REFERENCE_OF_CHECKPOINT.get((checkpoint.get("kind"), arch))
+        # The data's scaling factor, beside the network's: an x1 pixel-unshuffle model trained on x4 data says 4.
+        data_scaling_factor = (checkpoint.get("hyperparameters") or {}).get("scaling_factor",
+                                                                            checkpoint.get("data_scaling_factor"))
+        data_scaling_factor = int(data_scaling_factor or model.scaling_factor)
+        model.data_scaling_factor = data_scaling_factor if data_scaling_factor % model.scaling_factor == 0 else \
+            model.scaling_factor
     elif isinstance(checkpoint, dict) and porting.is_official_generator_state_dict(checkpoint):
         if not ema and isinstance(checkpoint.get("params"), dict):
             checkpoint = {"params": checkpoint["params"]}  # the raw weights, not the params_ema preferred otherwise
@@ -152,11 +166,47 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
                        f"shipped '{shipped_name}' model ({path.relative_to(WEIGHTS_FOLDER.parent)}; its model card: "
                        f"weights/README.md)")
         reference = SHIPPED_MODELS[shipped_name].reference
-    if scaling_factor is not None and model.scaling_factor != scaling_factor:
-        raise ValueError(f"{path} upscales x{model.scaling_factor}, not x{scaling_factor} ({description}): use a "
-                         f"model trained for x{scaling_factor} (for x2 / x1, a pixel-unshuffle variant), or give "
-                         f"--scaling_factor {model.scaling_factor}.")
+    if not hasattr(model, "data_scaling_factor"):  # official files: trained at the network's own scale
+        model.data_scaling_factor = model.scaling_factor
+    if scaling_factor is not None and scaling_factor not in (model.scaling_factor, model.data_scaling_factor):
+        data = model.data_scaling_factor
+        trained = f", trained on x{data} data" if data != model.scaling_factor else ""
+        raise ValueError(f"{path} upscales x{model.scaling_factor}{trained}, not x{scaling_factor} ({description}): "
+                         f"use a model trained for x{scaling_factor} (for x2 / x1, a pixel-unshuffle variant), or give "
+                         f"--scaling_factor {data}.")
     return model.to(device).eval(), description, reference
+
+
+def first_convolution(state_dict):
+    """The name of a generator's first convolution weight: the first entry of its state dict (SRResNet's
+    'conv_block1.conv_block.0.weight', RRDBNet's 'conv_first.weight'), the one layer whose shape differs between an
+    x4 network and its x2 / x1 pixel-unshuffle variants (3 r^2 input channels instead of 3)."""
+    return next(iter(state_dict))
+
+
+def load_weights_but_first_convolution(generator, source):
+    """
+    Start an x2 / x1 pixel-unshuffle generator from the weights of its x4 network (or the other way round), as
+    Real-ESRGAN trains its x2 model from the x4 one: every layer is copied but the first convolution, whose input
+    channels differ (3 r^2 instead of 3) and which keeps its fresh initialisation.
+
+    :param generator: the model to start (changed in place); source: a trained model of the same network
+    :return: the names of the parameters not copied (the first convolution's weight)
+    :raises ValueError: if any other layer differs (another network, or other sizes)
+    """
+    target_state, source_state = generator.state_dict(), source.state_dict()
+    first = first_convolution(target_state)
+    different = [name for name in target_state if name not in source_state
+                 or (name != first and source_state[name].shape != target_state[name].shape)]
+    if type(generator) is not type(source) or different or set(source_state) != set(target_state):
+        raise ValueError(f"cannot start a {type(generator).__name__} x{generator.scaling_factor} from a "
+                         f"{type(source).__name__} x{source.scaling_factor}: they differ beyond the first convolution "
+                         f"({porting.short_list(different) or 'other layers'}); give a model of the same network "
+                         f"(the same blocks and channels).")
+    kept = [name for name in target_state if source_state[name].shape != target_state[name].shape]
+    generator.load_state_dict({name: target_state[name] if name in kept else source_state[name]
+                               for name in target_state})
+    return kept
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -214,26 +264,39 @@ def load_interpolated_generator(psnr_path, gan_path, alpha, device="cpu", skip_m
 
     alpha = 0 gives the smooth PSNR-oriented network (train_srresnet.py), alpha = 1 the sharp GAN one
     (train_srgan.py, which started from it); values in between trade fidelity for realism without retraining.
-    Layers whose shapes differ (e.g. the first convolution of a pixel-unshuffle variant) raise an error, or, with
-    skip_mismatched, keep the PSNR network's weights and are named in the description.
+
+    Across scales, as Real-ESRGAN's x2 model and the notes on pixel-unshuffle do: an x1 / x2 pixel-unshuffle model and
+    the x4 model of the same network differ in their first convolution only (3 r^2 input channels instead of 3), so
+    that layer is kept from the first model (psnr_path), and named in the description; the result is the first
+    model's network (its scale, its data's scale). Other layers whose shapes differ raise an error, or, with
+    skip_mismatched, keep the first network's weights and are named in the description.
 
     :return: (model in eval mode on `device`, a one-line description)
     """
     psnr_model, _, _ = load_generator(psnr_path)
     gan_model, _, _ = load_generator(gan_path)
     # The same architecture (a pixel-unshuffle variant is the same class: their layers differ in the first convolution
-    # only, which interpolate_state_dicts reports, or skips).
+    # only, which is kept from the first model).
     if not (isinstance(psnr_model, type(gan_model)) or isinstance(gan_model, type(psnr_model))):
         raise ValueError(f"Cannot interpolate a {type(psnr_model).__name__} ({psnr_path}) with a "
                          f"{type(gan_model).__name__} ({gan_path}): the two networks must share an architecture.")
-    mismatched, differences = _mismatch(psnr_model.state_dict(), gan_model.state_dict())
+    psnr_state, gan_state = psnr_model.state_dict(), gan_model.state_dict()
+    across_scales = psnr_model.scaling_factor != gan_model.scaling_factor
+    first = first_convolution(psnr_state)
+    if across_scales:  # x1 / x2 with x4: the first convolution differs, and is the first model's
+        gan_state = {name: psnr_state[name] if name == first else value for name, value in gan_state.items()}
+    mismatched, differences = _mismatch(psnr_state, gan_state)
     if mismatched and not skip_mismatched:  # (said in the words of the scripts' flags, which end up here)
-        raise ValueError(f"Cannot blend {psnr_path} with {gan_path} (--model and --interpolate_with): their layers "
-                         f"differ ({differences}); give two files of the same network, of the same size.")
-    state_dict, skipped = interpolate_state_dicts(psnr_model.state_dict(), gan_model.state_dict(), alpha,
-                                                  skip_mismatched=skip_mismatched)
-    psnr_model.load_state_dict(state_dict)
+        raise ValueError(f"Cannot blend {psnr_path} (x{psnr_model.scaling_factor}) with {gan_path} "
+                         f"(x{gan_model.scaling_factor}) (--model and --interpolate_with): their layers differ "
+                         f"({differences}); give two files of the same network, of the same size.")
+    state_dict, skipped = interpolate_state_dicts(psnr_state, gan_state, alpha, skip_mismatched=skip_mismatched)
     description = f"interpolation {1 - alpha:g} x {psnr_path} + {alpha:g} x {gan_path}"
+    if across_scales:
+        state_dict[first] = psnr_state[first].clone()  # exactly the first model's
+        description += (f" (x{psnr_model.scaling_factor} with x{gan_model.scaling_factor}: first convolution {first} "
+                        f"kept from {psnr_path})")
+    psnr_model.load_state_dict(state_dict)
     if skipped:
         description += f" (kept from {psnr_path}: {', '.join(skipped)})"
     return psnr_model.to(device).eval(), description
@@ -272,16 +335,70 @@ def load_generator_or_blend(path, device="cpu", scaling_factor=None, interpolate
     (1 - alpha) * path + alpha * interpolate_with (load_interpolated_generator), e.g. Real-ESRGAN's denoise strength s
     as path = realesr-general-wdn-x4v3.pth, interpolate_with = realesr-general-x4v3.pth, alpha = s.
 
+    An x1 / x2 model trained on data of a larger scale comes as that scale's model (fit_generator_to_data: the LR
+    image nearest-upscaled to its input size), and its description says so.
+
     :return: (model in eval mode on `device`, a one-line description, the name of its published figures or None,
              the name tables give it: path, or 'path ~ interpolate_with @ alpha' for a blend)
     """
     if interpolate_with is None:
-        return (*load_generator(path, device, scaling_factor), str(path))
-    model, description = load_interpolated_generator(path, interpolate_with, alpha, device)
-    if scaling_factor is not None and model.scaling_factor != scaling_factor:
-        raise ValueError(f"{path} and {interpolate_with} upscale x{model.scaling_factor}, not x{scaling_factor}: "
-                         f"give --scaling_factor {model.scaling_factor}.")
-    return model, description, None, f"{path} ~ {interpolate_with} @ {alpha:g}"
+        model, description, reference = load_generator(path, device, scaling_factor)
+        name = str(path)
+    else:
+        model, description = load_interpolated_generator(path, interpolate_with, alpha, device)
+        reference, name = None, f"{path} ~ {interpolate_with} @ {alpha:g}"
+        if scaling_factor is not None and scaling_factor not in (model.scaling_factor, model.data_scaling_factor):
+            raise ValueError(f"{path} and {interpolate_with} upscale x{model.scaling_factor}, not x{scaling_factor}: "
+                             f"give --scaling_factor {model.data_scaling_factor}.")
+    model, note = fit_generator_to_data(model, scaling_factor)
+    return model, description + (f"; {note}" if note else ""), reference, name
+
+
+# ------------------------------------------------------------------------------------------------------
+# The data's scale: x1 / x2 models trained on x4 data
+# ------------------------------------------------------------------------------------------------------
+class MatchedInputGenerator(nn.Module):
+    """
+    A generator that upscales less than the data it was trained on (an x1 / x2 pixel-unshuffle model trained on x4
+    data, as CutBlur needs), run as a model of the data's scale: it takes the LR image, enlarges it with nearest
+    neighbour to the generator's input size (match_generator_input, exactly as training fed it), and runs the
+    generator. Everything that runs generators (upscale's tiles, eval.py, validation, the grid, an ONNX export) then
+    treats it as an x4 model.
+
+    (N, 3, h, w) --nearest x(s / g)--> (N, 3, h s / g, w s / g) --generator x g--> (N, 3, h s, w s)
+
+    Attributes as a generator's: scaling_factor (the data's, s), input_format, output_format; `generator` is the
+    network itself (its weights are the generator's: nothing is copied).
+    """
+
+    def __init__(self, generator, scaling_factor):
+        super().__init__()
+        if scaling_factor % generator.scaling_factor != 0:
+            raise ValueError(f"The generator upscales x{generator.scaling_factor}, which does not divide the scaling "
+                             f"factor {scaling_factor}.")
+        self.generator, self.scaling_factor = generator, scaling_factor
+        self.input_format, self.output_format = generator.input_format, generator.output_format
+        self.data_scaling_factor = scaling_factor
+        self.training = generator.training  # (the flag only: train() / eval() would change the generator's modes)
+
+    def forward(self, lr_imgs):
+        """(N, 3, h, w) in the generator's input format -> (N, 3, h s, w s) in its output format."""
+        return self.generator(match_generator_input(lr_imgs, self.generator, self.scaling_factor))
+
+
+def fit_generator_to_data(model, scaling_factor=None):
+    """
+    The model as a model of its data's scale (or of `scaling_factor`): itself when it upscales by that already, else
+    a MatchedInputGenerator around it.
+
+    :return: (model, a one-line note saying what is done, or None when nothing is)
+    """
+    target = scaling_factor or getattr(model, "data_scaling_factor", model.scaling_factor)
+    if target == model.scaling_factor:
+        return model, None
+    note = (f"an x{model.scaling_factor} network trained on x{target} data: fed the LR image enlarged "
+            f"x{target // model.scaling_factor} with nearest neighbour, as in training")
+    return MatchedInputGenerator(model, target), note
 
 
 # ------------------------------------------------------------------------------------------------------

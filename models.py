@@ -223,7 +223,10 @@ class Discriminator(nn.Module):
     a numerically stable way. Input range: train_srgan.py feeds HR and SR images in [0, 1].
     """
 
-    def __init__(self, kernel_size=3, n_channels=64, n_blocks=8, fc_size=1024):
+    def __init__(self, kernel_size=3, n_channels=64, n_blocks=8, fc_size=1024, first_kernel_size=None):
+        """kernel_size: of every convolution; first_kernel_size: of the first one, if other (None: kernel_size). The
+        SRGAN paper's figure and the classic tutorial's code use 3 x 3 throughout; the tutorial's text gives the first
+        convolution 9 x 9 (train_srgan.py's first_kernel_size_d)."""
         super().__init__()
         blocks = []
         in_channels = 3
@@ -236,7 +239,8 @@ class Discriminator(nn.Module):
             else:
                 out_channels = in_channels
                 stride = 2
-            blocks.append(ConvolutionalBlock(in_channels, out_channels, kernel_size, stride=stride,
+            block_kernel_size = first_kernel_size if i == 0 and first_kernel_size else kernel_size
+            blocks.append(ConvolutionalBlock(in_channels, out_channels, block_kernel_size, stride=stride,
                                              batch_norm=(i != 0), activation="leakyrelu"))
             in_channels = out_channels
         self.conv_blocks = nn.Sequential(*blocks)
@@ -562,7 +566,8 @@ class UNetDiscriminatorSN(nn.Module):
         self.conv1 = sn(nn.Conv2d(num_feat, num_feat * 2, 4, 2, 1, bias=False))
         self.conv2 = sn(nn.Conv2d(num_feat * 2, num_feat * 4, 4, 2, 1, bias=False))
         self.conv3 = sn(nn.Conv2d(num_feat * 4, num_feat * 8, 4, 2, 1, bias=False))
-        # Upsampling: bilinear x2, then a 3x3 convolution.
+        # Upsampling: bilinear x2, then a 3x3 convolution. (Departure from a text that describes it with nearest
+        # upsampling: Real-ESRGAN's code, discriminator_arch.py, is bilinear, and its released weights expect that.)
         self.conv4 = sn(nn.Conv2d(num_feat * 8, num_feat * 4, 3, 1, 1, bias=False))
         self.conv5 = sn(nn.Conv2d(num_feat * 4, num_feat * 2, 3, 1, 1, bias=False))
         self.conv6 = sn(nn.Conv2d(num_feat * 2, num_feat, 3, 1, 1, bias=False))
@@ -759,6 +764,28 @@ def upgrade_generator_kwargs(arch, kwargs):
             kwargs["scaling_factor"] = int(kwargs.get("scaling_factor", 4)) // unshuffle_scale
             kwargs["unshuffle_scale"] = unshuffle_scale
     return kwargs
+
+
+def pixel_unshuffle_variant(arch, kwargs, unshuffle_scale):
+    """
+    The constructor arguments of the same network behind a pixel-unshuffle by r = unshuffle_scale: the same body
+    (blocks, channels, sub-pixel / upsampling stages), an overall scale of body / r. E.g. an x4 SRResNet's x1 variant
+    (r = 4), or RRDBNet x4's x2 variant (r = 2, Real-ESRGAN's x2 model). r = 1 gives the plain network.
+
+    :param kwargs: a generator's generator_kwargs (today's form: upgrade_generator_kwargs)
+    :raises ValueError: for the compact network (it has no pixel-unshuffle variant), or a body r does not divide
+    """
+    kwargs, r = dict(kwargs), int(unshuffle_scale)
+    if arch == "srresnet":
+        body = int(kwargs.get("scaling_factor", 4)) * int(kwargs.pop("unshuffle_scale", 1))
+        if body % r:
+            raise ValueError(f"an x{body} SRResNet body has no pixel-unshuffle variant with unshuffle_scale {r}.")
+        return {**kwargs, "scaling_factor": body // r, **({"unshuffle_scale": r} if r > 1 else {})}
+    if arch == "rrdb":  # the body is always RRDBNet's x4
+        if 4 % r:
+            raise ValueError(f"RRDBNet has no pixel-unshuffle variant with unshuffle_scale {r}: use 2 or 4.")
+        return {**kwargs, "scale": 4 // r}
+    raise ValueError(f"the {arch} network has no pixel-unshuffle variant (use_unshuffle is for 'srresnet' and 'rrdb').")
 
 
 GENERATOR_ARCHITECTURES = ("srresnet", "rrdb", "compact")

@@ -34,6 +34,8 @@ import models
 # (src/layers/reshape_layer.cpp); both use exactly PyTorch's order (both frameworks store NCHW blobs row-major,
 # and both authors unrolled the same "channel-major" formula). So Caffe weights need no permutation; TensorFlow /
 # Keras weights (and ONNX DepthToSpace in its default 'DCR' mode, ncnn's PixelShuffle mode 1) do.
+# (Departure: an article on pixel shuffle calls Caffe's (RealSR's) order column-major; RealSR's code, quoted above,
+# is row-major within each r x r block, i = (tc % r^2) / r its row, so we follow the code.)
 # ------------------------------------------------------------------------------------------------------
 
 SUBPIXEL_ORDERS = ("pytorch", "tensorflow", "caffe")

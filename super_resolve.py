@@ -536,7 +536,8 @@ def main(argv=None):
     progress = not args.no_progress
     try:
         device = torch.device(args.device)
-        # (--interpolate_with: the one --model blended with another, inference.load_generator_or_blend.)
+        # (--interpolate_with: the one --model blended with another, inference.load_generator_or_blend. An x1 / x2
+        # model trained on x4 data comes as an x4 model: fed the LR image nearest-upscaled, as in training.)
         models = [inference.load_generator_or_blend(path, device, args.scaling_factor, args.interpolate_with,
                                                 args.alpha)[:3] for path in args.model]
         # 'auto' (or no flag): what this device computes fast; the grid's PSNR is eval.py's only in fp32.
@@ -547,6 +548,8 @@ def main(argv=None):
         return 1
 
     if args.grid is not None:
+        for _, description, _ in models:
+            print(f"model: {description}")
         try:
             # Panel labels: the file's name and architecture, e.g. 'checkpoint_srresnet (srresnet)', 'srresnet (shipped)'.
             labelled = [(model, f"{path} (shipped)" if inference.shipped_model_path(path) != Path(path)

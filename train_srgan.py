@@ -20,6 +20,8 @@ Recipes (--recipe) set the hyperparameters of each paper; any flag given explici
 
 Quick start (CPU):  python train_srgan.py --data_folder data_lists --srresnet_checkpoint checkpoint_srresnet.pth \\
                         --iterations 100 --vgg_weights random --pixel_loss_weight 1
+CutBlur:            python train_srgan.py --data_folder data_lists --srresnet_checkpoint <an x1 checkpoint> \\
+                        --mixopts cutblur --mixprob 1.0 --mixalpha 0.7
 Classic SRGAN:      python train_srgan.py --data_folder data_lists
 ESRGAN:             python train_srgan.py --data_folder data_lists --recipe esrgan
 Resume:             python train_srgan.py --data_folder data_lists --checkpoint checkpoint_srgan.pth
@@ -27,7 +29,8 @@ Watch it:           tensorboard --logdir <output_folder> (validation on --val_se
                         the weights of the best PSNR go to best_srgan.pth, the numbers also to log_srgan.jsonl)
 
 Every hyperparameter below can be overridden by a flag of the same name; --help lists them.
-(Old flags still work and say what replaced them: --lr, --lr_milestones, --lr_gamma, --vgg_before_activation.)
+(Old flags still work and say what replaced them: --lr, --lr_milestones, --lr_gamma, --vgg_before_activation,
+--cutblur_prob.)
 """
 import sys
 from pathlib import Path
@@ -35,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import augmentations
 import checkpoints
 import cli
 import datasets
@@ -60,14 +64,23 @@ hyperparameters = dict(
     #   random blur, noise, resize and JPEG, on the device; its settings: degradations.DEGRADATION_DEFAULTS, below)
     queue_size=0,  # Real-ESRGAN's training-pair pool: draw each batch from this many recent (LR, HR) pairs
     #   (Real-ESRGAN: 180; at least batch_size; 0: off)
-    cutblur_prob=0.0,  # CutBlur probability (0: off); needs an x1 generator (train_srresnet.py --use_unshuffle true
-    #   --unshuffle_scale 4)
+    # Batch augmentations: the CutBlur paper's (augmentations.py), one drawn per iteration; traiNNer's option names
+    mixopts=["none"],  # any of blend rgb mixup cutout cutmix cutmixup cutblur none ('none': off; all seven: the
+    #   paper's mixture); cutblur needs an x1 generator (train_srresnet.py --use_unshuffle true --unshuffle_scale 4)
+    mixprob=[],  # probability that the augmentation drawn is applied: one per mixopts, one for all, or none (the
+    #   paper's: 1.0)
+    mixalpha=[],  # strength of each: one per mixopts, one for all, or none (the paper's: blend 0.6, rgb 1.0, mixup
+    #   1.2, cutout 0.001, cutmix 0.7, cutmixup 0.7, cutblur 0.7)
+    aux_mixprob=1.0,  # cutmixup: probability of its mixup (the paper's 1.0)
+    aux_mixalpha=1.2,  # cutmixup: its mixup's Beta(a, a) (the paper's 1.2)
     # Generator: its architecture and starting weights come from the pixel-loss network
     srresnet_checkpoint="checkpoint_srresnet.pth",  # checkpoint of train_srresnet.py to start the generator from
     #   (or the shipped 'srresnet', a file of export.py, or an official Real-ESRGAN / ESRGAN file)
     # Discriminator
     discriminator_arch="srgan",  # 'srgan' (the SRGAN paper's classifier) or 'unet' (Real-ESRGAN's per-pixel U-Net)
     kernel_size_d=3,  # SRGAN discriminator: kernel size of its convolutions
+    first_kernel_size_d=3,  # SRGAN discriminator: kernel size of its first convolution (the SRGAN paper and the
+    #   classic tutorial's code: 3; the tutorial's text says 9)
     n_channels_d=64,  # SRGAN discriminator: channels of the first block (doubled every other block)
     n_blocks_d=8,  # SRGAN discriminator: convolutional blocks
     fc_size_d=1024,  # SRGAN discriminator: size of its hidden fully connected layer
@@ -145,9 +158,18 @@ def literal_vgg_layer_names(vgg_before_activation, hyperparameters):
     return [new + name[len(old):] if name.startswith(old) else name for name in hyperparameters["perceptual_layers"]]
 
 
+def cutblur_prob_as_mixopts(cutblur_prob, hyperparameters):
+    """The old --cutblur_prob P (CutBlur with probability P, 0: off) as the batch augmentations' --mixopts."""
+    return ["cutblur"] if cutblur_prob > 0 else ["none"]
+
+
 # Old names of hyperparameters, still accepted on the command line and in checkpoints (cli.parse_hyperparameters).
 RENAMED = {
     **cli.RENAMED_HYPERPARAMETERS,
+    "cutblur_prob": cli.Renamed(
+        "mixopts", convert=cutblur_prob_as_mixopts, example=0.0,
+        note="use --mixopts cutblur --mixprob P: CutBlur is one of the batch augmentations now, and P the probability "
+             "for the batch (as in the CutBlur paper's code; without --mixprob, the paper's 1.0)"),
     "vgg_before_activation": cli.Renamed(
         "perceptual_layers", convert=literal_vgg_layer_names, example=False,
         note="name the layers of --perceptual_layers literally instead: conv5_4 is the feature map before its "
@@ -172,12 +194,12 @@ def check_hyperparameters(hp):
     """Mistakes in the flags that would otherwise only show up later, or as a confusing error (the values that cannot
     work: training.check_training_hyperparameters)."""
     training.check_training_hyperparameters(
-        hp, positive=("kernel_size_d", "n_channels_d", "n_blocks_d", "fc_size_d", "num_feat_d"),
-        non_negative=("cutblur_prob",),
+        hp, positive=("kernel_size_d", "first_kernel_size_d", "n_channels_d", "n_blocks_d", "fc_size_d", "num_feat_d"),
         choices=dict(discriminator_arch=("srgan", "unet"), gan_type=("vanilla", "relativistic"),
                      perceptual_loss=("mse", "l1"), degradation=degradations.DEGRADATIONS))
     if len(hp.perceptual_layers) != len(hp.perceptual_layer_weights):
         raise ValueError("perceptual_layers and perceptual_layer_weights must have the same length.")
+    augmentations.mixture_of(hp)  # --mixopts and its probabilities and strengths
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -252,6 +274,8 @@ def build_discriminator(hp):
     if hp.discriminator_arch == "srgan":
         kwargs = dict(kernel_size=hp.kernel_size_d, n_channels=hp.n_channels_d, n_blocks=hp.n_blocks_d,
                       fc_size=hp.fc_size_d)
+        if hp.first_kernel_size_d != hp.kernel_size_d:  # (a discriminator with one kernel size is stored as before)
+            kwargs["first_kernel_size"] = hp.first_kernel_size_d
         return models.Discriminator(**kwargs), kwargs
     if hp.discriminator_arch == "unet":
         kwargs = dict(num_feat=hp.num_feat_d)
@@ -260,8 +284,8 @@ def build_discriminator(hp):
 
 
 # The hyperparameters that shape the discriminator: a resumed run keeps its checkpoint's (and refuses other values).
-DISCRIMINATOR_ARCHITECTURE = ("discriminator_arch", "kernel_size_d", "n_channels_d", "n_blocks_d", "fc_size_d",
-                              "num_feat_d")
+DISCRIMINATOR_ARCHITECTURE = ("discriminator_arch", "kernel_size_d", "first_kernel_size_d", "n_channels_d",
+                              "n_blocks_d", "fc_size_d", "num_feat_d")
 
 
 def discriminator_flags(arch, kwargs):
@@ -289,9 +313,7 @@ def build_networks(hp, resumed, device):
     # inputs, so it must not upscale at all (an x1 pixel-unshuffle model).
     source = f"--checkpoint {hp.checkpoint}" if resumed else f"--srresnet_checkpoint {hp.srresnet_checkpoint}"
     inference.check_generator_scale(generator, hp.scaling_factor, f"The generator of {source}")
-    if hp.cutblur_prob > 0 and generator.scaling_factor != 1:
-        raise ValueError(f"The generator of {source} upscales x{generator.scaling_factor}, which does not fit "
-                         f"scaling_factor {hp.scaling_factor} with CutBlur (it needs an x1 model).")
+    augmentations.check_generator_scale(augmentations.mixture_of(hp), generator.scaling_factor)
     discriminator, discriminator_kwargs = build_discriminator(hp)
     if resumed and (resumed["discriminator_arch"], resumed["discriminator_kwargs"]) != (hp.discriminator_arch,
                                                                                         discriminator_kwargs):
@@ -319,29 +341,30 @@ def make_gan_batch(lr_imgs, hr_imgs, hp, iteration, rank, generator, device, pai
 
     The (LR, HR) pairs are degradations.make_training_pairs's, as in train_srresnet.py: the loader's LR crops
     ('bicubic'), or Real-ESRGAN's degradations of the sharpened HR crops ('realesrgan'), through the training-pair
-    pool when there is one. Then:
+    pool when there is one. Then, as in train_srresnet.py:
+      input       an x2 / x1 pixel-unshuffle generator gets the LR crops nearest-upscaled to its input size;
+      mixopts     the batch augmentations (augmentations.mix_training_pairs): one drawn per iteration; CutBlur
+                  makes the x1 generator's input part LR, part HR; cutout gives a loss mask;
       targets     each is the plain or the sharpened (USM) HR image, as l1_gt_usm, percep_gt_usm and gan_gt_usm say
-                  (with 'bicubic', all are HR);
-      CutBlur     (cutblur_prob > 0) the generator sees an HR-sized image, part LR (nearest-upscaled), part HR, and
-                  must return HR. Without it, an x2 / x1 pixel-unshuffle generator gets the LR crops nearest-upscaled
-                  to its input size.
+                  (with 'bicubic', all are HR), augmented alike, and multiplied by cutout's loss mask.
     The random choices come from utils.make_rng(seed, purpose, iteration, rank): reproducible, resumable,
     and different in every process and for every purpose.
 
     :return: (generator input (N, 3, H / g, W / g) with g = generator.scaling_factor, the pixel loss's target,
-              the perceptual loss's target, the discriminator's real images), the last three (N, 3, H, W)
+              the perceptual loss's target, the discriminator's real images, the loss mask (N, 1, H, W) or None:
+              multiply the SR images by it too), the targets (N, 3, H, W)
     """
     lr_imgs, hr_imgs, hr_usm_imgs = degradations.make_training_pairs(lr_imgs, hr_imgs, hp, iteration, rank, device,
                                                                      pair_pool)
+    lr_imgs = inference.match_generator_input(lr_imgs, generator, hp.scaling_factor)
+    lr_imgs, hr_imgs, hr_usm_imgs, loss_mask = augmentations.mix_training_pairs(lr_imgs, hr_imgs, hr_usm_imgs, hp,
+                                                                                iteration, rank)
+    if loss_mask is not None:  # cutout: the dropped pixels count in no loss (the discriminator sees them masked too)
+        hr_imgs, hr_usm_imgs = hr_imgs * loss_mask, hr_usm_imgs * loss_mask
     pixel_target_imgs = hr_usm_imgs if hp.l1_gt_usm else hr_imgs
     perceptual_target_imgs = hr_usm_imgs if hp.percep_gt_usm else hr_imgs
     real_imgs = hr_usm_imgs if hp.gan_gt_usm else hr_imgs
-    if hp.cutblur_prob > 0:
-        rng = utils.make_rng(hp.seed, "cutblur", iteration, rank)
-        lr_imgs, _ = degradations.cutblur(lr_imgs, hr_imgs, hp.scaling_factor, rng, prob=hp.cutblur_prob)
-    else:
-        lr_imgs = inference.match_generator_input(lr_imgs, generator, hp.scaling_factor)
-    return lr_imgs, pixel_target_imgs, perceptual_target_imgs, real_imgs
+    return lr_imgs, pixel_target_imgs, perceptual_target_imgs, real_imgs, loss_mask
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -410,7 +433,7 @@ def main():
     discriminator.train()
     for iteration in log.iterations():  # start_iteration .. iterations - 1, with a progress bar
         lr_imgs, hr_imgs = next(train_loader)  # the loader's crops, in [0, 1]: LR (None: degradations) and HR
-        lr_imgs, pixel_target_imgs, perceptual_target_imgs, real_imgs = make_gan_batch(
+        lr_imgs, pixel_target_imgs, perceptual_target_imgs, real_imgs, loss_mask = make_gan_batch(
             lr_imgs, hr_imgs, hp, iteration, rank, generator, device, pair_pool)
 
         # ---- Generator step: perceptual + pixel + adversarial loss. ----
@@ -420,6 +443,8 @@ def main():
         with inference.autocast(device, precision):
             sr_imgs = generator_model(utils.convert_image(lr_imgs, "[0, 1]", generator.input_format))
             sr_imgs = utils.convert_image(sr_imgs.float(), generator.output_format, "[0, 1]")  # (N, 3, H, W)
+            if loss_mask is not None:  # cutout (--mixopts): what it dropped counts in no loss, as in the targets
+                sr_imgs = sr_imgs * loss_mask
             perceptual = perceptual_loss(vgg, sr_imgs, perceptual_target_imgs, hp.perceptual_loss)
             pixel = F.l1_loss(sr_imgs, pixel_target_imgs)
             fake_logits = discriminator(sr_imgs).float()
@@ -439,6 +464,8 @@ def main():
             ema.update(generator, iteration)
 
         # ---- Discriminator step: tell HR (real) from SR (fake). ----
+        # (Departure: the classic tutorial feeds the discriminator ImageNet-normalised images; we feed [0, 1], as
+        # ESRGAN and Real-ESRGAN do: only VGG needs ImageNet's normalisation, and perceptual_loss applies it.)
         # The SR images are detached: this step must change only the discriminator, and backpropagating into
         # the generator would waste time on gradients nobody uses.
         discriminator.requires_grad_(True)

@@ -17,6 +17,10 @@ first stage):                     --degradation realesrgan --queue_size 180 --cr
 Several processes:            torchrun --nproc_per_node 2 train_srresnet.py --data_folder data_lists
 Resume:                       python train_srresnet.py --data_folder data_lists --checkpoint checkpoint_srresnet.pth
 Fine-tune the shipped model:  python train_srresnet.py --data_folder my_lists --pretrained srresnet --learning_rate 1e-5
+CutBlur (an x1 model):        python train_srresnet.py --data_folder data_lists --use_unshuffle true \\
+                                  --unshuffle_scale 4 --mixopts cutblur --mixprob 1.0 --mixalpha 0.7
+The paper's mixture:          ... --use_unshuffle true --unshuffle_scale 4 --mixopts blend rgb mixup cutout cutmix \\
+                                  cutmixup cutblur
 Watch it:                     tensorboard --logdir <output_folder> (validation on --val_sets every --val_every
                                   iterations; the best weights go to best_srresnet.pth, the numbers also to
                                   log_srresnet.jsonl)
@@ -29,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import augmentations
 import checkpoints
 import cli
 import datasets
@@ -54,6 +59,15 @@ hyperparameters = dict(
     #   random blur, noise, resize and JPEG, on the device; its settings: degradations.DEGRADATION_DEFAULTS, below)
     queue_size=0,  # Real-ESRGAN's training-pair pool: draw each batch from this many recent (LR, HR) pairs
     #   (Real-ESRGAN: 180; at least batch_size; 0: off)
+    # Batch augmentations: the CutBlur paper's (augmentations.py), one drawn per iteration; traiNNer's option names
+    mixopts=["none"],  # any of blend rgb mixup cutout cutmix cutmixup cutblur none ('none': off; all seven: the
+    #   paper's mixture); cutblur needs an x1 model (--use_unshuffle true --unshuffle_scale 4 on x4 data)
+    mixprob=[],  # probability that the augmentation drawn is applied: one per mixopts, one for all, or none (the
+    #   paper's: 1.0)
+    mixalpha=[],  # strength of each: one per mixopts, one for all, or none (the paper's: blend 0.6, rgb 1.0, mixup
+    #   1.2, cutout 0.001, cutmix 0.7, cutmixup 0.7, cutblur 0.7)
+    aux_mixprob=1.0,  # cutmixup: probability of its mixup (the paper's 1.0)
+    aux_mixalpha=1.2,  # cutmixup: its mixup's Beta(a, a) (the paper's 1.2)
     # Generator
     generator_arch="srresnet",  # 'srresnet' (SRGAN paper), 'rrdb' (ESRGAN's RRDBNet) or 'compact' (Real-ESRGAN's
     #   SRVGGNetCompact)
@@ -101,7 +115,8 @@ hyperparameters = dict(
     overwrite=False,  # start a new run in an output_folder that holds a run of this script: its checkpoint, best
     #   weights and logs are removed first (without it such a run is refused: resume it with --checkpoint instead)
     pretrained=None,  # start from these weights, to fine-tune on your data: a shipped model ('srresnet', 'compact')
-    #   or any file eval.py takes; the architecture comes with them
+    #   or any file eval.py takes; the architecture comes with them (with --use_unshuffle true: its x2 / x1 variant,
+    #   every layer but the first convolution from these weights)
 )
 # Real-ESRGAN's degradations (degradation 'realesrgan'): every probability and range is a flag too, with Real-ESRGAN's
 # values as defaults (degradations.DEGRADATION_DEFAULTS says what each means). Of its three sharpened-target flags
@@ -156,6 +171,7 @@ def check_hyperparameters(hp):
         non_negative=("grad_clip",),
         choices=dict(generator_arch=tuple(ARCHITECTURE_FLAGS), pixel_loss=("mse", "l1"),
                      degradation=degradations.DEGRADATIONS))
+    augmentations.mixture_of(hp)  # --mixopts and its probabilities and strengths
     if hp.checkpoint is None and hp.pretrained is None:  # (otherwise the file brings the architecture)
         own = ARCHITECTURE_FLAGS[hp.generator_arch]
         foreign = [f"--{name}" for flags in ARCHITECTURE_FLAGS.values() for name in flags
@@ -190,19 +206,35 @@ def main():
     elif hp.pretrained:
         generator, description, _ = inference.load_generator(hp.pretrained, device)  # its EMA weights, if it has them
         arch, kwargs = generator.generator_arch, generator.generator_kwargs
+        started = f"Fine-tuning {description}; its architecture replaces the generator flags."
+        if "use_unshuffle" in hp.given and hp.use_unshuffle:
+            # Its x2 / x1 pixel-unshuffle variant, started from its weights (as Real-ESRGAN's x2 model from the x4
+            # one): the same body; only the first convolution, which takes 3 r^2 channels instead of 3, starts anew.
+            variant = models.pixel_unshuffle_variant(arch, kwargs, hp.unshuffle_scale)
+            if variant != kwargs:
+                pretrained, kwargs = generator, variant
+                generator = models.build_generator(arch, **kwargs).to(device)
+                anew = inference.load_weights_but_first_convolution(generator, pretrained)
+                started = (f"Starting the x{generator.scaling_factor} pixel-unshuffle variant of {description}: every "
+                           f"layer but its first convolution ({', '.join(anew)}: {3 * hp.unshuffle_scale ** 2} input "
+                           f"channels instead of 3), which starts anew.")
         # The checkpoints record the architecture really used, under the flags' names where they have one.
         hp.generator_arch = arch
+        hp.use_unshuffle = getattr(generator, "unshuffle_scale", 1) > 1
+        hp.unshuffle_scale = getattr(generator, "unshuffle_scale", 1) if hp.use_unshuffle else hp.unshuffle_scale
         for name, value in kwargs.items():
             if name in ARCHITECTURE and name != "scaling_factor":
                 setattr(hp, name, value)
         if is_main_process:
-            print(f"Fine-tuning {description}; its architecture replaces the generator flags.")
+            print(started)
     else:
         arch, kwargs = hp.generator_arch, generator_kwargs(hp)
         generator = models.build_generator(arch, **kwargs).to(device)
-    # The network must fit the data's scale (a pixel-unshuffle model by its fold), whichever way it came.
+    # The network must fit the data's scale (a pixel-unshuffle model by its fold), whichever way it came; CutBlur
+    # needs an x1 model.
     source = f"--pretrained {hp.pretrained}" if hp.pretrained and not resumed else f"The {arch} generator"
     inference.check_generator_scale(generator, hp.scaling_factor, source)
+    augmentations.check_generator_scale(augmentations.mixture_of(hp), generator.scaling_factor)
     memory_format = utils.memory_format(hp.channels_last)
     generator = generator.to(memory_format=memory_format)
     # fused: one kernel updates every weight; the default (foreach) runs ~10 operations per weight tensor, and on CPUs
@@ -246,18 +278,26 @@ def main():
         # the pair pool when there is one (the same code as train_srgan.py's). In [0, 1].
         lr_imgs, hr_imgs, hr_usm_imgs = degradations.make_training_pairs(lr_imgs, hr_imgs, hp, iteration, rank,
                                                                          device, pair_pool)
+        # An x2 / x1 pixel-unshuffle model takes the LR crops nearest-upscaled to its input size (N, 3, crop / g, ..).
+        lr_imgs = inference.match_generator_input(lr_imgs, generator, hp.scaling_factor)
+        # The batch augmentations (--mixopts; none by default): one drawn per iteration, seeded by it, on the device.
+        # cutout's loss_mask leaves the pixels it dropped out of the loss.
+        lr_imgs, hr_imgs, hr_usm_imgs, loss_mask = augmentations.mix_training_pairs(lr_imgs, hr_imgs, hr_usm_imgs, hp,
+                                                                                    iteration, rank)
         target_imgs = hr_usm_imgs if hp.l1_gt_usm else hr_imgs  # Real-ESRNet's sharpened target ('bicubic': HR)
         # Into the ranges the generator takes and gives (SRResNet: LR in [0, 1], SR in [-1, 1]; RRDB and compact: both
-        # in [0, 1]), so that the loss compares like with like.
-        # (An x2 / x1 pixel-unshuffle model takes the LR crops nearest-upscaled to its input size.)
-        lr_imgs = inference.match_generator_input(lr_imgs, generator, hp.scaling_factor)
+        # in [0, 1]), so that the loss compares like with like. (Departure: the classic tutorial feeds ImageNet-
+        # normalised LR images; the SRGAN paper, ESRGAN and Real-ESRGAN feed [0, 1], and so do we.)
         lr_imgs = utils.convert_image(lr_imgs.contiguous(memory_format=memory_format), "[0, 1]",
                                       generator.input_format)
         target_imgs = utils.convert_image(target_imgs, "[0, 1]", generator.output_format)
 
         with inference.autocast(device, precision):
             sr_imgs = model(lr_imgs)  # (N, 3, crop, crop), in the generator's output range
-        loss = loss_function(sr_imgs.float(), target_imgs)  # the loss itself in fp32
+        sr_imgs = sr_imgs.float()  # the loss itself in fp32
+        if loss_mask is not None:  # (N, 1, crop, crop) of 0 / 1, as the CutBlur paper's training loop masks both
+            sr_imgs, target_imgs = sr_imgs * loss_mask, target_imgs * loss_mask
+        loss = loss_function(sr_imgs, target_imgs)
 
         optimizer.zero_grad(set_to_none=True)
         grad_scaler.scale(loss).backward()

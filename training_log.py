@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 import checkpoints
+import inference
 import metrics
 import utils
 
@@ -114,6 +115,7 @@ class Validation:
         self.hp, self.kind, self.best_path, self.architecture = hp, kind, Path(best_path), architecture
         self.is_main_process = is_main_process
         self.model, self.weights_name = (ema.module, "generator_ema") if ema is not None else (generator, "generator")
+        self.measured = self.model  # what evaluate_set runs: the model, or it behind a nearest upscale (x1 / x2)
         self.best = None  # the best validation so far: {"iteration", "val_set", "psnr"}
         self.pairs, self.bicubic = {}, {}  # test set -> its (name, hr, lr) images; -> bicubic's {"psnr", "ssim"}
         self.crops = {}  # 'lr', 'hr', 'bicubic' -> the fixed crop, uint8 (h, w, 3)
@@ -125,10 +127,11 @@ class Validation:
         hp, s = self.hp, self.hp.scaling_factor
         if hp.val_every <= 0 or not self.is_main_process:
             return
-        if self.model.scaling_factor != s:
-            print(f"note: no validation: the generator upscales x{self.model.scaling_factor}, and the test sets are "
-                  f"measured at the data's scaling factor, x{s}", file=sys.stderr)
-            return
+        # An x1 / x2 generator of x4 data is measured as an x4 model, on the LR image nearest-upscaled to its input
+        # size, exactly as it trains (inference.MatchedInputGenerator: it holds the live generator, no copy).
+        self.measured, note = inference.fit_generator_to_data(self.model, s)
+        if note:
+            print(f"note: validating {note}", file=sys.stderr)
         for name, hr_paths in metrics.find_test_lists(hp.data_folder, hp.val_sets, "not validating on").items():
             # The LR images as eval.py makes them under --lr_degradation (e.g. JPEG-compressed ones, for a model
             # trained on degraded inputs): the same pixels at every validation.
@@ -172,9 +175,9 @@ class Validation:
         modes = {module: module.training for module in self.model.modules()}
         self.model.eval()
         try:
-            scores = {name: self._scores(*metrics.evaluate_set(self.model, pairs, s)) for name, pairs in
+            scores = {name: self._scores(*metrics.evaluate_set(self.measured, pairs, s)) for name, pairs in
                       self.pairs.items()}
-            sr_crop = metrics.upscale_array(self.model, self.crops["lr"], s)
+            sr_crop = metrics.upscale_array(self.measured, self.crops["lr"], s)
         finally:
             for module, training in modes.items():
                 module.train(training)

@@ -24,7 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import metrics  # noqa: E402
-from degradations import cutblur, degrade_batch, jpeg_compress, make_realesrgan_batch  # noqa: E402
+from augmentations import cutblur  # noqa: E402
+from degradations import degrade_batch, jpeg_compress, make_realesrgan_batch  # noqa: E402
 
 SCALING_FACTOR = 4
 
@@ -107,7 +108,7 @@ def sample_grid(path, tile_size=192):
         lr_imgs = torch.cat([make_realesrgan_batch(hr, SCALING_FACTOR, None, torch.Generator().manual_seed(seed))[0]
                              for seed in (11, 12, 13)])  # (3, 3, tile_size / 4, tile_size / 4)
         lr_upscaled = torch.nn.functional.interpolate(lr_imgs, scale_factor=SCALING_FACTOR, mode="nearest")
-        mixed, _ = cutblur(lr_imgs[:1], hr, SCALING_FACTOR, torch.Generator().manual_seed(3), alpha=0.5)
+        mixed, _ = cutblur(lr_upscaled[:1], hr, torch.Generator().manual_seed(3), alpha=0.5)  # HR-sized input
         tiles = [to_tile(hr[0], f"{name}: HR")]
         tiles += [to_tile(lr_upscaled[i], f"degraded LR #{i + 1} (x4 nearest)") for i in range(3)]
         tiles.append(to_tile(mixed[0], "CutBlur input"))

@@ -1,4 +1,4 @@
-"""Tests of degradations.py: the Real-ESRGAN degradations and CutBlur.
+"""Tests of degradations.py: the Real-ESRGAN degradations, the training batch and the training-pair pool.
 
 Each building block is checked against an independent reference where one exists: the blur kernels against
 their formulas evaluated with numpy (covariance-matrix form) and scipy's Bessel function, the grouped
@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from degradations import (DEGRADATION_DEFAULTS, add_gaussian_noise, add_poisson_noise, anisotropic_gaussian_kernel,
-                          cutblur, degrade_batch, filter_per_image, generalized_gaussian_kernel,
+                          degrade_batch, filter_per_image, generalized_gaussian_kernel,
                           isotropic_gaussian_kernel, jpeg_compress, make_realesrgan_batch, plateau_kernel,
                           random_blur_kernel, sinc_kernel, usm_sharpen)
 from degradations import _JPEG_CHROMA_TABLE, _JPEG_LUMA_TABLE, _jpeg_tables  # the tables are checked against PIL
@@ -368,43 +368,6 @@ def test_degrade_batch_runs_on_cuda():
     # A CUDA generator is accepted too (it seeds the CPU generator of the decisions).
     from_cuda_generator = degrade_batch(hr, 4, rng=torch.Generator("cuda").manual_seed(0))
     assert torch.equal(from_cuda_generator, degrade_batch(hr, 4, rng=torch.Generator("cuda").manual_seed(0)))
-    mixed, _ = cutblur(first, hr, 4, torch.Generator().manual_seed(0))
-    assert mixed.device.type == "cuda"
-
-
-# ------------------------------------------------------------------------------------------------------
-# CutBlur
-# ------------------------------------------------------------------------------------------------------
-def test_cutblur_mixes_both_sources_and_keeps_shapes():
-    generator = torch.Generator().manual_seed(0)
-    lr = torch.rand(8, 3, 12, 10, generator=generator)
-    hr = torch.rand(8, 3, 48, 40, generator=generator)  # unrelated random values: no pixel is in both by chance
-    lr_upscaled = lr.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
-    mixed, target = cutblur(lr, hr, 4, torch.Generator().manual_seed(1), prob=1.0, alpha=0.5)
-    assert mixed.shape == hr.shape and target is hr
-    from_hr = (mixed == hr).all(dim=1)  # (N, H, W)
-    from_lr = (mixed == lr_upscaled).all(dim=1)
-    assert torch.all(from_hr | from_lr)
-    directions = set()
-    for i in range(8):
-        # The box covers ~0.5 x 0.5 = 25 % of the image: HR either inside it (~25 %) or around it (~75 %).
-        hr_fraction = from_hr[i].float().mean().item()
-        hr_inside = hr_fraction < 0.5
-        assert abs(hr_fraction - (0.25 if hr_inside else 0.75)) < 0.05
-        rows, cols = torch.nonzero(from_hr[i] if hr_inside else from_lr[i], as_tuple=True)
-        box_area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
-        assert box_area == rows.numel()  # the pasted region is one rectangle
-        directions.add(hr_inside)
-    assert directions == {True, False}  # both directions occur
-
-
-def test_cutblur_probability_zero_gives_the_upscaled_lr():
-    lr = torch.rand(2, 3, 5, 6)
-    hr = torch.rand(2, 3, 20, 24)
-    mixed, _ = cutblur(lr, hr, 4, torch.Generator().manual_seed(0), prob=0.0)
-    assert torch.equal(mixed, torch.nn.functional.interpolate(lr, scale_factor=4, mode="nearest"))
-    with pytest.raises(ValueError, match="x4"):
-        cutblur(lr, hr[..., :-1], 4)
 
 
 # ------------------------------------------------------------------------------------------------------

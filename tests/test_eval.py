@@ -373,6 +373,78 @@ def test_interpolated_model_gets_its_own_row(photo_lists, tmp_path, capsys):
     assert "one --model file" in capsys.readouterr().err
 
 
+def x1_checkpoint(path, seed, data_scaling_factor=4, unshuffle_scale=4):
+    """A tiny x1 pixel-unshuffle SRResNet (an x4 body behind a fold by 4), saved as train_srresnet.py saves it after
+    training on data of `data_scaling_factor` (None: a file that does not say); unshuffle_scale 1: the x4 network."""
+    kwargs = dict(n_channels=8, n_blocks=1, scaling_factor=4 // unshuffle_scale,
+                  **({"unshuffle_scale": unshuffle_scale} if unshuffle_scale > 1 else {}))
+    torch.manual_seed(seed)
+    model = models.build_generator("srresnet", **kwargs)
+    with torch.no_grad():  # random batch-norm statistics too, so that every tensor shows in the output
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.add_(0.1 * torch.randn_like(buffer))
+    hyperparameters = {} if data_scaling_factor is None else {"scaling_factor": data_scaling_factor}
+    checkpoints.save_checkpoint({"kind": "srresnet", "generator_arch": "srresnet", "generator_kwargs": kwargs,
+                                 "generator": model.state_dict(), "iteration": 0, "hyperparameters": hyperparameters},
+                                path)
+    return model.eval()
+
+
+def x1_by_hand(model, photo_lists):
+    """PSNR / SSIM on Photos x4 of an x1 model fed each LR image with every pixel repeated 4 x 4, by hand."""
+    scores = []
+    for path in json.loads((photo_lists / "Photos_test_images.json").read_text()):
+        hr = np.asarray(Image.open(path))
+        lr = metrics.imresize(metrics.modcrop_array(hr, 4), scale=1 / 4)            # (h, w, 3) uint8
+        lr_up = lr.repeat(4, axis=0).repeat(4, axis=1)                              # (4 h, 4 w, 3): nearest x4
+        with torch.no_grad():
+            sr = model(torch.from_numpy(lr_up).permute(2, 0, 1).float().div(255).unsqueeze(0))   # [-1, 1] (tanh)
+        scores.append(metrics.evaluate_pair(((sr[0].permute(1, 2, 0).double().numpy() + 1) / 2).clip(0, 1), hr, 4))
+    return tuple(np.mean(scores, axis=0))
+
+
+def test_an_x1_model_of_x4_data_is_evaluated_at_x4_on_the_nearest_upscaled_lr(photo_lists, tmp_path, capsys):
+    """eval.py --scaling_factor 4 with an x1 model trained on x4 data (its checkpoint says so): it is fed the LR
+    image enlarged x4 with nearest neighbour, as in training, and says so in one line; and blended with an x4 model
+    of the same network (its first convolution kept), in a row that names the blend."""
+    model = x1_checkpoint(tmp_path / "x1.pth", seed=0)
+    results = eval_script.main(["--model", str(tmp_path / "x1.pth"), "--data_folder", str(photo_lists),
+                                "--test_sets", "Photos", "--scaling_factor", "4"])
+    err = capsys.readouterr().err
+    assert "srresnet x1 from train_srresnet.py" in err and "an x1 network trained on x4 data: fed the LR image " \
+        "enlarged x4 with nearest neighbour, as in training" in err
+    assert (results[0]["psnr"], results[0]["ssim"]) == pytest.approx(x1_by_hand(model, photo_lists), abs=1e-6)
+    # Network interpolation across scales: every layer blended but the first convolution, which is the x1 model's.
+    x4 = x1_checkpoint(tmp_path / "x4.pth", seed=1, unshuffle_scale=1)
+    results = eval_script.main(["--model", str(tmp_path / "x1.pth"), "--interpolate_with", str(tmp_path / "x4.pth"),
+                                "--alpha", "0.5", "--data_folder", str(photo_lists), "--test_sets", "Photos"])
+    captured = capsys.readouterr()
+    name = f"{tmp_path / 'x1.pth'} ~ {tmp_path / 'x4.pth'} @ 0.5"
+    assert results[0]["model"] == name and f"| {name}" in captured.out
+    assert "x1 with x4: first convolution conv_block1.conv_block.0.weight kept from" in captured.err
+    first, x1_state, x4_state = "conv_block1.conv_block.0.weight", model.state_dict(), x4.state_dict()
+    blend = models.build_generator("srresnet", **model.generator_kwargs).eval()
+    blend.load_state_dict({key: value if key == first or not value.is_floating_point()
+                           else 0.5 * value + 0.5 * x4_state[key] for key, value in x1_state.items()})
+    assert (results[0]["psnr"], results[0]["ssim"]) == pytest.approx(x1_by_hand(blend, photo_lists), abs=1e-6)
+    # An x1 file that does not say which data it was trained on is an x1 model: not evaluated at x4.
+    x1_checkpoint(tmp_path / "x1_unknown.pth", seed=0, data_scaling_factor=None)
+    with pytest.raises(SystemExit) as excinfo:
+        run_main(["--model", str(tmp_path / "x1_unknown.pth"), "--data_folder", str(photo_lists), "--test_sets",
+                  "Photos", "--scaling_factor", "4"])
+    assert_one_line_error(capsys, excinfo, "upscales x1, not x4")
+    # Networks that differ beyond the first convolution cannot be blended: one line.
+    models_kwargs = dict(n_channels=8, n_blocks=2, scaling_factor=4)
+    checkpoints.save_checkpoint({"kind": "srresnet", "generator_arch": "srresnet", "generator_kwargs": models_kwargs,
+                                 "generator": models.build_generator("srresnet", **models_kwargs).state_dict(),
+                                 "iteration": 0}, tmp_path / "x4_deeper.pth")
+    with pytest.raises(SystemExit) as excinfo:
+        run_main(["--model", str(tmp_path / "x1.pth"), "--interpolate_with", str(tmp_path / "x4_deeper.pth"),
+                  "--alpha", "0.5", "--data_folder", str(photo_lists), "--test_sets", "Photos"])
+    assert_one_line_error(capsys, excinfo, "not the same network")
+
+
 def test_checkpoint_rows_get_published_figures_on_benchmark_sets(shared_data, tmp_path, capsys):
     checkpoint = tmp_path / "tiny_srresnet.pth"
     tiny_checkpoint(checkpoint)

@@ -124,8 +124,9 @@ def test_pth_and_safetensors_load_back_to_the_same_network(name, tmp_path):
     with torch.serialization.safe_globals([]):
         state = torch.load(tmp_path / "exported.pth", map_location="cpu", weights_only=True)
     assert set(state) == {"params", "params_ema", "generator_arch", "generator_kwargs", "scaling_factor",
-                          "input_format", "output_format"}
+                          "data_scaling_factor", "input_format", "output_format"}
     assert state["generator_arch"] == ARCHITECTURES[name][0] and state["scaling_factor"] == ema.scaling_factor
+    assert state["data_scaling_factor"] == ema.scaling_factor  # (the checkpoint names no other data scale)
     assert models.build_generator(state["generator_arch"], **state["generator_kwargs"]).state_dict().keys() == \
         state["params"].keys() == ema.state_dict().keys()
     assert pickled_globals(tmp_path / "exported.pth") <= TENSOR_GLOBALS
@@ -137,6 +138,7 @@ def test_pth_and_safetensors_load_back_to_the_same_network(name, tmp_path):
     assert metadata["generator_arch"] == ARCHITECTURES[name][0]
     assert json.loads(metadata["generator_kwargs"]) == ema.generator_kwargs
     assert (metadata["input_format"], metadata["output_format"]) == (ema.input_format, ema.output_format)
+    assert int(metadata["data_scaling_factor"]) == ema.scaling_factor
 
 
 def test_a_file_with_one_set_of_weights_exports_it_as_params(tmp_path):
@@ -428,3 +430,27 @@ def test_training_prints_the_export_command_and_our_scripts_read_exported_files(
     name = "conv_block1.conv_block.0.weight"
     assert torch.allclose(gan["generator"][name], start["generator"][name], atol=1e-2)
     assert "srgan.onnx" in capsys.readouterr().out  # its own export command
+
+
+def test_an_x1_model_of_x4_data_exports_as_an_x4_model(tmp_path, capsys):
+    """An x1 pixel-unshuffle model trained on x4 data: the files record the data's scale (our loaders then feed it the
+    nearest-upscaled LR image again), and the ONNX graph holds the nearest upscale, so it takes the LR image as it is
+    and gives the x4 image, as PyTorch's nearest-upscale-then-network does."""
+    raw, ema = write_checkpoint(tmp_path / "checkpoint.pth", "srresnet", scaling_factor=1, unshuffle_scale=4)
+    checkpoint = checkpoints.load_checkpoint(tmp_path / "checkpoint.pth")
+    checkpoints.save_checkpoint({**checkpoint, "hyperparameters": {"scaling_factor": 4}}, tmp_path / "checkpoint.pth")
+    for suffix in (".pth", ".safetensors"):
+        export.main([str(tmp_path / "checkpoint.pth"), "--output", str(tmp_path / f"model{suffix}")])
+        model, description, _ = inference.load_generator(tmp_path / f"model{suffix}")
+        assert (model.scaling_factor, model.data_scaling_factor) == (1, 4)
+        assert inference.load_generator_or_blend(tmp_path / f"model{suffix}", scaling_factor=4)[0].scaling_factor == 4
+    assert torch.load(tmp_path / "model.pth", weights_only=True)["data_scaling_factor"] == 4
+    export.main([str(tmp_path / "checkpoint.pth"), "--output", str(tmp_path / "model.onnx")])
+    out = capsys.readouterr().out
+    assert "The graph is an x4 model: an x1 network trained on x4 data" in out and "ONNX Runtime reproduces" in out
+    lr_imgs = photo_batch(2, 13, 18)
+    sr_onnx = onnx_outputs(tmp_path / "model.onnx", lr_imgs)
+    lr_upscaled = lr_imgs.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)  # every pixel 4 x 4, by hand
+    assert sr_onnx.shape == (2, 3, 52, 72)
+    # Float outputs: a bilinear upscale in the graph would be 1e-2 off here, yet 55 dB in 8 bits (a smooth photo).
+    assert (torch.from_numpy(sr_onnx) - forward(ema, lr_upscaled)).abs().max() < 1e-4

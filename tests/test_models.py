@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import cli
 import inference
 import models
 import porting
+import train_srgan
 
 
 def count_params(model):
@@ -172,6 +174,21 @@ def test_discriminator_layout():
     assert channels == [64, 64, 128, 128, 256, 256, 512, 512]
     assert not isinstance(disc.conv_blocks[0].conv_block[1], nn.BatchNorm2d)
     assert all(isinstance(b.conv_block[1], nn.BatchNorm2d) for b in disc.conv_blocks[1:])
+
+
+def test_discriminator_first_kernel_size():
+    """The paper's (and the classic tutorial's code's) 3 x 3 everywhere by default; the tutorial's text's 9 x 9 first
+    convolution on request (train_srgan.py --first_kernel_size_d 9), the other convolutions unchanged."""
+    kernels = lambda disc: [b.conv_block[0].kernel_size for b in disc.conv_blocks]  # noqa: E731
+    assert kernels(models.Discriminator(n_channels=8, fc_size=16)) == [(3, 3)] * 8
+    disc = models.Discriminator(n_channels=8, fc_size=16, first_kernel_size=9)
+    assert kernels(disc) == [(9, 9)] + [(3, 3)] * 7 and disc.conv_blocks[0].conv_block[0].padding == (4, 4)
+    assert disc(torch.rand(2, 3, 40, 40)).shape == (2,)
+    hp = cli.parse_hyperparameters(train_srgan.hyperparameters, "", argv=["--first_kernel_size_d", "9"])
+    discriminator, kwargs = train_srgan.build_discriminator(hp)
+    assert kwargs["first_kernel_size"] == 9 and kernels(discriminator)[:2] == [(9, 9), (3, 3)]
+    assert "first_kernel_size" not in train_srgan.build_discriminator(  # stored as before when it is the paper's
+        cli.parse_hyperparameters(train_srgan.hyperparameters, "", argv=[]))[1]
 
 
 def test_build_generator():

@@ -611,3 +611,43 @@ def test_running_out_of_memory_on_one_image_skips_it(tmp_path, tiny_rrdb, capsys
     error = capsys.readouterr().err
     assert "a.png" in error and "memory" in error, error
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["b_x4.png"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# x1 / x2 models trained on x4 data
+# ------------------------------------------------------------------------------------------------------
+
+def test_an_x1_model_of_x4_data_upscales_x4_from_the_nearest_upscaled_photo(tmp_path, tiny_rrdb, capsys):
+    """An x1 pixel-unshuffle model whose checkpoint says it was trained on x4 data makes x4 outputs: it is fed the
+    photo enlarged x4 with nearest neighbour, as in training (and the run says so); in tiles too, and in the grid."""
+    kwargs = dict(n_channels=8, n_blocks=1, scaling_factor=1, unshuffle_scale=4)
+    torch.manual_seed(0)
+    model = models.build_generator("srresnet", **kwargs).eval()
+    checkpoints.save_checkpoint({"kind": "srresnet", "generator_arch": "srresnet", "generator_kwargs": kwargs,
+                                 "generator": model.state_dict(), "iteration": 5,
+                                 "hyperparameters": {"scaling_factor": 4}}, tmp_path / "x1.pth")
+    photo = np.asarray(Image.fromarray(data.astronaut()).resize((27, 21)))  # odd sides
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    assert super_resolve.main([str(tmp_path / "photo.png"), "--model", str(tmp_path / "x1.pth"), "--output_folder",
+                               str(tmp_path / "out"), "--tile", "0", "--no_progress"]) == 0
+    assert "an x1 network trained on x4 data: fed the LR image enlarged x4 with nearest neighbour" in \
+        capsys.readouterr().out
+    out = np.asarray(Image.open(tmp_path / "out" / "photo_x4.png"))
+    assert out.shape == (84, 108, 3)
+    # By hand: every pixel repeated 4 x 4, through the x1 network, [-1, 1] (tanh) to 8 bits.
+    lr_up = torch.from_numpy(photo.repeat(4, axis=0).repeat(4, axis=1)).permute(2, 0, 1).float().div(255)[None]
+    with torch.no_grad():
+        expected = ((model(lr_up)[0].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
+    np.testing.assert_array_equal(out, (expected * 255).round().astype(np.uint8))
+    # In tiles the same, but for the tiny differences of tiling.
+    assert super_resolve.main([str(tmp_path / "photo.png"), "--model", str(tmp_path / "x1.pth"), "--output_folder",
+                               str(tmp_path / "tiled"), "--tile", "8", "--tile_pad", "4", "--no_progress"]) == 0
+    tiled = np.asarray(Image.open(tmp_path / "tiled" / "photo_x4.png"))
+    assert metrics.calculate_psnr(tiled, out) > 40
+    # The grid puts it beside x4 models: its scale is the data's.
+    hr = np.asarray(Image.fromarray(data.astronaut()).resize((64, 48)))
+    Image.fromarray(hr).save(tmp_path / "hr.png")
+    assert super_resolve.main(["--grid", str(tmp_path / "hr.png"), "--model", str(tmp_path / "x1.pth"),
+                               str(tiny_rrdb), "--output_folder", str(tmp_path), "--no_progress"]) == 0
+    assert Image.open(tmp_path / "hr_grid_x4.png").size[0] >= 4 * 64
+    assert "fed the LR image enlarged x4" in capsys.readouterr().out

@@ -24,6 +24,7 @@ from PIL import Image
 from skimage import data as skimage_data
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
 
+import augmentations
 import create_data_lists
 import checkpoints
 import cli
@@ -712,6 +713,11 @@ FAULT_RUN = [*FAULT_TINY, "--workers", "0"]
     (train_srgan, ["--checkpoint_every", 0], "--checkpoint_every must be greater than 0, not 0."),
     (train_srgan, ["--gan_type", "hinge"], "--gan_type must be one of vanilla, relativistic, not 'hinge'."),
     (train_srgan, ["--n_blocks_d", 0], "--n_blocks_d must be greater than 0, not 0."),
+    (train_srresnet, ["--mixopts", "cutmix", "mixup", "--mixprob", 0.5, 0.5, 0.5],
+     "--mixprob gives 3 values for 2 --mixopts: give one per option, one for all, or none (the paper's)."),
+    (train_srgan, ["--mixopts", "cutmix", "blur"], "--mixopts takes each of blend rgb mixup cutout cutmix cutmixup "
+     "cutblur none at most once, not cutmix blur (the paper's mixture: --mixopts blend rgb mixup cutout cutmix cutmixup "
+     "cutblur)."),
 ], ids=lambda value: value.__name__ if hasattr(value, "__name__") else None)
 def test_flags_that_cannot_work_give_one_line_before_any_work(data_folder, tmp_path, monkeypatch, capsys, script,
                                                               flags, expected):
@@ -1024,42 +1030,47 @@ def test_training_on_paired_images_crops_aligned_pairs(tmp_path, monkeypatch):
     assert len(crops) == 3 and len(transforms_seen) > 1  # the augmentation did turn some crops
 
 
-def test_pixel_unshuffle_models_and_cutblur(data_folder, tmp_path, monkeypatch):
-    """x2 and x1 pixel-unshuffle SRResNets train on x2 / x4 data; the x1 one then trains with CutBlur."""
+def test_pixel_unshuffle_models_and_cutblur(data_folder, tmp_path, monkeypatch, capsys):
+    """x2 and x1 pixel-unshuffle SRResNets train on x2 / x4 data; the x1 one trains with CutBlur in both scripts and is
+    validated as an x4 model (its LR test images nearest-upscaled)."""
     unshuffle = ["--use_unshuffle", "true", "--workers", 0, "--iterations", 1, "--n_blocks", 1, "--n_channels", 8,
                  "--crop_size", 32, "--batch_size", 2, "--data_folder", data_folder]
     run_script(train_srresnet, [*unshuffle, "--scaling_factor", 2, "--unshuffle_scale", 2,
                                 "--output_folder", tmp_path / "x2"], monkeypatch)
     model, _, _ = inference.load_generator(tmp_path / "x2" / "checkpoint_srresnet.pth")
     assert model.scaling_factor == 2 and model(torch.rand(1, 3, 7, 9)).shape == (1, 3, 14, 18)
-    run_script(train_srresnet, [*unshuffle, "--scaling_factor", 4, "--unshuffle_scale", 4,
-                                "--output_folder", tmp_path / "x1"], monkeypatch)
-    assert inference.load_generator(tmp_path / "x1" / "checkpoint_srresnet.pth")[0].scaling_factor == 1
     # CutBlur: spy on the batches it makes, and on what the generator is given.
     cutblur_calls, generator_inputs = [], []
-    real_cutblur = degradations.cutblur
+    real_cutblur = augmentations.cutblur
 
     def spy_cutblur(lr_imgs, hr_imgs, *args, **kwargs):
         mixed_imgs, target_imgs = real_cutblur(lr_imgs, hr_imgs, *args, **kwargs)
         cutblur_calls.append((lr_imgs.clone(), hr_imgs.clone(), mixed_imgs.clone()))
         return mixed_imgs, target_imgs
 
-    monkeypatch.setattr(degradations, "cutblur", spy_cutblur)
+    monkeypatch.setattr(augmentations, "cutblur", spy_cutblur)
     real_convert = utils.convert_image
     monkeypatch.setattr(utils, "convert_image", lambda img, source, target: (
         generator_inputs.append(img.detach().clone()) if (source, target) == ("[0, 1]", "[0, 1]") else None)
         or real_convert(img, source, target))  # the generator's input conversion: SRResNet takes '[0, 1]'
-    run_script(train_srgan, [*TINY_DISCRIMINATOR, "--cutblur_prob", 1.0, "--data_folder", data_folder,
+    cutblur = ["--mixopts", "cutblur", "--mixprob", 1.0, "--mixalpha", 0.7]
+    run_script(train_srresnet, [*unshuffle, *cutblur, *VALIDATE, "--val_every", 1, "--scaling_factor", 4,
+                                "--unshuffle_scale", 4, "--output_folder", tmp_path / "x1"], monkeypatch)
+    assert "validating an x1 network trained on x4 data" in capsys.readouterr().err
+    assert sorted(validation_records(tmp_path / "x1" / "log_srresnet.jsonl")) == [0, 1]  # validated, as x4
+    assert inference.load_generator(tmp_path / "x1" / "checkpoint_srresnet.pth")[0].data_scaling_factor == 4
+    run_script(train_srgan, [*TINY_DISCRIMINATOR, *cutblur, "--data_folder", data_folder,
                              "--srresnet_checkpoint", tmp_path / "x1" / "checkpoint_srresnet.pth", "--crop_size", 32,
                              "--batch_size", 2, "--workers", 0, "--iterations", 2, "--perceptual_layers", "relu2_2",
                              "--output_folder", tmp_path / "x1"], monkeypatch)
     monkeypatch.setattr(utils, "convert_image", real_convert)
     checkpoint = checkpoints.load_checkpoint(tmp_path / "x1" / "checkpoint_srgan.pth")
     assert checkpoint["iteration"] == 2
-    assert len(cutblur_calls) == 2  # once per iteration
-    for lr_imgs, hr_imgs, mixed_imgs in cutblur_calls:
-        assert lr_imgs.shape == (2, 3, 8, 8) and hr_imgs.shape == mixed_imgs.shape == (2, 3, 32, 32)
-        lr_upscaled = torch.nn.functional.interpolate(lr_imgs, scale_factor=4, mode="nearest")
+    assert len(cutblur_calls) == 3  # once per iteration: 1 of train_srresnet.py, 2 of train_srgan.py
+    for lr_upscaled, hr_imgs, mixed_imgs in cutblur_calls:
+        # The x1 generator's input: the LR crops (N, 3, 8, 8) nearest-upscaled, each pixel repeated 4 x 4.
+        assert lr_upscaled.shape == hr_imgs.shape == mixed_imgs.shape == (2, 3, 32, 32)
+        assert torch.equal(lr_upscaled, lr_upscaled[..., ::4, ::4].repeat_interleave(4, 2).repeat_interleave(4, 3))
         from_hr = (mixed_imgs == hr_imgs).all(dim=1) & (mixed_imgs != lr_upscaled).any(dim=1)
         from_lr = (mixed_imgs == lr_upscaled).all(dim=1) & (mixed_imgs != hr_imgs).any(dim=1)
         assert from_hr.flatten(1).any(dim=1).all() and from_lr.flatten(1).any(dim=1).all()  # every image is mixed
@@ -1071,18 +1082,84 @@ def test_pixel_unshuffle_models_and_cutblur(data_folder, tmp_path, monkeypatch):
         large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=1, scaling_factor=1, unshuffle_scale=4)
     assert any(not torch.equal(value, start["generator"][name]) for name, value in checkpoint["generator"].items()
                if value.is_floating_point())
-    # CutBlur with an x4 generator is refused with a clear message.
-    with pytest.raises(ValueError, match="needs an x1 model"):
-        run_script(train_srgan, [*TINY_DISCRIMINATOR, "--cutblur_prob", 0.5, "--data_folder", data_folder,
+    # CutBlur with an x2 generator is refused with a clear message, by both scripts.
+    with pytest.raises(ValueError, match="needs an x1 generator.*upscales x2"):
+        run_script(train_srgan, [*TINY_DISCRIMINATOR, *cutblur, "--data_folder", data_folder,
                                  "--srresnet_checkpoint", tmp_path / "x2" / "checkpoint_srresnet.pth",
                                  "--scaling_factor", 2, "--iterations", 1, "--workers", 0,
                                  "--output_folder", tmp_path / "x2"], monkeypatch)
+    with pytest.raises(ValueError, match="needs an x1 generator.*upscales x4"):
+        run_script(train_srresnet, [*TINY_SRRESNET, *cutblur, "--data_folder", data_folder, "--iterations", 1,
+                                    "--output_folder", tmp_path / "x4"], monkeypatch)
+
+
+def test_resume_with_the_batch_augmentations_is_exact(data_folder, tmp_path, monkeypatch):
+    """The paper's mixture on an x1 model: 4 iterations in one go == 2, stop, resume to 4 (each iteration's draws
+    come from utils.make_rng(seed, 'mixture', iteration, rank)); and the augmentations did change the training."""
+    drawn = []
+    real_mix_batch = augmentations.mix_batch
+    monkeypatch.setattr(augmentations, "mix_batch", lambda *args: drawn.append(real_mix_batch(*args)) or drawn[-1])
+    args = ["--use_unshuffle", "true", "--unshuffle_scale", 4, "--n_blocks", 1, "--n_channels", 8, "--crop_size", 32,
+            "--batch_size", 4, "--workers", 0, "--data_folder", data_folder]
+    mixture = ["--mixopts", *augmentations.PAPER_MIXTURE]
+    whole, _, resumed = whole_and_resumed_runs([*args, *mixture], 4, 2, tmp_path, monkeypatch)
+    assert_same_state(whole["generator"], resumed["generator"])
+    for state_a, state_b in zip(whole["optimizer_g"]["state"].values(), resumed["optimizer_g"]["state"].values()):
+        assert_same_state(state_a, state_b)
+    assert len(drawn) == 8 and len({name for *_, name in drawn}) > 1  # 4 + 2 + 2 iterations, several kinds
+    assert [name for *_, name in drawn[:4]] == [name for *_, name in drawn[4:]]  # the same draws when resumed
+    run_script(train_srresnet, [*args, "--iterations", 4, "--output_folder", tmp_path / "plain"], monkeypatch)
+    plain = checkpoints.load_checkpoint(tmp_path / "plain" / "checkpoint_srresnet.pth")
+    assert not torch.equal(plain["generator"]["conv_block1.conv_block.0.weight"],
+                           whole["generator"]["conv_block1.conv_block.0.weight"])
+
+
+def test_the_old_cutblur_prob_flag_still_works(capsys):
+    argv = ["--cutblur_prob", "0.5"]
+    hp = cli.parse_hyperparameters(train_srgan.apply_recipe(train_srgan.hyperparameters, argv), "", argv=argv,
+                                   aliases=train_srgan.RENAMED)
+    assert hp.mixopts == ["cutblur"] and "mixopts" in hp.given
+    assert "--cutblur_prob is deprecated, use --mixopts cutblur --mixprob P" in capsys.readouterr().err
+    argv = ["--cutblur_prob", "0"]
+    hp = cli.parse_hyperparameters(train_srgan.apply_recipe(train_srgan.hyperparameters, argv), "", argv=argv,
+                                   aliases=train_srgan.RENAMED)
+    assert hp.mixopts == ["none"]
+
+
+def test_pretrained_x4_model_starts_its_x1_variant(data_folder, tmp_path, monkeypatch, capsys):
+    """train_srresnet.py --use_unshuffle true --pretrained <x4 model>: every layer but the first convolution comes
+    from the x4 model, and the run says so."""
+    run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--iterations", 1, "--output_folder",
+                                tmp_path / "x4"], monkeypatch)
+    x4 = checkpoints.load_checkpoint(tmp_path / "x4" / "checkpoint_srresnet.pth")["generator"]
+    capsys.readouterr()
+    # A learning rate so small that one Adam step (which moves each weight by about the learning rate) shows nothing.
+    run_script(train_srresnet, ["--use_unshuffle", "true", "--unshuffle_scale", 4, "--pretrained",
+                                tmp_path / "x4" / "checkpoint_srresnet.pth", "--learning_rate", 1e-9, "--crop_size", 32,
+                                "--batch_size", 4, "--workers", 0, "--data_folder", data_folder, "--iterations", 1,
+                                "--output_folder", tmp_path / "x1"], monkeypatch)
+    assert ("Starting the x1 pixel-unshuffle variant of srresnet x4 from train_srresnet.py, iteration 1 (generator "
+            "weights): every layer but its first convolution (conv_block1.conv_block.0.weight: 48 input channels "
+            "instead of 3), which starts anew.") in capsys.readouterr().out
+    x1 = checkpoints.load_checkpoint(tmp_path / "x1" / "checkpoint_srresnet.pth")
+    assert x1["generator_kwargs"] == dict(large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=1,
+                                          scaling_factor=1, unshuffle_scale=4)
+    assert x1["hyperparameters"]["use_unshuffle"] is True and x1["hyperparameters"]["unshuffle_scale"] == 4
+    first = "conv_block1.conv_block.0.weight"
+    assert x1["generator"][first].shape == (8, 48, 9, 9) and x4[first].shape == (8, 3, 9, 9)
+    for name, value in x4.items():  # (batch norm's running statistics move with the training forward pass)
+        if name != first and value.is_floating_point() and "running_" not in name:
+            torch.testing.assert_close(x1["generator"][name], value, rtol=0, atol=1e-7)
+    # The compact network has no such variant: one line.
+    with pytest.raises(ValueError, match="compact network has no pixel-unshuffle variant"):
+        run_script(train_srresnet, ["--use_unshuffle", "true", "--pretrained", "compact", "--data_folder",
+                                    data_folder, "--iterations", 1, "--output_folder", tmp_path / "c"], monkeypatch)
 
 
 def test_training_batches_differ_across_ranks_and_repeat_exactly():
     """The degradations and CutBlur of one iteration: other random draws in each process (the old seeds made rank
     r's CutBlur stream rank r + 1's degradation stream), the same draws every time for the same process."""
-    argv = ["--recipe", "realesrgan", "--cutblur_prob", "1.0", "--channels_last", "false"]
+    argv = ["--recipe", "realesrgan", "--mixopts", "cutblur", "--channels_last", "false"]
     hp = cli.parse_hyperparameters(train_srgan.apply_recipe(train_srgan.hyperparameters, argv), "", argv=argv)
     torch.manual_seed(0)
     hr_imgs = torch.rand(2, 3, 32, 32)
@@ -1093,8 +1170,8 @@ def test_training_batches_differ_across_ranks_and_repeat_exactly():
         return train_srgan.make_gan_batch(lr_imgs, hr_imgs, hp, iteration, rank, x1_generator, torch.device("cpu"))
 
     rank0, rank1, again = batch(5, 0), batch(5, 1), batch(5, 0)
-    assert rank0[0].shape == (2, 3, 32, 32)  # CutBlur: HR-sized inputs for the x1 generator
-    assert all(torch.equal(a, b) for a, b in zip(rank0, again))
+    assert rank0[0].shape == (2, 3, 32, 32) and rank0[4] is None  # CutBlur: HR-sized inputs for the x1 generator
+    assert all(torch.equal(a, b) for a, b in zip(rank0[:4], again[:4]))
     assert not torch.equal(rank0[0], rank1[0]) and not torch.equal(rank0[0], batch(6, 0)[0])
 
 

@@ -769,7 +769,7 @@ def test_network_interpolation(tmp_path):
             assert torch.equal(blended[name], value)
     # A pixel-unshuffle variant differs in its first convolution only: skipped (and named) on request.
     _save_generator_checkpoint(tmp_path / "unshuffle.pth", "srresnet", {**kwargs, "unshuffle_scale": 2}, seed=3)
-    with pytest.raises(ValueError, match="different shapes"):
+    with pytest.raises(ValueError, match="differ in .*conv_block1.conv_block.0.weight.*not the same network"):
         inference.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "unshuffle.pth", 0.5)
     model, description = inference.load_interpolated_generator(tmp_path / "psnr.pth", tmp_path / "unshuffle.pth", 0.5,
                                                            skip_mismatched=True)
@@ -798,3 +798,79 @@ def test_upscaling_and_evaluating_do_not_load_torchvision():
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(utils.__file__).parent, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr[-500:]
+
+
+def test_network_interpolation_across_scales_keeps_the_first_convolution(tmp_path):
+    """An x1 / x2 pixel-unshuffle model with the x4 model of the same network (RRDBNet here, as Real-ESRGAN's x2 and
+    x4 models): every weight blended, but the first convolution, which is the first model's, named in the
+    description; the result is the first model's network, its data's scale included."""
+    kwargs = dict(num_feat=8, num_block=1, num_grow_ch=4)
+    for scale in (1, 2):
+        x1 = _save_generator_checkpoint(tmp_path / "small.pth", "rrdb", {**kwargs, "scale": scale}, seed=1)
+        x1["hyperparameters"] = {"scaling_factor": 4}  # trained on x4 data
+        checkpoints.save_checkpoint(x1, tmp_path / "small.pth")
+        x4 = _save_generator_checkpoint(tmp_path / "x4.pth", "rrdb", {**kwargs, "scale": 4}, seed=2)["generator"]
+        model, description = inference.load_interpolated_generator(tmp_path / "small.pth", tmp_path / "x4.pth", 0.3)
+        assert (model.scaling_factor, model.data_scaling_factor) == (scale, 4)
+        kept = f"x{scale} with x4: first convolution conv_first.weight kept from {tmp_path / 'small.pth'}"
+        assert kept in description
+        blended = model.state_dict()
+        assert torch.equal(blended["conv_first.weight"], x1["generator"]["conv_first.weight"])
+        for name, value in x4.items():
+            if name != "conv_first.weight":
+                torch.testing.assert_close(blended[name], 0.7 * x1["generator"][name] + 0.3 * value)
+    # And from the x4 side: the x4 model's first convolution.
+    model, description = inference.load_interpolated_generator(tmp_path / "x4.pth", tmp_path / "small.pth", 0.5)
+    assert model.scaling_factor == 4 and torch.equal(model.state_dict()["conv_first.weight"], x4["conv_first.weight"])
+
+
+def test_load_weights_but_first_convolution():
+    kwargs = dict(n_channels=8, n_blocks=2)
+    torch.manual_seed(0)
+    x4 = models.build_generator("srresnet", **kwargs, scaling_factor=4)
+    variant = models.pixel_unshuffle_variant("srresnet", x4.generator_kwargs, 4)
+    assert variant == {**kwargs, "scaling_factor": 1,
+                       "unshuffle_scale": 4}
+    x1 = models.build_generator("srresnet", **variant)
+    fresh = x1.state_dict()["conv_block1.conv_block.0.weight"].clone()
+    assert inference.load_weights_but_first_convolution(x1, x4) == ["conv_block1.conv_block.0.weight"]
+    for name, value in x4.state_dict().items():
+        expected = fresh if name == "conv_block1.conv_block.0.weight" else value
+        assert torch.equal(x1.state_dict()[name], expected), name
+    assert models.pixel_unshuffle_variant("rrdb", {"scale": 4, "num_feat": 8}, 2) == {"scale": 2, "num_feat": 8}
+    with pytest.raises(ValueError, match="beyond the first convolution"):  # another body: refused in one line
+        inference.load_weights_but_first_convolution(x1, models.build_generator("srresnet", n_channels=8, n_blocks=3))
+    with pytest.raises(ValueError, match="no pixel-unshuffle variant"):
+        models.pixel_unshuffle_variant("compact", {"upscale": 4}, 4)
+
+
+def test_an_x1_model_runs_as_a_model_of_its_datas_scale(tmp_path):
+    """load_generator reads the data's scaling factor from the checkpoint; fit_generator_to_data runs such a model on
+    the LR image nearest-upscaled (every pixel repeated), keeps the generator's weights and modes, and upscale() tiles
+    it like any x4 model."""
+    kwargs = dict(n_channels=8, n_blocks=1, scaling_factor=1, unshuffle_scale=4)
+    state = _save_generator_checkpoint(tmp_path / "x1.pth", "srresnet", kwargs, seed=0)
+    assert inference.load_generator(tmp_path / "x1.pth")[0].data_scaling_factor == 1  # the file does not say
+    state["hyperparameters"] = {"scaling_factor": 4}
+    checkpoints.save_checkpoint(state, tmp_path / "x1.pth")
+    model, _, _ = inference.load_generator(tmp_path / "x1.pth", scaling_factor=4)
+    assert (model.scaling_factor, model.data_scaling_factor) == (1, 4)
+    with pytest.raises(ValueError, match="upscales x1, trained on x4 data, not x2.*--scaling_factor 4"):
+        inference.load_generator(tmp_path / "x1.pth", scaling_factor=2)
+    matched, note = inference.fit_generator_to_data(model)
+    assert note == ("an x1 network trained on x4 data: fed the LR image enlarged x4 with nearest neighbour, as in "
+                    "training")
+    assert (matched.scaling_factor, matched.input_format, matched.output_format) == (4, "[0, 1]", "[-1, 1]")
+    assert inference.fit_generator_to_data(matched) == (matched, None)  # already an x4 model
+    lr_imgs = torch.rand(2, 3, 5, 7)
+    with torch.no_grad():
+        expected = model(lr_imgs.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3))
+        assert torch.equal(matched(lr_imgs), expected)
+    sr_imgs = inference.upscale(matched, lr_imgs[:1], tile=0)
+    assert sr_imgs.shape == (1, 3, 20, 28)
+    torch.testing.assert_close(sr_imgs, ((expected[:1] + 1) / 2).clamp(0, 1))
+    assert inference.upscale(matched, lr_imgs[:1], tile=3, tile_pad=2).shape == (1, 3, 20, 28)
+    # Wrapping a generator in training (validation does) leaves its mode alone; its weights are the same tensors.
+    model.train()
+    matched, _ = inference.fit_generator_to_data(model, 4)
+    assert model.training and matched.generator is model and list(matched.parameters()) == list(model.parameters())
