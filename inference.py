@@ -287,9 +287,10 @@ def load_interpolated_generator(psnr_path, gan_path, alpha, device="cpu", skip_m
         gan_state = {name: psnr_state[name] if name == first else value for name, value in gan_state.items()}
     mismatched, differences = _mismatch(psnr_state, gan_state)
     if mismatched and not skip_mismatched:  # (said in the words of the scripts' flags, which end up here)
-        raise ValueError(f"Cannot blend {psnr_path} (x{psnr_model.scaling_factor}) with {gan_path} "
-                         f"(x{gan_model.scaling_factor}) (--model and --interpolate_with): their layers differ "
-                         f"({differences}); give two files of the same network, of the same size.")
+        raise ValueError(f"Cannot blend {psnr_path} (x{psnr_model.scaling_factor}, --model) with {gan_path} "
+                         f"(x{gan_model.scaling_factor}, --interpolate_with): they differ in "
+                         f"{porting.short_list(mismatched)} ({differences}), so they are not the same network (other "
+                         f"blocks or channels); give two files of one network.")
     state_dict, skipped = interpolate_state_dicts(psnr_state, gan_state, alpha, skip_mismatched=skip_mismatched)
     description = f"interpolation {1 - alpha:g} x {psnr_path} + {alpha:g} x {gan_path}"
     if across_scales:

@@ -628,8 +628,8 @@ def test_an_x1_model_of_x4_data_upscales_x4_from_the_nearest_upscaled_photo(tmp_
                                  "hyperparameters": {"scaling_factor": 4}}, tmp_path / "x1.pth")
     photo = np.asarray(Image.fromarray(data.astronaut()).resize((27, 21)))  # odd sides
     Image.fromarray(photo).save(tmp_path / "photo.png")
-    assert super_resolve.main([str(tmp_path / "photo.png"), "--model", str(tmp_path / "x1.pth"), "--output_folder",
-                               str(tmp_path / "out"), "--tile", "0", "--no_progress"]) == 0
+    assert super_resolve.main([str(tmp_path / "photo.png"), "--model", str(tmp_path / "x1.pth"), "--precision", "fp32",
+                               "--output_folder", str(tmp_path / "out"), "--tile", "0", "--no_progress"]) == 0
     assert "an x1 network trained on x4 data: fed the LR image enlarged x4 with nearest neighbour" in \
         capsys.readouterr().out
     out = np.asarray(Image.open(tmp_path / "out" / "photo_x4.png"))

@@ -1164,7 +1164,7 @@ def test_training_batches_differ_across_ranks_and_repeat_exactly():
     torch.manual_seed(0)
     hr_imgs = torch.rand(2, 3, 32, 32)
     lr_imgs = torch.nn.functional.interpolate(hr_imgs, scale_factor=0.25, mode="area")
-    x1_generator = SimpleNamespace(scaling_factor=1)
+    x1_generator = SimpleNamespace(scaling_factor=1, unshuffle_scale=4)  # an x4 body behind a fold by 4
 
     def batch(iteration, rank):
         return train_srgan.make_gan_batch(lr_imgs, hr_imgs, hp, iteration, rank, x1_generator, torch.device("cpu"))
