@@ -407,7 +407,7 @@ def _scaled_kaiming_init(modules, scale):
     """
     for module in modules:
         for layer in module.modules():
-            if isinstance(layer, nn.Conv2d):
+            if isinstance(layer, nn.Conv2d) and not layer.weight.is_meta:  # (meta: a skeleton of shapes only)
                 # Kaiming (He) normal for ReLU-like layers has std sqrt(2 / fan_in); draw it already scaled.
                 fan_in = layer.weight[0].numel()  # in_channels * kernel_h * kernel_w
                 layer.weight.normal_(0.0, scale * math.sqrt(2.0 / fan_in))
@@ -688,6 +688,8 @@ class SRVGGNetCompact(nn.Module):
     def _initialise(self):
         """Kaiming-normal init for PReLU (a = 0.25), zero biases, the last convolution scaled by 0.1 (see above)."""
         convolutions = [layer for layer in self.body if isinstance(layer, nn.Conv2d)]
+        if convolutions[0].weight.is_meta:  # a skeleton of shapes (generator_from_weights): no numbers to draw
+            return
         for conv in convolutions:
             nn.init.kaiming_normal_(conv.weight, a=0.25, nonlinearity="leaky_relu")
             conv.bias.zero_()

@@ -793,8 +793,12 @@ def test_pil_to_tensor_is_torchvisions_to_tensor(mode):
 
 def test_upscaling_and_evaluating_do_not_load_torchvision():
     """torchvision takes seconds to import; super_resolve.py and eval.py start without it (only the VGG19 of the
-    perceptual loss needs it)."""
-    code = "import sys, super_resolve, eval; assert 'torchvision' not in sys.modules, 'torchvision was imported'"
+    perceptual loss needs it). Loading a shipped model draws no random numbers on the 'meta' device either (which
+    would import torch's compiler, another second)."""
+    code = ("import sys, super_resolve, eval, inference; inference.load_generator('compact'); "
+            "inference.load_generator('srresnet'); "
+            "assert 'torchvision' not in sys.modules, 'torchvision was imported'; "
+            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'")
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(utils.__file__).parent, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr[-500:]
