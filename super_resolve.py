@@ -216,10 +216,11 @@ def to_pil(channels, bits=8):
     return Image.fromarray(array)  # 'LA' (2 channels), 'RGB' or 'RGBA'
 
 
-# zlib's effort when writing PNGs. Pillow's default, 6, spends most of its time for the last few percent: a 2000x2000
-# photo took 1.67 s to write at 6 and 0.66 s at 3, for 3.1 and 3.5 MB (and 12.9 s at 9, for 3.0 MB; one core of an
-# AVX-512 EPYC). At x4 the output is 16 times the input, so writing it is a large share of the whole run.
-PNG_COMPRESS_LEVEL = 3
+# zlib's effort when writing PNGs. Pillow's default, 6, spends most of its time on the last few percent: the 4000x4000
+# output of the compact model on a photo took 2.67 s to write at 6 (10.0 MB), 1.04 s at 3 (11.5 MB) and 0.70 s at 1
+# (12.4 MB), on one core of an AVX-512 EPYC, where the network itself took about 2 s. At x4 the output is 16 times the
+# input, so writing it is a large share of the whole run: level 1 is 3.8 times faster for a file 24% larger.
+PNG_COMPRESS_LEVEL = 1
 
 
 def write_image(img, path):

@@ -6,7 +6,7 @@
 Each way of upscaling runs as a whole process (start-up, reading the image, the network, writing the PNG: what a
 user waits for), the same weights every time, in turns (A, B, C, A, B, C, ...) so that a slow moment of the machine
 falls on all of them alike; the figures are medians over --runs. For each it prints the wall time, the CPU time
-(user + system, all threads), the peak memory (the process's ru_maxrss, read from os.wait4), the ratio of its wall
+(user + system, all threads), the peak memory (the process's maximum resident set, from /usr/bin/time), the ratio of its wall
 time to super_resolve.py's (default settings), and the PSNR between its output and super_resolve.py --precision
 fp32's (8-bit RGB, whole image): how far each is from the exact result.
 
@@ -73,16 +73,21 @@ def parse_args(argv=None):
 
 
 def timed_process(command, output):
-    """Run `command` to its end; return (wall s, CPU s, peak RSS MB). Raises if it fails or writes no `output`."""
+    """Run `command` to its end; return (wall s, CPU s, peak RSS MB). Raises if it fails or writes no `output`.
+
+    The peak is measured by /usr/bin/time around the command, not read from os.wait4 here: a child's ru_maxrss
+    starts at the RSS of the process that forked it, and this one holds a model and whole images."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO_ROOT)
-    _, status, usage = os.wait4(process.pid, 0)  # the child's own resource usage (and peak memory)
+    process = subprocess.Popen(["/usr/bin/time", "-f", "peak_kb %M", *map(str, command)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, cwd=REPO_ROOT)
+    _, status, usage = os.wait4(process.pid, 0)  # the child's own resource usage (CPU time of all its threads)
     wall = time.perf_counter() - start
     stderr = process.stderr.read().decode(errors="replace")
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0 or not Path(output).is_file():
         raise RuntimeError(f"{' '.join(map(str, command))} failed ({process.returncode}): {stderr[-500:]}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    peak_kb = int(stderr.rsplit("peak_kb ", 1)[1].split()[0])
+    return wall, usage.ru_utime + usage.ru_stime, peak_kb / 1024
 
 
 def psnr(a_path, b_path):
