@@ -39,8 +39,10 @@ like those written before, still work as they are.)
     python create_data_lists.py --train_folders ../shared/data/Set14/HR \\
         --train_lr_folders ../shared/data/Set14/LR_bicubic/X4 --scaling_factor 4 --output_folder paired_lists
 
-Quick start (no download): with no folders, the script saves a few photos bundled with scikit-image into
-`<output_folder>/sample_images/` and builds the lists from them, enough to check that training runs end to end:
+Quick start (no download): with no folders, the script saves the photos bundled with scikit-image into
+`<output_folder>/sample_images/` and builds the lists from them: eleven to train on and two test sets, 'Samples' (two
+colour photos, to validate on during training) and 'Unseen' (five grey ones, kept for the end), enough to see
+training work end to end:
 
     python create_data_lists.py
 
@@ -62,6 +64,7 @@ import argparse
 import json
 import os
 
+import numpy as np
 from PIL import Image
 from skimage import data as skimage_data
 
@@ -71,19 +74,38 @@ from utils import atomic_write, atomic_write_all, load_image
 # File name endings that count as images (compared in lower case).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-# The quick start's photos: real colour photos bundled with scikit-image (no download), each at least 300 px a side.
-# Training and test photos are different images. (skimage's `cat` is the same photo as `chelsea`, so it is not used.)
+# The quick start's photos: all bundled with scikit-image (no download); grey ones are saved as RGB (R = G = B), as
+# training loads them anyway. (skimage's `cat` is `chelsea`.) Training: five colour photos, two of unusual colours,
+# a wheel of every hue, and five grey ones (textures, a page, a cell), which teach the network to leave a grey grey:
+# trained on the five colour photos alone, a small SRResNet tints the photos it has not seen.
 SAMPLE_TRAIN_PHOTOS = {
     "astronaut": skimage_data.astronaut,  # 512 x 512
     "rocket": skimage_data.rocket,  # 640 x 427
     "motorcycle": lambda: skimage_data.stereo_motorcycle()[0],  # 741 x 500, left view of a stereo pair
     "immunohistochemistry": skimage_data.immunohistochemistry,  # 512 x 512, stained tissue under a microscope
     "hubble_deep_field": skimage_data.hubble_deep_field,  # 1000 x 872
+    "colorwheel": skimage_data.colorwheel,  # 371 x 370, every hue (synthetic)
+    "brick": skimage_data.brick,  # 512 x 512, grey
+    "grass": skimage_data.grass,  # 512 x 512, grey
+    "gravel": skimage_data.gravel,  # 512 x 512, grey
+    "page": skimage_data.page,  # 384 x 191, grey, a printed page
+    "cell": skimage_data.cell,  # 550 x 660, grey, a cell under a microscope
 }
-SAMPLE_TEST_SET_NAME = "Samples"
+# Two test sets, neither trained on. 'Samples' is validated on during training (which keeps the best weights by it);
+# 'Unseen' is left for the end. Its photos are grey, saved as RGB: any tint a network adds to them is an error that
+# RGB PSNR shows at once (eval.py --metrics psnr_rgb).
 SAMPLE_TEST_PHOTOS = {
-    "coffee": skimage_data.coffee,  # 600 x 400
-    "chelsea": skimage_data.chelsea,  # 451 x 300
+    "Samples": {
+        "coffee": skimage_data.coffee,  # 600 x 400
+        "chelsea": skimage_data.chelsea,  # 451 x 300
+    },
+    "Unseen": {
+        "camera": skimage_data.camera,  # 512 x 512, the cameraman
+        "coins": skimage_data.coins,  # 384 x 303
+        "moon": skimage_data.moon,  # 512 x 512
+        "clock": skimage_data.clock,  # 400 x 300, a motion-blurred clock
+        "text": skimage_data.text,  # 448 x 172, text on a wall
+    },
 }
 
 
@@ -219,18 +241,24 @@ def collect_pairs(train_folders, lr_folders, min_size, scaling_factor, skipped):
 
 def save_sample_images(output_folder):
     """
-    Save scikit-image's bundled photos as PNG files, for the quick start.
+    Save scikit-image's bundled photos as RGB PNG files, for the quick start.
 
-    :return: (training folder, test folder): <output_folder>/sample_images/train and .../test/Samples
+    :return: (training folder, {test set name: its folder}): <output_folder>/sample_images/train and
+             .../test/<name> for each of SAMPLE_TEST_PHOTOS
     """
     train_folder = os.path.join(output_folder, "sample_images", "train")
-    test_folder = os.path.join(output_folder, "sample_images", "test", SAMPLE_TEST_SET_NAME)
-    for folder, photos in ((train_folder, SAMPLE_TRAIN_PHOTOS), (test_folder, SAMPLE_TEST_PHOTOS)):
+    test_folders = {name: os.path.join(output_folder, "sample_images", "test", name) for name in SAMPLE_TEST_PHOTOS}
+    sets = [(train_folder, SAMPLE_TRAIN_PHOTOS)] + [(test_folders[name], photos)
+                                                    for name, photos in SAMPLE_TEST_PHOTOS.items()]
+    for folder, photos in sets:
         for name, load_photo in photos.items():  # (atomic_write makes the folder, and says so if it cannot)
-            img = Image.fromarray(load_photo())  # (H, W, 3) uint8 in [0, 255] -> PIL RGB
+            pixels = load_photo()                                  # (H, W) grey or (H, W, 3) RGB, uint8 in [0, 255]
+            if pixels.ndim == 2:
+                pixels = np.repeat(pixels[..., None], 3, axis=2)   # grey -> (H, W, 3), R = G = B
+            img = Image.fromarray(pixels)                          # PIL RGB
             # Atomic, like the lists: an interrupted run never leaves a half-written PNG behind.
             atomic_write(os.path.join(folder, f"{name}.png"), lambda file: img.save(file, format="PNG"))
-    return train_folder, test_folder
+    return train_folder, test_folders
 
 
 def write_lists(lists, output_folder):
@@ -310,9 +338,9 @@ def create_data_lists(train_folders, test_folders, min_size=100, output_folder="
         print("No --train_folders or --test_folders given: using a few photos bundled with scikit-image, saved in "
               f"{os.path.join(output_folder, 'sample_images')}. They are enough to check that training runs, not to "
               f"train a good model; for real data give your own folders (see --help).")
-        train_folder, test_folder = save_sample_images(output_folder)
-        train_folders, test_folders = [train_folder], [test_folder]
-        names = [SAMPLE_TEST_SET_NAME]
+        train_folder, sample_test_folders = save_sample_images(output_folder)
+        train_folders, test_folders = [train_folder], list(sample_test_folders.values())
+        names = list(sample_test_folders)
 
     skipped = []  # (path, reason) for every image left out
 

@@ -38,14 +38,17 @@ Inputs:
                 (bicubic, Gaussian noise of sigma 5 levels, then JPEG at quality 75) or `realesrgan` (Real-ESRGAN's
                 second-order chain, degradations.py, at milder ranges than its training). Random draws use a fixed
                 seed per image, so every run, and every model, gets the very same LR images: a robustness test.
-  --metrics     any of `psnr`, `ssim` and `niqe` (default: psnr ssim). NIQE (metrics.calculate_niqe) scores the SR
+  --metrics     any of `psnr`, `ssim`, `psnr_rgb` and `niqe` (default: psnr ssim). PSNR and SSIM are measured on Y,
+                as papers do; `psnr_rgb` (metrics.calculate_rgb_psnr) is PSNR on the three 8-bit RGB channels, with
+                the same border: it shows a colour shift, which Y hides. NIQE (metrics.calculate_niqe) scores the SR
                 image alone, on the same Y with the same border shaved: LOWER IS BETTER. It rewards sharpness,
                 artefacts included, so read it beside PSNR, never alone.
 
 Outputs: a markdown table on stdout (rows: models, then the published figures and the difference where known --
 for clean bicubic LR only; columns: test sets) and, with --json, `{"results": [{"model", "test_set", "scale",
-"lr_degradation", "psnr", "ssim", "n_images"}, ...]}`, with "niqe" too when measured (each measure is an average
-over the images of the set, as in papers; "scale" is the scaling factor; only the measures asked for are there).
+"lr_degradation", "psnr", "ssim", "n_images"}, ...]}`, with "psnr_rgb" and "niqe" too when measured (each measure is
+an average over the images of the set, as in papers; "scale" is the scaling factor; only the measures asked for are
+there).
 
 The work itself (reading the test sets, making their LR images, running a model on them, measuring) is metrics.py's:
 read_test_list, load_test_pairs and measure_set, which a training script can call to validate with exactly this
@@ -103,16 +106,17 @@ SCALES = (2, 3, 4)
 # ------------------------------------------------------------------------------------------------------
 # Report: markdown table and JSON
 # ------------------------------------------------------------------------------------------------------
-MEASURE_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "niqe": "NIQE"}
+MEASURE_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "psnr_rgb": "RGB PSNR", "niqe": "NIQE"}
 
 
 def _format(measure, value, signed=False):
-    """One number of a cell: PSNR and NIQE with 2 decimals, SSIM with 4; a difference (signed) with one more for PSNR.
+    """One number of a cell: PSNR (Y or RGB) and NIQE with 2 decimals, SSIM with 4; a difference (signed) with one
+    more for PSNR.
     An infinite PSNR is marked with '*' (explained below the table); None (not known) is '-'."""
     if value is None:
         return "-"
     if signed:
-        return f"{value:+.3f}" if measure == "psnr" else f"{value:+.4f}"
+        return f"{value:+.3f}" if measure in ("psnr", "psnr_rgb") else f"{value:+.4f}"
     text = f"{value:.4f}" if measure == "ssim" else f"{value:.2f}"
     return text + "*" if math.isinf(value) else text
 
@@ -180,8 +184,8 @@ def parse_args(argv=None):
                                          for name, setting in metrics.LR_DEGRADATIONS.items())
                              + " (default: bicubic)")
     parser.add_argument("--metrics", nargs="+", default=["psnr", "ssim"], choices=metrics.MEASURES, metavar="NAME",
-                        help="what to measure: any of psnr, ssim, niqe (no-reference, lower is better) "
-                             "(default: psnr ssim)")
+                        help="what to measure: any of psnr, ssim (both on Y, as papers do), psnr_rgb (PSNR on RGB: "
+                             "shows colour shifts), niqe (no-reference, lower is better) (default: psnr ssim)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results to this JSON file")
     inference.add_interpolation_arguments(parser)
     args = parser.parse_args(argv)
@@ -200,6 +204,8 @@ def main(argv=None):
                          f"protocol; use it with --protocol standard --lr_source generated.")
     if "niqe" in args.metrics and args.protocol != "standard":
         raise ValueError("--metrics niqe is measured under the standard protocol only; drop --protocol classic.")
+    if "psnr_rgb" in args.metrics and args.protocol != "standard":
+        raise ValueError("--metrics psnr_rgb is measured under the standard protocol only; drop --protocol classic.")
     if not Path(args.data_folder).is_dir():
         raise FileNotFoundError(f"Data folder not found: {args.data_folder}. Give --data_folder the folder where "
                                 f"create_data_lists.py wrote the *_test_images.json lists.")

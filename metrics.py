@@ -8,7 +8,9 @@ reproduce that protocol exactly:
      itself 8 bits); single-channel (grey) images are measured on their own values.
   4. s pixels are shaved from every border (the network cannot see past the image edge there).
   5. PSNR in float64; SSIM as in Wang et al. 2004 (11x11 Gaussian window, sigma 1.5, 'valid' filtering).
-Beside them: NIQE, a no-reference score of how natural the SR image looks (on the same Y, the same border shaved),
+Beside them: PSNR over the three RGB channels (the same crop, 8 bits and border), which shows what Y hides: a
+colour shift (a tint, or a grey photo turned slightly red, costs RGB PSNR and leaves Y almost as it is); NIQE, a
+no-reference score of how natural the SR image looks (on the same Y, the same border shaved),
 and degraded-input settings (JPEG, noise, Real-ESRGAN's chain) that measure how a model copes with the LR images
 people actually have, each reproducible to the bit.
 Everything works on whole arrays at once (no per-pixel Python loops).
@@ -16,6 +18,7 @@ Everything works on whole arrays at once (no per-pixel Python loops).
 Contents, top to bottom:
   imresize                                    MATLAB's bicubic resize, bit for bit
   rgb2y, calculate_psnr, calculate_ssim       the measurements
+  calculate_rgb_psnr                          PSNR on the RGB channels instead of Y, to see colour shifts
   calculate_niqe                              NIQE as MATLAB's niqe computes it (pristine model in metrics_data/)
   evaluate_pair                               the protocols ('standard', and the classic tutorial's for comparison)
   LR_DEGRADATIONS, degrade_lr                 the LR images of the degraded-input settings, with fixed seeds
@@ -475,6 +478,29 @@ def _measured_luma(sr, hr, scaling_factor):
     return sr_y, hr_y
 
 
+def calculate_rgb_psnr(sr, hr, scaling_factor):
+    """PSNR of an SR image on its three 8-bit RGB channels, not on Y: the standard protocol otherwise (HR cropped
+    top-left to a multiple of the scale, SR quantised to 8 bits, `scaling_factor` pixels shaved from each border).
+
+    Y weighs R, G and B together, so a tint that keeps the brightness barely moves it; here each channel counts on
+    its own. A grey (single-channel) image, or a grey SR of it, is repeated into three channels: a model that tints a
+    grey photo is measured on that tint, while a grey SR gives exactly the PSNR of its grey values.
+
+    :param sr: SR image, numpy (H, W[, 3]) uint8, or float in [0, 1] (quantised to 8 bits); the size of the cropped HR
+    :param hr: ground-truth HR image, uint8 numpy (H0, W0) or (H0, W0, 3), uncropped
+    :return: PSNR in dB over all three channels (float; inf for identical images)
+    """
+    hr = modcrop_array(np.asarray(hr), scaling_factor)
+    sr = quantize_to_uint8(sr)
+    # (H, W) or (H, W, 1) -> (H, W, 3): grey is R = G = B.
+    hr, sr = [np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2) if img.ndim == 2 or img.shape[2] == 1
+              else img for img in (hr, sr)]
+    if sr.shape != hr.shape:
+        raise ValueError(f"SR image is {sr.shape[1]}x{sr.shape[0]} but the HR image cropped to a multiple "
+                         f"of {scaling_factor} is {hr.shape[1]}x{hr.shape[0]}")
+    return calculate_psnr(sr, hr, crop_border=scaling_factor)                 # (H, W, 3) 8-bit values, float64
+
+
 def evaluate_pair(sr, hr, scaling_factor, protocol='standard'):
     """PSNR and SSIM of one super-resolved image against its ground truth, under a named protocol.
 
@@ -756,19 +782,22 @@ def upscale_array(generator, lr, scaling_factor, protocol="standard", precision=
     return quantize_to_uint8(sr)                                                             # 8 bits, rounded
 
 
-MEASURES = ("psnr", "ssim", "niqe")  # what measure_set can average; NIQE needs no HR image and is lower-is-better
+# What measure_set can average. psnr_rgb is PSNR on RGB instead of Y (calculate_rgb_psnr); NIQE needs no HR image and
+# is lower-is-better.
+MEASURES = ("psnr", "ssim", "psnr_rgb", "niqe")
 
 
 def measure_set(generator, pairs, scaling_factor, measures=("psnr", "ssim"), protocol="standard", precision="fp32"):
     """Average measures of one generator (None: bicubic) over one test set's (name, hr, lr) pairs.
 
-    PSNR and SSIM compare each SR image with its HR image (evaluate_pair); NIQE looks at the SR image alone, on the
-    same Y channel with the same border shaved (calculate_niqe), standard protocol only. The generator is used as
+    PSNR and SSIM compare each SR image with its HR image (evaluate_pair); psnr_rgb does so on the RGB channels
+    (calculate_rgb_psnr); NIQE looks at the SR image alone, on the same Y channel with the same border shaved
+    (calculate_niqe). psnr_rgb and NIQE: standard protocol only. The generator is used as
     it is: put it in eval mode first (batch norm must use its running statistics), and back in training mode
     afterwards when validating during training.
 
     :param pairs: from load_test_pairs
-    :param measures: any of MEASURES, e.g. ('psnr', 'ssim', 'niqe')
+    :param measures: any of MEASURES, e.g. ('psnr', 'ssim', 'niqe') or ('psnr', 'psnr_rgb')
     :return: dict measure -> mean over the images (float), in the order of `measures`
     """
     s = scaling_factor
@@ -777,6 +806,8 @@ def measure_set(generator, pairs, scaling_factor, measures=("psnr", "ssim"), pro
         raise ValueError(f"unknown measure(s) {unknown}: choose one or more of {', '.join(MEASURES)}")
     if "niqe" in measures and protocol != "standard":
         raise ValueError("NIQE is measured under the standard protocol only (on its 8-bit outputs and luma Y)")
+    if "psnr_rgb" in measures and protocol != "standard":
+        raise ValueError("RGB PSNR is measured under the standard protocol only (on its 8-bit outputs)")
     values = {m: [] for m in measures}
     for name, hr, lr in pairs:
         sr = upscale_array(generator, lr, s, protocol, precision)
@@ -793,6 +824,8 @@ def measure_set(generator, pairs, scaling_factor, measures=("psnr", "ssim"), pro
             for m, value in (("psnr", psnr), ("ssim", ssim)):
                 if m in values:
                     values[m].append(value)
+        if "psnr_rgb" in values:
+            values["psnr_rgb"].append(calculate_rgb_psnr(sr, hr, s))
         if "niqe" in values:
             sr_y, _ = _measured_luma(sr, hr, s)                                  # what PSNR / SSIM measure, too
             try:

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from skimage import data as skimage_data
 
 import create_data_lists as cdl
 from create_data_lists import create_data_lists
@@ -223,17 +224,25 @@ def test_sample_images_without_folders_work_offline(tmp_path, monkeypatch, capsy
     assert summary["used_sample_images"]
     assert "bundled with scikit-image" in report and "--train_folders" in report
 
-    train_images, test_images = summary["train_images"], summary["test_images"]["Samples"]
-    assert len(train_images) == 5 and len(test_images) == 2
+    train_images, test_sets = summary["train_images"], summary["test_images"]
+    assert len(train_images) == 11 and {name: len(paths) for name, paths in test_sets.items()} == {
+        "Samples": 2, "Unseen": 5}
     assert json.loads((tmp_path / "lists" / "train_images.json").read_text()) == train_images
-    assert json.loads((tmp_path / "lists" / "Samples_test_images.json").read_text()) == test_images
+    for name, paths in test_sets.items():
+        assert json.loads((tmp_path / "lists" / f"{name}_test_images.json").read_text()) == paths
     pixel_hashes = []
-    for path in train_images + test_images:
+    for path in train_images + test_sets["Samples"] + test_sets["Unseen"]:
         assert path.startswith(str(tmp_path / "lists" / "sample_images"))
         with Image.open(path) as img:
-            assert img.format == "PNG" and img.mode == "RGB" and min(img.size) >= 300
-            pixel_hashes.append(hashlib.sha256(img.tobytes()).hexdigest())
-    assert len(set(pixel_hashes)) == 7  # seven different photos: no test photo is also a training photo
+            assert img.format == "PNG" and img.mode == "RGB" and min(img.size) >= 170
+            pixels = np.asarray(img)
+        pixel_hashes.append(hashlib.sha256(pixels.tobytes()).hexdigest())
+        # The photo as scikit-image gives it; a grey one repeated into R = G = B.
+        name = os.path.splitext(os.path.basename(path))[0]
+        original = skimage_data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage_data, name)()
+        assert np.array_equal(pixels, original if original.ndim == 3 else np.stack([original] * 3, axis=2))
+    assert len(set(pixel_hashes)) == 18  # eighteen different photos: no test photo is also a training photo
+    assert "camera.png" in str(test_sets["Unseen"]) and "brick.png" in str(train_images)
 
 
 def manifest_sizes(shared_data, folder):

@@ -512,6 +512,21 @@ def test_missing_provided_lr(photo_lists, capsys):
 
 
 
+def test_rgb_psnr_column(photo_lists, capsys):
+    """--metrics psnr psnr_rgb: each cell 'PSNR / RGB PSNR', the RGB one metrics.calculate_rgb_psnr's mean, lower
+    than Y's on colour photos; refused under the classic protocol."""
+    results = eval_script.main(["--data_folder", str(photo_lists), "--test_sets", "Photos",
+                                "--metrics", "psnr_rgb", "psnr"])
+    assert "Photos PSNR / RGB PSNR" in capsys.readouterr().out
+    pairs = metrics.load_test_pairs(metrics.read_test_list(photo_lists, "Photos"), 4)
+    expected = np.mean([metrics.calculate_rgb_psnr(metrics.imresize(lr, scale=4), hr, 4) for _, hr, lr in pairs])
+    assert results[0]["psnr_rgb"] == pytest.approx(expected, abs=1e-12) and results[0]["psnr_rgb"] < results[0]["psnr"]
+    with pytest.raises(SystemExit) as excinfo:
+        run_main(["--data_folder", str(photo_lists), "--test_sets", "Photos", "--metrics", "psnr_rgb",
+                  "--protocol", "classic"])
+    assert_one_line_error(capsys, excinfo, "psnr_rgb", "standard protocol")
+
+
 def test_degraded_settings_and_niqe_refuse_what_they_cannot_do(photo_lists, capsys):
     with pytest.raises(SystemExit) as excinfo:
         run_main(["--data_folder", str(photo_lists), "--test_sets", "Photos", "--lr_degradation", "jpeg",

@@ -528,6 +528,32 @@ def test_load_test_pairs_with_a_degraded_setting(tmp_path, astronaut):
         metrics.load_test_pairs([tmp_path / "a.png"], 4, lr_degradation="blur")
 
 
+def test_rgb_psnr_is_scikit_images_psnr_of_the_rgb_channels(astronaut):
+    """calculate_rgb_psnr: scikit-image's PSNR of the 8-bit RGB arrays, HR cropped top-left to a multiple of the
+    scale and `scale` pixels shaved; a float SR image is quantised first."""
+    hr = astronaut[:301, :250]                                                     # cropped to 300 x 248 at x4
+    sr = metrics.imresize(metrics.imresize(metrics.modcrop_array(hr, 4), scale=1 / 4), scale=4)   # (300, 248, 3)
+    expected = peak_signal_noise_ratio(hr[4:296, 4:244], sr[4:-4, 4:-4], data_range=255)
+    assert metrics.calculate_rgb_psnr(sr, hr, 4) == pytest.approx(expected, abs=1e-9)
+    assert metrics.calculate_rgb_psnr(sr / 255, hr, 4) == metrics.calculate_rgb_psnr(sr, hr, 4)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        metrics.calculate_rgb_psnr(sr[:-4], hr, 4)
+
+
+def test_rgb_psnr_sees_the_tint_of_a_grey_photo_that_y_hides():
+    """A grey photo turned red (+6) and less green (-3), which leaves its luma where it was: the Y PSNR stays
+    infinite, the RGB PSNR is 10 log10(255^2 / ((36 + 9 + 0) / 3)). A grey SR of a grey photo: RGB PSNR = PSNR."""
+    grey = np.clip(skimage_data.camera()[:200, :200], 10, 240)                    # (200, 200) uint8, grey HR
+    tinted = np.stack([grey + 6, grey - 3, grey], axis=2).astype(np.uint8)        # (200, 200, 3)
+    assert metrics.evaluate_pair(tinted, grey, 4)[0] == math.inf
+    assert metrics.calculate_rgb_psnr(tinted, grey, 4) == pytest.approx(10 * math.log10(255 ** 2 / 15), abs=1e-9)
+    pairs = [("camera", grey, metrics.imresize(grey, scale=1 / 4))]
+    scores = metrics.measure_set(None, pairs, 4, ("psnr", "psnr_rgb"))           # bicubic: grey in, grey out
+    assert scores["psnr_rgb"] == scores["psnr"] < math.inf
+    with pytest.raises(ValueError, match="standard protocol"):
+        metrics.measure_set(None, pairs, 4, ("psnr_rgb",), protocol="classic")
+
+
 def test_measure_set_adds_niqe_of_the_measured_luma(astronaut, tmp_path):
     """measure_set: PSNR / SSIM as evaluate_set gives them, NIQE of each SR image's Y with `scale` pixels shaved."""
     Image.fromarray(astronaut[:300, :250]).save(tmp_path / "photo.png")
