@@ -441,7 +441,7 @@ def autocast(device, precision):
 # Running a generator on an image
 # ------------------------------------------------------------------------------------------------------
 # Default tile settings of upscale(). A 256-pixel LR tile (1024 pixels at x4) keeps the full RRDBNet (ESRGAN) at about
-# 1 GB of activations in fp32 whatever the image size (README, "Upscaling your own images", has the measurements).
+# 1 GB of activations in fp32 whatever the image size (docs/benchmarks.md, "Tiled upscaling", has the measurements).
 # The 16-pixel pad is far less than the RRDBNet's theoretical receptive field (~350 LR pixels), but the *effective*
 # influence of far pixels decays fast: the tests require >= 45 dB PSNR between tiled and untiled outputs with these
 # defaults on a real photo. If you ever see a seam, raise the pad (32 costs ~20% more time).

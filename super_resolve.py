@@ -16,16 +16,17 @@ upscales the image you give it, as it is:
 tutorial's comparison (HR | bicubic | SRResNet | SRGAN/ESRGAN ...):
 
     python super_resolve.py --grid butterfly.png --model srresnet.pth srgan.pth --output_folder out/
+    python super_resolve.py --strip photo.jpg --model compact srresnet --crop 100 60 64 48 --output_folder out/
 
 How it works, top to bottom:
   1. `read_image()` / `write_image()`: real files -- phone photos (EXIF orientation), greyscale, transparency
      (RGBA / LA / palette), 16-bit greyscale PNGs, CMYK JPEGs -- in, and a PNG of the same kind out.
   2. `upscale_image()`: an image of any of these kinds through the network. The network itself runs in tiles in
-     inference.upscale (so that only one tile's activations are ever in memory), which lives in utils.py because
-     eval.py runs generators the same way (metrics.evaluate_set), and a training script can too. Any other output
+     inference.upscale (so that only one tile's activations are ever in memory), which eval.py and the validation
+     during training run too (metrics.evaluate_set). Any other output
      scale is a resize of the network's output (`resize_to_outscale()`).
   3. `comparison_grid()`: the tutorial's figure, with a label (and PSNR against HR, as eval.py measures it) on each
-     panel.
+     panel; `photo_strip()`: the same for a real photo with no HR image, each panel labelled with its NIQE.
   4. `main()`: the command line -- files and folders in, `<stem>_x<s>.png` out, failures listed at the end.
 
 Output files are always PNG (lossless, and the only common format that holds transparency and 16 bits); a JPEG
