@@ -417,6 +417,22 @@ def output_path(input_path, output_folder, scale):
     return Path(output_folder) / f"{Path(input_path).stem}_x{scale:g}.png"
 
 
+def write_comparison(kind, image_path, labelled, draw, args):
+    """Draw a --grid or a --strip of `image_path` (draw: PIL image -> the picture) and write it to
+    <output_folder>/<stem>_<kind>_x<scale>.png, never over a file already there without --overwrite.
+
+    :return: the exit status: 0, or 1 after one line on stderr"""
+    path = Path(args.output_folder) / f"{Path(image_path).stem}_{kind}_x{labelled[0][0].scaling_factor}.png"
+    try:
+        check_not_overwriting(path, args.overwrite)
+        write_image(draw(utils.load_image(image_path, mode="RGB")), path)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
 def comparing_only(args):
     """Whether the command only draws a --grid or a --strip (no input files to upscale)."""
     return (args.grid is not None or args.strip is not None) and not args.inputs
@@ -542,8 +558,8 @@ def main(argv=None):
         # model trained on x4 data comes as an x4 model: fed the LR image nearest-upscaled, as in training.)
         models = [inference.load_generator_or_blend(path, device, args.scaling_factor, args.interpolate_with,
                                                 args.alpha)[:3] for path in args.model]
-        # 'auto' (or no flag): what this device computes fast; the grid's PSNR is eval.py's only in fp32.
-        grid_precision = inference.resolve_precision(args.precision or "fp32", device)
+        # 'auto' (or no flag): what this device computes fast; a --grid's PSNR is eval.py's only in fp32.
+        comparison_precision = inference.resolve_precision(args.precision or "fp32", device)
         args.precision = inference.resolve_precision(args.precision or "auto", device)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -552,32 +568,18 @@ def main(argv=None):
     if args.grid is not None:
         for _, description, _ in models:
             print(f"model: {description}")
-        try:
-            # Panel labels: the file's name and architecture, e.g. 'checkpoint_srresnet (srresnet)', 'srresnet (shipped)'.
-            labelled = [(model, f"{path} (shipped)" if inference.shipped_model_path(path) != Path(path)
-                         else f"{Path(path).stem} ({description.split(' ')[0]})")
-                        for (model, description, _), path in zip(models, args.model)]
-            grid_path = Path(args.output_folder) / f"{Path(args.grid).stem}_grid_x{labelled[0][0].scaling_factor}.png"
-            check_not_overwriting(grid_path, args.overwrite)
-            grid = comparison_grid(utils.load_image(args.grid, mode="RGB"), labelled, tile=args.tile,
-                                   tile_pad=args.tile_pad, precision=grid_precision)
-            write_image(grid, grid_path)
-        except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
-            print(f"error: {error}", file=sys.stderr)
+        # Panel labels: the file's name and architecture, e.g. 'checkpoint_srresnet (srresnet)', 'srresnet (shipped)'.
+        labelled = [(model, f"{path} (shipped)" if inference.shipped_model_path(path) != Path(path)
+                     else f"{Path(path).stem} ({description.split(' ')[0]})")
+                    for (model, description, _), path in zip(models, args.model)]
+        draw = lambda img: comparison_grid(img, labelled, args.tile, args.tile_pad, comparison_precision)  # noqa: E731
+        if write_comparison("grid", args.grid, labelled, draw, args) != 0:
             return 1
-        print(f"wrote {grid_path}")
     if args.strip is not None:
-        try:
-            labelled = [(model, Path(path).stem) for (model, _, _), path in zip(models, args.model)]
-            strip_path = Path(args.output_folder) / f"{Path(args.strip).stem}_strip_x{labelled[0][0].scaling_factor}.png"
-            check_not_overwriting(strip_path, args.overwrite)
-            strip = photo_strip(utils.load_image(args.strip, mode="RGB"), labelled, crop=args.crop, tile=args.tile,
-                                tile_pad=args.tile_pad, precision=grid_precision)
-            write_image(strip, strip_path)
-        except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
-            print(f"error: {error}", file=sys.stderr)
+        labelled = [(model, Path(path).stem) for (model, _, _), path in zip(models, args.model)]
+        draw = lambda img: photo_strip(img, labelled, args.crop, args.tile, args.tile_pad, comparison_precision)  # noqa: E731
+        if write_comparison("strip", args.strip, labelled, draw, args) != 0:
             return 1
-        print(f"wrote {strip_path}")
     if comparing_only(args):
         return 0
 
