@@ -60,19 +60,33 @@ SHIPPED_MODELS = {
     # the SRGAN paper's SRResNet, PSNR-oriented
     "srresnet": ShippedModel("srresnet_x4.pth", "SRResNet",
                              "38ea3313eada9d53785fa92ad7909fbe2d61df7b01e0a7e3acd05880d5506ca2"),
-    # Real-ESRGAN's SRVGGNetCompact (16 convolutions): the fast default
+    # Real-ESRGAN's SRVGGNetCompact (16 convolutions): the fast default for clean images
     "compact": ShippedModel("compact_x4.pth", None,
                             "c8bdc9d1613d4acd636a6e61b000e4974ebf763b8d7d0495fbc38011b89e6bf2"),
+    # the same network fine-tuned as a Real-ESRNet on JPEG-compressed, noisy LR images: the default for JPEG photos
+    "realistic": ShippedModel("realistic_x4.pth", None, "29b6ed62b3ac291206b511d2082df064ed478b8f8834a668b153daf722961bcc"),
 }
-DEFAULT_MODEL = "compact"  # what super_resolve.py upscales with when no --model is given
+# What super_resolve.py upscales with when no --model is given (default_model_for): a JPEG file was compressed, and
+# often shrunk and noisy before that, which a model trained on clean images sharpens along with the detail; other
+# files (PNG, TIFF, ...) get the model with the best PSNR on clean images. weights/README.md has the measurements.
+DEFAULT_MODEL = "compact"
+DEFAULT_MODEL_FOR_JPEG = "realistic"
+
+
+def default_model_for(path):
+    """The shipped model for an image file when the user names none: DEFAULT_MODEL_FOR_JPEG ('realistic') for a
+    JPEG file (recognised by its first bytes, whatever its name), DEFAULT_MODEL ('compact') for any other file, or
+    one that cannot be read (reading it will say what is wrong)."""
+    return DEFAULT_MODEL_FOR_JPEG if utils.is_jpeg_file(path) else DEFAULT_MODEL
 
 
 def shipped_model_path(name_or_path):
     """
-    The file of a shipped model named `name_or_path` ('srresnet', 'compact'): weights/<file>. Anything else is a path
-    and comes back unchanged (a file of that name in the current folder is a path too, and wins).
+    The file of a shipped model named `name_or_path` ('srresnet', 'compact', 'realistic'): weights/<file>. Anything
+    else is a path and comes back unchanged (a file of that name in the current folder is a path too, and wins; a
+    folder of that name, e.g. an output folder named after the model, does not).
     """
-    if name_or_path in SHIPPED_MODELS and not Path(name_or_path).exists():
+    if name_or_path in SHIPPED_MODELS and not Path(name_or_path).is_file():
         return WEIGHTS_FOLDER / SHIPPED_MODELS[name_or_path].file
     return Path(name_or_path)
 
@@ -119,7 +133,7 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
              hyperparameter scaling_factor, or what export.py recorded; else the network's own scale)
     """
     shipped_name = str(path) if shipped_model_path(path) != Path(path) else None
-    path = shipped_model_path(path)  # 'srresnet' / 'compact': the shipped weights/<file>
+    path = shipped_model_path(path)  # 'srresnet' / 'compact' / 'realistic': the shipped weights/<file>
     if shipped_name is not None and not path.exists():
         raise FileNotFoundError(f"The shipped model '{shipped_name}' should be {path}, which is missing: restore it "
                                 f"with `git checkout -- weights/`, or give the path of a checkpoint.")

@@ -3,7 +3,8 @@
 The classic tutorial could only *evaluate*: it always downsampled an HR image first and upscaled that. This script
 upscales the image you give it, as it is:
 
-    python super_resolve.py photo.jpg           # x4 with the shipped compact model, into upscaled/photo_x4.png
+    python super_resolve.py photo.jpg           # x4 into upscaled/photo_x4.png, with the shipped model for its kind:
+                                                # 'realistic' for a JPEG, 'compact' for a PNG (inference.default_model_for)
     python super_resolve.py photo.jpg --model srresnet    # the shipped SRResNet (weights/README.md)
     python super_resolve.py photo.jpg scans/ --model checkpoint_srgan.pth --output_folder upscaled/
     python super_resolve.py big.png --model RealESRGAN_x4plus.pth --output_folder out/ --tile 256 --precision bf16
@@ -442,9 +443,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", help="image files and/or folders of images to upscale")
-    parser.add_argument("--model", nargs="+", default=[inference.DEFAULT_MODEL],
-                        help="a shipped model ('compact', the default: fast on a CPU; 'srresnet': slower, sharper "
-                             "edges; weights/README.md says how they were trained) or generator file(s): our "
+    parser.add_argument("--model", nargs="+", default=None,
+                        help=f"default: per input, '{inference.DEFAULT_MODEL_FOR_JPEG}' for a JPEG file (trained on "
+                             f"compressed, noisy photos), '{inference.DEFAULT_MODEL}' for any other (the best PSNR on "
+                             f"clean images). A shipped model ('compact': fast on a CPU; 'realistic'; 'srresnet': "
+                             f"slower, sharper edges; weights/README.md says how they were trained) or generator "
+                             "file(s): our "
                              "checkpoints, export.py's .pth / .safetensors files, or official ESRGAN / Real-ESRGAN "
                              "weights (architecture detected); several only with --grid")
     parser.add_argument("--output_folder", default="upscaled",
@@ -484,9 +488,11 @@ def parse_args(argv=None):
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     comparing = args.grid is not None or args.strip is not None
+    if args.model is None and comparing:  # a --grid or --strip compares the model its image would be upscaled with
+        args.model = [inference.default_model_for(args.grid if args.grid is not None else args.strip)]
     if not comparing and not args.inputs:
         parser.error("give at least one input image or folder (or --grid HR_IMAGE, or --strip PHOTO)")
-    if not comparing and len(args.model) > 1:
+    if not comparing and len(args.model or []) > 1:
         parser.error(f"upscaling takes one --model, got {len(args.model)} ({' '.join(args.model)}); several models "
                      f"are for --grid and --strip. Put the input images before --model: INPUT... --model PATH")
     if args.tile < 0 or args.tile_pad < 0 or args.max_output_megapixels < 0:
@@ -496,7 +502,7 @@ def parse_args(argv=None):
                      "--strip compare models at their own scale")
     if args.crop is not None and (args.strip is None or min(args.crop) < 0 or min(args.crop[2:]) == 0):
         parser.error("--crop LEFT TOP WIDTH HEIGHT (non-negative, a width and height above 0) goes with --strip")
-    inference.check_interpolation_arguments(parser, args, args.model)
+    inference.check_interpolation_arguments(parser, args, args.model or [])
     return args
 
 
@@ -508,8 +514,9 @@ def check_not_overwriting(target, overwrite):
                          f"Give --overwrite to replace it, or another --output_folder.")
 
 
-def _upscale_all(args, model, scale, progress, failures, written):
-    """The main loop: every input, one at a time; failures are collected, never fatal."""
+def _upscale_all(args, model_for, progress, failures, written):
+    """The main loop: every input, one at a time, through the model model_for(path) gives it (with the reason when
+    the model was chosen for the file, or None); failures are collected, never fatal."""
     inputs = find_inputs(args.inputs, args.output_folder)
     # A folder that gives no image is a mistake to report, not an empty success (a typo, or the wrong folder).
     for folder in (Path(item) for item in args.inputs if Path(item).is_dir()):
@@ -518,6 +525,8 @@ def _upscale_all(args, model, scale, progress, failures, written):
                                                 "Pillow reads as an image)")))
             tqdm.write(f"error: {folder}: {failures[-1][1]}", file=sys.stderr)
     for input_path, _ in tqdm(inputs, desc="images", unit="image", disable=not progress):
+        model, why = model_for(input_path)
+        scale = int(model.scaling_factor)
         target = output_path(input_path, args.output_folder, args.outscale or scale)
         wrote_it = [source for output, source in written.items() if output.resolve() == input_path.resolve()]
         if wrote_it:  # (with --overwrite) an input this run has written over: never read our own output as input
@@ -537,7 +546,7 @@ def _upscale_all(args, model, scale, progress, failures, written):
                                    precision=args.precision, progress=progress, outscale=args.outscale)
             write_image(sr_img, target)
             written[target] = input_path
-            tqdm.write(f"wrote {target} ({sr_img.mode} {sr_img.width}x{sr_img.height})")
+            tqdm.write(f"wrote {target} ({sr_img.mode} {sr_img.width}x{sr_img.height})" + (f", {why}" if why else ""))
         except (FileNotFoundError, ValueError, RuntimeError, OSError, MemoryError) as error:
             # Keep going: one bad file should not cost the user the rest of the folder. Running out of memory on one
             # image is such a case too: torch says so with a RuntimeError, NumPy and Pillow with a MemoryError.
@@ -556,8 +565,10 @@ def main(argv=None):
         device = torch.device(args.device)
         # (--interpolate_with: the one --model blended with another, inference.load_generator_or_blend. An x1 / x2
         # model trained on x4 data comes as an x4 model: fed the LR image nearest-upscaled, as in training.)
+        # No --model: the two shipped models default_model_for picks from, each input then gets the one for its kind.
+        model_names = args.model or [inference.DEFAULT_MODEL, inference.DEFAULT_MODEL_FOR_JPEG]
         models = [inference.load_generator_or_blend(path, device, args.scaling_factor, args.interpolate_with,
-                                                args.alpha)[:3] for path in args.model]
+                                                    args.alpha)[:3] for path in model_names]
         # 'auto' (or no flag): what this device computes fast; a --grid's PSNR is eval.py's only in fp32.
         comparison_precision = inference.resolve_precision(args.precision or "fp32", device)
         args.precision = inference.resolve_precision(args.precision or "auto", device)
@@ -583,9 +594,19 @@ def main(argv=None):
     if comparing_only(args):
         return 0
 
-    model, description, _ = models[0]
-    scale = int(model.scaling_factor)
-    print(f"model: {description}; precision {args.precision}")
+    if args.model is None:
+        print(f"model: per input (no --model given): '{inference.DEFAULT_MODEL_FOR_JPEG}' for a JPEG file, "
+              f"'{inference.DEFAULT_MODEL}' for any other; precision {args.precision}")
+        by_name = {name: model for name, (model, _, _) in zip(model_names, models)}
+
+        def model_for(path):
+            name = inference.default_model_for(path)
+            kind = "a JPEG file" if name == inference.DEFAULT_MODEL_FOR_JPEG else "not a JPEG file"
+            return by_name[name], f"model {name} ({kind})"
+    else:
+        model, description, _ = models[0]
+        print(f"model: {description}; precision {args.precision}")
+        model_for = lambda path: (model, None)  # noqa: E731
     failures, written = [], {}
     with warnings.catch_warnings():  # restores the warning machinery when done
         # Warnings (skipped files, 8-bit fallbacks) are printed through tqdm so they do not break the bars.
@@ -593,7 +614,7 @@ def main(argv=None):
         # Pillow's warning about images over 89 megapixels ("could be decompression bomb"): check_output_size says more.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.showwarning = lambda message, *rest, **kwargs: tqdm.write(f"warning: {message}", file=sys.stderr)
-        _upscale_all(args, model, scale, progress, failures, written)
+        _upscale_all(args, model_for, progress, failures, written)
     if failures:
         print(f"error: {len(failures)} of {len(failures) + len(written)} input(s) failed "
               f"(the {len(written)} output(s) written are kept):", file=sys.stderr)

@@ -79,7 +79,8 @@ hyperparameters = dict(
     num_block=23,  # rrdb: residual-in-residual dense blocks (23 in ESRGAN, 6 in the Real-ESRGAN anime model)
     num_grow_ch=32,  # rrdb: channels added by each dense layer
     num_conv=32,  # compact: 3x3 convolutions between the first and the last (32: realesr-general-x4v3, 16:
-    #   realesr-animevideov3)
+    #   realesr-animevideov3); with --pretrained of a compact model, more than its own deepens it
+    #   (models.deepened_compact)
     use_unshuffle=False,  # srresnet and rrdb: an x4 network behind a pixel-unshuffle, an x2 (unshuffle_scale 2) or
     #   x1 (4) model, fed the LR crops nearest-upscaled to match
     unshuffle_scale=2,  # the pixel-unshuffle factor when use_unshuffle is on
@@ -114,9 +115,9 @@ hyperparameters = dict(
     checkpoint=None,  # path of a checkpoint_srresnet.pth to resume from
     overwrite=False,  # start a new run in an output_folder that holds a run of this script: its checkpoint, best
     #   weights and logs are removed first (without it such a run is refused: resume it with --checkpoint instead)
-    pretrained=None,  # start from these weights, to fine-tune on your data: a shipped model ('srresnet', 'compact')
-    #   or any file eval.py takes; the architecture comes with them (with --use_unshuffle true: its x2 / x1 variant,
-    #   every layer but the first convolution from these weights)
+    pretrained=None,  # start from these weights, to fine-tune on your data: a shipped model ('srresnet', 'compact',
+    #   'realistic') or any file eval.py takes; the architecture comes with them (with --use_unshuffle true: its x2 /
+    #   x1 variant, every layer but the first convolution from these weights)
 )
 # Real-ESRGAN's degradations (degradation 'realesrgan'): every probability and range is a flag too, with Real-ESRGAN's
 # values as defaults (degradations.DEGRADATION_DEFAULTS says what each means). Of its three sharpened-target flags
@@ -218,6 +219,13 @@ def main():
                 started = (f"Starting the x{generator.scaling_factor} pixel-unshuffle variant of {description}: every "
                            f"layer but its first convolution ({', '.join(anew)}: {3 * hp.unshuffle_scale ** 2} input "
                            f"channels instead of 3), which starts anew.")
+        if "num_conv" in hp.given and arch == "compact" and hp.num_conv != kwargs["num_conv"]:
+            # A deeper compact network that starts as this one computes (models.deepened_compact): more layers to
+            # learn with, e.g. JPEG and noise removal on top of the upscaling it already does.
+            generator = models.deepened_compact(generator, hp.num_conv)
+            started = (f"Fine-tuning {description}, deepened from {kwargs['num_conv']} to {hp.num_conv} convolutions "
+                       f"(the new ones start as identities: the same output at first).")
+            kwargs = generator.generator_kwargs
         # The checkpoints record the architecture really used, under the flags' names where they have one.
         hp.generator_arch = arch
         hp.use_unshuffle = getattr(generator, "unshuffle_scale", 1) > 1

@@ -185,6 +185,16 @@ def load_image(path, mode="RGB"):
     return img if img.mode in modes else img.convert(modes[0])
 
 
+def is_jpeg_file(path):
+    """Whether `path` is a JPEG file, by its first bytes (the SOI marker FF D8 FF), not by its name: a photo renamed
+    .png is still compressed. False for a file that does not exist or cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(3) == b"\xff\xd8\xff"
+    except OSError:
+        return False
+
+
 # ------------------------------------------------------------------------------------------------------
 # Writing files safely
 # ------------------------------------------------------------------------------------------------------

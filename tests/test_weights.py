@@ -29,6 +29,7 @@ EXPECTED = {
     "srresnet": ("srresnet", dict(large_kernel_size=9, small_kernel_size=3, n_channels=64, n_blocks=16,
                                   scaling_factor=4), 1_549_462),
     "compact": ("compact", dict(num_feat=64, num_conv=16, upscale=4), 621_424),
+    "realistic": ("compact", dict(num_feat=64, num_conv=32, upscale=4), 1_213_296),
 }
 MODEL_CARD = inference.WEIGHTS_FOLDER / "README.md"
 
@@ -106,14 +107,41 @@ def test_model_card_scores_are_reproduced_on_set5(shared_data):
 # ------------------------------------------------------------------------------------------------------
 # The scripts' defaults and names that use them
 # ------------------------------------------------------------------------------------------------------
-def test_super_resolve_with_no_model_upscales_with_the_compact_model_into_upscaled(tmp_path, monkeypatch, capsys):
-    photo = tmp_path / "photo.jpg"
-    Image.fromarray(skimage_data.chelsea()[:40, :50]).save(photo)
+def test_super_resolve_with_no_model_picks_the_shipped_model_by_the_file_kind(tmp_path, monkeypatch, capsys):
+    """No --model: a JPEG file (by its bytes, whatever its name) is upscaled with 'realistic', any other file with
+    'compact', into upscaled/; the run says which model each file got and why. The outputs are those of the two
+    models named explicitly."""
+    crop = skimage_data.chelsea()[:40, :50]
+    Image.fromarray(crop).save(tmp_path / "photo.jpg", quality=75)
+    Image.fromarray(crop).save(tmp_path / "scan.png")
+    Image.fromarray(crop).save(tmp_path / "renamed.png", format="JPEG", quality=75)  # a JPEG named .png
     monkeypatch.chdir(tmp_path)
-    assert super_resolve.main([str(photo), "--no_progress"]) == 0
-    assert "model: compact x4, the shipped 'compact' model" in capsys.readouterr().out
-    with Image.open(tmp_path / "upscaled" / "photo_x4.png") as sr_img:
-        assert sr_img.size == (200, 160)
+    assert super_resolve.main(["photo.jpg", "scan.png", "renamed.png", "--no_progress"]) == 0
+    out = capsys.readouterr().out
+    assert "'realistic' for a JPEG file, 'compact' for any other" in out
+    for name, model in (("photo", "realistic"), ("scan", "compact"), ("renamed", "realistic")):
+        kind = "a JPEG file" if model == "realistic" else "not a JPEG file"
+        assert f"upscaled/{name}_x4.png (RGB 200x160), model {model} ({kind})" in out, name
+        # (The output folders are named after the models: a folder does not shadow a shipped model's name.)
+        assert super_resolve.main([f"{name}.{'jpg' if name == 'photo' else 'png'}", "--model", model,
+                                   "--output_folder", model, "--no_progress"]) == 0
+        with Image.open(tmp_path / "upscaled" / f"{name}_x4.png") as default, \
+                Image.open(tmp_path / model / f"{name}_x4.png") as named:
+            assert np.array_equal(np.asarray(default), np.asarray(named)), name
+    # The two models differ on a JPEG (otherwise the rule would not matter).
+    with Image.open(tmp_path / "upscaled" / "photo_x4.png") as realistic_img:
+        assert super_resolve.main(["photo.jpg", "--model", "compact", "--output_folder", "compact",
+                                   "--no_progress"]) == 0
+        with Image.open(tmp_path / "compact" / "photo_x4.png") as compact_img:
+            assert not np.array_equal(np.asarray(realistic_img), np.asarray(compact_img))
+
+
+def test_default_model_for_reads_the_file_not_its_name(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpeg.png")  # a PNG named like a JPEG
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png", format="JPEG")
+    assert inference.default_model_for(tmp_path / "a.jpeg.png") == "compact"
+    assert inference.default_model_for(tmp_path / "b.png") == "realistic"
+    assert inference.default_model_for(tmp_path / "missing.jpg") == "compact"  # reading it will say what is wrong
 
 
 def test_eval_takes_the_shipped_names(tmp_path, capsys):
@@ -125,9 +153,11 @@ def test_eval_takes_the_shipped_names(tmp_path, capsys):
     assert "| srresnet " in capsys.readouterr().out  # its row is named as the user named it
 
 
-def test_train_srresnet_pretrained_starts_from_the_shipped_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("num_conv", [None, 18])
+def test_train_srresnet_pretrained_starts_from_the_shipped_weights(tmp_path, monkeypatch, num_conv):
     """--pretrained compact: the compact architecture and its weights, whatever the generator flags say (and the
-    checkpoint records that architecture); with a learning rate of 1e-12 the weights stay the shipped ones."""
+    checkpoint records that architecture); with a learning rate of 1e-12 the weights stay the shipped ones. With
+    --num_conv 18, the network is deepened (models.deepened_compact) and still computes what the shipped one does."""
     for name in ("astronaut", "rocket"):
         (tmp_path / "images").mkdir(exist_ok=True)
         Image.fromarray(getattr(skimage_data, name)()[:64, :64]).save(tmp_path / "images" / f"{name}.png")
@@ -137,16 +167,24 @@ def test_train_srresnet_pretrained_starts_from_the_shipped_weights(tmp_path, mon
     monkeypatch.setattr(sys, "argv", ["train_srresnet.py", "--pretrained", "compact", "--n_blocks", "2",
                                       "--data_folder", str(tmp_path / "lists"), "--output_folder", str(tmp_path),
                                       "--crop_size", "32", "--batch_size", "2", "--iterations", "1", "--workers", "0",
-                                      "--learning_rate", "1e-12", "--val_every", "0"])
+                                      "--learning_rate", "1e-12", "--val_every", "0",
+                                      *(["--num_conv", str(num_conv)] if num_conv else [])])
     try:
         train_srresnet.main()
     finally:
         for number, handler in handlers.items():
             signal.signal(number, handler)
     checkpoint = checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
-    assert (checkpoint["generator_arch"], checkpoint["generator_kwargs"]) == EXPECTED["compact"][:2]
+    expected_kwargs = dict(EXPECTED["compact"][1], num_conv=num_conv or 16)
+    assert (checkpoint["generator_arch"], checkpoint["generator_kwargs"]) == ("compact", expected_kwargs)
     recorded = checkpoint["hyperparameters"]
-    assert (recorded["generator_arch"], recorded["num_conv"], recorded["num_feat"]) == ("compact", 16, 64)
-    shipped = inference.load_generator("compact")[0].state_dict()
-    for name, value in shipped.items():
-        torch.testing.assert_close(checkpoint["generator"][name], value, atol=1e-8, rtol=0, msg=name)
+    assert (recorded["generator_arch"], recorded["num_conv"], recorded["num_feat"]) == ("compact", num_conv or 16, 64)
+    shipped = inference.load_generator("compact")[0]
+    if num_conv is None:
+        for name, value in shipped.state_dict().items():
+            torch.testing.assert_close(checkpoint["generator"][name], value, atol=1e-8, rtol=0, msg=name)
+    else:
+        trained = inference.load_generator(tmp_path / "checkpoint_srresnet.pth")[0]
+        lr_imgs = torch.from_numpy(skimage_data.coffee()[:24, :32]).permute(2, 0, 1)[None] / 255  # (1, 3, 24, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(trained(lr_imgs), shipped(lr_imgs), atol=1e-5, rtol=0)
