@@ -3,6 +3,7 @@
 Contents, in the order the papers introduced them:
 
   Part A -- SRResNet and SRGAN (Ledig et al., 2017, "Photo-Realistic Single Image Super-Resolution Using a GAN")
+      PReLU                                                           nn.PReLU, with a faster backward for CPU bf16
       ConvolutionalBlock, SubPixelConvolutionalBlock, ResidualBlock   the building blocks
       SRResNet, Generator                                             the generator (trained with MSE, then as a GAN)
       Discriminator                                                   the SRGAN discriminator (one logit per image)
@@ -48,6 +49,44 @@ from torch import nn
 # Part A -- SRResNet and SRGAN
 # ======================================================================================================
 
+class PReLU(nn.PReLU):
+    """nn.PReLU (the same learned negative slope a, the same state-dict key `weight`): x for x > 0, a x below.
+
+    One case runs another way: training on a CPU in bf16 / fp16 with one shared slope (SRResNet's 19 PReLUs under
+    autocast). PyTorch's PReLU backward is slow there (it took 17% of SRResNet's bf16 training step on an AVX-512 CPU,
+    one thread), so _SharedSlopePReLU computes the same thing with LeakyReLU's kernels, which run the slope as a
+    number: the same outputs and input gradients bit for bit, and the slope's gradient, sum(grad * min(x, 0)), summed
+    in fp32. Measured forward and backward of a (16, 64, 24, 24) bf16 tensor: 1.3 ms instead of 4.9 ms; (16, 256, 48,
+    48): 30 ms instead of 70 ms. Everywhere else (no gradients, fp32, GPUs, a slope per channel) the kernel is used as
+    it is.
+    """
+
+    def forward(self, x):
+        recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if (recording and self.num_parameters == 1 and x.device.type == "cpu"
+                and x.dtype in (torch.bfloat16, torch.float16)):
+            return _SharedSlopePReLU.apply(x, self.weight)
+        return super().forward(x)
+
+
+class _SharedSlopePReLU(torch.autograd.Function):
+    """PReLU with one slope, through LeakyReLU's forward and backward kernels (see PReLU)."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        slope = weight.to(x.dtype).item()  # the slope as PReLU's kernel uses it: rounded to x's dtype
+        ctx.save_for_backward(x)
+        ctx.slope = slope
+        return F.leaky_relu(x, slope)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        grad_x = torch.ops.aten.leaky_relu_backward(grad, x, ctx.slope, False)  # grad, or slope * grad where x <= 0
+        grad_weight = (grad * x.clamp(max=0)).sum(dtype=torch.float32).view(1)  # d(a x)/da = x where x <= 0
+        return grad_x, grad_weight
+
+
 class ConvolutionalBlock(nn.Module):
     """Convolution -> optional batch norm -> optional activation: the Lego brick of SRResNet and its discriminator.
 
@@ -66,7 +105,7 @@ class ConvolutionalBlock(nn.Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, batch_norm=False, activation=None):
         super().__init__()
         activations = {
-            "prelu": lambda: nn.PReLU(),  # one learnable negative slope shared by all channels, as in SRGAN
+            "prelu": lambda: PReLU(),  # one learnable negative slope shared by all channels, as in SRGAN
             "leakyrelu": lambda: nn.LeakyReLU(0.2),  # fixed slope 0.2, as in the SRGAN discriminator
             "tanh": lambda: nn.Tanh(),  # squashes the generator's output into [-1, 1]
         }
@@ -100,7 +139,7 @@ class SubPixelConvolutionalBlock(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(n_channels, n_channels * scaling_factor ** 2, kernel_size, padding=kernel_size // 2)
         self.pixel_shuffle = nn.PixelShuffle(scaling_factor)
-        self.prelu = nn.PReLU()
+        self.prelu = PReLU()
 
     def forward(self, x):
         x = self.conv(x)  # (N, n_channels * s^2, H, W)

@@ -781,3 +781,27 @@ def test_fold_convolution_weight_is_the_same_convolution(kernel_size, r):
     folded, padding = models.fold_convolution_weight(weight, r)
     out = F.pixel_shuffle(F.conv2d(F.pixel_unshuffle(x, r), folded, bias.repeat_interleave(r * r), padding=padding), r)
     assert torch.allclose(out, F.conv2d(x, weight, bias, padding=kernel_size // 2), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_prelu_is_pytorchs_prelu(dtype):
+    """models.PReLU gives nn.PReLU's outputs and gradients; in bf16 on a CPU, with gradients, it takes LeakyReLU's
+    kernels (the same outputs and input gradients bit for bit; the slope's gradient summed in fp32)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 6, 6).to(dtype).contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, :3] = 0  # PReLU's slope applies at 0 too
+    ours, theirs = models.PReLU(), nn.PReLU()
+    theirs.weight.data.fill_(0.3)
+    ours.load_state_dict(theirs.state_dict())
+    grads = []
+    for module in (ours, theirs):
+        x_in = x.clone().requires_grad_()
+        with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):  # (as training runs bf16)
+            y = module(x_in)
+        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y).to(dtype))
+        grads.append((y, x_in.grad, module.weight.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    assert grads[0][2].dtype == torch.float32
+    torch.testing.assert_close(grads[0][2], grads[1][2], rtol=1e-2, atol=1e-2)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+        assert torch.equal(ours(x), theirs(x))
