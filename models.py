@@ -240,7 +240,8 @@ class SRResNet(nn.Module):
         for block in first_blocks:  # (x4: the first x2 block)
             output = block(output)  # (N, 64, H * s / 2, W * s / 2)
         last_conv, tanh = self.conv_block3.conv_block
-        if last_conv.kernel_size[0] % 2 == 0:  # (an even kernel: the plain way)
+        if last_conv.kernel_size[0] % 2 == 0 or output.device.type != "cpu":  # (an even kernel, or a GPU, where the
+            # folding was not measured: the plain way)
             return self._crop(self.conv_block3(last_block(output)), height, width)
         # The last block's convolution and PReLU, without its pixel shuffle: (N, 64 * 4, H * s / 2, W * s / 2), the
         # 4 sub-pixel positions of each pixel as channels. (PReLU's one slope treats every channel alike, so it may
