@@ -420,7 +420,7 @@ def make_train_loader(hp, start_iteration=0, rank=0, world_size=1):
                          "its own LR images from HR: train on these pairs with --degradation bicubic, or list the HR "
                          "images alone (create_data_lists.py without --train_lr_folders).")
     # Decode the training images once, before the workers start (they then share the decoded pixels).
-    dataset.cache_images(getattr(hp, "image_cache_mb", 0), n_threads=max(1, hp.workers))
+    dataset.cache_images(getattr(hp, "image_cache_mb", 0), n_threads=min(4, utils.available_cpus()))
     sampler = TrainingSampler(len(dataset), hp.batch_size, seed=hp.seed, start_iteration=start_iteration,
                               rank=rank, world_size=world_size)
     loader = DataLoader(dataset, batch_size=sampler.local_batch_size, sampler=sampler, num_workers=hp.workers,

@@ -107,7 +107,8 @@ hyperparameters = dict(
     precision="auto",  # 'auto', 'fp32', 'bf16' or 'fp16' (autocast); 'auto' picks what the hardware does well
     channels_last=True,  # NHWC memory layout, faster for convolutions with bf16 / fp16
     compile=False,  # torch.compile the networks (slow to start, faster per iteration on GPUs)
-    workers=4,  # data-loading processes
+    workers=utils.default_workers(),  # data-loading processes (4, or one fewer than this process's CPU cores if
+    #   that is less: 0 on one core, where the batches are made between the steps)
     image_cache_mb=2048,  # keep up to this many MB of decoded training images in memory (0: decode per crop)
     sync_batch_norm=True,  # with several GPU processes, batch-norm statistics over the global batch
     fused_adam=True,  # Adam's update as one fused kernel per step (same math; the default is slow for NHWC weights)

@@ -1,7 +1,8 @@
 """The machinery of the training scripts, in the order a run meets it.
 
   Checks and set-up        check_training_hyperparameters; setup_training (processes, precision, the locked output
-                           folder, the seed): setup_distributed, prepare_output_folder / lock_output_folder
+                           folder, the seed, memory kept for reuse): setup_distributed, prepare_output_folder /
+                           lock_output_folder, keep_freed_memory
   Signals                  GracefulExit: Ctrl+C and SIGTERM become "save, then stop", in every process at once
   The step                 wrap_for_training (DDP, torch.compile), ModelEMA (the average of the weights)
   Checkpoints of a run     training_checkpoint (everything a resume needs), CheckpointSaver, and resuming:
@@ -15,6 +16,7 @@ import bisect
 import collections
 import contextlib
 import copy
+import ctypes
 import fcntl
 import glob
 import os
@@ -137,17 +139,43 @@ def set_rng_state(state):
 def setup_training(hp, kind):
     """
     The set-up both training scripts begin with: the processes (setup_distributed), the precision, the output folder
-    (checked and locked by the main process before any work: prepare_output_folder) and the seed (the same in every
-    process: identical initial weights).
+    (checked and locked by the main process before any work: prepare_output_folder), the seed (the same in every
+    process: identical initial weights), and memory kept for reuse (keep_freed_memory).
 
     :return: (rank, world_size, device, precision)
     """
+    keep_freed_memory()
     rank, world_size, device = setup_distributed()
     precision = inference.resolve_precision(hp.precision, device)
     if rank == 0:
         prepare_output_folder(hp.output_folder, kind, fresh=hp.checkpoint is None, overwrite=hp.overwrite)
     utils.seed_everything(hp.seed)
     return rank, world_size, device, precision
+
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory():
+    """
+    Let the C allocator keep the memory of freed tensors for the next ones (glibc on Linux; elsewhere nothing changes).
+
+    A training step on a CPU allocates and frees the same large activations every iteration. By default glibc gives
+    every block of more than a few MB straight back to the system when it is freed, so the next iteration gets fresh
+    pages, which the kernel must map and zero one by one: about 45 ms of system time per SRResNet iteration (batch
+    16, crop 96, bf16) on one AVX-512 core. Serving blocks of up to 32 MB (glibc's largest such threshold) from the
+    heap, and keeping up to 1 GB of freed heap instead of returning it, removed most of it: a whole run of 24
+    iterations (train_srresnet.py's defaults, one thread) then took 1.2 s of system time instead of 2.2 s, the same
+    user time, and 3% more peak memory (1538 MB instead of 1497 MB; medians of 3 runs each).
+
+    :return: whether the allocator took the settings
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # (the C library of this process; a missing function: not glibc)
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 30))
 
 
 def setup_distributed():

@@ -1,6 +1,7 @@
 """The little every script shares, in the order a script meets it (the classic tutorial's utils.py, grown up).
 
-  Device and images             get_device; convert_image and the luma weights; load_image
+  Device and images             get_device, available_cpus, default_workers; convert_image and the luma
+                                weights; load_image
   Writing files safely          atomic_write, atomic_write_all
   Reproducibility               seed_everything, random_seed / make_rng
 
@@ -37,6 +38,23 @@ IMAGE_FORMATS = ("pil", "[0, 1]", "[-1, 1]", "imagenet-norm", "y-channel")
 def get_device():
     """The device to train / run on: the first CUDA GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def available_cpus():
+    """The CPU cores this process may run on (taskset, a container's CPU set), else all of the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers(most=4):
+    """
+    The training scripts' default number of data-loading processes: `most`, or one fewer than the cores this
+    process may use when that is less (0 on one core: the batches are then made in the training process).
+
+    A worker only helps on a core of its own: on fewer cores the workers take turns with the training step, and
+    starting them and passing their batches costs time (measured on one core, 24 SRResNet iterations: 4 workers
+    used 1.7 s more CPU time than none, of 35 s).
+    """
+    return max(0, min(most, available_cpus() - 1))
 
 
 def memory_format(channels_last):
