@@ -64,7 +64,7 @@ SHIPPED_MODELS = {
     "compact": ShippedModel("compact_x4.pth", None,
                             "c8bdc9d1613d4acd636a6e61b000e4974ebf763b8d7d0495fbc38011b89e6bf2"),
     # the same network fine-tuned as a Real-ESRNet on JPEG-compressed, noisy LR images: the default for JPEG photos
-    "realistic": ShippedModel("realistic_x4.pth", None, "29b6ed62b3ac291206b511d2082df064ed478b8f8834a668b153daf722961bcc"),
+    "realistic": ShippedModel("realistic_x4.pth", None, "7e7be335261543492b6945f5d06bafc1668e0b365ace89ed65d1cb0d792a3ea5"),
 }
 # What super_resolve.py upscales with when no --model is given (default_model_for): a JPEG file was compressed, and
 # often shrunk and noisy before that, which a model trained on clean images sharpens along with the detail; other

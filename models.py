@@ -803,40 +803,6 @@ class SRVGGNetCompact(nn.Module):
         return F.interpolate(lr_imgs, scale_factor=self.upscale, mode="nearest") + correction
 
 
-@torch.no_grad()
-def deepened_compact(generator, num_conv):
-    """
-    A deeper SRVGGNetCompact that computes exactly what `generator` (a trained one) computes: room to learn more (e.g.
-    to undo JPEG blocks and noise as well as upscale) without starting again from random weights.
-
-    The new network has `generator`'s layers, then num_conv - generator's num_conv new (3x3 conv, PReLU) pairs just
-    before the last convolution. Each new pair starts as an identity: the convolution passes every channel through
-    (a 1 at the centre of its own channel's kernel, zero bias) and the PReLU has slope 1 on both sides (PReLU(x) = x).
-    Training then moves them away from it (the "deeper" operation of Net2Net, Chen et al. 2016).
-
-    generator: an SRVGGNetCompact; num_conv: at least its num_conv. Returns a new SRVGGNetCompact (on the same device,
-    float32), with generator_arch / generator_kwargs set as models.build_generator sets them.
-    """
-    kwargs = dict(generator.generator_kwargs, num_conv=num_conv)
-    old_num_conv = generator.generator_kwargs["num_conv"]
-    if num_conv < old_num_conv:
-        raise ValueError(f"cannot deepen a compact network of {old_num_conv} convolutions to {num_conv}: give "
-                         f"--num_conv {old_num_conv} or more.")
-    deeper = build_generator("compact", **kwargs).to(next(generator.parameters()).device)
-    old_layers, new_layers = list(generator.body), list(deeper.body)
-    # The first conv + PReLU and the old num_conv pairs, then the new pairs, then the last conv.
-    n_kept = 2 + 2 * old_num_conv
-    for old, new in zip(old_layers[:n_kept], new_layers[:n_kept]):
-        new.load_state_dict(old.state_dict())
-    new_layers[-1].load_state_dict(old_layers[-1].state_dict())
-    for conv, prelu in zip(new_layers[n_kept:-1:2], new_layers[n_kept + 1:-1:2]):
-        conv.weight.zero_()
-        conv.weight[:, :, 1, 1] = torch.eye(conv.out_channels)  # (F, F, 3, 3): channel c -> channel c, centre only
-        conv.bias.zero_()
-        prelu.weight.fill_(1.0)
-    return deeper
-
-
 # ======================================================================================================
 # Later additions: pixel-unshuffle x2 / x1 models
 # ======================================================================================================

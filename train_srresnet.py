@@ -80,7 +80,7 @@ hyperparameters = dict(
     num_grow_ch=32,  # rrdb: channels added by each dense layer
     num_conv=32,  # compact: 3x3 convolutions between the first and the last (32: realesr-general-x4v3, 16:
     #   realesr-animevideov3); with --pretrained of a compact model, more than its own deepens it
-    #   (models.deepened_compact)
+    #   (training.deepened_compact)
     use_unshuffle=False,  # srresnet and rrdb: an x4 network behind a pixel-unshuffle, an x2 (unshuffle_scale 2) or
     #   x1 (4) model, fed the LR crops nearest-upscaled to match
     unshuffle_scale=2,  # the pixel-unshuffle factor when use_unshuffle is on
@@ -221,9 +221,9 @@ def main():
                            f"layer but its first convolution ({', '.join(anew)}: {3 * hp.unshuffle_scale ** 2} input "
                            f"channels instead of 3), which starts anew.")
         if "num_conv" in hp.given and arch == "compact" and hp.num_conv != kwargs["num_conv"]:
-            # A deeper compact network that starts as this one computes (models.deepened_compact): more layers to
+            # A deeper compact network that starts as this one computes (training.deepened_compact): more layers to
             # learn with, e.g. JPEG and noise removal on top of the upscaling it already does.
-            generator = models.deepened_compact(generator, hp.num_conv)
+            generator = training.deepened_compact(generator, hp.num_conv)
             started = (f"Fine-tuning {description}, deepened from {kwargs['num_conv']} to {hp.num_conv} convolutions "
                        f"(the new ones start as identities: the same output at first).")
             kwargs = generator.generator_kwargs

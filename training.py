@@ -4,7 +4,8 @@
                            folder, the seed, memory kept for reuse): setup_distributed, prepare_output_folder /
                            lock_output_folder, keep_freed_memory
   Signals                  GracefulExit: Ctrl+C and SIGTERM become "save, then stop", in every process at once
-  The step                 wrap_for_training (DDP, torch.compile), ModelEMA (the average of the weights)
+  The step                 wrap_for_training (DDP, torch.compile), deepened_compact (a trained compact network with
+                           more layers, to fine-tune), ModelEMA (the average of the weights)
   Checkpoints of a run     training_checkpoint (everything a resume needs), CheckpointSaver, and resuming:
                            check_resumable, reconcile_resumed_hyperparameters, resume_training (with a new
                            learning-rate schedule if asked)
@@ -34,6 +35,7 @@ import checkpoints
 import cli
 import inference
 import metrics
+import models
 import utils
 
 # The hyperparameters of both training scripts whose values are limited (check_training_hyperparameters): counts that
@@ -241,6 +243,42 @@ def wrap_for_training(model, hp, device, world_size):
     if hp.compile:
         wrapped = torch.compile(wrapped)
     return wrapped
+
+
+@torch.no_grad()
+def deepened_compact(generator, num_conv):
+    """
+    A deeper SRVGGNetCompact that computes exactly what `generator` (a trained one) computes: room to learn more (e.g.
+    to undo JPEG blocks and noise as well as upscale) without starting again from random weights.
+
+    The new network has `generator`'s layers, then num_conv - generator's num_conv new (3x3 conv, PReLU) pairs just
+    before the last convolution. Each new pair starts as an identity: the convolution passes every channel through
+    (a 1 at the centre of its own channel's kernel, zero bias) and the PReLU has slope 1 on both sides (PReLU(x) = x).
+    Training then moves them away from it (the "deeper" operation of Net2Net, Chen et al. 2016).
+
+    generator: an SRVGGNetCompact; num_conv: at least its num_conv. Returns a new SRVGGNetCompact (on the same device,
+    float32), with generator_arch / generator_kwargs set as models.build_generator sets them.
+    (Used by train_srresnet.py: --pretrained of a compact model with a larger --num_conv.)
+    """
+    kwargs = dict(generator.generator_kwargs, num_conv=num_conv)
+    old_num_conv = generator.generator_kwargs["num_conv"]
+    if num_conv < old_num_conv:
+        raise ValueError(f"cannot deepen a compact network of {old_num_conv} convolutions to {num_conv}: give "
+                         f"--num_conv {old_num_conv} or more.")
+    deeper = models.build_generator("compact", **kwargs).to(next(generator.parameters()).device)
+    old_layers, new_layers = list(generator.body), list(deeper.body)
+    # The first conv + PReLU and the old num_conv pairs, then the new pairs, then the last conv.
+    n_kept = 2 + 2 * old_num_conv
+    for old, new in zip(old_layers[:n_kept], new_layers[:n_kept]):
+        new.load_state_dict(old.state_dict())
+    new_layers[-1].load_state_dict(old_layers[-1].state_dict())
+    for conv, prelu in zip(new_layers[n_kept:-1:2], new_layers[n_kept + 1:-1:2]):
+        conv.weight.zero_()
+        conv.weight[:, :, 1, 1] = torch.eye(conv.out_channels)  # (F, F, 3, 3): channel c -> channel c, centre only
+        conv.bias.zero_()
+        prelu.weight.fill_(1.0)
+    return deeper
+
 
 class ModelEMA:
     """

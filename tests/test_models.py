@@ -757,22 +757,6 @@ def test_compact_file_with_missing_layers_is_a_clear_error():
         porting.generator_from_official_state_dict({"params": state})
 
 
-def test_deepened_compact_computes_the_same_and_its_new_layers_learn():
-    """models.deepened_compact: more (conv, PReLU) pairs, each an identity at first, so the output is the same; the
-    new layers get gradients (they are not dead identities); fewer convolutions is an error."""
-    torch.manual_seed(0)
-    generator = models.build_generator("compact", num_feat=8, num_conv=2, upscale=3)
-    deeper = models.deepened_compact(generator, 5)
-    assert deeper.generator_kwargs == dict(num_feat=8, num_conv=5, upscale=3) and len(deeper.body) == 2 + 2 * 5 + 1
-    lr_imgs = torch.rand(2, 3, 9, 11)
-    torch.testing.assert_close(deeper(lr_imgs), generator(lr_imgs), atol=1e-6, rtol=0)
-    deeper(lr_imgs).square().mean().backward()
-    assert deeper.body[8].weight.grad.abs().sum() > 0  # a new convolution (pairs 3 to 5 are new)
-    assert torch.equal(deeper.body[8].weight[:, :, 1, 1], torch.eye(8))
-    with pytest.raises(ValueError, match="--num_conv 2 or more"):
-        models.deepened_compact(generator, 1)
-
-
 def test_compact_starts_as_nearest_upsampling_and_its_first_layer_learns():
     """The init of Part D: the untrained network is close to nearest upsampling, and the gradient reaching its first
     convolution is of the same order as the last one's (PyTorch's default init leaves it ~1e6 times smaller)."""

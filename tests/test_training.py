@@ -1363,3 +1363,19 @@ def test_a_flag_of_another_architecture_is_refused(data_folder, tmp_path, monkey
     code, lines = run_cli(train_srresnet, ["--generator_arch", "compact", "--unshuffle_scale", 4, "--data_folder",
                                            data_folder, "--output_folder", tmp_path], monkeypatch, capsys)
     assert code == 1 and "--unshuffle_scale not used by --generator_arch compact" in lines[0], lines
+
+
+def test_deepened_compact_computes_the_same_and_its_new_layers_learn():
+    """training.deepened_compact: more (conv, PReLU) pairs, each an identity at first, so the output is the same; the
+    new layers get gradients (they are not dead identities); fewer convolutions is an error."""
+    torch.manual_seed(0)
+    generator = models.build_generator("compact", num_feat=8, num_conv=2, upscale=3)
+    deeper = training.deepened_compact(generator, 5)
+    assert deeper.generator_kwargs == dict(num_feat=8, num_conv=5, upscale=3) and len(deeper.body) == 2 + 2 * 5 + 1
+    lr_imgs = torch.rand(2, 3, 9, 11)
+    torch.testing.assert_close(deeper(lr_imgs), generator(lr_imgs), atol=1e-6, rtol=0)
+    deeper(lr_imgs).square().mean().backward()
+    assert deeper.body[8].weight.grad.abs().sum() > 0  # a new convolution (pairs 3 to 5 are new)
+    assert torch.equal(deeper.body[8].weight[:, :, 1, 1], torch.eye(8))
+    with pytest.raises(ValueError, match="--num_conv 2 or more"):
+        training.deepened_compact(generator, 1)

@@ -157,7 +157,7 @@ def test_eval_takes_the_shipped_names(tmp_path, capsys):
 def test_train_srresnet_pretrained_starts_from_the_shipped_weights(tmp_path, monkeypatch, num_conv):
     """--pretrained compact: the compact architecture and its weights, whatever the generator flags say (and the
     checkpoint records that architecture); with a learning rate of 1e-12 the weights stay the shipped ones. With
-    --num_conv 18, the network is deepened (models.deepened_compact) and still computes what the shipped one does."""
+    --num_conv 18, the network is deepened (training.deepened_compact) and still computes what the shipped one does."""
     for name in ("astronaut", "rocket"):
         (tmp_path / "images").mkdir(exist_ok=True)
         Image.fromarray(getattr(skimage_data, name)()[:64, :64]).save(tmp_path / "images" / f"{name}.png")
