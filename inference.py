@@ -63,8 +63,10 @@ SHIPPED_MODELS = {
     # Real-ESRGAN's SRVGGNetCompact (16 convolutions): the fast default for clean images
     "compact": ShippedModel("compact_x4.pth", None,
                             "c8bdc9d1613d4acd636a6e61b000e4974ebf763b8d7d0495fbc38011b89e6bf2"),
-    # the same network fine-tuned as a Real-ESRNet on JPEG-compressed, noisy LR images: the default for JPEG photos
-    "realistic": ShippedModel("realistic_x4.pth", None, "7e7be335261543492b6945f5d06bafc1668e0b365ace89ed65d1cb0d792a3ea5"),
+    # the same network deepened to 32 convolutions, fine-tuned as a Real-ESRNet on shrunk, noisy, JPEG-compressed LR
+    # images: the default for JPEG files
+    "realistic": ShippedModel("realistic_x4.pth", None,
+                              "7e7be335261543492b6945f5d06bafc1668e0b365ace89ed65d1cb0d792a3ea5"),
 }
 # What super_resolve.py upscales with when no --model is given (default_model_for): a JPEG file was compressed, and
 # often shrunk and noisy before that, which a model trained on clean images sharpens along with the detail; other

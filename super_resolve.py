@@ -3,8 +3,8 @@
 The classic tutorial could only *evaluate*: it always downsampled an HR image first and upscaled that. This script
 upscales the image you give it, as it is:
 
-    python super_resolve.py photo.jpg           # x4 into upscaled/photo_x4.png, with the shipped model for its kind:
-                                                # 'realistic' for a JPEG, 'compact' for a PNG (inference.default_model_for)
+    python super_resolve.py photo.jpg           # x4 into upscaled/photo_x4.png, with the shipped model for its
+                                                # kind: 'realistic' for a JPEG, 'compact' for others (default_model_for)
     python super_resolve.py photo.jpg --model srresnet    # the shipped SRResNet (weights/README.md)
     python super_resolve.py photo.jpg scans/ --model checkpoint_srgan.pth --output_folder upscaled/
     python super_resolve.py big.png --model RealESRGAN_x4plus.pth --output_folder out/ --tile 256 --precision bf16
