@@ -235,29 +235,32 @@ class SRResNet(nn.Module):
         residual = output
         output = self.residual_blocks(output)  # (N, 64, H, W)
         output = self.conv_block2(output) + residual  # long skip: the body learns what to add to the shallow features
-        # The upsampling and the last convolution: subpixel_convolutional_blocks then conv_block3, as the paper draws
-        # them, computed one pixel shuffle earlier (same function, same weights; see fold_convolution_weight below).
+        sr_imgs = self.upsample_and_output(output)  # (N, 3, H * s, W * s), in [-1, 1]
+        if self.unshuffle_scale > 1:  # crop away what the padding added
+            sr_imgs = sr_imgs[..., :height * self.scaling_factor, :width * self.scaling_factor]
+        return sr_imgs
+
+    def upsample_and_output(self, features):
+        """
+        The paper's upsampling and last convolution, conv_block3(subpixel_convolutional_blocks(features)): (N, 64, H,
+        W) -> (N, 3, s H, s W) in [-1, 1]. On a CPU the last convolution runs one pixel shuffle earlier, on the folded
+        grid (same function, same weights: fold_convolution_weight says why and how much faster).
+        """
+        last_conv, tanh = self.conv_block3.conv_block
+        if last_conv.kernel_size[0] % 2 == 0 or features.device.type != "cpu":  # (an even kernel, or a GPU, where
+            # the folding was not measured: the plain way)
+            return self.conv_block3(self.subpixel_convolutional_blocks(features))
         *first_blocks, last_block = self.subpixel_convolutional_blocks
         for block in first_blocks:  # (x4: the first x2 block)
-            output = block(output)  # (N, 64, H * s / 2, W * s / 2)
-        last_conv, tanh = self.conv_block3.conv_block
-        if last_conv.kernel_size[0] % 2 == 0 or output.device.type != "cpu":  # (an even kernel, or a GPU, where the
-            # folding was not measured: the plain way)
-            return self._crop(self.conv_block3(last_block(output)), height, width)
-        # The last block's convolution and PReLU, without its pixel shuffle: (N, 64 * 4, H * s / 2, W * s / 2), the
-        # 4 sub-pixel positions of each pixel as channels. (PReLU's one slope treats every channel alike, so it may
-        # come before the shuffle.)
-        folded = last_block.prelu(last_block.conv(output))
+            features = block(features)  # (N, 64, s H / 2, s W / 2)
+        # The last block's convolution and PReLU, without its pixel shuffle: (N, 64 * 4, s H / 2, s W / 2), the 4
+        # sub-pixel positions of each pixel as channels. (PReLU's one slope treats every channel alike, so it may come
+        # before the shuffle.)
+        folded = last_block.prelu(last_block.conv(features))
         # conv_block3's 9x9 convolution on that folded grid: a 5x5 convolution 256 -> 3 * 4, then the shuffle.
         weight, padding = fold_convolution_weight(last_conv.weight, 2)
         sr_imgs = F.pixel_shuffle(F.conv2d(folded, weight, last_conv.bias.repeat_interleave(4), padding=padding), 2)
-        return self._crop(tanh(sr_imgs), height, width)  # (N, 3, H * s, W * s), in [-1, 1]
-
-    def _crop(self, sr_imgs, height, width):
-        """Crop away what the padding of a pixel-unshuffle model added (nothing to do for the paper's network)."""
-        if self.unshuffle_scale > 1:
-            sr_imgs = sr_imgs[..., :height * self.scaling_factor, :width * self.scaling_factor]
-        return sr_imgs
+        return tanh(sr_imgs)
 
 
 def fold_convolution_weight(weight, r):
