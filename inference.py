@@ -66,7 +66,7 @@ SHIPPED_MODELS = {
     # the same network deepened to 32 convolutions, fine-tuned as a Real-ESRNet on shrunk, noisy, JPEG-compressed LR
     # images: the default for JPEG files
     "realistic": ShippedModel("realistic_x4.pth", None,
-                              "7e7be335261543492b6945f5d06bafc1668e0b365ace89ed65d1cb0d792a3ea5"),
+                              "749701d18b64c31e994987c2cecc00419be4ca1acc889b0ac46bd51667de32ee"),
 }
 # What super_resolve.py upscales with when no --model is given (default_model_for): a JPEG file was compressed, and
 # often shrunk and noisy before that, which a model trained on clean images sharpens along with the detail; other

@@ -59,7 +59,10 @@ def test_old_srgan_discriminator_loads(old_outputs):
     discriminator = models.Discriminator(**checkpoint["discriminator_kwargs"]).eval()
     discriminator.load_state_dict(checkpoint["discriminator"])
     with torch.no_grad():
-        assert torch.equal(discriminator(old_outputs["discriminator_input"]), old_outputs["srgan_discriminator"])
+        # The same numbers up to float rounding: the stored ones were computed on another CPU, whose convolution
+        # kernels may add the same products in another order.
+        torch.testing.assert_close(discriminator(old_outputs["discriminator_input"]), old_outputs["srgan_discriminator"],
+                                   atol=1e-6, rtol=0)
 
 
 def test_super_resolve_command_line_with_an_old_checkpoint(tmp_path):
