@@ -446,11 +446,11 @@ def parse_args(argv=None):
     parser.add_argument("--model", nargs="+", default=None,
                         help=f"default: per input, '{inference.DEFAULT_MODEL_FOR_JPEG}' for a JPEG file (trained on "
                              f"compressed, noisy photos), '{inference.DEFAULT_MODEL}' for any other (the best PSNR on "
-                             f"clean images). A shipped model ('compact': fast on a CPU; 'realistic'; 'srresnet': "
-                             f"slower, sharper edges; weights/README.md says how they were trained) or generator "
-                             "file(s): our "
-                             "checkpoints, export.py's .pth / .safetensors files, or official ESRGAN / Real-ESRGAN "
-                             "weights (architecture detected); several only with --grid")
+                             "clean images). A shipped model ('compact': fast on a CPU; 'realistic': for JPEG photos; "
+                             "'srresnet': slower, sharper edges; weights/README.md says how they were trained) or "
+                             "generator file(s): our checkpoints, export.py's .pth / .safetensors files, or official "
+                             "ESRGAN / Real-ESRGAN weights (architecture detected); several only with --grid or "
+                             "--strip")
     parser.add_argument("--output_folder", default="upscaled",
                         help="where <stem>_x<s>.png files are written (default: upscaled/, in the current folder)")
     cli.add_scaling_factor_argument(parser, default=None,
@@ -565,7 +565,8 @@ def main(argv=None):
         device = torch.device(args.device)
         # (--interpolate_with: the one --model blended with another, inference.load_generator_or_blend. An x1 / x2
         # model trained on x4 data comes as an x4 model: fed the LR image nearest-upscaled, as in training.)
-        # No --model: the two shipped models default_model_for picks from, each input then gets the one for its kind.
+        # No --model: the two shipped models default_model_for picks from, each input then gets the one for its kind
+        # (both loaded here, 20-35 ms each, so that a missing or damaged file is reported before any work).
         model_names = args.model or [inference.DEFAULT_MODEL, inference.DEFAULT_MODEL_FOR_JPEG]
         models = [inference.load_generator_or_blend(path, device, args.scaling_factor, args.interpolate_with,
                                                     args.alpha)[:3] for path in model_names]
