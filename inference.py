@@ -66,7 +66,7 @@ SHIPPED_MODELS = {
     # the same network deepened to 32 convolutions, fine-tuned as a Real-ESRNet on shrunk, noisy, JPEG-compressed LR
     # images: the default for JPEG files
     "realistic": ShippedModel("realistic_x4.pth", None,
-                              "749701d18b64c31e994987c2cecc00419be4ca1acc889b0ac46bd51667de32ee"),
+                              "185e3c84da92a7a4b4e64887dab67cad2397a7c396cf9533176e6be6400ef4de"),
 }
 # What super_resolve.py upscales with when no --model is given (default_model_for): a JPEG file was compressed, and
 # often shrunk and noisy before that, which a model trained on clean images sharpens along with the detail; other
