@@ -66,7 +66,7 @@ SHIPPED_MODELS = {
     # the same network deepened to 32 convolutions, fine-tuned as a Real-ESRNet on shrunk, noisy, JPEG-compressed LR
     # images: the default for JPEG files
     "realistic": ShippedModel("realistic_x4.pth", None,
-                              "185e3c84da92a7a4b4e64887dab67cad2397a7c396cf9533176e6be6400ef4de"),
+                              "2b923f23aa55df2bf6881dc260a0ece2a86976775565dc47769d67f09adf6bc6"),
 }
 # What super_resolve.py upscales with when no --model is given (default_model_for): a JPEG file was compressed, and
 # often shrunk and noisy before that, which a model trained on clean images sharpens along with the detail; other
