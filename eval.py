@@ -38,17 +38,20 @@ Inputs:
                 (bicubic, Gaussian noise of sigma 5 levels, then JPEG at quality 75) or `realesrgan` (Real-ESRGAN's
                 second-order chain, degradations.py, at milder ranges than its training). Random draws use a fixed
                 seed per image, so every run, and every model, gets the very same LR images: a robustness test.
-  --metrics     any of `psnr`, `ssim`, `psnr_rgb` and `niqe` (default: psnr ssim). PSNR and SSIM are measured on Y,
-                as papers do; `psnr_rgb` (metrics.calculate_rgb_psnr) is PSNR on the three 8-bit RGB channels, with
-                the same border: it shows a colour shift, which Y hides. NIQE (metrics.calculate_niqe) scores the SR
-                image alone, on the same Y with the same border shaved: LOWER IS BETTER. It rewards sharpness,
-                artefacts included, so read it beside PSNR, never alone.
+  --metrics     any of `psnr`, `ssim`, `psnr_rgb`, `niqe` and `spectral` (default: psnr ssim). PSNR and SSIM are
+                measured on Y, as papers do; `psnr_rgb` (metrics.calculate_rgb_psnr) is PSNR on the three 8-bit RGB
+                channels, with the same border: it shows a colour shift, which Y hides. NIQE (metrics.calculate_niqe)
+                scores the SR image alone, on the same Y with the same border shaved: LOWER IS BETTER. It rewards
+                sharpness, artefacts included, so read it beside PSNR, never alone. `spectral`
+                (metrics.calculate_spectral) compares the power spectra of SR and HR on that Y, in dB: `hf_gain` (high
+                frequencies, < 0: blurrier than HR), `lattice` and `lattice_hr` (a grid or checkerboard of the
+                scale's period: visible when lattice > 0.5 and lattice_hr > -10).
 
 Outputs: a markdown table on stdout (rows: models, then the published figures and the difference where known --
 for clean bicubic LR only; columns: test sets) and, with --json, `{"results": [{"model", "test_set", "scale",
-"lr_degradation", "psnr", "ssim", "n_images"}, ...]}`, with "psnr_rgb" and "niqe" too when measured (each measure is
-an average over the images of the set, as in papers; "scale" is the scaling factor; only the measures asked for are
-there).
+"lr_degradation", "psnr", "ssim", "n_images", "images"}, ...]}`, with "psnr_rgb", "niqe", "hf_gain", "lattice" and
+"lattice_hr" too when measured (each measure is an average over the images of the set, as in papers; "images" has
+each image's own numbers; "scale" is the scaling factor; only the measures asked for are there).
 
 The work itself (reading the test sets, making their LR images, running a model on them, measuring) is metrics.py's:
 read_test_list, load_test_pairs and measure_set, which a training script can call to validate with exactly this
@@ -106,12 +109,13 @@ SCALES = (2, 3, 4)
 # ------------------------------------------------------------------------------------------------------
 # Report: markdown table and JSON
 # ------------------------------------------------------------------------------------------------------
-MEASURE_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "psnr_rgb": "RGB PSNR", "niqe": "NIQE"}
+MEASURE_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "psnr_rgb": "RGB PSNR", "niqe": "NIQE", "hf_gain": "HF gain",
+                 "lattice": "lattice", "lattice_hr": "lattice/HR"}
 
 
 def _format(measure, value, signed=False):
-    """One number of a cell: PSNR (Y or RGB) and NIQE with 2 decimals, SSIM with 4; a difference (signed) with one
-    more for PSNR.
+    """One number of a cell: PSNR (Y or RGB), NIQE and the spectral measures (dB) with 2 decimals, SSIM with 4; a
+    difference (signed) with one more for PSNR.
     An infinite PSNR is marked with '*' (explained below the table); None (not known) is '-'."""
     if value is None:
         return "-"
@@ -129,6 +133,7 @@ def markdown_table(results, models, test_sets, scaling_factor, references, proto
     by_key = {(r["model"], r["test_set"]): r for r in results}
     setting = "" if lr_degradation == "bicubic" else f", {lr_degradation} LR"
     lower_is_better = "; NIQE: lower is better" if "niqe" in measures else ""
+    lower_is_better += "; spectral in dB" if "hf_gain" in measures else ""
     header = ([f"Model (x{scaling_factor}{setting}{lower_is_better})"]
               + [f"{s} " + " / ".join(MEASURE_NAMES[m] for m in measures) for s in test_sets])
     rows = []
@@ -185,7 +190,8 @@ def parse_args(argv=None):
                              + " (default: bicubic)")
     parser.add_argument("--metrics", nargs="+", default=["psnr", "ssim"], choices=metrics.MEASURES, metavar="NAME",
                         help="what to measure: any of psnr, ssim (both on Y, as papers do), psnr_rgb (PSNR on RGB: "
-                             "shows colour shifts), niqe (no-reference, lower is better) (default: psnr ssim)")
+                             "shows colour shifts), niqe (no-reference, lower is better), spectral (hf_gain, lattice, "
+                             "lattice_hr: blur and grids, in dB) (default: psnr ssim)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results to this JSON file")
     inference.add_interpolation_arguments(parser)
     args = parser.parse_args(argv)
@@ -202,10 +208,10 @@ def main(argv=None):
     if args.lr_degradation != "bicubic" and (args.protocol, args.lr_source) != ("standard", "generated"):
         raise ValueError(f"--lr_degradation {args.lr_degradation} makes its LR images from HR under the standard "
                          f"protocol; use it with --protocol standard --lr_source generated.")
-    if "niqe" in args.metrics and args.protocol != "standard":
-        raise ValueError("--metrics niqe is measured under the standard protocol only; drop --protocol classic.")
-    if "psnr_rgb" in args.metrics and args.protocol != "standard":
-        raise ValueError("--metrics psnr_rgb is measured under the standard protocol only; drop --protocol classic.")
+    for measure in ("niqe", "psnr_rgb", "spectral"):
+        if measure in args.metrics and args.protocol != "standard":
+            raise ValueError(f"--metrics {measure} is measured under the standard protocol only; drop --protocol "
+                             f"classic.")
     if not Path(args.data_folder).is_dir():
         raise FileNotFoundError(f"Data folder not found: {args.data_folder}. Give --data_folder the folder where "
                                 f"create_data_lists.py wrote the *_test_images.json lists.")
@@ -239,9 +245,12 @@ def main(argv=None):
             pairs = metrics.load_test_pairs(hr_paths, args.scaling_factor, args.lr_source, args.protocol,
                                             args.lr_degradation)
             for model_arg, model in models.items():
-                scores = metrics.measure_set(model, pairs, args.scaling_factor, args.metrics, args.protocol)
+                per_image = []
+                scores = metrics.measure_set(model, pairs, args.scaling_factor, args.metrics, args.protocol,
+                                             per_image=per_image)
                 results.append({"model": model_arg, "test_set": test_set, "scale": args.scaling_factor,
-                                "lr_degradation": args.lr_degradation, **scores, "n_images": len(pairs)})
+                                "lr_degradation": args.lr_degradation, **scores, "n_images": len(pairs),
+                                "images": per_image})
             print(f"{test_set}: {len(pairs)} images, {time.time() - start:.1f} s", file=sys.stderr)
     finally:
         # Whatever happens, report (and save) what was computed.
@@ -249,7 +258,7 @@ def main(argv=None):
             if args.protocol == "classic":
                 print("Protocol: classic tutorial's, FOR COMPARISON ONLY (not comparable with published numbers).")
             print(markdown_table(results, args.model, list(test_lists), args.scaling_factor, references,
-                                 args.protocol, args.metrics, args.lr_degradation))
+                                 args.protocol, metrics.measure_keys(args.metrics), args.lr_degradation))
             if args.json:
                 write_json(args.json, results)
     return results

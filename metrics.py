@@ -20,6 +20,7 @@ Contents, top to bottom:
   rgb2y, calculate_psnr, calculate_ssim       the measurements
   calculate_rgb_psnr                          PSNR on the RGB channels instead of Y, to see colour shifts
   calculate_niqe                              NIQE as MATLAB's niqe computes it (pristine model in metrics_data/)
+  calculate_spectral                          blur and periodic patterns (grids) from the power spectra of SR and HR
   evaluate_pair                               the protocols ('standard', and the classic tutorial's for comparison)
   LR_DEGRADATIONS, degrade_lr                 the LR images of the degraded-input settings, with fixed seeds
   read_test_list ... evaluate_set             a generator (or bicubic) on a whole test set: what eval.py runs, and
@@ -421,6 +422,76 @@ def calculate_niqe(img, crop_border=0):
 
 
 # ------------------------------------------------------------------------------------------------------
+# Spectral measures: blur and periodic patterns (grids, checkerboards), with no network
+# ------------------------------------------------------------------------------------------------------
+# A GAN can print a faint regular pattern: a grid of the upscaling factor's period, or a checkerboard. PSNR barely
+# moves and NIQE may even like it, but in the power spectrum such a pattern is plain: a pattern repeating every s
+# pixels puts all its power at the frequencies k / s cycles per pixel (the "lattice"). Comparing the spectra of SR and
+# HR tile by tile (Welch's method: the mean power spectrum of overlapping windowed tiles) gives three numbers:
+#   hf_gain     mean dB of SR / HR power above 0.1 cycles per pixel: < 0 blurrier than HR (bicubic x4: about -28 dB),
+#               > 0 more high-frequency power than HR (noise, over-sharpening)
+#   lattice     dB by which the lattice frequencies stand above their neighbourhood in SR / HR: a pattern of period s
+#               (or 2, a checkerboard) makes peaks there; a pattern-free image scores about 0
+#   lattice_hr  mean dB of SR / HR power at the lattice frequencies alone: how strong the pattern is next to what
+#               the real image has there. A blurry output's faint pattern stands out of its weak neighbourhood
+#               (high lattice) while staying far below HR (low lattice_hr): visible needs both, e.g. lattice > 0.5
+#               and lattice_hr > -10.
+SPECTRAL_MEASURES = ("hf_gain", "lattice", "lattice_hr")
+SPECTRAL_HIGH_FREQUENCY = 0.1  # cycles per pixel above which hf_gain averages
+
+
+def welch_power_spectrum(img, tile):
+    """The mean power spectrum of an image's tile x tile tiles (half overlap, each without its mean, under a 2-D Hann
+    window): Welch's method in two dimensions.
+
+    :param img: (H, W) float values (e.g. Y in [16, 235]); at least tile x tile
+    :param tile: tile side; the spectrum's bins are k / tile cycles per pixel, in numpy.fft order
+    :return: (tile, tile) float64, power per bin (the window's energy divided out)
+    """
+    step = tile // 2
+    tiles = np.lib.stride_tricks.sliding_window_view(np.asarray(img, dtype=np.float64), (tile, tile))
+    tiles = tiles[::step, ::step].reshape(-1, tile, tile)                        # (n tiles, tile, tile)
+    tiles = tiles - tiles.mean(axis=(1, 2), keepdims=True)   # no DC: a tile's brightness is not a frequency
+    hann = np.hanning(tile + 2)[1:-1]                         # (tile,), no zero end points: every pixel counts
+    window = np.outer(hann, hann)
+    power = np.abs(np.fft.fft2(tiles * window)) ** 2                             # (n tiles, tile, tile)
+    return power.mean(axis=0) / (window ** 2).sum()
+
+
+def calculate_spectral(sr_y, hr_y, scaling_factor, crop_border=0):
+    """hf_gain, lattice and lattice_hr of an SR image against its HR image (see SPECTRAL_MEASURES above), in dB.
+
+    The tiles are 8 s pixels a side (32 at x4), so the lattice frequencies k / s cycles per pixel fall on whole bins
+    (every 8th); a bin's neighbourhood is the ring of bins two away from it (the Hann window spreads a peak over the
+    adjacent bins).
+
+    :param sr_y, hr_y: (H, W) the measured luma (_measured_luma: 8-bit values), the same size
+    :param scaling_factor: s, the period of the lattice
+    :param crop_border: pixels removed from each border first
+    :return: dict hf_gain, lattice, lattice_hr -> float (dB)
+    """
+    tile = 8 * scaling_factor
+    sr_y, hr_y = _shave(sr_y, crop_border), _shave(hr_y, crop_border)
+    if min(sr_y.shape) < tile:
+        raise ValueError(f"the spectral measures need at least {tile}x{tile} pixels after the border crop; this image "
+                         f"has {sr_y.shape[1]}x{sr_y.shape[0]}")
+    # dB of SR / HR power per bin (a tiny floor keeps a perfectly flat HR image finite). (tile, tile)
+    ratio_db = 10 * np.log10((welch_power_spectrum(sr_y, tile) + 1e-10) / (welch_power_spectrum(hr_y, tile) + 1e-10))
+    frequency = np.fft.fftfreq(tile)                                             # (tile,), cycles per pixel
+    radius = np.hypot(frequency[:, None], frequency[None, :])                    # (tile, tile)
+    # The lattice: every 8th bin in each direction, without the (absent) DC bin. Its neighbourhood: the bins at a
+    # Chebyshev distance of 2 around each (wrapping round, as frequencies do).
+    lattice_bins = [(i, j) for i in range(0, tile, 8) for j in range(0, tile, 8) if (i, j) != (0, 0)]
+    ring = [(di, dj) for di in range(-2, 3) for dj in range(-2, 3) if max(abs(di), abs(dj)) == 2]
+    at_lattice = np.array([ratio_db[i, j] for i, j in lattice_bins])
+    around = np.array([np.mean([ratio_db[(i + di) % tile, (j + dj) % tile] for di, dj in ring])
+                       for i, j in lattice_bins])
+    return {"hf_gain": float(ratio_db[radius > SPECTRAL_HIGH_FREQUENCY].mean()),
+            "lattice": float(np.mean(at_lattice - around)),
+            "lattice_hr": float(np.mean(at_lattice))}
+
+
+# ------------------------------------------------------------------------------------------------------
 # The evaluation protocols
 # ------------------------------------------------------------------------------------------------------
 def _grey_from_rgb(img):
@@ -783,32 +854,39 @@ def upscale_array(generator, lr, scaling_factor, protocol="standard", precision=
 
 
 # What measure_set can average. psnr_rgb is PSNR on RGB instead of Y (calculate_rgb_psnr); NIQE needs no HR image and
-# is lower-is-better.
-MEASURES = ("psnr", "ssim", "psnr_rgb", "niqe")
+# is lower-is-better; 'spectral' gives the three SPECTRAL_MEASURES (calculate_spectral).
+MEASURES = ("psnr", "ssim", "psnr_rgb", "niqe", "spectral")
 
 
-def measure_set(generator, pairs, scaling_factor, measures=("psnr", "ssim"), protocol="standard", precision="fp32"):
+def measure_keys(measures):
+    """The numbers that measure_set returns for these measures, in order ('spectral' is three of them)."""
+    return [key for m in measures for key in (SPECTRAL_MEASURES if m == "spectral" else (m,))]
+
+
+def measure_set(generator, pairs, scaling_factor, measures=("psnr", "ssim"), protocol="standard", precision="fp32",
+                per_image=None):
     """Average measures of one generator (None: bicubic) over one test set's (name, hr, lr) pairs.
 
     PSNR and SSIM compare each SR image with its HR image (evaluate_pair); psnr_rgb does so on the RGB channels
     (calculate_rgb_psnr); NIQE looks at the SR image alone, on the same Y channel with the same border shaved
-    (calculate_niqe). psnr_rgb and NIQE: standard protocol only. The generator is used as
+    (calculate_niqe); spectral compares the power spectra of SR and HR on that Y (calculate_spectral). psnr_rgb, NIQE
+    and spectral: standard protocol only. The generator is used as
     it is: put it in eval mode first (batch norm must use its running statistics), and back in training mode
     afterwards when validating during training.
 
     :param pairs: from load_test_pairs
     :param measures: any of MEASURES, e.g. ('psnr', 'ssim', 'niqe') or ('psnr', 'psnr_rgb')
-    :return: dict measure -> mean over the images (float), in the order of `measures`
+    :param per_image: a list to append one dict per image to, {"image": name, measure key: value, ...}, or None
+    :return: dict measure key (measure_keys) -> mean over the images (float), in the order of `measures`
     """
     s = scaling_factor
     unknown = [m for m in measures if m not in MEASURES]
     if unknown or not measures:
         raise ValueError(f"unknown measure(s) {unknown}: choose one or more of {', '.join(MEASURES)}")
-    if "niqe" in measures and protocol != "standard":
-        raise ValueError("NIQE is measured under the standard protocol only (on its 8-bit outputs and luma Y)")
-    if "psnr_rgb" in measures and protocol != "standard":
-        raise ValueError("RGB PSNR is measured under the standard protocol only (on its 8-bit outputs)")
-    values = {m: [] for m in measures}
+    for measure, what in (("niqe", "NIQE"), ("psnr_rgb", "RGB PSNR"), ("spectral", "The spectral measures")):
+        if measure in measures and protocol != "standard":
+            raise ValueError(f"{what} is measured under the standard protocol only (on its 8-bit outputs)")
+    values = {key: [] for key in measure_keys(measures)}
     for name, hr, lr in pairs:
         sr = upscale_array(generator, lr, s, protocol, precision)
         if protocol == "standard":
@@ -819,19 +897,26 @@ def measure_set(generator, pairs, scaling_factor, measures=("psnr", "ssim"), pro
                 raise ValueError(f"The LR image of {name} gives a {sr.shape[1]}x{sr.shape[0]} output at x{s}, "
                                  f"which does not match its {w}x{h} HR image cropped to a multiple of {s}.")
             sr = sr[:h, :w]
+        image = {}
         if "psnr" in values or "ssim" in values:
             psnr, ssim = evaluate_pair(sr, hr, s, protocol=protocol)
-            for m, value in (("psnr", psnr), ("ssim", ssim)):
-                if m in values:
-                    values[m].append(value)
+            image.update((m, value) for m, value in (("psnr", psnr), ("ssim", ssim)) if m in values)
         if "psnr_rgb" in values:
-            values["psnr_rgb"].append(calculate_rgb_psnr(sr, hr, s))
-        if "niqe" in values:
-            sr_y, _ = _measured_luma(sr, hr, s)                                  # what PSNR / SSIM measure, too
+            image["psnr_rgb"] = calculate_rgb_psnr(sr, hr, s)
+        if "niqe" in values or "hf_gain" in values:
+            sr_y, hr_y = _measured_luma(sr, hr, s)                               # what PSNR / SSIM measure, too
             try:
-                values["niqe"].append(calculate_niqe(sr_y, crop_border=s))
+                if "niqe" in values:
+                    image["niqe"] = calculate_niqe(sr_y, crop_border=s)
+                if "hf_gain" in values:
+                    image.update(calculate_spectral(sr_y, hr_y, s, crop_border=s))
             except ValueError as error:
-                raise ValueError(f"{name}: {error}; measure this set without niqe, or remove the image") from None
+                raise ValueError(f"{name}: {error}; measure this set without niqe and spectral, or remove the "
+                                 f"image") from None
+        for key, value in image.items():
+            values[key].append(value)
+        if per_image is not None:
+            per_image.append({"image": name, **image})
     exact = [name for (name, _, _), psnr in zip(pairs, values.get("psnr", [])) if math.isinf(psnr)]
     if exact:
         # An output identical to its HR image has an infinite PSNR, and so then has the mean: say why, every time.

@@ -195,7 +195,8 @@ def test_table_and_json(photo_lists, tmp_path, capsys):
     saved = json.loads(json_path.read_text())
     assert saved == {"results": results}
     assert len(results) == 1
-    assert set(results[0]) == {"model", "test_set", "scale", "lr_degradation", "psnr", "ssim", "n_images"}
+    assert set(results[0]) == {"model", "test_set", "scale", "lr_degradation", "psnr", "ssim", "n_images", "images"}
+    assert [set(image) for image in results[0]["images"]] == [{"image", "psnr", "ssim"}] * 2
     assert results[0]["lr_degradation"] == "bicubic"
     assert results[0]["model"] == "bicubic" and results[0]["test_set"] == "Photos"
     assert results[0]["scale"] == 2 and results[0]["n_images"] == 2
@@ -267,6 +268,23 @@ def niqe_photo_lists(tmp_path_factory):
     return folder
 
 
+def test_spectral_columns_and_each_images_numbers(niqe_photo_lists, tmp_path, capsys):
+    """--metrics spectral: three columns in dB (HF gain, lattice, lattice/HR), each image's numbers in the JSON, the
+    set's the mean of them; bicubic is blurrier than HR (hf_gain < 0)."""
+    results = eval_script.main(["--data_folder", str(niqe_photo_lists), "--test_sets", "Photos", "--metrics",
+                                "spectral", "psnr", "--json", str(tmp_path / "r.json")])
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "Photos PSNR / HF gain / lattice / lattice/HR" in header and "spectral in dB" in header
+    row = results[0]
+    assert list(row)[4:8] == ["psnr", "hf_gain", "lattice", "lattice_hr"]
+    for key in ("psnr", "hf_gain", "lattice", "lattice_hr"):
+        assert row[key] == pytest.approx(np.mean([image[key] for image in row["images"]]))
+    assert row["hf_gain"] < -10
+    with pytest.raises(ValueError, match="standard protocol"):
+        eval_script.main(["--data_folder", str(niqe_photo_lists), "--test_sets", "Photos", "--metrics", "spectral",
+                          "--protocol", "classic"])
+
+
 def test_degraded_setting_is_the_same_for_every_model_and_every_run(niqe_photo_lists, tmp_path):
     """--lr_degradation noise_jpeg: bicubic and a model see the same LR images (metrics.load_test_pairs with the
     setting), two runs write identical JSON, and the rows carry the setting and NIQE."""
@@ -280,7 +298,7 @@ def test_degraded_setting_is_the_same_for_every_model_and_every_run(niqe_photo_l
     first = json.loads((tmp_path / "first.json").read_text())["results"]
     assert (tmp_path / "first.json").read_bytes() == (tmp_path / "second.json").read_bytes()
     assert [list(r) for r in first] == [["model", "test_set", "scale", "lr_degradation", "psnr", "ssim", "niqe",
-                                         "n_images"]] * 2
+                                         "n_images", "images"]] * 2
     assert {r["lr_degradation"] for r in first} == {"noise_jpeg"}
     pairs = metrics.load_test_pairs(metrics.read_test_list(niqe_photo_lists, "Photos"), 4,
                                     lr_degradation="noise_jpeg")

@@ -404,6 +404,71 @@ def test_niqe_input_forms_blocks_and_errors(astronaut):
 
 
 # ------------------------------------------------------------------------------------------------------
+# Spectral measures
+# ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def photo_y(astronaut):
+    """The astronaut's luma, 8-bit values in [16, 235], (512, 512) float64."""
+    return metrics.rgb2y(astronaut)
+
+
+def test_welch_power_spectrum_of_white_noise_and_of_a_wave():
+    """Normalised so that white noise of variance v has power v in every bin (what Welch's method promises), and a
+    wave of k / 32 cycles per pixel puts its power at bin k."""
+    rng = np.random.default_rng(0)
+    power = metrics.welch_power_spectrum(rng.normal(0, 3, (512, 512)), 32)                 # (32, 32)
+    assert power.shape == (32, 32)
+    assert np.median(power) == pytest.approx(9, rel=0.05)
+    x = np.arange(256)
+    wave = np.tile(np.sin(2 * np.pi * 5 / 32 * x), (256, 1))                              # along the width
+    power = metrics.welch_power_spectrum(wave, 32)
+    assert np.unravel_index(power.argmax(), power.shape) in [(0, 5), (0, 27)]             # +-5 / 32
+
+
+def test_spectral_of_identical_images_is_zero(photo_y):
+    assert metrics.calculate_spectral(photo_y, photo_y, 4, crop_border=4) == {
+        "hf_gain": 0.0, "lattice": 0.0, "lattice_hr": 0.0}
+
+
+@pytest.mark.parametrize("pattern", ["grid", "checkerboard"])
+def test_spectral_sees_a_grid_or_a_checkerboard_added_to_a_photo(photo_y, pattern):
+    """A faint pattern of period 4 (a random fixed 4x4 tile, 2 grey levels) or 2 (a checkerboard) added to a photo:
+    high on both lattice measures, past the thresholds of a visible pattern (0.5 and -10 dB), while the high
+    frequencies as a whole barely move. (A checkerboard has one of the 15 lattice frequencies, (1/2, 1/2), so the
+    mean over them rises less than for a grid, which has them all.)"""
+    rng = np.random.default_rng(1)
+    if pattern == "grid":
+        cell = rng.uniform(-1, 1, (4, 4))
+        cell *= 2 / np.abs(cell).max()
+        added = np.tile(cell, (128, 128))                                                  # (512, 512)
+    else:
+        added = 2.0 * (-1.0) ** np.add.outer(np.arange(512), np.arange(512))
+    scores = metrics.calculate_spectral(photo_y + added, photo_y, 4, crop_border=4)
+    assert scores["lattice"] > (3 if pattern == "grid" else 1) and scores["lattice_hr"] > -10
+    assert abs(scores["hf_gain"]) < 3
+
+
+def test_spectral_of_blur_and_of_a_blurry_output_with_a_faint_grid(photo_y):
+    """Blur: hf_gain clearly negative, no lattice peak. The same blur with a very faint grid: the grid stands out of
+    the blurred neighbourhood (lattice up) but stays far below the photo's own power there (lattice_hr low): by the
+    two thresholds together, not a visible pattern."""
+    blurred = scipy.ndimage.gaussian_filter(photo_y, 1.5)
+    scores = metrics.calculate_spectral(blurred, photo_y, 4, crop_border=4)
+    assert scores["hf_gain"] < -10
+    assert abs(scores["lattice"]) < 0.5
+    sharper = metrics.calculate_spectral(scipy.ndimage.gaussian_filter(photo_y, 0.7), photo_y, 4, crop_border=4)
+    assert scores["hf_gain"] < sharper["hf_gain"] < 0
+    faint = np.tile(np.random.default_rng(2).uniform(-0.1, 0.1, (4, 4)), (128, 128))
+    scores = metrics.calculate_spectral(blurred + faint, photo_y, 4, crop_border=4)
+    assert scores["lattice"] > 0.5 and scores["lattice_hr"] < -10
+
+
+def test_spectral_needs_a_tile(photo_y):
+    with pytest.raises(ValueError, match="at least 32x32 pixels"):
+        metrics.calculate_spectral(photo_y[:38, :100], photo_y[:38, :100], 4, crop_border=4)
+
+
+# ------------------------------------------------------------------------------------------------------
 # Degraded-input protocols
 # ------------------------------------------------------------------------------------------------------
 DEGRADED = [name for name in metrics.LR_DEGRADATIONS if name != "bicubic"]
@@ -568,3 +633,23 @@ def test_measure_set_adds_niqe_of_the_measured_luma(astronaut, tmp_path):
         metrics.measure_set(None, pairs, 4, ("lpips",))
     with pytest.raises(ValueError, match="standard protocol"):
         metrics.measure_set(None, pairs, 4, ("niqe",), protocol="classic")
+
+
+def test_measure_set_adds_the_spectral_measures_and_each_images_numbers(astronaut, tmp_path):
+    """'spectral' gives hf_gain, lattice and lattice_hr of the measured luma against HR's, and per_image each image's
+    numbers, whose means are the set's."""
+    Image.fromarray(astronaut[:300, :250]).save(tmp_path / "a.png")
+    Image.fromarray(astronaut[200:, 100:]).save(tmp_path / "b.png")
+    pairs = metrics.load_test_pairs([tmp_path / "a.png", tmp_path / "b.png"], 4)
+    per_image = []
+    scores = metrics.measure_set(None, pairs, 4, ("psnr", "spectral"), per_image=per_image)
+    assert list(scores) == ["psnr", "hf_gain", "lattice", "lattice_hr"] == metrics.measure_keys(("psnr", "spectral"))
+    assert [image["image"] for image in per_image] == ["a", "b"]
+    for key in scores:
+        assert scores[key] == pytest.approx(np.mean([image[key] for image in per_image]))
+    sr = metrics.imresize(pairs[0][2], scale=4)                                    # bicubic, (300, 248, 3)
+    expected = metrics.calculate_spectral(metrics.rgb2y(sr), metrics.rgb2y(astronaut[:300, :248]), 4, crop_border=4)
+    assert {key: per_image[0][key] for key in expected} == expected
+    assert scores["hf_gain"] < -15                                                 # bicubic x4 is blurry
+    with pytest.raises(ValueError, match="standard protocol"):
+        metrics.measure_set(None, pairs, 4, ("spectral",), protocol="classic")
