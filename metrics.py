@@ -463,7 +463,7 @@ def calculate_spectral(sr_y, hr_y, scaling_factor, crop_border=0):
 
     The tiles are 8 s pixels a side (32 at x4), so the lattice frequencies k / s cycles per pixel fall on whole bins
     (every 8th); a bin's neighbourhood is the ring of bins two away from it (the Hann window spreads a peak over the
-    adjacent bins).
+    adjacent bins): lattice_contrast.
 
     :param sr_y, hr_y: (H, W) the measured luma (_measured_luma: 8-bit values), the same size
     :param scaling_factor: s, the period of the lattice
@@ -479,16 +479,26 @@ def calculate_spectral(sr_y, hr_y, scaling_factor, crop_border=0):
     ratio_db = 10 * np.log10((welch_power_spectrum(sr_y, tile) + 1e-10) / (welch_power_spectrum(hr_y, tile) + 1e-10))
     frequency = np.fft.fftfreq(tile)                                             # (tile,), cycles per pixel
     radius = np.hypot(frequency[:, None], frequency[None, :])                    # (tile, tile)
-    # The lattice: every 8th bin in each direction, without the (absent) DC bin. Its neighbourhood: the bins at a
-    # Chebyshev distance of 2 around each (wrapping round, as frequencies do).
+    lattice, lattice_hr = lattice_contrast(ratio_db)
+    return {"hf_gain": float(ratio_db[radius > SPECTRAL_HIGH_FREQUENCY].mean()), "lattice": lattice,
+            "lattice_hr": lattice_hr}
+
+
+def lattice_contrast(spectrum_db):
+    """How much a spectrum stands out at the lattice frequencies: every 8th bin in each direction, without the DC bin
+    (k / s cycles per pixel with 8 s bins), against the ring of bins two away from each (wrapping round, as
+    frequencies do).
+
+    :param spectrum_db: (8 s, 8 s) dB per bin, numpy.fft order (a ratio of two spectra, or one spectrum)
+    :return: (mean dB by which the lattice bins stand above their rings, mean dB at the lattice bins)
+    """
+    tile = spectrum_db.shape[0]
     lattice_bins = [(i, j) for i in range(0, tile, 8) for j in range(0, tile, 8) if (i, j) != (0, 0)]
     ring = [(di, dj) for di in range(-2, 3) for dj in range(-2, 3) if max(abs(di), abs(dj)) == 2]
-    at_lattice = np.array([ratio_db[i, j] for i, j in lattice_bins])
-    around = np.array([np.mean([ratio_db[(i + di) % tile, (j + dj) % tile] for di, dj in ring])
+    at_lattice = np.array([spectrum_db[i, j] for i, j in lattice_bins])
+    around = np.array([np.mean([spectrum_db[(i + di) % tile, (j + dj) % tile] for di, dj in ring])
                        for i, j in lattice_bins])
-    return {"hf_gain": float(ratio_db[radius > SPECTRAL_HIGH_FREQUENCY].mean()),
-            "lattice": float(np.mean(at_lattice - around)),
-            "lattice_hr": float(np.mean(at_lattice))}
+    return float(np.mean(at_lattice - around)), float(np.mean(at_lattice))
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -85,12 +85,15 @@ hyperparameters = dict(
     n_blocks_d=8,  # SRGAN discriminator: convolutional blocks
     fc_size_d=1024,  # SRGAN discriminator: size of its hidden fully connected layer
     num_feat_d=64,  # U-Net discriminator: feature channels
+    antialias_d=False,  # U-Net discriminator: low-pass before each strided convolution (models.UNetDiscriminatorSN:
+    #   without it, the gradients the generator gets carry a checkerboard that it learns as a grid in its images)
     # Losses
     gan_type="vanilla",  # 'vanilla' (is this image real?) or 'relativistic' (is it more real than the others?)
     perceptual_layers=["relu5_4"],  # VGG19 feature maps of the perceptual loss: convX_Y is taken before its ReLU,
     #   reluX_Y after it (SRGAN: relu5_4)
     perceptual_layer_weights=[1.0],  # one weight per layer in perceptual_layers
     vgg_weights="imagenet",  # 'imagenet' (torchvision's download), a path to vgg19-dcbb9e9d.pth, or 'random'
+    vgg_pooling="max",  # VGG19's pooling: 'max' (its own) or 'avg' (average pooling in its place)
     perceptual_loss="mse",  # distance between feature maps: 'mse' (SRGAN) or 'l1' (ESRGAN)
     perceptual_loss_weight=1.0,  # weight of the perceptual (VGG) loss
     pixel_loss_weight=0.0,  # weight of an L1 pixel loss (ESRGAN: 1e-2, Real-ESRGAN: 1)
@@ -197,7 +200,8 @@ def check_hyperparameters(hp):
     training.check_training_hyperparameters(
         hp, positive=("kernel_size_d", "first_kernel_size_d", "n_channels_d", "n_blocks_d", "fc_size_d", "num_feat_d"),
         choices=dict(discriminator_arch=("srgan", "unet"), gan_type=("vanilla", "relativistic"),
-                     perceptual_loss=("mse", "l1"), degradation=degradations.DEGRADATIONS))
+                     perceptual_loss=("mse", "l1"), vgg_pooling=("max", "avg"),
+                     degradation=degradations.DEGRADATIONS))
     if len(hp.perceptual_layers) != len(hp.perceptual_layer_weights):
         raise ValueError("perceptual_layers and perceptual_layer_weights must have the same length.")
     augmentations.mixture_of(hp)  # --mixopts and its probabilities and strengths
@@ -280,13 +284,15 @@ def build_discriminator(hp):
         return models.Discriminator(**kwargs), kwargs
     if hp.discriminator_arch == "unet":
         kwargs = dict(num_feat=hp.num_feat_d)
+        if hp.antialias_d:  # (Real-ESRGAN's discriminator is stored as before)
+            kwargs["antialias"] = True
         return models.UNetDiscriminatorSN(**kwargs), kwargs
     raise ValueError(f"discriminator_arch must be 'srgan' or 'unet', not {hp.discriminator_arch!r}.")
 
 
 # The hyperparameters that shape the discriminator: a resumed run keeps its checkpoint's (and refuses other values).
 DISCRIMINATOR_ARCHITECTURE = ("discriminator_arch", "kernel_size_d", "first_kernel_size_d", "n_channels_d",
-                              "n_blocks_d", "fc_size_d", "num_feat_d")
+                              "n_blocks_d", "fc_size_d", "num_feat_d", "antialias_d")
 
 
 def discriminator_flags(arch, kwargs):
@@ -326,7 +332,7 @@ def build_networks(hp, resumed, device):
                          f"--checkpoint.")
     # The frozen VGG19 of the perceptual loss. It takes 'imagenet-norm' images.
     vgg = models.VGGFeatureExtractor(dict(zip(hp.perceptual_layers, hp.perceptual_layer_weights)),
-                                     weights=hp.vgg_weights)
+                                     weights=hp.vgg_weights, pooling=hp.vgg_pooling)
     memory_format = utils.memory_format(hp.channels_last)
     generator, discriminator, vgg = (m.to(device, memory_format=memory_format) for m in (generator, discriminator, vgg))
     architecture = dict(generator_arch=arch, generator_kwargs=kwargs, discriminator_arch=hp.discriminator_arch,

@@ -3,13 +3,16 @@ official weight layouts, pixel-shuffle orders and network interpolation. Tiny ne
 import math
 import urllib.error
 
+import numpy as np
 import pytest
+import scipy.ndimage
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import cli
 import inference
+import metrics
 import models
 import porting
 import train_srgan
@@ -241,12 +244,13 @@ def test_generators_of_official_files_keep_how_to_build_them():
 # Building a VGG19 costs seconds (143 M parameters, mostly the classifier we never use), so the tests build ONE
 # random VGG19 through the real load_vgg19('random') and hand that same model to every module under test.
 _RANDOM_VGG19 = []
+_LOAD_VGG19 = models.load_vgg19  # the real one, whatever a test has patched in its place
 
 
 def random_vgg19(weights="random"):
     assert weights == "random"
     if not _RANDOM_VGG19:
-        _RANDOM_VGG19.append(models.load_vgg19("random"))
+        _RANDOM_VGG19.append(_LOAD_VGG19("random"))
     return _RANDOM_VGG19[0]
 
 
@@ -329,6 +333,23 @@ def test_vgg_feature_extractor_layers(vgg54, shared_random_vgg):
     assert after(x)["relu2_2"].min() >= 0
     with pytest.raises(ValueError, match="unknown VGG19 layer"):
         models.VGGFeatureExtractor(["conv6_1"], weights="random")
+
+
+def test_vgg_average_pooling(shared_random_vgg):
+    """pooling='avg': the same convolutions (the same weights), 2x2 average pooling where VGG19 max-pools."""
+    torch.manual_seed(0)
+    max_pooled = models.VGGFeatureExtractor(["conv3_1"], weights="random")
+    avg_pooled = models.VGGFeatureExtractor(["conv3_1"], weights="random", pooling="avg")
+    avg_pooled.load_state_dict(max_pooled.state_dict())
+    assert [type(layer) for layer in avg_pooled.features] == [
+        nn.AvgPool2d if isinstance(layer, nn.MaxPool2d) else type(layer) for layer in max_pooled.features]
+    x = torch.rand(1, 3, 16, 16)
+    by_hand = x
+    for layer in max_pooled.features:
+        by_hand = torch.nn.functional.avg_pool2d(by_hand, 2) if isinstance(layer, nn.MaxPool2d) else layer(by_hand)
+    assert torch.allclose(avg_pooled(x)["conv3_1"], by_hand)
+    with pytest.raises(ValueError, match="pooling must be"):
+        models.VGGFeatureExtractor(["conv3_1"], weights="random", pooling="min")
 
 
 def test_vgg_weights_unavailable_gives_actionable_error(monkeypatch):
@@ -653,6 +674,43 @@ def test_unet_discriminator_per_pixel_logits(size):
     assert model.conv1.weight_orig.grad is not None
     # Sizes that are not multiples of 8 still give one logit per input pixel.
     assert model(torch.rand(1, 3, 30, 21)).shape == (1, 1, 30, 21)
+
+
+def test_binomial_blur_is_the_121_filter_with_repeated_borders():
+    """Against scipy's convolution with the same kernel and mode 'nearest' (borders repeated), channel by channel."""
+    x = torch.rand(2, 3, 9, 7, dtype=torch.float64)
+    kernel = np.outer([1, 2, 1], [1, 2, 1]) / 16
+    expected = np.stack([[scipy.ndimage.convolve(channel, kernel, mode="nearest") for channel in img]
+                         for img in x.numpy()])
+    assert np.allclose(models.BinomialBlur()(x).numpy(), expected, atol=1e-12)
+    assert models.BinomialBlur().state_dict() == {}                         # a constant, nothing to save
+
+
+def gradient_lattice_contrast(discriminator):
+    """dB by which the x4 lattice frequencies stand out in the power spectrum of the discriminator's gradient with
+    respect to its input (metrics.lattice_contrast), on smooth random 64x64 images."""
+    torch.manual_seed(0)
+    imgs = torch.nn.functional.interpolate(torch.rand(4, 3, 16, 16), scale_factor=4, mode="bicubic")
+    imgs.requires_grad_(True)
+    discriminator(imgs).mean().backward()
+    grey = imgs.grad.sum(dim=1).double().numpy()                                  # (4, 64, 64)
+    power = np.mean([metrics.welch_power_spectrum(g, 32) for g in grey], axis=0)
+    return metrics.lattice_contrast(10 * np.log10(power))[0]
+
+
+def test_unet_discriminator_antialias_keeps_the_weights_and_removes_the_checkerboard_of_its_gradient():
+    """antialias=True: the same state dict (Real-ESRGAN's discriminator weights load into it), the blur before each
+    strided convolution, and a gradient without the strong x4 lattice that the strided convolutions print into it."""
+    torch.manual_seed(0)
+    plain = models.UNetDiscriminatorSN(num_feat=16)
+    antialiased = models.UNetDiscriminatorSN(num_feat=16, antialias=True)
+    antialiased.load_state_dict(plain.state_dict(), strict=True)
+    assert set(antialiased.state_dict()) == set(plain.state_dict())
+    x = torch.rand(1, 3, 32, 32)
+    assert antialiased(x).shape == plain(x).shape == (1, 1, 32, 32)
+    assert isinstance(antialiased.blur, models.BinomialBlur) and isinstance(plain.blur, nn.Identity)
+    assert gradient_lattice_contrast(plain) > 8
+    assert gradient_lattice_contrast(antialiased) < 2
 
 
 def test_unet_discriminator_realesrgan_state_dict_names():
