@@ -878,3 +878,50 @@ def test_an_x1_model_runs_as_a_model_of_its_datas_scale(tmp_path):
     model.train()
     matched, _ = inference.fit_generator_to_data(model, 4)
     assert model.training and matched.generator is model and list(matched.parameters()) == list(model.parameters())
+
+
+def test_atomic_write_without_overwrite_never_replaces_a_file_that_appears_meanwhile(tmp_path, monkeypatch):
+    """overwrite=False publishes the file only if its name is free at that very moment (a hard link, which the system
+    refuses over an existing name): a file another process wrote between a check and the rename is kept, whatever
+    the timing, and nothing is left behind."""
+    target = tmp_path / "photo_x4.png"
+
+    def write_while_another_run_publishes(file):
+        target.write_bytes(b"the other run's output")  # the other run wins the race
+        file.write(b"ours")
+
+    with pytest.raises(FileExistsError):
+        utils.atomic_write(target, write_while_another_run_publishes, overwrite=False)
+    assert target.read_bytes() == b"the other run's output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo_x4.png"]
+    # A free name is written as atomic_write always writes (complete or not at all).
+    utils.atomic_write(tmp_path / "free.png", lambda file: file.write(b"ours"), overwrite=False)
+    assert (tmp_path / "free.png").read_bytes() == b"ours"
+    # A file system without hard links: the name is claimed with O_CREAT | O_EXCL, then replaced by the content.
+    monkeypatch.setattr(os, "link", lambda *args: (_ for _ in ()).throw(OSError(errno.EPERM, "no links here")))
+    utils.atomic_write(tmp_path / "fat.png", lambda file: file.write(b"ours"), overwrite=False)
+    assert (tmp_path / "fat.png").read_bytes() == b"ours"
+    with pytest.raises(FileExistsError):
+        utils.atomic_write(target, lambda file: file.write(b"ours"), overwrite=False)
+    assert target.read_bytes() == b"the other run's output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fat.png", "free.png", "photo_x4.png"]
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for folder in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(ValueError, match=r"^The output folder .*afile.* is a file"):
+            utils.check_output_folder(folder)
+        # atomic_write says the same when a script did not check first
+        with pytest.raises(RuntimeError, match=r"afile is a file, not a folder"):
+            utils.atomic_write(folder / "out.png", lambda file: file.write(b"x"))
+    utils.check_output_folder(tmp_path / "new" / "folder")  # missing folders are fine: they are created
+    assert not (tmp_path / "new").exists()
+
+
+def test_jpeg_sniffing_never_opens_a_fifo(tmp_path):
+    """Opening a FIFO for reading waits for a writer forever: is_jpeg_file reads regular files only."""
+    os.mkfifo(tmp_path / "pipe.jpg")
+    result = subprocess.run([sys.executable, "-c", f"import utils; print(utils.is_jpeg_file({str(tmp_path / 'pipe.jpg')!r}))"],
+                            cwd=Path(utils.__file__).parent, capture_output=True, text=True, timeout=20)
+    assert result.stdout.strip() == "False", result.stderr
