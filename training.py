@@ -149,6 +149,9 @@ def setup_training(hp, kind):
     keep_freed_memory()
     rank, world_size, device = setup_distributed()
     precision = inference.resolve_precision(hp.precision, device)
+    note = inference.precision_note(precision, device)  # bf16 emulated on this CPU: about 9 times slower to train
+    if note and rank == 0:
+        print(note, file=sys.stderr)
     if rank == 0:
         prepare_output_folder(hp.output_folder, kind, fresh=hp.checkpoint is None, overwrite=hp.overwrite)
     utils.seed_everything(hp.seed)

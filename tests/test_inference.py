@@ -5,7 +5,11 @@ is checked against its tensors before anything is built, and weights that cannot
 shipped models in test_weights.py.)
 """
 import json
+import os
 import resource
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +116,26 @@ def test_a_good_export_still_loads_exactly(tmp_path):
     for key, value in tiny_state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
     assert checkpoints.load_checkpoint(tmp_path / "good.pth")["generator_arch"] == "srresnet"
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_said_once_in_one_line(monkeypatch):
+    """--precision bf16 on a CPU without bf16 instructions runs, as asked, but emulated: several times slower than
+    fp32. The scripts say so in one line that names what is faster; 'auto' picks fp32 there and says nothing."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(inference, "native_bf16", lambda device: False)
+    note = inference.precision_note("bf16", cpu)
+    assert "emulated" in note and "--precision fp32" in note and "\n" not in note
+    assert inference.resolve_precision("auto", cpu) == "fp32"
+    assert inference.precision_note("fp32", cpu) is None
+    monkeypatch.setattr(inference, "native_bf16", lambda device: True)
+    assert inference.precision_note("bf16", cpu) is None and inference.resolve_precision("auto", cpu) == "bf16"
+
+
+def test_native_bf16_follows_the_cpu_the_libraries_use():
+    """An AVX2 CPU, emulated with oneDNN's and ATen's own switches: no native bf16 (in a fresh process: the switches
+    are read once)."""
+    code = "import torch, inference; print(inference.native_bf16(torch.device('cpu')))"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(inference.__file__).parent, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr
