@@ -241,6 +241,7 @@ def main(argv=None):
                          f"name (the export would replace the file it reads).")
     if output.exists() and not args.overwrite:
         raise ValueError(f"--output {output} already exists: give --overwrite to replace it, or another name.")
+    utils.check_output_folder(output.parent, "--output")  # a file where its folder should be: one line now
 
     model, weights, description = load_weights(args.checkpoint)
     if args.weights != "both" and "params_ema" in weights:

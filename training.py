@@ -372,8 +372,7 @@ def prepare_output_folder(folder, kind, fresh=False, overwrite=False):
                         nor its TensorBoard folder), is in use, or holds a run that a fresh run would replace
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"The output folder {folder} is a file, not a folder: give another --output_folder.")
+    utils.check_output_folder(folder)  # (a file there, or above it)
     tensorboard = folder / f"tensorboard_{kind}"
     if tensorboard.exists() and not tensorboard.is_dir():
         raise ValueError(f"{tensorboard} is a file, where this run's TensorBoard folder goes: move it away, or give "

@@ -454,3 +454,10 @@ def test_an_x1_model_of_x4_data_exports_as_an_x4_model(tmp_path, capsys):
     assert sr_onnx.shape == (2, 3, 52, 72)
     # Float outputs: a bilinear upscale in the graph would be 1e-2 off here, yet 55 dB in 8 bits (a smooth photo).
     assert (torch.from_numpy(sr_onnx) - forward(ema, lr_upscaled)).abs().max() < 1e-4
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path):
+    write_checkpoint(tmp_path / "checkpoint.pth", "compact")
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(ValueError, match=r"^The output folder .*afile is a file, not a folder.*--output"):
+        export.main([str(tmp_path / "checkpoint.pth"), "--output", str(tmp_path / "afile" / "model.onnx")])
