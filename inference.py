@@ -112,7 +112,7 @@ def check_shipped_file(path):
                                  f"inference.SHIPPED_MODELS and weights/README.md.)")
 
 
-def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_kind=None):
+def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_kind=None, checkpoint=None):
     """
     Load a generator for inference from any checkpoint this project understands (what eval.py and super_resolve.py
     use).
@@ -129,6 +129,9 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
     :param ema: False takes the raw weights of a file that also holds EMA weights (which are the default)
     :param expected_kind: if given, the training script our training checkpoints must come from (load_checkpoint);
                           exported and official files are accepted as they are
+    :param checkpoint: the file's content, read already with checkpoints.load_checkpoint(path), or None to read it
+                       here: one read gives one version of a file that a running training may rewrite meanwhile, so
+                       that two networks built from it (export.py's raw and EMA weights) come from the same one
     :return: (model in eval mode on `device`, a one-line description, the name of its published figures in
              eval.PUBLISHED or None); the model's generator_arch and generator_kwargs say how to build it again, and
              its data_scaling_factor the scaling factor of the data it was trained on (the checkpoint's
@@ -140,7 +143,7 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
         raise FileNotFoundError(f"The shipped model '{shipped_name}' should be {path}, which is missing: restore it "
                                 f"with `git checkout -- weights/`, or give the path of a checkpoint.")
     check_shipped_file(path)  # a shipped file, by its name or its path: the bytes that ship
-    checkpoint = checkpoints.load_checkpoint(path)
+    checkpoint = checkpoints.load_checkpoint(path) if checkpoint is None else checkpoint
     if isinstance(checkpoint, dict) and "generator_arch" in checkpoint:
         # Training checkpoints keep the raw and EMA weights as 'generator' / 'generator_ema'; export.py's files as
         # 'params' / 'params_ema' (BasicSR's names). A file with one set of weights gives it either way.
