@@ -47,7 +47,6 @@ import numpy as np
 import torch
 from torch import nn
 
-import checkpoints
 import cli
 import inference
 import metrics
@@ -73,7 +72,7 @@ def load_weights(path):
              {"params": the raw weights} plus {"params_ema": the EMA weights} when the file holds both (a file with
              one set of weights gives it as "params"), and descriptions the one-line description of each
     """
-    checkpoint = checkpoints.load_checkpoint(inference.shipped_model_path(path))  # the one read ('srresnet': weights/)
+    checkpoint = inference.read_generator_file(path)  # the one read
     model, description, _ = inference.load_generator(path, checkpoint=checkpoint)  # EMA weights, when there are
     raw_model, raw_description, _ = inference.load_generator(path, ema=False, checkpoint=checkpoint)
     weights, descriptions = {"params": raw_model.state_dict()}, {"params": raw_description}

@@ -1,6 +1,7 @@
 """Running a generator: which file holds which network, blending two of them, precision, and tiled upscaling.
 
   Generators from files      the shipped models (SHIPPED_MODELS, weights/, check_shipped_file: their SHA-256),
+                             read_generator_file (a file read once, a shipped one by its name),
                              load_generator (our checkpoints, export.py's files and the official ones; what a file
                              says of its network is checked against its tensors: models.generator_from_weights),
                              load_weights_but_first_convolution (an x4 network's weights into its x2 / x1
@@ -112,6 +113,22 @@ def check_shipped_file(path):
                                  f"inference.SHIPPED_MODELS and weights/README.md.)")
 
 
+def read_generator_file(path):
+    """
+    The content of a generator file (checkpoints.load_checkpoint), or of a shipped model by its name ('srresnet':
+    weights/srresnet_x4.pth, checked against its SHA-256 first: check_shipped_file).
+
+    :raises FileNotFoundError, ValueError: in one line, a missing shipped file saying how to restore it
+    """
+    shipped_name = str(path) if shipped_model_path(path) != Path(path) else None
+    path = shipped_model_path(path)
+    if shipped_name is not None and not path.exists():
+        raise FileNotFoundError(f"The shipped model '{shipped_name}' should be {path}, which is missing: restore it "
+                                f"with `git checkout -- weights/`, or give the path of a checkpoint.")
+    check_shipped_file(path)  # a shipped file, by its name or its path: the bytes that ship
+    return checkpoints.load_checkpoint(path)
+
+
 def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_kind=None, checkpoint=None):
     """
     Load a generator for inference from any checkpoint this project understands (what eval.py and super_resolve.py
@@ -129,7 +146,7 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
     :param ema: False takes the raw weights of a file that also holds EMA weights (which are the default)
     :param expected_kind: if given, the training script our training checkpoints must come from (load_checkpoint);
                           exported and official files are accepted as they are
-    :param checkpoint: the file's content, read already with checkpoints.load_checkpoint(path), or None to read it
+    :param checkpoint: the file's content, read already with read_generator_file(path), or None to read it
                        here: one read gives one version of a file that a running training may rewrite meanwhile, so
                        that two networks built from it (export.py's raw and EMA weights) come from the same one
     :return: (model in eval mode on `device`, a one-line description, the name of its published figures in
@@ -139,11 +156,7 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
     """
     shipped_name = str(path) if shipped_model_path(path) != Path(path) else None
     path = shipped_model_path(path)  # 'srresnet' / 'compact' / 'realistic': the shipped weights/<file>
-    if shipped_name is not None and not path.exists():
-        raise FileNotFoundError(f"The shipped model '{shipped_name}' should be {path}, which is missing: restore it "
-                                f"with `git checkout -- weights/`, or give the path of a checkpoint.")
-    check_shipped_file(path)  # a shipped file, by its name or its path: the bytes that ship
-    checkpoint = checkpoints.load_checkpoint(path) if checkpoint is None else checkpoint
+    checkpoint = read_generator_file(shipped_name or path) if checkpoint is None else checkpoint
     if isinstance(checkpoint, dict) and "generator_arch" in checkpoint:
         # Training checkpoints keep the raw and EMA weights as 'generator' / 'generator_ema'; export.py's files as
         # 'params' / 'params_ema' (BasicSR's names). A file with one set of weights gives it either way.
