@@ -51,6 +51,12 @@ def free_bytes(folder):
     except OSError:
         return None
 
+# The files this project loads a generator from (--model, --pretrained, --srresnet_checkpoint), as the messages about
+# other files list them.
+MODEL_FILES = ("checkpoints of train_srresnet.py / train_srgan.py (.pth); export.py's .pth and .safetensors; official "
+               "ESRGAN / Real-ESRGAN / BasicSR weights (.pth, .safetensors)")
+
+
 def load_checkpoint(path, expected_kind=None):
     """
     Load a checkpoint safely: onto the CPU (so a GPU checkpoint loads anywhere) and with weights_only=True
@@ -84,6 +90,9 @@ def load_checkpoint(path, expected_kind=None):
                          f"and plain values, and loading those could run code. Only load files you trust; save "
                          f"models as state dicts.") from None
     except Exception as error:  # not a torch file at all (zip error, truncated, ...)
+        if path.suffix.lower() == ".onnx":  # e.g. export.py's own output, given back as a model
+            raise ValueError(f"{path} is an ONNX graph: ONNX files are run by ONNX Runtime (or chaiNNer), not loaded "
+                             f"here. Give the file it was exported from; this project loads {MODEL_FILES}.") from None
         raise ValueError(f"Cannot read checkpoint {path}: it is not a PyTorch checkpoint or it is "
                          f"damaged ({error}).") from None
     check_checkpoint_kind(checkpoint, expected_kind, path)

@@ -139,3 +139,15 @@ def test_native_bf16_follows_the_cpu_the_libraries_use():
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(inference.__file__).parent, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_an_onnx_file_given_as_a_model_says_what_it_is_and_which_files_are_taken(tmp_path):
+    """export.py writes .onnx files; given back as --model / --pretrained, one line says that ONNX Runtime runs them
+    and which files this project loads (not "not a PyTorch checkpoint or it is damaged")."""
+    onnx = tmp_path / "srgan.onnx"
+    onnx.write_bytes(b"\x08\x09\x12\x07pytorch\x1a\x052.1.0:\x8a\x01\n")  # the first bytes of an ONNX model proto
+    with pytest.raises(ValueError) as error:
+        inference.load_generator(onnx)
+    message = str(error.value)
+    assert "ONNX" in message and "ONNX Runtime" in message and "damaged" not in message and "\n" not in message
+    assert checkpoints.MODEL_FILES in message and ".safetensors" in checkpoints.MODEL_FILES
