@@ -197,7 +197,11 @@ def check_hyperparameters(hp):
     training.check_training_hyperparameters(
         hp, positive=("kernel_size_d", "first_kernel_size_d", "n_channels_d", "n_blocks_d", "fc_size_d", "num_feat_d"),
         choices=dict(discriminator_arch=("srgan", "unet"), gan_type=("vanilla", "relativistic"),
-                     perceptual_loss=("mse", "l1"), degradation=degradations.DEGRADATIONS))
+                     perceptual_loss=("mse", "l1"), degradation=degradations.DEGRADATIONS),
+        layer_counts=("n_blocks_d",), widths=("kernel_size_d", "first_kernel_size_d", "n_channels_d", "fc_size_d",
+                                              "num_feat_d"))
+    # Counted before it is built (the SRGAN discriminator doubles its channels every two blocks).
+    training.check_network_size(lambda: build_discriminator(hp)[0], f"The discriminator ({hp.discriminator_arch})")
     if len(hp.perceptual_layers) != len(hp.perceptual_layer_weights):
         raise ValueError("perceptual_layers and perceptual_layer_weights must have the same length.")
     augmentations.mixture_of(hp)  # --mixopts and its probabilities and strengths

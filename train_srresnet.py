@@ -172,7 +172,9 @@ def check_hyperparameters(hp):
                       "num_grow_ch", "num_conv"),
         non_negative=("grad_clip",),
         choices=dict(generator_arch=tuple(ARCHITECTURE_FLAGS), pixel_loss=("mse", "l1"),
-                     degradation=degradations.DEGRADATIONS))
+                     degradation=degradations.DEGRADATIONS),
+        layer_counts=("n_blocks", "num_block", "num_conv"),
+        widths=("large_kernel_size", "small_kernel_size", "n_channels", "num_feat", "num_grow_ch"))
     augmentations.mixture_of(hp)  # --mixopts and its probabilities and strengths
     if hp.checkpoint is None and hp.pretrained is None:  # (otherwise the file brings the architecture)
         own = ARCHITECTURE_FLAGS[hp.generator_arch]
@@ -182,6 +184,9 @@ def check_hyperparameters(hp):
             raise ValueError(f"{', '.join(sorted(set(foreign)))} not used by --generator_arch {hp.generator_arch}, "
                              f"whose flags are {', '.join('--' + name for name in own)}: give those instead (or the "
                              f"--generator_arch the flags are for).")
+        # Counted before it is built (a file's network was counted when its weights were checked against it).
+        training.check_network_size(lambda: models.build_generator(hp.generator_arch, **generator_kwargs(hp)),
+                                    f"The generator ({hp.generator_arch})")
 
 
 def main():

@@ -48,15 +48,29 @@ TRAINING_CHOICES = dict(precision=("auto", *inference.PRECISIONS), lr_maker=("pi
                         val_degradation=tuple(metrics.LR_DEGRADATIONS))
 
 
-def check_training_hyperparameters(hp, positive=(), non_negative=(), choices=None):
+# The largest networks a run builds. A size flag is bounded before anything is built: --num_conv 100000 would build
+# for minutes, its memory growing without bound. Layer counts (blocks, convolutions) by MAX_LAYERS, far above any
+# published network of the project's kinds (ESRGAN: 23 RRDB blocks; SRResNet: 16; EDSR: 32; the compact network: 16
+# or 32 convolutions) and small enough to count the parameters of on the 'meta' device in a few seconds; widths
+# (channels, kernel sizes) by models.MAX_ARCHITECTURE_VALUE, the bound of files too. And the whole network by
+# MAX_PARAMETERS (check_network_size): 12 times ESRGAN's RRDBNet (16.7 million); training holds 16 bytes per parameter
+# (weights, gradients and Adam's two moments in fp32), 3.2 GB at the bound, before any activation.
+MAX_LAYERS = 512
+MAX_PARAMETERS = 200_000_000
+
+
+def check_training_hyperparameters(hp, positive=(), non_negative=(), choices=None, layer_counts=(), widths=()):
     """
     Stop with one clear line (ValueError, through cli.run_cli) on a flag whose value cannot work, before anything is
     loaded: --print_every 0 would divide by zero at the first iteration, --n_blocks -1 build a network without
-    blocks, and an unknown name such as --pixel_loss huber must not be trained as something else.
+    blocks, --num_conv 100000 build for minutes, and an unknown name such as --pixel_loss huber must not be trained
+    as something else.
 
     :param positive, non_negative: names of numbers that must be > 0 / >= 0, besides TRAINING_POSITIVE and
                                    TRAINING_NON_NEGATIVE
     :param choices: dict name -> the values allowed, besides TRAINING_CHOICES
+    :param layer_counts, widths: names of architecture sizes (also in `positive`) that must be at most MAX_LAYERS /
+                                 models.MAX_ARCHITECTURE_VALUE
     """
     for name, allowed in {**TRAINING_CHOICES, **(choices or {})}.items():
         if getattr(hp, name) not in allowed:
@@ -67,6 +81,31 @@ def check_training_hyperparameters(hp, positive=(), non_negative=(), choices=Non
     for name in TRAINING_NON_NEGATIVE + tuple(non_negative):
         if getattr(hp, name) < 0:
             raise ValueError(f"--{name} must be 0 or more, not {getattr(hp, name)}.")
+    for names, most, what in ((layer_counts, MAX_LAYERS, "layers"), (widths, models.MAX_ARCHITECTURE_VALUE, "wide")):
+        for name in names:
+            if getattr(hp, name) > most:
+                raise ValueError(f"--{name} must be at most {most}, not {getattr(hp, name)}: no network this project "
+                                 f"trains is that many {what} (ESRGAN's RRDBNet: 23 blocks of 64 channels).")
+
+
+def check_network_size(build, what):
+    """
+    Refuse, in one line, a network with more than MAX_PARAMETERS parameters, before it is built: `build` runs on the
+    'meta' device, where every tensor is a shape without memory, and the parameters are counted there.
+
+    :param build: () -> the network (e.g. lambda: models.build_generator(arch, **kwargs))
+    :param what: how the message names it, e.g. "The generator (compact)"
+    :raises ValueError: too many parameters (or so many that their count overflows)
+    """
+    try:
+        with torch.device("meta"):
+            n_parameters = sum(parameter.numel() for parameter in build().parameters())
+    except (RuntimeError, OverflowError):  # "Storage size calculation overflowed": beyond any memory
+        n_parameters = float("inf")
+    if n_parameters > MAX_PARAMETERS:
+        raise ValueError(f"{what} would have {n_parameters / 1e6:,.0f} million parameters, more than the "
+                         f"{MAX_PARAMETERS / 1e6:.0f} million a run trains at most (ESRGAN's RRDBNet: 16.7 million): "
+                         f"give smaller sizes.")
 
 
 class GracefulExit:
@@ -268,6 +307,8 @@ def deepened_compact(generator, num_conv):
     if num_conv < old_num_conv:
         raise ValueError(f"cannot deepen a compact network of {old_num_conv} convolutions to {num_conv}: give "
                          f"--num_conv {old_num_conv} or more.")
+    check_network_size(lambda: models.build_generator("compact", **kwargs),
+                       f"The generator (compact, deepened to {num_conv} convolutions)")
     deeper = models.build_generator("compact", **kwargs).to(next(generator.parameters()).device)
     old_layers, new_layers = list(generator.body), list(deeper.body)
     # The first conv + PReLU and the old num_conv pairs, then the new pairs, then the last conv.

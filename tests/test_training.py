@@ -730,6 +730,44 @@ def test_flags_that_cannot_work_give_one_line_before_any_work(data_folder, tmp_p
     assert not (tmp_path / "run").exists()  # refused before anything was made
 
 
+class Hang(BaseException):
+    """Raised by an alarm when a call runs far longer than it should (a BaseException: no `except` swallows it)."""
+
+
+@pytest.mark.parametrize("script, flags, expected", [
+    (train_srresnet, ["--pretrained", "compact", "--num_conv", 100000], "--num_conv must be at most 512, not 100000"),
+    (train_srresnet, ["--n_blocks", 100000], "--n_blocks must be at most 512, not 100000"),
+    (train_srresnet, ["--n_channels", 100000], "--n_channels must be at most 4096, not 100000"),
+    (train_srresnet, ["--generator_arch", "compact", "--num_feat", 4096], "The generator (compact) would have 4,834 "
+     "million parameters"),
+    (train_srgan, ["--n_blocks_d", 40], "The discriminator (srgan) would have"),
+    (train_srgan, ["--n_blocks_d", 100], "The discriminator (srgan) would have"),
+], ids=["pretrained_num_conv", "n_blocks", "n_channels", "num_feat", "n_blocks_d", "n_blocks_d_overflow"])
+def test_networks_too_large_to_train_are_refused_in_one_line_before_building(data_folder, tmp_path, monkeypatch,
+                                                                              capsys, script, flags, expected):
+    """--num_conv 100000 built for minutes, its memory growing without bound. Every size flag is bounded (layer
+    counts by training.MAX_LAYERS, widths by models.MAX_ARCHITECTURE_VALUE), and the network's parameters are
+    counted on the 'meta' device (no memory) before it is built (training.check_network_size)."""
+    monkeypatch.setattr(script, "main", lambda main=script.main: cli.run_cli(main))
+
+    def hang(*args):
+        raise Hang("the check took more than 30 s: the network is being built")
+
+    base = ["--crop_size", 32, "--batch_size", 4, "--workers", 0]
+    if script is train_srgan:
+        base += ["--srresnet_checkpoint", "srresnet", "--vgg_weights", "random"]
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    try:
+        code, lines = run_cli(script, [*base, "--data_folder", data_folder, "--output_folder", tmp_path / "run",
+                                       "--iterations", 2, *flags], monkeypatch, capsys)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert code == 1 and len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
+    assert not (tmp_path / "run").exists()  # refused before anything was made
+
+
 def test_weights_of_another_scale_than_the_data_are_refused(data_folder, tmp_path, monkeypatch, capsys):
     """--pretrained (or train_srgan.py's --srresnet_checkpoint) with an x2 network on x4 data would train it on
     nearest-upscaled crops and exit 0: refused, with one line. A pixel-unshuffle x2 model (an x4 network behind a
