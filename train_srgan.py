@@ -403,10 +403,12 @@ def main():
                                                        hp.learning_rate_gamma)
     ema = training.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
     # PSNR / SSIM on val_sets as training goes, as eval.py measures them (a GAN trades some PSNR for texture, so the
-    # best file here is the generator's most faithful state, not its most realistic one).
+    # best file here is the generator's most faithful state, not its most realistic one). The generator starts trained,
+    # so its starting weights are a candidate too: the best file is never less faithful than the pixel-loss network.
     validation = training_log.Validation(hp, "srgan", generator, ema, Path(hp.output_folder) / "best_srgan.pth",
-                                  is_main_process, generator_arch=architecture["generator_arch"],
-                                  generator_kwargs=architecture["generator_kwargs"])
+                                         is_main_process, start_is_candidate=True,
+                                         generator_arch=architecture["generator_arch"],
+                                         generator_kwargs=architecture["generator_kwargs"])
     pair_pool = degradations.make_pair_pool(hp, rank, world_size)  # Real-ESRGAN's training-pair pool, or None
     # Everything a checkpoint holds to continue exactly where it stopped (the best validation score and the pool's
     # pairs too).

@@ -258,8 +258,10 @@ def main():
                                                      gamma=hp.learning_rate_gamma)
     ema = training.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
     # PSNR / SSIM on the test sets val_sets as training goes, exactly as eval.py measures them; keeps the best weights.
+    # Fine-tuning: the starting weights are a candidate too, so the best file is never worse than them.
     validation = training_log.Validation(hp, "srresnet", generator, ema, Path(hp.output_folder) / "best_srresnet.pth",
-                                         is_main_process, generator_arch=arch, generator_kwargs=kwargs)
+                                         is_main_process, start_is_candidate=hp.pretrained is not None,
+                                         generator_arch=arch, generator_kwargs=kwargs)
     pair_pool = degradations.make_pair_pool(hp, rank, world_size)  # Real-ESRGAN's training-pair pool, or None
     # Everything a checkpoint holds to continue exactly where it stopped (the best validation score and the pool's
     # pairs too).

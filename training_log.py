@@ -98,21 +98,28 @@ class Validation:
     wait there for its gradients; no collective operation is called while it validates, so none can hang.
 
     The weights with the best PSNR on the first set are written to `best_path`, a generator-only checkpoint that
-    load_generator, eval.py and super_resolve.py read like any other. The best score is saved in the training
+    load_generator, eval.py and super_resolve.py read like any other. When the run starts from trained weights
+    (fine-tuning, a GAN stage), the starting point, validated at iteration 0, is a candidate too: the best file is
+    then never worse than the weights the run started from (if no iteration beats them, it holds them). Weights
+    initialised at random are no candidate: they are nobody's result. The best score is saved in the training
     checkpoint (state_dict / load_state_dict, through the script's `stateful` objects), so a resumed run keeps it.
     """
 
     CROP = 64  # side of the LR crop whose SR image is logged at each validation (the first image's centre)
 
-    def __init__(self, hp, kind, generator, ema, best_path, is_main_process, **architecture):
+    def __init__(self, hp, kind, generator, ema, best_path, is_main_process, start_is_candidate=False,
+                 **architecture):
         """
         :param hp: the hyperparameters (val_sets, val_every, data_folder, scaling_factor; stored with the best weights)
         :param kind: 'srresnet' or 'srgan', the script (the best file's `kind`, as in its training checkpoints)
         :param generator: the plain generator (not its DDP / torch.compile wrapper); ema: its ModelEMA, or None
         :param best_path: where the best weights are written (best_<kind>.pth, beside the training checkpoint)
+        :param start_is_candidate: whether the weights at iteration 0 may be the best (True when they are trained
+                                   weights: --pretrained, or the pixel-loss network a GAN stage starts from)
         :param architecture: generator_arch and generator_kwargs, stored with the best weights
         """
         self.hp, self.kind, self.best_path, self.architecture = hp, kind, Path(best_path), architecture
+        self.start_is_candidate = start_is_candidate
         self.is_main_process = is_main_process
         self.model, self.weights_name = (ema.module, "generator_ema") if ema is not None else (generator, "generator")
         self.measured = self.model  # what evaluate_set runs: the model, or it behind a nearest upscale (x1 / x2)
@@ -166,7 +173,8 @@ class Validation:
     def __call__(self, iteration):
         """
         Measure the generator now, after `iteration` completed iterations, and keep its weights if they are the best
-        so far (iteration 0, the starting point, is measured but never kept: it is not this run's work).
+        so far (iteration 0, the starting point, only when start_is_candidate: random weights are measured, never
+        kept).
 
         :return: (scores: test set -> {"psnr", "ssim"}, the SR image of the fixed crop (h s, w s, 3) uint8,
                   whether these weights are the new best)
@@ -182,7 +190,7 @@ class Validation:
             for module, training in modes.items():
                 module.train(training)
         psnr = scores[self.first_set]["psnr"]
-        is_best = iteration > 0 and (self.best is None or psnr > self.best["psnr"])
+        is_best = (iteration > 0 or self.start_is_candidate) and (self.best is None or psnr > self.best["psnr"])
         if is_best:
             self.best = {"iteration": iteration, "val_set": self.first_set, "psnr": psnr}
             checkpoints.save_checkpoint({"kind": self.kind, "iteration": iteration, **self.architecture,

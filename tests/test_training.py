@@ -126,7 +126,7 @@ def test_train_srgan_runs_from_srresnet_checkpoint(data_folder, tmp_path, monkey
     # It validated the weights eval.py takes from its checkpoint (ESRGAN's EMA), and kept the best ones.
     assert sorted(validation_records(tmp_path / "log_srgan.jsonl")) == [0, 1, 2]
     best = checkpoints.load_checkpoint(tmp_path / "best_srgan.pth", expected_kind="srgan")
-    assert best["iteration"] == checkpoint["validation"]["best"]["iteration"] in (1, 2)
+    assert best["iteration"] == checkpoint["validation"]["best"]["iteration"] in (0, 1, 2)  # (0: the start won)
     assert ("generator_ema" in best) == (recipe == "esrgan")
     assert best["generator_kwargs"] == checkpoint["generator_kwargs"]
     assert checkpoint["generator_kwargs"] == srresnet_checkpoint["generator_kwargs"]
@@ -1299,6 +1299,33 @@ def test_validation_is_eval_py_and_keeps_the_best_weights(data_folder, tmp_path,
     with pytest.raises(ValueError, match="holds a generator only.*resume from checkpoint_srresnet.pth"):
         run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--output_folder", run,
                                     "--checkpoint", run / "best_srresnet.pth", "--iterations", 9], monkeypatch)
+
+@pytest.mark.parametrize("script", [train_srresnet, train_srgan], ids=["pretrained", "gan_stage"])
+def test_the_best_weights_of_a_fine_tuning_are_never_worse_than_the_start(data_folder, tmp_path, monkeypatch, capsys,
+                                                                          script):
+    """A run that starts from trained weights (--pretrained, or a GAN stage from its pixel-loss network) counts the
+    validation at iteration 0 as a candidate: a learning rate that only makes things worse leaves best_<kind>.pth
+    holding the starting weights, with their score. (A run from random weights does not: test above.)"""
+    run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--output_folder", tmp_path / "start",
+                                "--iterations", 30, "--learning_rate", 1e-3, "--val_every", 0], monkeypatch)
+    start = tmp_path / "start" / "checkpoint_srresnet.pth"
+    ruin = ["--learning_rate", 0.5, "--iterations", 2, "--val_every", 1, *VALIDATE, "--data_folder", data_folder,
+            "--output_folder", tmp_path / "run", "--crop_size", 24, "--batch_size", 4, "--workers", 0]
+    if script is train_srresnet:
+        run_script(train_srresnet, ["--pretrained", start, *ruin], monkeypatch)
+    else:
+        run_script(train_srgan, ["--srresnet_checkpoint", start, *TINY_DISCRIMINATOR, *ruin], monkeypatch)
+    kind = "srresnet" if script is train_srresnet else "srgan"
+    validated = validation_records(tmp_path / "run" / f"log_{kind}.jsonl")
+    assert max(validated[1]["psnr"], validated[2]["psnr"]) < validated[0]["psnr"]  # (training only made it worse)
+    out = capsys.readouterr().out
+    assert re.search(r"iteration 0: .*; best so far, saved to", out) and "iteration 2: " in out, out
+    best = checkpoints.load_checkpoint(tmp_path / "run" / f"best_{kind}.pth")
+    assert best["iteration"] == 0 and best["val"] == {"Tiny": validated[0]}
+    assert_same_state(best["generator"], checkpoints.load_checkpoint(start)["generator"])
+    checkpoint = checkpoints.load_checkpoint(tmp_path / "run" / f"checkpoint_{kind}.pth")
+    assert checkpoint["validation"]["best"]["iteration"] == 0
+
 
 
 @pytest.mark.parametrize("script", [train_srresnet, pytest.param(train_srgan, marks=pytest.mark.slow)],
