@@ -434,7 +434,8 @@ def main():
     log = training_log.TrainingLog(["perceptual", "pixel", "adversarial", "discriminator"], hp, start_iteration,
                                    device, is_main_process, f"train_srgan ({hp.recipe})",
                                    learning_rate=lambda: scheduler_g.get_last_lr()[0], validation=validation,
-                                   kind="srgan")
+                                   kind="srgan", resumed=resumed)
+    stateful["running_losses"] = log.running_losses  # saved too: the first report after a resume is the whole run's
 
     generator.train()
     discriminator.train()

@@ -284,7 +284,8 @@ def main():
                                     generator_kwargs=kwargs)
     log = training_log.TrainingLog(["loss"], hp, start_iteration, device, is_main_process, "train_srresnet",
                                    learning_rate=lambda: scheduler.get_last_lr()[0], validation=validation,
-                                   kind="srresnet")
+                                   kind="srresnet", resumed=resumed)
+    stateful["running_losses"] = log.running_losses  # saved too: the first report after a resume is the whole run's
 
     # The training loop: one batch of crops per iteration.
     generator.train()

@@ -49,6 +49,9 @@ class RunningLosses:
 
     They are summed on the device and read (.item()) only when reported: reading a GPU value makes the CPU wait
     for the GPU, which would otherwise already be queuing the next iteration's work.
+
+    The sums are part of the training checkpoint (state_dict), which may be saved between two reports: a resumed
+    run's first report then averages the same iterations as an uninterrupted run's, not only those since the resume.
     """
 
     def __init__(self, names, device, start_iteration):
@@ -58,12 +61,23 @@ class RunningLosses:
 
     def _reset(self):
         self.sums = {name: torch.zeros((), device=self.device) for name in self.names}
-        self.count, self.start_time = 0, time.time()
+        self.count = 0  # the iterations in the sums
+        self.timed, self.start_time = 0, time.time()  # the iterations this process ran since start_time (the speed)
 
     def add(self, **losses):
         for name, value in losses.items():
             self.sums[name] = self.sums[name] + value.detach().float()
         self.count += 1
+        self.timed += 1
+
+    def state_dict(self):
+        """The sums and their count (0-d float32 tensors on the CPU, an int), for the training checkpoint."""
+        return {"sums": {name: total.detach().cpu() for name, total in self.sums.items()}, "count": self.count}
+
+    def load_state_dict(self, state):
+        """Continue the sums of a checkpoint (a resumed run); the speed is measured afresh."""
+        self.sums = {name: state["sums"][name].to(self.device) for name in self.names}
+        self.count = state["count"]
 
     def check_finite(self, iteration, checkpoint_path):
         """One NaN / inf loss makes its sum NaN / inf: stop before a checkpoint overwrites the last good one."""
@@ -76,7 +90,7 @@ class RunningLosses:
         :return: (dict name -> mean loss, iterations per second), floats
         """
         means = {name: total.item() / self.count for name, total in self.sums.items()}
-        it_per_s = self.count / (time.time() - self.start_time)
+        it_per_s = self.timed / (time.time() - self.start_time)
         self._reset()
         return means, it_per_s
 
@@ -323,7 +337,7 @@ class TrainingLog:
     """
 
     def __init__(self, loss_names, hp, start_iteration, device, is_main_process, description="training",
-                 learning_rate=None, validation=None, kind=None):
+                 learning_rate=None, validation=None, kind=None, resumed=None):
         """
         :param loss_names: the names of the losses given to add_losses
         :param hp: the hyperparameters (iterations, output_folder, checkpoint)
@@ -331,6 +345,8 @@ class TrainingLog:
         :param validation: a Validation, or None (no validation)
         :param kind: 'srresnet' or 'srgan': the log files are log_<kind>.jsonl and tensorboard_<kind>/ in
                      hp.output_folder (None: no log files)
+        :param resumed: the checkpoint a resumed run continues, whose running losses (the sums since its last report)
+                        it continues too; the training checkpoints save `running_losses` under that name
         """
         self.hp, self.is_main_process, self.learning_rate, self.validation = hp, is_main_process, learning_rate, \
             validation
@@ -338,6 +354,8 @@ class TrainingLog:
         if validation is not None:
             validation.load_test_sets()
         self.running_losses = RunningLosses(loss_names, device, start_iteration)
+        if resumed is not None and "running_losses" in resumed:  # (older checkpoints have none: afresh)
+            self.running_losses.load_state_dict(resumed["running_losses"])
         self.log_files = LogFiles(hp.output_folder, kind, start_iteration) \
             if is_main_process and kind is not None else None
         self.postfix = {}  # what the progress bar shows after the counter: the last losses, speed, scores

@@ -1405,6 +1405,21 @@ def test_resumed_run_logs_every_iteration_once(data_folder, tmp_path, monkeypatc
     assert [step for step, _ in plot_training.read_crops(crashed, "srresnet")["sr"]] == [0, 2, 4, 6, 8]
 
 
+def test_the_first_report_after_a_resume_averages_the_same_iterations_as_an_uninterrupted_run(data_folder, tmp_path,
+                                                                                               monkeypatch):
+    """A checkpoint saved between two reports (--checkpoint_every 2, --print_every 4; or a stop signal) holds the
+    running sums of the losses since the last report, so the resumed run's report at 4 is the mean of iterations 1-4,
+    exactly the uninterrupted run's, not of 3-4 only."""
+    args = [*TINY_SRRESNET, "--data_folder", data_folder, "--print_every", 4, "--checkpoint_every", 2, "--val_every", 0]
+    keep_every_checkpoint(monkeypatch, tmp_path / "saved")
+    run_script(train_srresnet, [*args, "--iterations", 8, "--output_folder", tmp_path / "whole"], monkeypatch)
+    run_script(train_srresnet, [*args, "--iterations", 8, "--output_folder", tmp_path / "resumed",
+                                "--checkpoint", tmp_path / "saved" / "2.pth"], monkeypatch)
+    whole, resumed = ([record["losses"] for record in training_log.read_jsonl(folder / "log_srresnet.jsonl")
+                       if "losses" in record] for folder in (tmp_path / "whole", tmp_path / "resumed"))
+    assert len(whole) == 2 and resumed == whole
+
+
 def test_validation_under_a_degraded_setting_measures_the_jpeg_lr_images(data_folder, tmp_path, monkeypatch, capsys):
     """--val_degradation jpeg validates on the LR images eval.py makes under --lr_degradation jpeg: bicubic's scores
     are eval.py's for those images, and the line on the screen names the setting."""
