@@ -112,9 +112,13 @@ class GracefulExit:
     """
     Turn SIGINT (Ctrl+C) and SIGTERM (a cluster's time limit) into a flag the training loop checks after
     each iteration, so that it can save a checkpoint and exit cleanly instead of dying mid-step.
-    A second signal exits at once, except while a checkpoint is being written (inside `saving()`): breaking off
-    that write would lose the very checkpoint the first signal asked for, so the save goes on and the run stops
-    after it.
+
+    Further signals: a second Ctrl+C is a person who wants out now, and the run exits at once with one line and
+    status 130 (every checkpoint is written atomically, so the last one is intact); except while a checkpoint is
+    being written (inside `saving()`): breaking off that write would lose the very checkpoint the first signal asked
+    for, so the save goes on and the run stops after it. A repeated SIGTERM is the same request again, not an
+    escalation (a scheduler, `timeout` or a process manager may signal the process group and the process, several
+    times): the run goes on to its save and stops (SIGKILL is how those escalate).
 
     Only the main process of each training process gets here: the data-loading workers ignore both signals
     (datasets.ignore_stop_signals), because `timeout`, Slurm and Kubernetes signal the whole process group, and a
@@ -149,16 +153,30 @@ class GracefulExit:
             self.is_saving = False
 
     def _handler(self, signal_number, frame):
+        name = signal.Signals(signal_number).name
         if self.is_saving:  # any signal during a save: let the save finish, then stop
+            if not self.requested:
+                _say(f"\nReceived {name} while writing a checkpoint: saving, please wait (the run stops once it is "
+                     f"written).")
             self.requested = True
-            print(f"\nReceived {signal.Signals(signal_number).name} while writing a checkpoint: saving, please wait "
-                  f"(the run stops once it is written).", file=sys.stderr)
-            return
-        if self.requested:  # second Ctrl+C: the user really wants out
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\nReceived {signal.Signals(signal_number).name}: saving a checkpoint after this iteration "
-              f"(press Ctrl+C again to quit at once).", file=sys.stderr)
+        elif not self.requested:
+            self.requested = True
+            _say(f"\nReceived {name}: saving a checkpoint after this iteration (press Ctrl+C again to quit at once).")
+        elif signal_number == signal.SIGINT:  # a second Ctrl+C: the user really wants out, without a traceback
+            _say(f"\nReceived SIGINT again: quitting at once, without saving this iteration; the last checkpoint "
+                 f"written is intact (saves are atomic).")
+            raise SystemExit(130)  # (128 + SIGINT, the shell's status for a Ctrl+C)
+        # else: a repeated SIGTERM, the same request: the run saves and stops as the first one asked
+
+
+def _say(text):
+    """Print a line on stderr from a signal handler. The handler may have interrupted a print to stderr (a progress
+    bar's), and a buffered stream refuses a second write from within one ("reentrant call"): the line is then lost,
+    never turned into a traceback."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except RuntimeError:
+        pass
 
 
 

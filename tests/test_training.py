@@ -359,6 +359,56 @@ def test_a_second_ctrl_c_during_the_save_waits_for_it(data_folder, tmp_path, mon
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_repeated_sigterms_around_a_save_stop_the_run_cleanly_after_it(data_folder, tmp_path, monkeypatch, capsys):
+    """Three SIGTERMs 30 ms apart (a cluster's scheduler, `timeout`, a process manager signalling the group and the
+    process): one request to save and stop, not an escalation. The run stops after its next save, with a complete
+    checkpoint, no traceback, and one line about the signal."""
+    save_checkpoint = checkpoints.save_checkpoint
+    signalled = []
+
+    def save_then_be_signalled_thrice(state, path):
+        save_checkpoint(state, path)
+        if not signalled:  # after the first save: the signals arrive between two saves
+            for _ in range(3):
+                signalled.append(signal.SIGTERM)
+                signal.raise_signal(signal.SIGTERM)
+                time.sleep(0.03)
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_then_be_signalled_thrice)
+    try:
+        run_script(train_srresnet, [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder, "--output_folder",
+                                    tmp_path, "--iterations", 100, "--checkpoint_every", 2], monkeypatch)
+    except (KeyboardInterrupt, SystemExit) as error:
+        pytest.fail(f"the repeated SIGTERM broke the run off: {error!r}")
+    error = capsys.readouterr().err
+    assert error.count("Received SIGTERM") == 1, error
+    assert checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")["iteration"] == 3
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_second_ctrl_c_outside_a_save_quits_at_once_in_one_line(monkeypatch, capsys):
+    """Ctrl+C twice is a person who wants out now: one line (the last checkpoint is intact, as every save is atomic),
+    exit status 130, no KeyboardInterrupt traceback. Signals during a save only ask to stop after it."""
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop_signal = training.GracefulExit()
+        signal.raise_signal(signal.SIGINT)
+        with stop_signal.saving():
+            signal.raise_signal(signal.SIGINT)  # (waits for the save)
+            signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # the same request again
+        assert stop_signal.should_stop()
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    assert exit_info.value.code == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "SIGINT again" in lines[0] and "intact" in lines[0], lines
+
+
 def test_output_folder_is_checked_before_training(data_folder, tmp_path, monkeypatch, capsys):
     """A file given as the output folder, a folder that cannot be written, a disk without room for a checkpoint:
     one line each, before any training (no log, no checkpoint)."""
