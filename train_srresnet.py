@@ -118,7 +118,7 @@ hyperparameters = dict(
     #   weights and logs are removed first (without it such a run is refused: resume it with --checkpoint instead)
     pretrained=None,  # start from these weights, to fine-tune on your data: a shipped model ('srresnet', 'compact',
     #   'realistic') or any file eval.py takes; the architecture comes with them (with --use_unshuffle true: its x2 /
-    #   x1 variant, every layer but the first convolution from these weights)
+    #   x1 variant, starting where these weights are: the first convolution folded, inference.fold_first_convolution)
 )
 # Real-ESRGAN's degradations (degradation 'realesrgan'): every probability and range is a flag too, with Real-ESRGAN's
 # values as defaults (degradations.DEGRADATION_DEFAULTS says what each means). Of its three sharpened-target flags
@@ -215,16 +215,19 @@ def main():
         arch, kwargs = generator.generator_arch, generator.generator_kwargs
         started = f"Fine-tuning {description}; its architecture replaces the generator flags."
         if "use_unshuffle" in hp.given and hp.use_unshuffle:
-            # Its x2 / x1 pixel-unshuffle variant, started from its weights (as Real-ESRGAN's x2 model from the x4
-            # one): the same body; only the first convolution, which takes 3 r^2 channels instead of 3, starts anew.
+            # Its x2 / x1 pixel-unshuffle variant, started where it is: the same body, and the first convolution, which
+            # takes 3 r^2 channels instead of 3, folded so that on its input (the LR crop nearest-upscaled, then
+            # pixel-unshuffled) it computes exactly what the x4 model computes (inference.fold_first_convolution).
             variant = models.pixel_unshuffle_variant(arch, kwargs, hp.unshuffle_scale)
             if variant != kwargs:
                 pretrained, kwargs = generator, variant
                 generator = models.build_generator(arch, **kwargs).to(device)
-                anew = inference.load_weights_but_first_convolution(generator, pretrained)
-                started = (f"Starting the x{generator.scaling_factor} pixel-unshuffle variant of {description}: every "
-                           f"layer but its first convolution ({', '.join(anew)}: {3 * hp.unshuffle_scale ** 2} input "
-                           f"channels instead of 3), which starts anew.")
+                folded = inference.load_weights_folding_first_convolution(generator, pretrained)
+                r_squared = hp.unshuffle_scale ** 2
+                started = (f"Starting the x{generator.scaling_factor} pixel-unshuffle variant of {description} where "
+                           f"that model is: its layers, and its first convolution folded over the {3 * r_squared} "
+                           f"input channels ({', '.join(folded)}, divided by {r_squared} and repeated), which computes "
+                           f"what the x{pretrained.scaling_factor} model computes on the nearest-upscaled LR image.")
         if "num_conv" in hp.given and arch == "compact" and hp.num_conv != kwargs["num_conv"]:
             # A deeper compact network that starts as this one computes (training.deepened_compact): more layers to
             # learn with, e.g. JPEG and noise removal on top of the upscaling it already does.

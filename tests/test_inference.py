@@ -151,3 +151,32 @@ def test_an_onnx_file_given_as_a_model_says_what_it_is_and_which_files_are_taken
     message = str(error.value)
     assert "ONNX" in message and "ONNX Runtime" in message and "damaged" not in message and "\n" not in message
     assert checkpoints.MODEL_FILES in message and ".safetensors" in checkpoints.MODEL_FILES
+
+
+@pytest.mark.parametrize("arch, kwargs", [("srresnet", dict(n_channels=8, n_blocks=2, scaling_factor=4)),
+                                          ("rrdb", dict(num_feat=8, num_block=1, num_grow_ch=4, scale=4))])
+@pytest.mark.parametrize("r", [2, 4], ids=["x2", "x1"])
+def test_the_x2_and_x1_variants_start_computing_exactly_what_the_x4_model_computes(arch, kwargs, r):
+    """The x(4 / r) pixel-unshuffle variant's input is the LR image nearest-upscaled by r, then pixel-unshuffled: each
+    colour's r^2 channels are copies of one LR pixel. Its first convolution with the x4 model's weights divided by r^2,
+    repeated over those channels, computes the x4 model's; every other layer is the x4 model's: the variant starts
+    as the x4 model (float64: equal to rounding). Unfolding (summing the r^2 channels) gives the x4 model back."""
+    torch.manual_seed(0)
+    x4 = models.build_generator(arch, **kwargs).double().eval()
+    variant = models.build_generator(arch, **models.pixel_unshuffle_variant(arch, x4.generator_kwargs, r)).double()
+    assert inference.load_weights_folding_first_convolution(variant, x4) == [inference.first_convolution(
+        x4.state_dict())]
+    variant.eval()
+    lr_imgs = torch.rand(2, 3, 11, 13, dtype=torch.float64)
+    with torch.no_grad():
+        expected = x4(lr_imgs)
+        started = variant(inference.match_generator_input(lr_imgs, variant, 4))
+    torch.testing.assert_close(started, expected, rtol=0, atol=1e-12)
+    # (and for a fresh variant, without the folding, it would not: the check can fail)
+    fresh = models.build_generator(arch, **variant.generator_kwargs).double().eval()
+    with torch.no_grad():
+        assert not torch.allclose(fresh(inference.match_generator_input(lr_imgs, fresh, 4)), expected, atol=1e-3)
+    back = models.build_generator(arch, **x4.generator_kwargs).double().eval()
+    inference.load_weights_folding_first_convolution(back, variant)
+    first = inference.first_convolution(x4.state_dict())
+    torch.testing.assert_close(back.state_dict()[first], x4.state_dict()[first], rtol=0, atol=1e-15)

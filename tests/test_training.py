@@ -1215,8 +1215,8 @@ def test_the_old_cutblur_prob_flag_still_works(capsys):
 
 
 def test_pretrained_x4_model_starts_its_x1_variant(data_folder, tmp_path, monkeypatch, capsys):
-    """train_srresnet.py --use_unshuffle true --pretrained <x4 model>: every layer but the first convolution comes
-    from the x4 model, and the run says so."""
+    """train_srresnet.py --use_unshuffle true --pretrained <x4 model>: every layer comes from the x4 model, the first
+    convolution folded over the 3 r^2 channels of the nearest-upscaled, pixel-unshuffled input, and the run says so."""
     run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--iterations", 1, "--output_folder",
                                 tmp_path / "x4"], monkeypatch)
     x4 = checkpoints.load_checkpoint(tmp_path / "x4" / "checkpoint_srresnet.pth")["generator"]
@@ -1227,8 +1227,9 @@ def test_pretrained_x4_model_starts_its_x1_variant(data_folder, tmp_path, monkey
                                 "--batch_size", 4, "--workers", 0, "--data_folder", data_folder, "--iterations", 1,
                                 "--output_folder", tmp_path / "x1"], monkeypatch)
     assert ("Starting the x1 pixel-unshuffle variant of srresnet x4 from train_srresnet.py, iteration 1 (generator "
-            "weights): every layer but its first convolution (conv_block1.conv_block.0.weight: 48 input channels "
-            "instead of 3), which starts anew.") in capsys.readouterr().out
+            "weights) where that model is: its layers, and its first convolution folded over the 48 input channels "
+            "(conv_block1.conv_block.0.weight, divided by 16 and repeated), which computes what the x4 model computes "
+            "on the nearest-upscaled LR image.") in capsys.readouterr().out
     x1 = checkpoints.load_checkpoint(tmp_path / "x1" / "checkpoint_srresnet.pth")
     assert x1["generator_kwargs"] == dict(large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=1,
                                           scaling_factor=1, unshuffle_scale=4)
@@ -1236,7 +1237,9 @@ def test_pretrained_x4_model_starts_its_x1_variant(data_folder, tmp_path, monkey
     first = "conv_block1.conv_block.0.weight"
     assert x1["generator"][first].shape == (8, 48, 9, 9) and x4[first].shape == (8, 3, 9, 9)
     for name, value in x4.items():  # (batch norm's running statistics move with the training forward pass)
-        if name != first and value.is_floating_point() and "running_" not in name:
+        if name == first:
+            value = value.repeat_interleave(16, dim=1) / 16  # folded: the x4 model's, on 16 copies of each pixel
+        if value.is_floating_point() and "running_" not in name:
             torch.testing.assert_close(x1["generator"][name], value, rtol=0, atol=1e-7)
     # The compact network has no such variant: one line.
     with pytest.raises(ValueError, match="compact network has no pixel-unshuffle variant"):
