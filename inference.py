@@ -518,7 +518,7 @@ def precision_note(precision, device):
     """
     if precision == "bf16" and not native_bf16(device):
         return (f"warning: this {device.type.upper()} has no native bf16 instructions: bf16 runs emulated, several "
-                f"times slower than fp32 (the same numbers otherwise); give --precision fp32 (or auto, which picks "
+                f"times slower than fp32 (with the numbers native bf16 gives); give --precision fp32 (or auto, which picks "
                 f"the fast one) for speed")
     return None
 
