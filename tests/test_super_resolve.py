@@ -707,10 +707,14 @@ def test_a_tile_too_small_to_be_worth_it_is_raised_with_a_line(tmp_path, tiny_rr
                                   np.asarray(Image.open(tmp_path / "t32" / "photo_x4.png")))
 
 
+# A real ICC profile's bytes (LittleCMS's sRGB, made once: its header holds the time it was made).
+SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
 def icc_profile(colour_space=b"RGB "):
-    """A real ICC profile's bytes (Pillow's sRGB), its header's colour space set to `colour_space` (a profile of
-    another space, e.g. a CMYK one, differs in that field for what is checked here)."""
-    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    """SRGB_PROFILE, its header's colour space set to `colour_space` (a profile of another space, e.g. a CMYK one,
+    differs in that field for what is checked here)."""
+    profile = bytearray(SRGB_PROFILE)
     profile[16:20] = colour_space
     return bytes(profile)
 
