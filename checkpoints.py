@@ -51,6 +51,12 @@ def free_bytes(folder):
     except OSError:
         return None
 
+# The files this project loads a generator from (--model, --pretrained, --srresnet_checkpoint), as the messages about
+# other files list them.
+MODEL_FILES = ("checkpoints of train_srresnet.py / train_srgan.py (.pth); export.py's .pth and .safetensors; official "
+               "ESRGAN / Real-ESRGAN / BasicSR weights (.pth, .safetensors)")
+
+
 def load_checkpoint(path, expected_kind=None):
     """
     Load a checkpoint safely: onto the CPU (so a GPU checkpoint loads anywhere) and with weights_only=True
@@ -73,21 +79,29 @@ def load_checkpoint(path, expected_kind=None):
         return checkpoint
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # The file names Python classes or functions (torch's weights-only unpickler says "GLOBAL <name>", as
-        # "Unsupported global: GLOBAL io.open ..." or "unsupported GLOBAL posix.system whose module posix is
-        # blocked"): unpickling them could run arbitrary code.
-        offending = re.search(r"GLOBAL (\S+)", str(error))
-        if offending is None:
-            raise ValueError(f"Cannot read checkpoint {path}: it is not a PyTorch checkpoint or it is damaged.") from None
-        raise ValueError(f"Refused to load {path}: it holds Python objects ({offending.group(1)}) besides tensors "
-                         f"and plain values, and loading those could run code. Only load files you trust; save "
-                         f"models as state dicts.") from None
-    except Exception as error:  # not a torch file at all (zip error, truncated, ...)
-        raise ValueError(f"Cannot read checkpoint {path}: it is not a PyTorch checkpoint or it is "
-                         f"damaged ({error}).") from None
+    except Exception as error:  # not a torch file (zip error, truncated, ...), or one naming Python objects
+        raise unreadable_checkpoint(path, error) from None
     check_checkpoint_kind(checkpoint, expected_kind, path)
     return checkpoint
+
+
+def unreadable_checkpoint(path, error):
+    """The one-line ValueError for a file torch.load refused with `error`: an ONNX graph, a pickle that names Python
+    objects (which could run code), or anything else that is not a PyTorch checkpoint."""
+    if path.suffix.lower() == ".onnx":  # e.g. export.py's own output, given back as a model
+        return ValueError(f"{path} is an ONNX graph: ONNX files are run by ONNX Runtime (or chaiNNer), not loaded "
+                          f"here. Give the file it was exported from; this project loads {MODEL_FILES}.")
+    # The file names Python classes or functions (torch's weights-only unpickler says "GLOBAL <name>", as
+    # "Unsupported global: GLOBAL io.open ..." or "unsupported GLOBAL posix.system whose module posix is blocked"):
+    # unpickling them could run arbitrary code.
+    offending = re.search(r"GLOBAL (\S+)", str(error)) if isinstance(error, pickle.UnpicklingError) else None
+    if offending is not None:
+        return ValueError(f"Refused to load {path}: it holds Python objects ({offending.group(1)}) besides tensors "
+                          f"and plain values, and loading those could run code. Only load files you trust; save "
+                          f"models as state dicts.")
+    if isinstance(error, pickle.UnpicklingError):
+        return ValueError(f"Cannot read checkpoint {path}: it is not a PyTorch checkpoint or it is damaged.")
+    return ValueError(f"Cannot read checkpoint {path}: it is not a PyTorch checkpoint or it is damaged ({error}).")
 
 
 def check_checkpoint_kind(checkpoint, expected_kind, path):

@@ -69,7 +69,7 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from cli import add_scaling_factor_argument, run_cli
-from utils import atomic_write, atomic_write_all, load_image
+from utils import atomic_write, atomic_write_all, check_output_folder, load_image
 
 # File name endings that count as images (compared in lower case).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -297,12 +297,13 @@ def create_data_lists(train_folders, test_folders, min_size=100, output_folder="
              'list_files' (the JSON files written), 'used_sample_images' (bool)
     :raises FileNotFoundError: a folder does not exist
     :raises ValueError: no usable training images, an empty test set, two test sets with the same name, bad min_size,
-                        not one LR folder per training folder
+                        not one LR folder per training folder, an output folder that is a file
     """
     train_folders, test_folders = list(train_folders or []), list(test_folders or [])
     train_lr_folders = list(train_lr_folders or [])
     if min_size < 0:
         raise ValueError(f"--min_size must be 0 or more, not {min_size}.")
+    check_output_folder(output_folder)  # a file there: one line before the images are read
     if train_lr_folders and len(train_lr_folders) != len(train_folders):
         raise ValueError(f"Give one --train_lr_folders folder per --train_folders folder, in the same order (got "
                          f"{len(train_lr_folders)} for {len(train_folders)}).")

@@ -64,17 +64,22 @@ def load_weights(path):
     """
     The generator of any file inference.load_generator reads, and its weights as a generator-only file keeps them.
 
-    :return: (model with the preferred weights (EMA when there are), weights, description) with weights
+    The file is read once, and both sets of weights are taken from that one read: a running training rewrites its
+    checkpoint every --checkpoint_every iterations, and two reads could give the raw weights of one iteration and the
+    EMA weights of the next (or "EMA weights" that are only the next iteration's raw ones).
+
+    :return: (model with the preferred weights (EMA when there are), weights, descriptions) with weights
              {"params": the raw weights} plus {"params_ema": the EMA weights} when the file holds both (a file with
-             one set of weights gives it as "params")
+             one set of weights gives it as "params"), and descriptions the one-line description of each
     """
-    model, description, _ = inference.load_generator(path)  # EMA weights, when the file has them
-    raw_model, _, _ = inference.load_generator(path, ema=False)
-    weights = {"params": raw_model.state_dict()}
+    checkpoint = inference.read_generator_file(path)  # the one read
+    model, description, _ = inference.load_generator(path, checkpoint=checkpoint)  # EMA weights, when there are
+    raw_model, raw_description, _ = inference.load_generator(path, ema=False, checkpoint=checkpoint)
+    weights, descriptions = {"params": raw_model.state_dict()}, {"params": raw_description}
     ema_weights = model.state_dict()
     if any(not torch.equal(ema_weights[name], value) for name, value in weights["params"].items()):
-        weights["params_ema"] = ema_weights
-    return model, weights, description
+        weights["params_ema"], descriptions["params_ema"] = ema_weights, description
+    return model, weights, descriptions
 
 
 def architecture(model):
@@ -241,13 +246,15 @@ def main(argv=None):
                          f"name (the export would replace the file it reads).")
     if output.exists() and not args.overwrite:
         raise ValueError(f"--output {output} already exists: give --overwrite to replace it, or another name.")
+    utils.check_output_folder(output.parent, "--output")  # a file where its folder should be: one line now
 
-    model, weights, description = load_weights(args.checkpoint)
+    model, weights, descriptions = load_weights(args.checkpoint)
+    description = descriptions.get("params_ema", descriptions["params"])  # (the preferred weights')
     if args.weights != "both" and "params_ema" in weights:
         # One set: the EMA weights under their own name (as Real-ESRGAN's released files), or the raw ones as 'params'.
         weights = {"params_ema": weights["params_ema"]} if args.weights == "ema" else {"params": weights["params"]}
         if args.weights == "raw":  # say so: the description above is of the EMA weights
-            description = inference.load_generator(args.checkpoint, ema=False)[1]
+            description = descriptions["params"]
     if args.half:  # before any file is written: a value fp16 cannot hold would become inf, and the output black
         for weights_name, state_dict in weights.items():
             check_fits_fp16(state_dict, weights_name)

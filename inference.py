@@ -1,17 +1,18 @@
 """Running a generator: which file holds which network, blending two of them, precision, and tiled upscaling.
 
   Generators from files      the shipped models (SHIPPED_MODELS, weights/, check_shipped_file: their SHA-256),
+                             read_generator_file (a file read once, a shipped one by its name),
                              load_generator (our checkpoints, export.py's files and the official ones; what a file
                              says of its network is checked against its tensors: models.generator_from_weights),
-                             load_weights_but_first_convolution (an x4 network's weights into its x2 / x1
-                             pixel-unshuffle variant)
+                             load_weights_folding_first_convolution (an x4 network's weights into its x2 / x1
+                             pixel-unshuffle variant, which then computes the same: fold_first_convolution)
   Network interpolation      interpolate_state_dicts, load_interpolated_generator (across x1 / x2 / x4 variants
                              too), load_generator_or_blend and the --interpolate_with / --alpha flags
   The data's scale           MatchedInputGenerator, fit_generator_to_data: an x1 / x2 model trained on x4 data, run
                              as an x4 model (the LR image nearest-upscaled to its input size)
-  Precision and layout       PRECISIONS, resolve_precision, autocast, memory_format
+  Precision and layout       PRECISIONS, native_bf16, resolve_precision, precision_note, autocast
   Running a generator        check_generator_scale, match_generator_input, run_generator, upscale (tiled
-                             inference)
+                             inference; min_tile, the smallest tile worth running)
 
 eval.py, super_resolve.py, export.py and the validation during training all run generators through this module.
 """
@@ -112,7 +113,23 @@ def check_shipped_file(path):
                                  f"inference.SHIPPED_MODELS and weights/README.md.)")
 
 
-def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_kind=None):
+def read_generator_file(path):
+    """
+    The content of a generator file (checkpoints.load_checkpoint), or of a shipped model by its name ('srresnet':
+    weights/srresnet_x4.pth, checked against its SHA-256 first: check_shipped_file).
+
+    :raises FileNotFoundError, ValueError: in one line, a missing shipped file saying how to restore it
+    """
+    shipped_name = str(path) if shipped_model_path(path) != Path(path) else None
+    path = shipped_model_path(path)
+    if shipped_name is not None and not path.exists():
+        raise FileNotFoundError(f"The shipped model '{shipped_name}' should be {path}, which is missing: restore it "
+                                f"with `git checkout -- weights/`, or give the path of a checkpoint.")
+    check_shipped_file(path)  # a shipped file, by its name or its path: the bytes that ship
+    return checkpoints.load_checkpoint(path)
+
+
+def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_kind=None, checkpoint=None):
     """
     Load a generator for inference from any checkpoint this project understands (what eval.py and super_resolve.py
     use).
@@ -129,6 +146,9 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
     :param ema: False takes the raw weights of a file that also holds EMA weights (which are the default)
     :param expected_kind: if given, the training script our training checkpoints must come from (load_checkpoint);
                           exported and official files are accepted as they are
+    :param checkpoint: the file's content, read already with read_generator_file(path), or None to read it
+                       here: one read gives one version of a file that a running training may rewrite meanwhile, so
+                       that two networks built from it (export.py's raw and EMA weights) come from the same one
     :return: (model in eval mode on `device`, a one-line description, the name of its published figures in
              eval.PUBLISHED or None); the model's generator_arch and generator_kwargs say how to build it again, and
              its data_scaling_factor the scaling factor of the data it was trained on (the checkpoint's
@@ -136,11 +156,7 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
     """
     shipped_name = str(path) if shipped_model_path(path) != Path(path) else None
     path = shipped_model_path(path)  # 'srresnet' / 'compact' / 'realistic': the shipped weights/<file>
-    if shipped_name is not None and not path.exists():
-        raise FileNotFoundError(f"The shipped model '{shipped_name}' should be {path}, which is missing: restore it "
-                                f"with `git checkout -- weights/`, or give the path of a checkpoint.")
-    check_shipped_file(path)  # a shipped file, by its name or its path: the bytes that ship
-    checkpoint = checkpoints.load_checkpoint(path)
+    checkpoint = read_generator_file(shipped_name or path) if checkpoint is None else checkpoint
     if isinstance(checkpoint, dict) and "generator_arch" in checkpoint:
         # Training checkpoints keep the raw and EMA weights as 'generator' / 'generator_ema'; export.py's files as
         # 'params' / 'params_ema' (BasicSR's names). A file with one set of weights gives it either way.
@@ -200,14 +216,49 @@ def first_convolution(state_dict):
     return next(iter(state_dict))
 
 
-def load_weights_but_first_convolution(generator, source):
+def fold_first_convolution(weight, r):
     """
-    Start an x2 / x1 pixel-unshuffle generator from the weights of its x4 network (or the other way round), as
-    Real-ESRGAN trains its x2 model from the x4 one: every layer is copied but the first convolution, whose input
-    channels differ (3 r^2 instead of 3) and which keeps its fresh initialisation.
+    An x4 network's first convolution as the first convolution of its x(4 / r) pixel-unshuffle variant, computing the
+    same thing on that variant's input.
+
+    The variant's input is the LR image nearest-upscaled by r (match_generator_input), pixel-unshuffled by r: channel
+    c r^2 + i r + j (PyTorch's order) is sub-pixel (i, j) of colour c, and after a nearest upscale all r^2 of them are
+    copies of one LR pixel of colour c. A convolution whose weights for those r^2 channels are the x4 weight of
+    colour c divided by r^2 sums r^2 equal terms back into exactly the x4 convolution's output, at every LR pixel:
+    the variant then computes exactly what the x4 network computes. (On other inputs, e.g. real x2 data, it sees
+    the average of each r x r block: a fair start there too.)
+
+    :param weight: (C_out, C, k, k), the x4 network's (C = 3 colours)
+    :return: (C_out, C r^2, k, k)
+    """
+    return weight.repeat_interleave(r * r, dim=1) / (r * r)
+
+
+def refold_first_convolution(weight, r_from, r_to):
+    """
+    A first convolution of a pixel-unshuffle variant with fold r_from as the one of the variant with fold r_to (1: the
+    x4 network itself), computing the same on the nearest-upscaled image: unfolded (each colour's r_from^2 channels
+    summed: exactly what they compute on r_from^2 copies of a pixel), then folded by r_to (fold_first_convolution).
+
+    :param weight: (C_out, C r_from^2, k, k)
+    :return: (C_out, C r_to^2, k, k)
+    """
+    c_out, channels, *kernel = weight.shape
+    unfolded = weight.reshape(c_out, channels // (r_from * r_from), r_from * r_from, *kernel).sum(2)  # (C_out, C, k, k)
+    return fold_first_convolution(unfolded, r_to)
+
+
+def load_weights_folding_first_convolution(generator, source):
+    """
+    Start an x2 / x1 pixel-unshuffle generator where its x4 network is (or the other way round, or x2 from x1): every
+    layer is copied, and the first convolution, whose input channels differ (3 r^2 instead of 3), is refolded
+    (refold_first_convolution), so the started generator computes on the LR image nearest-upscaled to its input
+    exactly what `source` computes. (Real-ESRGAN starts its x2 model from the x4 one with the first convolution anew;
+    that costs the x2 / x1 model thousands of iterations to get back where the x4 model was: the shipped SRResNet's
+    x1 variant started at 7.9 dB on Set5 that way, folded at the x4 model's 30.44 dB.)
 
     :param generator: the model to start (changed in place); source: a trained model of the same network
-    :return: the names of the parameters not copied (the first convolution's weight)
+    :return: the names of the parameters folded (the first convolution's weight; none if the folds are the same)
     :raises ValueError: if any other layer differs (another network, or other sizes)
     """
     target_state, source_state = generator.state_dict(), source.state_dict()
@@ -219,10 +270,11 @@ def load_weights_but_first_convolution(generator, source):
                          f"{type(source).__name__} x{source.scaling_factor}: they differ beyond the first convolution "
                          f"({porting.short_list(different) or 'other layers'}); give a model of the same network "
                          f"(the same blocks and channels).")
-    kept = [name for name in target_state if source_state[name].shape != target_state[name].shape]
-    generator.load_state_dict({name: target_state[name] if name in kept else source_state[name]
-                               for name in target_state})
-    return kept
+    folded = [name for name in target_state if source_state[name].shape != target_state[name].shape]
+    generator.load_state_dict({**source_state, **{name: refold_first_convolution(
+        source_state[name], int(getattr(source, "unshuffle_scale", 1)), int(getattr(generator, "unshuffle_scale", 1)))
+        for name in folded}})
+    return folded
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -281,10 +333,11 @@ def load_interpolated_generator(psnr_path, gan_path, alpha, device="cpu", skip_m
     alpha = 0 gives the smooth PSNR-oriented network (train_srresnet.py), alpha = 1 the sharp GAN one
     (train_srgan.py, which started from it); values in between trade fidelity for realism without retraining.
 
-    Across scales, as Real-ESRGAN's x2 model and the notes on pixel-unshuffle do: an x1 / x2 pixel-unshuffle model and
-    the x4 model of the same network differ in their first convolution only (3 r^2 input channels instead of 3), so
-    that layer is kept from the first model (psnr_path), and named in the description; the result is the first
-    model's network (its scale, its data's scale). Other layers whose shapes differ raise an error, or, with
+    Across scales: an x1 / x2 pixel-unshuffle model and the x4 model of the same network differ in their first
+    convolution only (3 r^2 input channels instead of 3). The second model's first convolution is refolded to the
+    first model's input first (refold_first_convolution: it then computes on the nearest-upscaled image exactly what
+    it did), so that every layer is blended, the first included, and the description says so; the result is the
+    first model's network (its scale, its data's scale). Other layers whose shapes differ raise an error, or, with
     skip_mismatched, keep the first network's weights and are named in the description.
 
     :return: (model in eval mode on `device`, a one-line description)
@@ -292,15 +345,16 @@ def load_interpolated_generator(psnr_path, gan_path, alpha, device="cpu", skip_m
     psnr_model, _, _ = load_generator(psnr_path)
     gan_model, _, _ = load_generator(gan_path)
     # The same architecture (a pixel-unshuffle variant is the same class: their layers differ in the first convolution
-    # only, which is kept from the first model).
+    # only, which is refolded to the first model's input).
     if not (isinstance(psnr_model, type(gan_model)) or isinstance(gan_model, type(psnr_model))):
         raise ValueError(f"Cannot interpolate a {type(psnr_model).__name__} ({psnr_path}) with a "
                          f"{type(gan_model).__name__} ({gan_path}): the two networks must share an architecture.")
     psnr_state, gan_state = psnr_model.state_dict(), gan_model.state_dict()
     across_scales = psnr_model.scaling_factor != gan_model.scaling_factor
     first = first_convolution(psnr_state)
-    if across_scales:  # x1 / x2 with x4: the first convolution differs, and is the first model's
-        gan_state = {name: psnr_state[name] if name == first else value for name, value in gan_state.items()}
+    folds = (int(getattr(gan_model, "unshuffle_scale", 1)), int(getattr(psnr_model, "unshuffle_scale", 1)))
+    if across_scales and first in gan_state:  # x1 / x2 with x4: the first convolution refolded to the first's input
+        gan_state = {**gan_state, first: refold_first_convolution(gan_state[first], *folds)}
     mismatched, differences = _mismatch(psnr_state, gan_state)
     if mismatched and not skip_mismatched:  # (said in the words of the scripts' flags, which end up here)
         raise ValueError(f"Cannot blend {psnr_path} (x{psnr_model.scaling_factor}, --model) with {gan_path} "
@@ -310,9 +364,9 @@ def load_interpolated_generator(psnr_path, gan_path, alpha, device="cpu", skip_m
     state_dict, skipped = interpolate_state_dicts(psnr_state, gan_state, alpha, skip_mismatched=skip_mismatched)
     description = f"interpolation {1 - alpha:g} x {psnr_path} + {alpha:g} x {gan_path}"
     if across_scales:
-        state_dict[first] = psnr_state[first].clone()  # exactly the first model's
-        description += (f" (x{psnr_model.scaling_factor} with x{gan_model.scaling_factor}: first convolution {first} "
-                        f"kept from {psnr_path})")
+        description += (f" (x{psnr_model.scaling_factor} with x{gan_model.scaling_factor}: the first convolution "
+                        f"{first} of {gan_path} folded to the input of {psnr_path}, as it computes on the "
+                        f"nearest-upscaled image)")
     psnr_model.load_state_dict(state_dict)
     if skipped:
         description += f" (kept from {psnr_path}: {', '.join(skipped)})"
@@ -426,22 +480,47 @@ def fit_generator_to_data(model, scaling_factor=None):
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+def native_bf16(device):
+    """Whether `device` computes bf16 natively: a CUDA GPU with bf16, or a CPU whose instructions oneDNN uses for it
+    (AVX-512 BF16, AMX: oneDNN's own check, which follows its ONEDNN_MAX_CPU_ISA limit). Elsewhere bf16 runs emulated,
+    each value converted to fp32 and back around every operation."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def resolve_precision(precision, device):
     """
     Pick the arithmetic for training / inference: 'fp32', 'bf16' or 'fp16'.
 
     'auto' means bf16 autocast where the hardware does it well (CUDA GPUs with bf16, and CPUs with native
-    bf16 instructions), else fp16 on older GPUs and fp32 on other CPUs. fp16 exists on CUDA only.
+    bf16 instructions: native_bf16), else fp16 on older GPUs and fp32 on other CPUs. fp16 exists on CUDA only.
     """
     if precision == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+            return "bf16" if native_bf16(device) else "fp16"
+        return "bf16" if native_bf16(device) else "fp32"
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto', {', '.join(map(repr, PRECISIONS))}, not {precision!r}.")
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision 'fp16' needs a CUDA GPU; use 'bf16' or 'fp32' on the CPU.")
     return precision
+
+
+def precision_note(precision, device):
+    """
+    One line for the user when the precision asked for runs emulated (bf16 on a CPU without native bf16), else None.
+
+    Such a run is not refused, nor silently switched to fp32: bf16 was asked for by name, perhaps to reproduce
+    another machine's bf16 numbers, and it gives them; but it is several times slower than fp32 there (measured on an
+    AVX2 CPU: upscaling 4.8 times, training about 9 times), which nobody would guess from "precision bf16". 'auto'
+    never picks it there. The scripts print this once, where they print the precision.
+    """
+    if precision == "bf16" and not native_bf16(device):
+        return (f"warning: this {device.type.upper()} has no native bf16 instructions: bf16 runs emulated, several "
+                f"times slower than fp32 (with the numbers native bf16 gives); give --precision fp32 (or auto, which picks "
+                f"the fast one) for speed")
+    return None
 
 
 def autocast(device, precision):
@@ -463,6 +542,18 @@ def autocast(device, precision):
 # defaults on a real photo. If you ever see a seam, raise the pad (32 costs ~20% more time).
 DEFAULT_TILE = 256
 DEFAULT_TILE_PAD = 16
+# The smallest tile worth running. A tile runs with tile_pad pixels of context on each side, so it does
+# ((tile + 2 pad) / tile)^2 times the work it keeps: 4 times at tile = 2 pad, and at --tile 1 with the default pad
+# 1089 times (measured: the realistic model on a 96 x 64 photo, 108 s instead of 3.7 s), for a saving of memory
+# that no machine needs (a 32-pixel tile of the full RRDBNet takes a few tens of MB). min_tile is the floor the
+# command line raises a smaller --tile to.
+MIN_TILE = 16
+
+
+def min_tile(tile_pad):
+    """The smallest sensible LR tile side for this pad: MIN_TILE, or 2 tile_pad when that is larger (a tile then does
+    at most 4 times the work it keeps)."""
+    return max(MIN_TILE, 2 * tile_pad)
 
 
 def check_generator_scale(generator, scaling_factor, source="The generator"):

@@ -162,6 +162,7 @@ def main(argv=None):
     if args.strip_count < 2:
         raise ValueError("--strip_count must be at least 2 (the first and the last validation).")
     output_folder = Path(args.output_folder or args.run_folder)
+    utils.check_output_folder(output_folder)  # a file there: one line before the logs are read
     scores, bicubic = read_validation(args.run_folder, args.kind)
     crops = read_crops(args.run_folder, args.kind)
     for test_set in scores:

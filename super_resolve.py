@@ -31,8 +31,10 @@ How it works, top to bottom:
   4. `main()`: the command line -- files and folders in, `<stem>_x<s>.png` out, failures listed at the end.
 
 Output files are always PNG (lossless, and the only common format that holds transparency and 16 bits); a JPEG
-input therefore gives a PNG output. Outputs are written atomically (temporary name, then rename), so a crash
-never leaves half a PNG behind, and a failing input never touches the outputs already written.
+input therefore gives a PNG output, with the input's ICC colour profile when it has one (icc_profile_for). Outputs are
+written atomically (temporary name, then a hard link to the final name, which is refused if the name is taken), so a
+crash never leaves half a PNG behind, a failing input never touches the outputs already written, and two runs writing
+one folder at once never replace each other's files.
 
 Limits (honest ones): Pillow (13 included) reads a 16-bit *RGB* PNG as 8-bit RGB and cannot write one, so such
 a file is upscaled and saved as 8-bit RGB (a warning says so); only 16-bit *greyscale* PNGs ('I;16') keep their
@@ -73,10 +75,31 @@ class ImageData:
     alpha: (1, 1, H, W) float32 in [0, 1] or None
     grey:  True if the output should be greyscale ('L' / 'LA' / 'I;16')
     bits:  8 or 16
+    icc_profile: the file's embedded ICC profile (bytes) when it describes the output's colours, else None
     """
 
-    def __init__(self, rgb, alpha, grey, bits):
-        self.rgb, self.alpha, self.grey, self.bits = rgb, alpha, grey, bits
+    def __init__(self, rgb, alpha, grey, bits, icc_profile=None):
+        self.rgb, self.alpha, self.grey, self.bits, self.icc_profile = rgb, alpha, grey, bits, icc_profile
+
+
+def icc_profile_for(img, grey):
+    """
+    The ICC profile embedded in an image file (Pillow's img.info['icc_profile']), when it can go with the output: an
+    RGB profile for colour outputs, a grey one for grey outputs. None otherwise: no profile (the colours are sRGB's,
+    by the web's convention), or one of another colour space, e.g. a CMYK JPEG's, which does not describe the RGB
+    pixels its conversion gives.
+
+    Why carry the profile rather than convert the pixels to sRGB? The network upscales the numbers it is given, and
+    for a photo with a wide-gamut profile (Display P3 from phones, Adobe RGB from cameras) those numbers only mean
+    the right colours together with the profile. Carried into the PNG, every colour-managed viewer and editor shows
+    the output exactly as the input, and nothing of the gamut is lost (a conversion to sRGB clips the colours outside
+    it); Real-ESRGAN's and chaiNNer's users compare the output with the input side by side and expect the same
+    colours. (The ICC header names the profile's colour space in bytes 16-19: 'RGB ', 'GRAY', 'CMYK', ...)
+    """
+    profile = img.info.get("icc_profile")
+    if not isinstance(profile, bytes) or len(profile) < 20:
+        return None
+    return profile if profile[16:20] == (b"GRAY" if grey else b"RGB ") else None
 
 
 def read_image(path):
@@ -89,6 +112,7 @@ def read_image(path):
     * 'P' palette without transparency, 'CMYK', 'YCbCr', 'LAB', 'HSV', 'RGBX': converted to RGB.
     * 16-bit greyscale ('I;16' PNGs, also 'I'): read at full 16-bit precision, written back as 16 bits.
     * 16-bit RGB PNGs: Pillow only reads their top 8 bits; we warn and continue at 8 bits.
+    * An embedded ICC profile (wide-gamut photos) is kept for the output when it fits it (icc_profile_for).
 
     :raises FileNotFoundError, ValueError: with a message naming the file
     """
@@ -101,7 +125,7 @@ def read_image(path):
     if mode in utils.GREY_16BIT_MODES:
         grey = utils.grey_16bit_values(img, path)  # (H, W), [0, 1], all 16 bits (load_image would round to 8)
         rgb = torch.from_numpy(grey).expand(3, -1, -1)[None].contiguous()  # (1, 3, H, W), [0, 1]
-        return ImageData(rgb, None, grey=True, bits=16)
+        return ImageData(rgb, None, grey=True, bits=16, icc_profile=icc_profile_for(img, grey=True))
     if mode == "F":
         raise ValueError(f"{path} is a 32-bit floating-point image (mode 'F'), whose value range is unknown; "
                          f"convert it to a 16-bit or 8-bit PNG first.")
@@ -128,7 +152,7 @@ def read_image(path):
     alpha = pixels[:, -1:].contiguous() if has_alpha else None
     grey = colour.shape[1] == 1
     rgb = colour.expand(-1, 3, -1, -1).contiguous() if grey else colour.contiguous()
-    return ImageData(rgb, alpha, grey=grey, bits=8)
+    return ImageData(rgb, alpha, grey=grey, bits=8, icc_profile=icc_profile_for(img, grey))
 
 
 def _png_bit_depth_and_colour_type(path):
@@ -225,10 +249,24 @@ def to_pil(channels, bits=8):
 PNG_COMPRESS_LEVEL = 1
 
 
-def write_image(img, path):
-    """Save a PIL image as PNG atomically (utils.atomic_write): a crash, a full disk or Ctrl+C leaves either the old
-    file or the complete new one, never half a PNG that an image viewer (or the next script) chokes on."""
-    utils.atomic_write(path, lambda file: img.save(file, format="PNG", compress_level=PNG_COMPRESS_LEVEL))
+def write_image(img, path, overwrite=True, icc_profile=None):
+    """
+    Save a PIL image as PNG atomically (utils.atomic_write): a crash, a full disk or Ctrl+C leaves either the old
+    file or the complete new one, never half a PNG that an image viewer (or the next script) chokes on.
+
+    :param overwrite: False takes the name only if no file has it at that moment (utils.atomic_write): of two runs
+                      writing one output folder at once, the second to finish fails this file instead of replacing
+                      the first's, however close the two are
+    :param icc_profile: an ICC profile (bytes) to embed, or None
+    :raises ValueError: (overwrite=False) a file of that name is there, in one line
+    """
+    options = {} if icc_profile is None else {"icc_profile": icc_profile}
+    try:
+        utils.atomic_write(path, lambda file: img.save(file, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
+                                                       **options), overwrite=overwrite)
+    except FileExistsError:
+        raise ValueError(already_exists(path, "appeared while this run upscaled: another run writing there, or a "
+                                              "file of yours")) from None
 
 
 # ======================================================================================================
@@ -336,13 +374,17 @@ def find_inputs(inputs, output_folder=None):
     Expand the command-line inputs into (path, given_explicitly) pairs.
 
     A folder contributes every image file directly inside it, sorted by name; files that Pillow does not
-    recognise as images are skipped with a warning (a folder of photos often holds a .txt or a .DS_Store).
-    An explicit file is always kept, so that a bad one is reported as a failure, not skipped quietly.
+    recognise as images are skipped with a warning (a folder of photos often holds a .txt or a .DS_Store), unless
+    they are named as images (.png, .jpg, ...: Pillow's registered extensions): a 0-byte photo.png or a web page
+    saved as photo.jpg is a damaged input, kept so that it is reported as a failure. An explicit file is always kept,
+    so that a bad one is reported as a failure, not skipped quietly. A file given more than once (two spellings of
+    one path, or a file and its folder) is kept once, with a note.
     A folder that is also `output_folder` holds our own outputs of earlier runs: the files named like them
     (OUTPUT_NAME, photo_x4.png) are skipped with one warning, or each run would upscale the last one's outputs again
     (photo_x4_x4.png, x16, then x64). Give such a file explicitly to upscale it anyway.
     """
     found = []
+    image_suffixes = Image.registered_extensions()
     for item in inputs:
         item = Path(item)
         if not item.is_dir():
@@ -361,12 +403,26 @@ def find_inputs(inputs, output_folder=None):
                 with Image.open(path):  # reads the header only: cheap
                     pass
             except (UnidentifiedImageError, OSError):
-                warnings.warn(f"skipping {path}: not an image file")
-                continue
+                if path.suffix.lower() not in image_suffixes:
+                    warnings.warn(f"skipping {path}: not an image file")
+                    continue  # (named as an image, it is kept: reading it fails, and says why)
             except Image.DecompressionBombError:
                 pass  # an image, but a huge one: reading it will report the problem clearly
             found.append((path, False))
     return found
+
+
+def unique_inputs(inputs):
+    """The (path, given_explicitly) pairs of find_inputs with each file once, in the order first given: a file given
+    twice (two spellings of one path, or a file and its folder) is upscaled once, with a note, rather than failing
+    the second time for an output name already taken."""
+    unique = {}  # resolved path -> (path, explicit), the first spelling
+    for path, explicit in inputs:
+        first = unique.setdefault(path.resolve(), (path, explicit))[0]
+        if first is not path:
+            also = f" (also as {first})" if str(first) != str(path) else ""
+            warnings.warn(f"{path} is given more than once{also}: upscaled once")
+    return list(unique.values())
 
 
 # The memory the output of one image takes, per output pixel: the network's output as float32 RGB (12 bytes), its
@@ -426,7 +482,7 @@ def write_comparison(kind, image_path, labelled, draw, args):
     path = Path(args.output_folder) / f"{Path(image_path).stem}_{kind}_x{labelled[0][0].scaling_factor}.png"
     try:
         check_not_overwriting(path, args.overwrite)
-        write_image(draw(utils.load_image(image_path, mode="RGB")), path)
+        write_image(draw(utils.load_image(image_path, mode="RGB")), path, args.overwrite)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -497,6 +553,11 @@ def parse_args(argv=None):
                      f"are for --grid and --strip. Put the input images before --model: INPUT... --model PATH")
     if args.tile < 0 or args.tile_pad < 0 or args.max_output_megapixels < 0:
         parser.error("--tile, --tile_pad and --max_output_megapixels must be >= 0")
+    if 0 < args.tile < inference.min_tile(args.tile_pad):  # mostly repeated work (inference.MIN_TILE says why)
+        print(f"note: --tile {args.tile} raised to {inference.min_tile(args.tile_pad)}: each tile runs with "
+              f"--tile_pad {args.tile_pad} pixels of context on each side, so smaller tiles repeat that work many "
+              f"times over and save no memory worth having (--tile 0: the whole image at once)", file=sys.stderr)
+        args.tile = inference.min_tile(args.tile_pad)
     if args.outscale is not None and (not 0 < args.outscale < math.inf or comparing):
         parser.error("--outscale must be a number > 0 (not inf or nan), and is for upscaling files: --grid and "
                      "--strip compare models at their own scale")
@@ -506,12 +567,18 @@ def parse_args(argv=None):
     return args
 
 
+def already_exists(target, why="from an earlier run, or a file of yours"):
+    """The line that says an output's name is taken and the file is left as it is."""
+    return (f"{target} already exists ({why}): it is left as it is. Give --overwrite to replace it, or another "
+            f"--output_folder.")
+
+
 def check_not_overwriting(target, overwrite):
     """Refuse (ValueError) to write `target` over a file that is already there, unless --overwrite: a file named like
-    an output that this run did not write may be the user's own picture (the caller skips the targets it wrote)."""
+    an output that this run did not write may be the user's own picture (the caller skips the targets it wrote).
+    This early check saves the work of upscaling; write_image(overwrite=False) is what guarantees it, atomically."""
     if target.exists() and not overwrite:
-        raise ValueError(f"{target} already exists (from an earlier run, or a file of yours): it is left as it is. "
-                         f"Give --overwrite to replace it, or another --output_folder.")
+        raise ValueError(already_exists(target))
 
 
 def _upscale_all(args, model_for, progress, failures, written):
@@ -524,6 +591,7 @@ def _upscale_all(args, model_for, progress, failures, written):
             failures.append((folder, ValueError("no image files in this folder (it is empty, or holds no file "
                                                 "Pillow reads as an image)")))
             tqdm.write(f"error: {folder}: {failures[-1][1]}", file=sys.stderr)
+    inputs = unique_inputs(inputs)
     for input_path, _ in tqdm(inputs, desc="images", unit="image", disable=not progress):
         model, why = model_for(input_path)
         scale = int(model.scaling_factor)
@@ -542,9 +610,10 @@ def _upscale_all(args, model_for, progress, failures, written):
                 raise ValueError("not a regular file (a FIFO, socket or device): give image files or folders.")
             # The network's output at its own scale is made first, then resized to --outscale: the larger counts.
             check_output_size(input_path, max(scale, args.outscale or scale), args.max_output_megapixels)
-            sr_img = upscale_image(model, read_image(input_path), tile=args.tile, tile_pad=args.tile_pad,
-                                   precision=args.precision, progress=progress, outscale=args.outscale)
-            write_image(sr_img, target)
+            image = read_image(input_path)
+            sr_img = upscale_image(model, image, tile=args.tile, tile_pad=args.tile_pad, precision=args.precision,
+                                   progress=progress, outscale=args.outscale)
+            write_image(sr_img, target, args.overwrite, image.icc_profile)
             written[target] = input_path
             tqdm.write(f"wrote {target} ({sr_img.mode} {sr_img.width}x{sr_img.height})" + (f", {why}" if why else ""))
         except (FileNotFoundError, ValueError, RuntimeError, OSError, MemoryError) as error:
@@ -562,6 +631,7 @@ def main(argv=None):
     args = parse_args(argv)
     progress = not args.no_progress
     try:
+        utils.check_output_folder(args.output_folder)  # a file there: one line now, not one per input later
         device = torch.device(args.device)
         # (--interpolate_with: the one --model blended with another, inference.load_generator_or_blend. An x1 / x2
         # model trained on x4 data comes as an x4 model: fed the LR image nearest-upscaled, as in training.)
@@ -573,6 +643,9 @@ def main(argv=None):
         # 'auto' (or no flag): what this device computes fast; a --grid's PSNR is eval.py's only in fp32.
         comparison_precision = inference.resolve_precision(args.precision or "fp32", device)
         args.precision = inference.resolve_precision(args.precision or "auto", device)
+        note = inference.precision_note(args.precision, device)  # bf16 emulated: slow, said once here
+        if note:
+            print(note, file=sys.stderr)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

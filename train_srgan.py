@@ -204,7 +204,11 @@ def check_hyperparameters(hp):
         hp, positive=("kernel_size_d", "first_kernel_size_d", "n_channels_d", "n_blocks_d", "fc_size_d", "num_feat_d"),
         choices=dict(discriminator_arch=("srgan", "unet"), gan_type=("vanilla", "relativistic"),
                      perceptual_loss=("mse", "l1"), vgg_pooling=("max", "avg"),
-                     degradation=degradations.DEGRADATIONS))
+                     degradation=degradations.DEGRADATIONS),
+        layer_counts=("n_blocks_d",), widths=("kernel_size_d", "first_kernel_size_d", "n_channels_d", "fc_size_d",
+                                              "num_feat_d"))
+    # Counted before it is built (the SRGAN discriminator doubles its channels every two blocks).
+    training.check_network_size(lambda: build_discriminator(hp)[0], f"The discriminator ({hp.discriminator_arch})")
     if len(hp.perceptual_layers) != len(hp.perceptual_layer_weights):
         raise ValueError("perceptual_layers and perceptual_layer_weights must have the same length.")
     augmentations.mixture_of(hp)  # --mixopts and its probabilities and strengths
@@ -428,10 +432,12 @@ def main():
                                                        hp.learning_rate_gamma)
     ema = training.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
     # PSNR / SSIM on val_sets as training goes, as eval.py measures them (a GAN trades some PSNR for texture, so the
-    # best file here is the generator's most faithful state, not its most realistic one).
+    # best file here is the generator's most faithful state, not its most realistic one). The generator starts trained,
+    # so its starting weights are a candidate too: the best file is never less faithful than the pixel-loss network.
     validation = training_log.Validation(hp, "srgan", generator, ema, Path(hp.output_folder) / "best_srgan.pth",
-                                  is_main_process, generator_arch=architecture["generator_arch"],
-                                  generator_kwargs=architecture["generator_kwargs"])
+                                         is_main_process, start_is_candidate=True,
+                                         generator_arch=architecture["generator_arch"],
+                                         generator_kwargs=architecture["generator_kwargs"])
     pair_pool = degradations.make_pair_pool(hp, rank, world_size)  # Real-ESRGAN's training-pair pool, or None
     # Everything a checkpoint holds to continue exactly where it stopped (the best validation score and the pool's
     # pairs too).
@@ -457,7 +463,8 @@ def main():
     log = training_log.TrainingLog(["perceptual", "pixel", "adversarial", "discriminator"], hp, start_iteration,
                                    device, is_main_process, f"train_srgan ({hp.recipe})",
                                    learning_rate=lambda: scheduler_g.get_last_lr()[0], validation=validation,
-                                   kind="srgan")
+                                   kind="srgan", resumed=resumed)
+    stateful["running_losses"] = log.running_losses  # saved too: the first report after a resume is the whole run's
 
     generator.train()
     discriminator.train()

@@ -118,7 +118,7 @@ hyperparameters = dict(
     #   weights and logs are removed first (without it such a run is refused: resume it with --checkpoint instead)
     pretrained=None,  # start from these weights, to fine-tune on your data: a shipped model ('srresnet', 'compact',
     #   'realistic') or any file eval.py takes; the architecture comes with them (with --use_unshuffle true: its x2 /
-    #   x1 variant, every layer but the first convolution from these weights)
+    #   x1 variant, starting where these weights are: the first convolution folded, inference.fold_first_convolution)
 )
 # Real-ESRGAN's degradations (degradation 'realesrgan'): every probability and range is a flag too, with Real-ESRGAN's
 # values as defaults (degradations.DEGRADATION_DEFAULTS says what each means). Of its three sharpened-target flags
@@ -172,7 +172,9 @@ def check_hyperparameters(hp):
                       "num_grow_ch", "num_conv"),
         non_negative=("grad_clip",),
         choices=dict(generator_arch=tuple(ARCHITECTURE_FLAGS), pixel_loss=("mse", "l1"),
-                     degradation=degradations.DEGRADATIONS))
+                     degradation=degradations.DEGRADATIONS),
+        layer_counts=("n_blocks", "num_block", "num_conv"),
+        widths=("large_kernel_size", "small_kernel_size", "n_channels", "num_feat", "num_grow_ch"))
     augmentations.mixture_of(hp)  # --mixopts and its probabilities and strengths
     if hp.checkpoint is None and hp.pretrained is None:  # (otherwise the file brings the architecture)
         own = ARCHITECTURE_FLAGS[hp.generator_arch]
@@ -182,6 +184,9 @@ def check_hyperparameters(hp):
             raise ValueError(f"{', '.join(sorted(set(foreign)))} not used by --generator_arch {hp.generator_arch}, "
                              f"whose flags are {', '.join('--' + name for name in own)}: give those instead (or the "
                              f"--generator_arch the flags are for).")
+        # Counted before it is built (a file's network was counted when its weights were checked against it).
+        training.check_network_size(lambda: models.build_generator(hp.generator_arch, **generator_kwargs(hp)),
+                                    f"The generator ({hp.generator_arch})")
 
 
 def main():
@@ -210,16 +215,19 @@ def main():
         arch, kwargs = generator.generator_arch, generator.generator_kwargs
         started = f"Fine-tuning {description}; its architecture replaces the generator flags."
         if "use_unshuffle" in hp.given and hp.use_unshuffle:
-            # Its x2 / x1 pixel-unshuffle variant, started from its weights (as Real-ESRGAN's x2 model from the x4
-            # one): the same body; only the first convolution, which takes 3 r^2 channels instead of 3, starts anew.
+            # Its x2 / x1 pixel-unshuffle variant, started where it is: the same body, and the first convolution, which
+            # takes 3 r^2 channels instead of 3, folded so that on its input (the LR crop nearest-upscaled, then
+            # pixel-unshuffled) it computes exactly what the x4 model computes (inference.fold_first_convolution).
             variant = models.pixel_unshuffle_variant(arch, kwargs, hp.unshuffle_scale)
             if variant != kwargs:
                 pretrained, kwargs = generator, variant
                 generator = models.build_generator(arch, **kwargs).to(device)
-                anew = inference.load_weights_but_first_convolution(generator, pretrained)
-                started = (f"Starting the x{generator.scaling_factor} pixel-unshuffle variant of {description}: every "
-                           f"layer but its first convolution ({', '.join(anew)}: {3 * hp.unshuffle_scale ** 2} input "
-                           f"channels instead of 3), which starts anew.")
+                folded = inference.load_weights_folding_first_convolution(generator, pretrained)
+                r_squared = hp.unshuffle_scale ** 2
+                started = (f"Starting the x{generator.scaling_factor} pixel-unshuffle variant of {description} where "
+                           f"that model is: its layers, and its first convolution folded over the {3 * r_squared} "
+                           f"input channels ({', '.join(folded)}, divided by {r_squared} and repeated), which computes "
+                           f"what the x{pretrained.scaling_factor} model computes on the nearest-upscaled LR image.")
         if "num_conv" in hp.given and arch == "compact" and hp.num_conv != kwargs["num_conv"]:
             # A deeper compact network that starts as this one computes (training.deepened_compact): more layers to
             # learn with, e.g. JPEG and noise removal on top of the upscaling it already does.
@@ -253,8 +261,10 @@ def main():
                                                      gamma=hp.learning_rate_gamma)
     ema = training.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
     # PSNR / SSIM on the test sets val_sets as training goes, exactly as eval.py measures them; keeps the best weights.
+    # Fine-tuning: the starting weights are a candidate too, so the best file is never worse than them.
     validation = training_log.Validation(hp, "srresnet", generator, ema, Path(hp.output_folder) / "best_srresnet.pth",
-                                         is_main_process, generator_arch=arch, generator_kwargs=kwargs)
+                                         is_main_process, start_is_candidate=hp.pretrained is not None,
+                                         generator_arch=arch, generator_kwargs=kwargs)
     pair_pool = degradations.make_pair_pool(hp, rank, world_size)  # Real-ESRGAN's training-pair pool, or None
     # Everything a checkpoint holds to continue exactly where it stopped (the best validation score and the pool's
     # pairs too).
@@ -277,7 +287,8 @@ def main():
                                     generator_kwargs=kwargs)
     log = training_log.TrainingLog(["loss"], hp, start_iteration, device, is_main_process, "train_srresnet",
                                    learning_rate=lambda: scheduler.get_last_lr()[0], validation=validation,
-                                   kind="srresnet")
+                                   kind="srresnet", resumed=resumed)
+    stateful["running_losses"] = log.running_losses  # saved too: the first report after a resume is the whole run's
 
     # The training loop: one batch of crops per iteration.
     generator.train()

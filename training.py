@@ -48,15 +48,29 @@ TRAINING_CHOICES = dict(precision=("auto", *inference.PRECISIONS), lr_maker=("pi
                         val_degradation=tuple(metrics.LR_DEGRADATIONS))
 
 
-def check_training_hyperparameters(hp, positive=(), non_negative=(), choices=None):
+# The largest networks a run builds. A size flag is bounded before anything is built: --num_conv 100000 would build
+# for minutes, its memory growing without bound. Layer counts (blocks, convolutions) by MAX_LAYERS, far above any
+# published network of the project's kinds (ESRGAN: 23 RRDB blocks; SRResNet: 16; EDSR: 32; the compact network: 16
+# or 32 convolutions) and small enough to count the parameters of on the 'meta' device in a few seconds; widths
+# (channels, kernel sizes) by models.MAX_ARCHITECTURE_VALUE, the bound of files too. And the whole network by
+# MAX_PARAMETERS (check_network_size): 12 times ESRGAN's RRDBNet (16.7 million); training holds 16 bytes per parameter
+# (weights, gradients and Adam's two moments in fp32), 3.2 GB at the bound, before any activation.
+MAX_LAYERS = 512
+MAX_PARAMETERS = 200_000_000
+
+
+def check_training_hyperparameters(hp, positive=(), non_negative=(), choices=None, layer_counts=(), widths=()):
     """
     Stop with one clear line (ValueError, through cli.run_cli) on a flag whose value cannot work, before anything is
     loaded: --print_every 0 would divide by zero at the first iteration, --n_blocks -1 build a network without
-    blocks, and an unknown name such as --pixel_loss huber must not be trained as something else.
+    blocks, --num_conv 100000 build for minutes, and an unknown name such as --pixel_loss huber must not be trained
+    as something else.
 
     :param positive, non_negative: names of numbers that must be > 0 / >= 0, besides TRAINING_POSITIVE and
                                    TRAINING_NON_NEGATIVE
     :param choices: dict name -> the values allowed, besides TRAINING_CHOICES
+    :param layer_counts, widths: names of architecture sizes (also in `positive`) that must be at most MAX_LAYERS /
+                                 models.MAX_ARCHITECTURE_VALUE
     """
     for name, allowed in {**TRAINING_CHOICES, **(choices or {})}.items():
         if getattr(hp, name) not in allowed:
@@ -67,15 +81,44 @@ def check_training_hyperparameters(hp, positive=(), non_negative=(), choices=Non
     for name in TRAINING_NON_NEGATIVE + tuple(non_negative):
         if getattr(hp, name) < 0:
             raise ValueError(f"--{name} must be 0 or more, not {getattr(hp, name)}.")
+    for names, most, what in ((layer_counts, MAX_LAYERS, "layers"), (widths, models.MAX_ARCHITECTURE_VALUE, "wide")):
+        for name in names:
+            if getattr(hp, name) > most:
+                raise ValueError(f"--{name} must be at most {most}, not {getattr(hp, name)}: no network this project "
+                                 f"trains is that many {what} (ESRGAN's RRDBNet: 23 blocks of 64 channels).")
+
+
+def check_network_size(build, what):
+    """
+    Refuse, in one line, a network with more than MAX_PARAMETERS parameters, before it is built: `build` runs on the
+    'meta' device, where every tensor is a shape without memory, and the parameters are counted there.
+
+    :param build: () -> the network (e.g. lambda: models.build_generator(arch, **kwargs))
+    :param what: how the message names it, e.g. "The generator (compact)"
+    :raises ValueError: too many parameters (or so many that their count overflows)
+    """
+    try:
+        with torch.device("meta"):
+            n_parameters = sum(parameter.numel() for parameter in build().parameters())
+    except (RuntimeError, OverflowError):  # "Storage size calculation overflowed": beyond any memory
+        n_parameters = float("inf")
+    if n_parameters > MAX_PARAMETERS:
+        raise ValueError(f"{what} would have {n_parameters / 1e6:,.0f} million parameters, more than the "
+                         f"{MAX_PARAMETERS / 1e6:.0f} million a run trains at most (ESRGAN's RRDBNet: 16.7 million): "
+                         f"give smaller sizes.")
 
 
 class GracefulExit:
     """
     Turn SIGINT (Ctrl+C) and SIGTERM (a cluster's time limit) into a flag the training loop checks after
     each iteration, so that it can save a checkpoint and exit cleanly instead of dying mid-step.
-    A second signal exits at once, except while a checkpoint is being written (inside `saving()`): breaking off
-    that write would lose the very checkpoint the first signal asked for, so the save goes on and the run stops
-    after it.
+
+    Further signals: a second Ctrl+C is a person who wants out now, and the run exits at once with one line and
+    status 130 (every checkpoint is written atomically, so the last one is intact); except while a checkpoint is
+    being written (inside `saving()`): breaking off that write would lose the very checkpoint the first signal asked
+    for, so the save goes on and the run stops after it. A repeated SIGTERM is the same request again, not an
+    escalation (a scheduler, `timeout` or a process manager may signal the process group and the process, several
+    times): the run goes on to its save and stops (SIGKILL is how those escalate).
 
     Only the main process of each training process gets here: the data-loading workers ignore both signals
     (datasets.ignore_stop_signals), because `timeout`, Slurm and Kubernetes signal the whole process group, and a
@@ -110,16 +153,30 @@ class GracefulExit:
             self.is_saving = False
 
     def _handler(self, signal_number, frame):
+        name = signal.Signals(signal_number).name
         if self.is_saving:  # any signal during a save: let the save finish, then stop
+            if not self.requested:
+                _say(f"\nReceived {name} while writing a checkpoint: saving, please wait (the run stops once it is "
+                     f"written).")
             self.requested = True
-            print(f"\nReceived {signal.Signals(signal_number).name} while writing a checkpoint: saving, please wait "
-                  f"(the run stops once it is written).", file=sys.stderr)
-            return
-        if self.requested:  # second Ctrl+C: the user really wants out
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\nReceived {signal.Signals(signal_number).name}: saving a checkpoint after this iteration "
-              f"(press Ctrl+C again to quit at once).", file=sys.stderr)
+        elif not self.requested:
+            self.requested = True
+            _say(f"\nReceived {name}: saving a checkpoint after this iteration (press Ctrl+C again to quit at once).")
+        elif signal_number == signal.SIGINT:  # a second Ctrl+C: the user really wants out, without a traceback
+            _say(f"\nReceived SIGINT again: quitting at once, without saving this iteration; the last checkpoint "
+                 f"written is intact (saves are atomic).")
+            raise SystemExit(130)  # (128 + SIGINT, the shell's status for a Ctrl+C)
+        # else: a repeated SIGTERM, the same request: the run saves and stops as the first one asked
+
+
+def _say(text):
+    """Print a line on stderr from a signal handler. The handler may have interrupted a print to stderr (a progress
+    bar's), and a buffered stream refuses a second write from within one ("reentrant call"): the line is then lost,
+    never turned into a traceback."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except RuntimeError:
+        pass
 
 
 
@@ -149,6 +206,9 @@ def setup_training(hp, kind):
     keep_freed_memory()
     rank, world_size, device = setup_distributed()
     precision = inference.resolve_precision(hp.precision, device)
+    note = inference.precision_note(precision, device)  # bf16 emulated on this CPU: about 9 times slower to train
+    if note and rank == 0:
+        print(note, file=sys.stderr)
     if rank == 0:
         prepare_output_folder(hp.output_folder, kind, fresh=hp.checkpoint is None, overwrite=hp.overwrite)
     utils.seed_everything(hp.seed)
@@ -265,6 +325,8 @@ def deepened_compact(generator, num_conv):
     if num_conv < old_num_conv:
         raise ValueError(f"cannot deepen a compact network of {old_num_conv} convolutions to {num_conv}: give "
                          f"--num_conv {old_num_conv} or more.")
+    check_network_size(lambda: models.build_generator("compact", **kwargs),
+                       f"The generator (compact, deepened to {num_conv} convolutions)")
     deeper = models.build_generator("compact", **kwargs).to(next(generator.parameters()).device)
     old_layers, new_layers = list(generator.body), list(deeper.body)
     # The first conv + PReLU and the old num_conv pairs, then the new pairs, then the last conv.
@@ -369,8 +431,7 @@ def prepare_output_folder(folder, kind, fresh=False, overwrite=False):
                         nor its TensorBoard folder), is in use, or holds a run that a fresh run would replace
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"The output folder {folder} is a file, not a folder: give another --output_folder.")
+    utils.check_output_folder(folder)  # (a file there, or above it)
     tensorboard = folder / f"tensorboard_{kind}"
     if tensorboard.exists() and not tensorboard.is_dir():
         raise ValueError(f"{tensorboard} is a file, where this run's TensorBoard folder goes: move it away, or give "

@@ -49,6 +49,9 @@ class RunningLosses:
 
     They are summed on the device and read (.item()) only when reported: reading a GPU value makes the CPU wait
     for the GPU, which would otherwise already be queuing the next iteration's work.
+
+    The sums are part of the training checkpoint (state_dict), which may be saved between two reports: a resumed
+    run's first report then averages the same iterations as an uninterrupted run's, not only those since the resume.
     """
 
     def __init__(self, names, device, start_iteration):
@@ -58,12 +61,23 @@ class RunningLosses:
 
     def _reset(self):
         self.sums = {name: torch.zeros((), device=self.device) for name in self.names}
-        self.count, self.start_time = 0, time.time()
+        self.count = 0  # the iterations in the sums
+        self.timed, self.start_time = 0, time.time()  # the iterations this process ran since start_time (the speed)
 
     def add(self, **losses):
         for name, value in losses.items():
             self.sums[name] = self.sums[name] + value.detach().float()
         self.count += 1
+        self.timed += 1
+
+    def state_dict(self):
+        """The sums and their count (0-d float32 tensors on the CPU, an int), for the training checkpoint."""
+        return {"sums": {name: total.detach().cpu() for name, total in self.sums.items()}, "count": self.count}
+
+    def load_state_dict(self, state):
+        """Continue the sums of a checkpoint (a resumed run); the speed is measured afresh."""
+        self.sums = {name: state["sums"][name].to(self.device) for name in self.names}
+        self.count = state["count"]
 
     def check_finite(self, iteration, checkpoint_path):
         """One NaN / inf loss makes its sum NaN / inf: stop before a checkpoint overwrites the last good one."""
@@ -76,7 +90,7 @@ class RunningLosses:
         :return: (dict name -> mean loss, iterations per second), floats
         """
         means = {name: total.item() / self.count for name, total in self.sums.items()}
-        it_per_s = self.count / (time.time() - self.start_time)
+        it_per_s = self.timed / (time.time() - self.start_time)
         self._reset()
         return means, it_per_s
 
@@ -98,21 +112,28 @@ class Validation:
     wait there for its gradients; no collective operation is called while it validates, so none can hang.
 
     The weights with the best PSNR on the first set are written to `best_path`, a generator-only checkpoint that
-    load_generator, eval.py and super_resolve.py read like any other. The best score is saved in the training
+    load_generator, eval.py and super_resolve.py read like any other. When the run starts from trained weights
+    (fine-tuning, a GAN stage), the starting point, validated at iteration 0, is a candidate too: the best file is
+    then never worse than the weights the run started from (if no iteration beats them, it holds them). Weights
+    initialised at random are no candidate: they are nobody's result. The best score is saved in the training
     checkpoint (state_dict / load_state_dict, through the script's `stateful` objects), so a resumed run keeps it.
     """
 
     CROP = 64  # side of the LR crop whose SR image is logged at each validation (the first image's centre)
 
-    def __init__(self, hp, kind, generator, ema, best_path, is_main_process, **architecture):
+    def __init__(self, hp, kind, generator, ema, best_path, is_main_process, start_is_candidate=False,
+                 **architecture):
         """
         :param hp: the hyperparameters (val_sets, val_every, data_folder, scaling_factor; stored with the best weights)
         :param kind: 'srresnet' or 'srgan', the script (the best file's `kind`, as in its training checkpoints)
         :param generator: the plain generator (not its DDP / torch.compile wrapper); ema: its ModelEMA, or None
         :param best_path: where the best weights are written (best_<kind>.pth, beside the training checkpoint)
+        :param start_is_candidate: whether the weights at iteration 0 may be the best (True when they are trained
+                                   weights: --pretrained, or the pixel-loss network a GAN stage starts from)
         :param architecture: generator_arch and generator_kwargs, stored with the best weights
         """
         self.hp, self.kind, self.best_path, self.architecture = hp, kind, Path(best_path), architecture
+        self.start_is_candidate = start_is_candidate
         self.is_main_process = is_main_process
         self.model, self.weights_name = (ema.module, "generator_ema") if ema is not None else (generator, "generator")
         self.measured = self.model  # what evaluate_set runs: the model, or it behind a nearest upscale (x1 / x2)
@@ -166,7 +187,8 @@ class Validation:
     def __call__(self, iteration):
         """
         Measure the generator now, after `iteration` completed iterations, and keep its weights if they are the best
-        so far (iteration 0, the starting point, is measured but never kept: it is not this run's work).
+        so far (iteration 0, the starting point, only when start_is_candidate: random weights are measured, never
+        kept).
 
         :return: (scores: test set -> {"psnr", "ssim"}, the SR image of the fixed crop (h s, w s, 3) uint8,
                   whether these weights are the new best)
@@ -182,7 +204,7 @@ class Validation:
             for module, training in modes.items():
                 module.train(training)
         psnr = scores[self.first_set]["psnr"]
-        is_best = iteration > 0 and (self.best is None or psnr > self.best["psnr"])
+        is_best = (iteration > 0 or self.start_is_candidate) and (self.best is None or psnr > self.best["psnr"])
         if is_best:
             self.best = {"iteration": iteration, "val_set": self.first_set, "psnr": psnr}
             checkpoints.save_checkpoint({"kind": self.kind, "iteration": iteration, **self.architecture,
@@ -315,7 +337,7 @@ class TrainingLog:
     """
 
     def __init__(self, loss_names, hp, start_iteration, device, is_main_process, description="training",
-                 learning_rate=None, validation=None, kind=None):
+                 learning_rate=None, validation=None, kind=None, resumed=None):
         """
         :param loss_names: the names of the losses given to add_losses
         :param hp: the hyperparameters (iterations, output_folder, checkpoint)
@@ -323,6 +345,8 @@ class TrainingLog:
         :param validation: a Validation, or None (no validation)
         :param kind: 'srresnet' or 'srgan': the log files are log_<kind>.jsonl and tensorboard_<kind>/ in
                      hp.output_folder (None: no log files)
+        :param resumed: the checkpoint a resumed run continues, whose running losses (the sums since its last report)
+                        it continues too; the training checkpoints save `running_losses` under that name
         """
         self.hp, self.is_main_process, self.learning_rate, self.validation = hp, is_main_process, learning_rate, \
             validation
@@ -330,6 +354,8 @@ class TrainingLog:
         if validation is not None:
             validation.load_test_sets()
         self.running_losses = RunningLosses(loss_names, device, start_iteration)
+        if resumed is not None and "running_losses" in resumed:  # (older checkpoints have none: afresh)
+            self.running_losses.load_state_dict(resumed["running_losses"])
         self.log_files = LogFiles(hp.output_folder, kind, start_iteration) \
             if is_main_process and kind is not None else None
         self.postfix = {}  # what the progress bar shows after the counter: the last losses, speed, scores

@@ -2,7 +2,8 @@
 
   Device and images             get_device, available_cpus, default_workers; convert_image and the luma
                                 weights; load_image
-  Writing files safely          atomic_write, atomic_write_all
+  Writing files safely          atomic_write, atomic_write_all (optionally never over a file: create-if-absent),
+                                check_output_folder
   Reproducibility               seed_everything, random_seed / make_rng
 
 Everything else has a room of its own: measurements in metrics.py, checkpoints in checkpoints.py, the networks in
@@ -205,7 +206,10 @@ def load_image(path, mode="RGB"):
 
 def is_jpeg_file(path):
     """Whether `path` is a JPEG file, by its first bytes (the SOI marker FF D8 FF), not by its name: a photo renamed
-    .png is still compressed. False for a file that does not exist or cannot be read."""
+    .png is still compressed. False for a file that does not exist or cannot be read, and for anything but a regular
+    file (opening a FIFO for reading would wait for a writer forever)."""
+    if not Path(path).is_file():
+        return False
     try:
         with open(path, "rb") as file:
             return file.read(3) == b"\xff\xd8\xff"
@@ -237,7 +241,48 @@ def _write_temporary(path, write):
     return temporary_path
 
 
-def atomic_write_all(writers):
+def _publish_new(temporary_path, path):
+    """
+    Give the complete temporary file its final name only if no file has that name: atomically, so that of two
+    processes writing the same name at once exactly one succeeds and the other gets FileExistsError (a check for the
+    name followed by a rename would let both pass the check, and the second replace the first's file).
+
+    A hard link to the final name is refused by the system when the name exists. On a file system without hard links
+    (FAT, some network shares) the name is claimed first with O_CREAT | O_EXCL (refused alike when it exists), and
+    the content then renamed over the empty file claimed: a reader may see it empty for that moment, never another
+    process's file replaced.
+    """
+    try:
+        os.link(temporary_path, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (EPERM, ENOTSUP, ...): claim the name, then rename over it
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        os.replace(temporary_path, path)
+        return
+    os.remove(temporary_path)
+
+
+def file_in_the_way(folder):
+    """The first of `folder` and its parents that exists as something other than a folder (a file where a folder
+    should be), or None."""
+    for part in [Path(folder), *Path(folder).parents]:
+        if part.exists():
+            return None if part.is_dir() else part
+    return None
+
+
+def check_output_folder(folder, flag="--output_folder"):
+    """Refuse, in one line (ValueError), an output folder that is a file or lies below one, before any work: writing
+    into it would only fail later with the system's "File exists" or "Not a directory". A missing folder is fine
+    (it is created when the first file is written)."""
+    blocking = file_in_the_way(folder)
+    if blocking is not None:
+        inside = "" if blocking == Path(folder) else f" (its parent {blocking} is)"
+        raise ValueError(f"The output folder {folder} is a file, not a folder{inside}: give another {flag}.")
+
+
+def atomic_write_all(writers, overwrite=True):
     """
     Write several files so that either all of them are complete on disk, or none has changed.
 
@@ -247,9 +292,12 @@ def atomic_write_all(writers):
     `write`) leaves every old file untouched and removes the temporary files.
 
     :param writers: dict path -> write, where write(file) writes the content into the open binary file it is given
+    :param overwrite: False never replaces a file: each name is taken only if it is free at that moment
+                      (_publish_new), so that a file another process writes meanwhile is kept, whatever the timing
     :return: the paths written, as Path objects
-    :raises RuntimeError: when the system refuses a write (a read-only or full disk, no permission, a folder where the
-                          file should be), in one line: which file, why, and that nothing was replaced
+    :raises FileExistsError: (overwrite=False) a file has the name; the files published before it are kept
+    :raises RuntimeError: when the system refuses a write (a read-only or full disk, no permission, a file where the
+                          folder should be), in one line: which file, why, and that nothing was replaced
     """
     temporary_paths, path = {}, None
     try:
@@ -258,8 +306,17 @@ def atomic_write_all(writers):
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary_paths[path] = _write_temporary(path, write)
         for path, temporary_path in temporary_paths.items():
-            os.replace(temporary_path, path)
+            if overwrite:
+                os.replace(temporary_path, path)
+            else:
+                _publish_new(temporary_path, path)
     except OSError as error:  # the system's refusal, said in one line instead of a traceback
+        if isinstance(error, FileExistsError) and not overwrite and path.parent.is_dir():
+            raise  # the name was taken (overwrite=False): the caller says what that means
+        blocking = file_in_the_way(path.parent)
+        if blocking is not None:
+            raise RuntimeError(f"Could not write {path}: {blocking} is a file, not a folder; give another "
+                               f"folder.") from None
         previous = f"the previous {path.name} there is intact" if path.is_file() else "no earlier file was replaced"
         raise RuntimeError(f"Could not write {path}: {error.strerror or error}; {previous}, and no partial file "
                            f"is left.") from None
@@ -270,14 +327,16 @@ def atomic_write_all(writers):
     return list(temporary_paths)
 
 
-def atomic_write(path, write):
+def atomic_write(path, write, overwrite=True):
     """Write one file atomically (see atomic_write_all): a crash while writing leaves the old file intact.
 
     :param write: write(file) writes the content into the open binary file it is given,
                   e.g. lambda file: torch.save(state, file) or lambda file: img.save(file, format="PNG")
+    :param overwrite: False: never replace a file of that name, even one that appears while this writes
+                      (FileExistsError)
     :return: the path, as a Path
     """
-    return atomic_write_all({path: write})[0]
+    return atomic_write_all({path: write}, overwrite)[0]
 
 
 

@@ -329,3 +329,13 @@ def test_paired_real_benchmark_set(shared_data, tmp_path):
                                 train_lr_folders=[str(shared_data / "Set14" / "LR_bicubic" / "X4")])
     assert len(summary["train_images"]) == 14 and not summary["skipped"]
     assert summary["train_images"][0]["lr"].endswith("baboonx4.png")
+
+
+def test_an_output_folder_that_is_a_file_is_one_line_before_any_work(tmp_path):
+    save_noise_image(tmp_path / "train" / "a.png", 120, 120)
+    (tmp_path / "afile").write_text("not a folder")
+    for folder in ("afile", "afile/sub"):
+        result = run_cli("--train_folders", "train", "--output_folder", folder, cwd=tmp_path)
+        assert result.returncode == 1 and result.stderr.strip().count("\n") == 0, result.stderr
+        assert result.stderr.startswith("error: The output folder afile") and "is a file" in result.stderr
+        assert "Train set" not in result.stdout  # refused before the images were read

@@ -425,7 +425,7 @@ def x1_by_hand(model, photo_lists):
 def test_an_x1_model_of_x4_data_is_evaluated_at_x4_on_the_nearest_upscaled_lr(photo_lists, tmp_path, capsys):
     """eval.py --scaling_factor 4 with an x1 model trained on x4 data (its checkpoint says so): it is fed the LR
     image enlarged x4 with nearest neighbour, as in training, and says so in one line; and blended with an x4 model
-    of the same network (its first convolution kept), in a row that names the blend."""
+    of the same network (its first convolution folded to the x1 input), in a row that names the blend."""
     model = x1_checkpoint(tmp_path / "x1.pth", seed=0)
     results = eval_script.main(["--model", str(tmp_path / "x1.pth"), "--data_folder", str(photo_lists),
                                 "--test_sets", "Photos", "--scaling_factor", "4"])
@@ -433,19 +433,21 @@ def test_an_x1_model_of_x4_data_is_evaluated_at_x4_on_the_nearest_upscaled_lr(ph
     assert "srresnet x1 from train_srresnet.py" in err and "an x1 network trained on x4 data: fed the LR image " \
         "enlarged x4 with nearest neighbour, as in training" in err
     assert (results[0]["psnr"], results[0]["ssim"]) == pytest.approx(x1_by_hand(model, photo_lists), abs=1e-6)
-    # Network interpolation across scales: every layer blended but the first convolution, which is the x1 model's.
+    # Network interpolation across scales: every layer blended, the x4 model's first convolution folded first.
     x4 = x1_checkpoint(tmp_path / "x4.pth", seed=1, unshuffle_scale=1)
     results = eval_script.main(["--model", str(tmp_path / "x1.pth"), "--interpolate_with", str(tmp_path / "x4.pth"),
                                 "--alpha", "0.5", "--data_folder", str(photo_lists), "--test_sets", "Photos"])
     captured = capsys.readouterr()
     name = f"{tmp_path / 'x1.pth'} ~ {tmp_path / 'x4.pth'} @ 0.5"
     assert results[0]["model"] == name and f"| {name}" in captured.out
-    assert "x1 with x4: first convolution conv_block1.conv_block.0.weight kept from" in captured.err
+    assert "x1 with x4: the first convolution conv_block1.conv_block.0.weight of" in captured.err
     first, x1_state, x4_state = "conv_block1.conv_block.0.weight", model.state_dict(), x4.state_dict()
+    x4_state[first] = x4_state[first].repeat_interleave(16, dim=1) / 16  # folded to the x1 model's input
     blend = models.build_generator("srresnet", **model.generator_kwargs).eval()
-    blend.load_state_dict({key: value if key == first or not value.is_floating_point()
-                           else 0.5 * value + 0.5 * x4_state[key] for key, value in x1_state.items()})
-    assert (results[0]["psnr"], results[0]["ssim"]) == pytest.approx(x1_by_hand(blend, photo_lists), abs=1e-6)
+    blend.load_state_dict({key: value if not value.is_floating_point() else 0.5 * value + 0.5 * x4_state[key]
+                           for key, value in x1_state.items()})
+    # (float32 sums in eval.py's channels_last layout and in NCHW differ in the last bits: 1e-5 dB)
+    assert (results[0]["psnr"], results[0]["ssim"]) == pytest.approx(x1_by_hand(blend, photo_lists), abs=1e-5)
     # An x1 file that does not say which data it was trained on is an x1 model: not evaluated at x4.
     x1_checkpoint(tmp_path / "x1_unknown.pth", seed=0, data_scaling_factor=None)
     with pytest.raises(SystemExit) as excinfo:

@@ -454,3 +454,44 @@ def test_an_x1_model_of_x4_data_exports_as_an_x4_model(tmp_path, capsys):
     assert sr_onnx.shape == (2, 3, 52, 72)
     # Float outputs: a bilinear upscale in the graph would be 1e-2 off here, yet 55 dB in 8 bits (a smooth photo).
     assert (torch.from_numpy(sr_onnx) - forward(ema, lr_upscaled)).abs().max() < 1e-4
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path):
+    write_checkpoint(tmp_path / "checkpoint.pth", "compact")
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(ValueError, match=r"^The output folder .*afile is a file, not a folder.*--output"):
+        export.main([str(tmp_path / "checkpoint.pth"), "--output", str(tmp_path / "afile" / "model.onnx")])
+
+
+def test_a_checkpoint_rewritten_during_the_export_gives_one_consistent_snapshot(tmp_path, monkeypatch):
+    """A running training rewrites checkpoint_srresnet.pth (atomically) every --checkpoint_every iterations. An export
+    reads the file once: every tensor of the exported file comes from one version of it, never raw weights of one
+    iteration beside EMA weights of the next (nor 'params_ema' for a run that has no EMA)."""
+    path = tmp_path / "checkpoint_srresnet.pth"
+    before = random_network("srresnet", 1)
+    after = random_network("srresnet", 2)  # the next iteration's weights, no EMA in either
+
+    def save(network, iteration):
+        checkpoints.save_checkpoint(dict(kind="srresnet", iteration=iteration, generator_arch=network.generator_arch,
+                                         generator_kwargs=network.generator_kwargs,
+                                         generator=network.state_dict()), path)
+
+    save(before, 1)
+    load_checkpoint = checkpoints.load_checkpoint
+
+    def load_while_training_saves(*args, **kwargs):
+        checkpoint = load_checkpoint(*args, **kwargs)
+        save(after, 2)  # the training writes its next checkpoint right after this read
+        return checkpoint
+
+    monkeypatch.setattr(checkpoints, "load_checkpoint", load_while_training_saves)
+    export.main([str(path), "--output", str(tmp_path / "exported.pth")])
+    exported = torch.load(tmp_path / "exported.pth", weights_only=True)
+    assert "params_ema" not in exported
+    assert_same_weights(exported["params"], before.state_dict())
+
+
+def assert_same_weights(state_a, state_b):
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        assert torch.equal(state_a[name], state_b[name]), name

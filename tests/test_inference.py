@@ -5,7 +5,11 @@ is checked against its tensors before anything is built, and weights that cannot
 shipped models in test_weights.py.)
 """
 import json
+import os
 import resource
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +116,67 @@ def test_a_good_export_still_loads_exactly(tmp_path):
     for key, value in tiny_state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
     assert checkpoints.load_checkpoint(tmp_path / "good.pth")["generator_arch"] == "srresnet"
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_said_once_in_one_line(monkeypatch):
+    """--precision bf16 on a CPU without bf16 instructions runs, as asked, but emulated: several times slower than
+    fp32. The scripts say so in one line that names what is faster; 'auto' picks fp32 there and says nothing."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(inference, "native_bf16", lambda device: False)
+    note = inference.precision_note("bf16", cpu)
+    assert "emulated" in note and "--precision fp32" in note and "\n" not in note
+    assert inference.resolve_precision("auto", cpu) == "fp32"
+    assert inference.precision_note("fp32", cpu) is None
+    monkeypatch.setattr(inference, "native_bf16", lambda device: True)
+    assert inference.precision_note("bf16", cpu) is None and inference.resolve_precision("auto", cpu) == "bf16"
+
+
+def test_native_bf16_follows_the_cpu_the_libraries_use():
+    """An AVX2 CPU, emulated with oneDNN's and ATen's own switches: no native bf16 (in a fresh process: the switches
+    are read once)."""
+    code = "import torch, inference; print(inference.native_bf16(torch.device('cpu')))"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(inference.__file__).parent, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_an_onnx_file_given_as_a_model_says_what_it_is_and_which_files_are_taken(tmp_path):
+    """export.py writes .onnx files; given back as --model / --pretrained, one line says that ONNX Runtime runs them
+    and which files this project loads (not "not a PyTorch checkpoint or it is damaged")."""
+    onnx = tmp_path / "srgan.onnx"
+    onnx.write_bytes(b"\x08\x09\x12\x07pytorch\x1a\x052.1.0:\x8a\x01\n")  # the first bytes of an ONNX model proto
+    with pytest.raises(ValueError) as error:
+        inference.load_generator(onnx)
+    message = str(error.value)
+    assert "ONNX" in message and "ONNX Runtime" in message and "damaged" not in message and "\n" not in message
+    assert checkpoints.MODEL_FILES in message and ".safetensors" in checkpoints.MODEL_FILES
+
+
+@pytest.mark.parametrize("arch, kwargs", [("srresnet", dict(n_channels=8, n_blocks=2, scaling_factor=4)),
+                                          ("rrdb", dict(num_feat=8, num_block=1, num_grow_ch=4, scale=4))])
+@pytest.mark.parametrize("r", [2, 4], ids=["x2", "x1"])
+def test_the_x2_and_x1_variants_start_computing_exactly_what_the_x4_model_computes(arch, kwargs, r):
+    """The x(4 / r) pixel-unshuffle variant's input is the LR image nearest-upscaled by r, then pixel-unshuffled: each
+    colour's r^2 channels are copies of one LR pixel. Its first convolution with the x4 model's weights divided by r^2,
+    repeated over those channels, computes the x4 model's; every other layer is the x4 model's: the variant starts
+    as the x4 model (float64: equal to rounding). Unfolding (summing the r^2 channels) gives the x4 model back."""
+    torch.manual_seed(0)
+    x4 = models.build_generator(arch, **kwargs).double().eval()
+    variant = models.build_generator(arch, **models.pixel_unshuffle_variant(arch, x4.generator_kwargs, r)).double()
+    assert inference.load_weights_folding_first_convolution(variant, x4) == [inference.first_convolution(
+        x4.state_dict())]
+    variant.eval()
+    lr_imgs = torch.rand(2, 3, 11, 13, dtype=torch.float64)
+    with torch.no_grad():
+        expected = x4(lr_imgs)
+        started = variant(inference.match_generator_input(lr_imgs, variant, 4))
+    torch.testing.assert_close(started, expected, rtol=0, atol=1e-12)
+    # (and for a fresh variant, without the folding, it would not: the check can fail)
+    fresh = models.build_generator(arch, **variant.generator_kwargs).double().eval()
+    with torch.no_grad():
+        assert not torch.allclose(fresh(inference.match_generator_input(lr_imgs, fresh, 4)), expected, atol=1e-3)
+    back = models.build_generator(arch, **x4.generator_kwargs).double().eval()
+    inference.load_weights_folding_first_convolution(back, variant)
+    first = inference.first_convolution(x4.state_dict())
+    torch.testing.assert_close(back.state_dict()[first], x4.state_dict()[first], rtol=0, atol=1e-15)

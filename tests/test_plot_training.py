@@ -84,3 +84,11 @@ def test_a_damaged_log_is_read_around_and_named(tmp_path, capsys):
                       "Set14": [(i, 19.0, 0.4) for i in ITERATIONS]}
     assert str(path) in capsys.readouterr().err
     assert len(plot_training.main([str(tmp_path), "--kind", "srgan", "--output_folder", str(tmp_path / "plots")])) == 2
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path):
+    write_run(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    for folder in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(ValueError, match=r"^The output folder .*afile.* is a file, not a folder"):
+            plot_training.main([str(tmp_path), "--kind", "srgan", "--output_folder", str(folder)])

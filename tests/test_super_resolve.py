@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageCms
 from skimage import data
 from torch import nn
 
@@ -573,7 +573,10 @@ class Blocked(BaseException):
     """Raised by the alarm below when a call blocks (a BaseException: no `except OSError` swallows it)."""
 
 
-def test_a_fifo_given_as_input_is_skipped_with_a_line_not_waited_for(tmp_path, tiny_rrdb, capsys):
+@pytest.mark.parametrize("with_model", [True, False], ids=["model", "no_model"])
+def test_a_fifo_given_as_input_is_skipped_with_a_line_not_waited_for(tmp_path, tiny_rrdb, capsys, with_model):
+    """Without --model the model is chosen by the file's first bytes (JPEG or not): a FIFO is not read for that
+    either."""
     os.mkfifo(tmp_path / "pipe.png")  # opening it for reading blocks until someone writes: nobody will
     Image.fromarray(random_pixels((8, 8, 3))).save(tmp_path / "a.png")
 
@@ -583,7 +586,8 @@ def test_a_fifo_given_as_input_is_skipped_with_a_line_not_waited_for(tmp_path, t
     previous = signal.signal(signal.SIGALRM, blocked)
     signal.alarm(10)
     try:
-        status = super_resolve.main([str(tmp_path / "pipe.png"), str(tmp_path / "a.png"), "--model", str(tiny_rrdb),
+        status = super_resolve.main([str(tmp_path / "pipe.png"), str(tmp_path / "a.png"),
+                                     *(["--model", str(tiny_rrdb)] if with_model else []),
                                      "--output_folder", str(tmp_path / "out"), "--no_progress"])
     finally:
         signal.alarm(0)
@@ -600,10 +604,10 @@ def test_running_out_of_memory_on_one_image_skips_it(tmp_path, tiny_rrdb, capsys
         Image.fromarray(random_pixels((8, 8, 3))).save(tmp_path / f"{name}.png")
     write_image = super_resolve.write_image
 
-    def write_or_run_out_of_memory(img, path):
+    def write_or_run_out_of_memory(img, path, *args):
         if path.name == "a_x4.png":
             raise MemoryError()  # (what Pillow raises: no message)
-        write_image(img, path)
+        write_image(img, path, *args)
 
     monkeypatch.setattr(super_resolve, "write_image", write_or_run_out_of_memory)
     assert super_resolve.main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--model", str(tiny_rrdb),
@@ -611,6 +615,128 @@ def test_running_out_of_memory_on_one_image_skips_it(tmp_path, tiny_rrdb, capsys
     error = capsys.readouterr().err
     assert "a.png" in error and "memory" in error, error
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["b_x4.png"]
+
+
+def test_two_runs_writing_one_output_at_once_never_replace_each_others_files(tmp_path, tiny_rrdb, capsys,
+                                                                             monkeypatch):
+    """Another run writes photo_x4.png after this run checked the name was free and before it writes its own: the
+    other run's file is kept (the name is taken atomically, utils.atomic_write(overwrite=False)), and this run says
+    so and fails that input, whatever the timing."""
+    Image.fromarray(random_pixels((8, 8, 3))).save(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    upscale_image = super_resolve.upscale_image
+
+    def upscale_while_another_run_writes(*args, **kwargs):
+        sr_img = upscale_image(*args, **kwargs)
+        out.mkdir(exist_ok=True)
+        (out / "photo_x4.png").write_bytes(b"the other run's output")
+        return sr_img
+
+    monkeypatch.setattr(super_resolve, "upscale_image", upscale_while_another_run_writes)
+    assert super_resolve.main([str(tmp_path / "photo.png"), "--model", str(tiny_rrdb), "--output_folder", str(out),
+                               "--no_progress"]) == 1
+    captured = capsys.readouterr()
+    assert "wrote" not in captured.out and "photo_x4.png already exists" in captured.err, captured
+    assert "--overwrite" in captured.err and "Traceback" not in captured.err
+    assert (out / "photo_x4.png").read_bytes() == b"the other run's output"
+    assert sorted(path.name for path in out.iterdir()) == ["photo_x4.png"]  # no temporary file left either
+    # With --overwrite this run's output replaces it, as asked.
+    assert super_resolve.main([str(tmp_path / "photo.png"), "--model", str(tiny_rrdb), "--output_folder", str(out),
+                               "--no_progress", "--overwrite"]) == 0
+    with Image.open(out / "photo_x4.png") as sr_img:
+        assert sr_img.size == (32, 32)
+
+
+def test_an_output_folder_that_is_a_file_is_one_line_before_any_work(tmp_path, tiny_rrdb, capsys):
+    Image.fromarray(random_pixels((8, 8, 3))).save(tmp_path / "a.png")
+    (tmp_path / "afile").write_text("not a folder")
+    for folder in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        assert super_resolve.main([str(tmp_path / "a.png"), "--model", str(tiny_rrdb), "--output_folder", str(folder),
+                                   "--no_progress"]) == 1
+        captured = capsys.readouterr()
+        assert captured.err.startswith("error: The output folder") and "is a file" in captured.err, captured.err
+        assert len(captured.err.strip().splitlines()) == 1 and "model:" not in captured.out
+
+
+def test_unreadable_image_files_in_a_folder_are_failures(tmp_path, tiny_rrdb, capsys):
+    """In a folder, a file named like an image that is none (0 bytes, an HTML page saved as .jpg) is a failure: in
+    the summary, and the exit status 1, as when such a file is given alone. Files with other names (notes.txt,
+    .DS_Store) are still skipped with a warning."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(random_pixels((8, 8, 3))).save(folder / "a.png")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "page.jpg").write_text("<html><body>not a photo</body></html>")
+    (folder / "notes.txt").write_text("not an image")
+    status = super_resolve.main([str(folder), "--model", str(tiny_rrdb), "--output_folder", str(tmp_path / "out"),
+                                 "--no_progress"])
+    error = capsys.readouterr().err
+    assert status == 1 and "2 of 3 input(s) failed" in error, error
+    summary = error[error.index("input(s) failed"):]
+    assert "empty.png" in summary and "page.jpg" in summary and "notes.txt" not in summary
+    assert "skipping" in error and "notes.txt" in error
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a_x4.png"]
+
+
+def test_the_same_input_given_twice_is_upscaled_once_with_a_note(tmp_path, tiny_rrdb, capsys, monkeypatch):
+    Image.fromarray(random_pixels((8, 8, 3))).save(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    # The same file three ways (two spellings, and inside a folder given too).
+    assert super_resolve.main(["a.png", "./a.png", str(tmp_path), "--model", str(tiny_rrdb), "--output_folder",
+                               "out", "--no_progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("wrote") == 1 and "rename" not in captured.err, captured
+    assert "given more than once" in captured.err and "upscaled once" in captured.err, captured.err
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a_x4.png"]
+
+
+def test_a_tile_too_small_to_be_worth_it_is_raised_with_a_line(tmp_path, tiny_rrdb, capsys):
+    """--tile 1 with the default --tile_pad 16 would run each LR pixel with 33 x 33 pixels of context: ~1000 times
+    the work, for no memory worth saving. Such a tile is raised to the smallest sensible one (inference.min_tile),
+    with one line, and the output is that tile's."""
+    photo = np.asarray(Image.fromarray(data.astronaut()).resize((96, 64)))
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    assert inference.min_tile(16) == 32 and inference.min_tile(4) == inference.MIN_TILE
+    common = [str(tmp_path / "photo.png"), "--model", str(tiny_rrdb), "--precision", "fp32", "--no_progress"]
+    assert super_resolve.main(common + ["--tile", "1", "--output_folder", str(tmp_path / "one")]) == 0
+    captured = capsys.readouterr()
+    assert "--tile 1 raised to 32" in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert super_resolve.main(common + ["--tile", "32", "--output_folder", str(tmp_path / "t32")]) == 0
+    assert "raised" not in capsys.readouterr().err
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "one" / "photo_x4.png")),
+                                  np.asarray(Image.open(tmp_path / "t32" / "photo_x4.png")))
+
+
+# A real ICC profile's bytes (LittleCMS's sRGB, made once: its header holds the time it was made).
+SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def icc_profile(colour_space=b"RGB "):
+    """SRGB_PROFILE, its header's colour space set to `colour_space` (a profile of another space, e.g. a CMYK one,
+    differs in that field for what is checked here)."""
+    profile = bytearray(SRGB_PROFILE)
+    profile[16:20] = colour_space
+    return bytes(profile)
+
+
+def test_a_jpegs_icc_profile_is_carried_into_the_png(tmp_path, tiny_rrdb):
+    """A photo from a wide-gamut camera or phone (Display P3, Adobe RGB) says so with an embedded ICC profile; the
+    output carries the same profile, so viewers show the same colours (only where the output has the profile's
+    colour space: a CMYK JPEG's profile does not describe the RGB output)."""
+    Image.fromarray(random_pixels((8, 8, 3))).save(tmp_path / "p3.jpg", icc_profile=icc_profile())
+    Image.fromarray(random_pixels((8, 8))).save(tmp_path / "grey.jpg", icc_profile=icc_profile(b"GRAY"))
+    Image.fromarray(random_pixels((8, 8, 4)), "CMYK").save(tmp_path / "cmyk.jpg", icc_profile=icc_profile(b"CMYK"))
+    Image.fromarray(random_pixels((8, 8, 3))).save(tmp_path / "plain.jpg")
+    Image.fromarray(random_pixels((8, 8, 4)), "RGBA").save(tmp_path / "alpha.png", icc_profile=icc_profile())
+    inputs = [str(tmp_path / name) for name in ("p3.jpg", "grey.jpg", "cmyk.jpg", "plain.jpg", "alpha.png")]
+    assert super_resolve.main([*inputs, "--model", str(tiny_rrdb), "--output_folder", str(tmp_path / "out"),
+                               "--no_progress"]) == 0
+    carried = {}
+    for name in ("p3", "grey", "cmyk", "plain", "alpha"):
+        with Image.open(tmp_path / "out" / f"{name}_x4.png") as sr_img:
+            carried[name] = sr_img.info.get("icc_profile")
+    assert carried == {"p3": icc_profile(), "grey": icc_profile(b"GRAY"), "cmyk": None, "plain": None,
+                       "alpha": icc_profile()}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -651,3 +777,20 @@ def test_an_x1_model_of_x4_data_upscales_x4_from_the_nearest_upscaled_photo(tmp_
                                str(tiny_rrdb), "--output_folder", str(tmp_path), "--no_progress"]) == 0
     assert Image.open(tmp_path / "hr_grid_x4.png").size[0] >= 4 * 64
     assert "fed the LR image enlarged x4" in capsys.readouterr().out
+
+
+def test_bf16_emulated_on_this_cpu_is_said_once(tmp_path):
+    """An AVX2 CPU (emulated with oneDNN's and ATen's switches): --precision bf16 runs as asked, with one line saying
+    it is emulated and slower, however many tiles and images; --precision auto picks fp32 without a word."""
+    for name in ("a", "b"):
+        Image.fromarray(data.coffee()[:40, :48]).save(tmp_path / f"{name}.png")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    common = [sys.executable, "super_resolve.py", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--model",
+              "compact", "--tile", "16", "--tile_pad", "4", "--no_progress"]
+    result = subprocess.run(common + ["--precision", "bf16", "--output_folder", str(tmp_path / "bf16")], env=env,
+                            cwd=Path(super_resolve.__file__).parent, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("emulated") == 1 and "--precision fp32" in result.stderr, result.stderr
+    result = subprocess.run(common + ["--output_folder", str(tmp_path / "auto")], env=env,
+                            cwd=Path(super_resolve.__file__).parent, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "precision fp32" in result.stdout and "emulated" not in result.stderr, result

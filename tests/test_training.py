@@ -126,7 +126,7 @@ def test_train_srgan_runs_from_srresnet_checkpoint(data_folder, tmp_path, monkey
     # It validated the weights eval.py takes from its checkpoint (ESRGAN's EMA), and kept the best ones.
     assert sorted(validation_records(tmp_path / "log_srgan.jsonl")) == [0, 1, 2]
     best = checkpoints.load_checkpoint(tmp_path / "best_srgan.pth", expected_kind="srgan")
-    assert best["iteration"] == checkpoint["validation"]["best"]["iteration"] in (1, 2)
+    assert best["iteration"] == checkpoint["validation"]["best"]["iteration"] in (0, 1, 2)  # (0: the start won)
     assert ("generator_ema" in best) == (recipe == "esrgan")
     assert best["generator_kwargs"] == checkpoint["generator_kwargs"]
     assert checkpoint["generator_kwargs"] == srresnet_checkpoint["generator_kwargs"]
@@ -357,6 +357,56 @@ def test_a_second_ctrl_c_during_the_save_waits_for_it(data_folder, tmp_path, mon
     checkpoint = checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")
     assert checkpoint["iteration"] == 3  # the save at 2 completed; the run stopped after the next iteration's save
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_repeated_sigterms_around_a_save_stop_the_run_cleanly_after_it(data_folder, tmp_path, monkeypatch, capsys):
+    """Three SIGTERMs 30 ms apart (a cluster's scheduler, `timeout`, a process manager signalling the group and the
+    process): one request to save and stop, not an escalation. The run stops after its next save, with a complete
+    checkpoint, no traceback, and one line about the signal."""
+    save_checkpoint = checkpoints.save_checkpoint
+    signalled = []
+
+    def save_then_be_signalled_thrice(state, path):
+        save_checkpoint(state, path)
+        if not signalled:  # after the first save: the signals arrive between two saves
+            for _ in range(3):
+                signalled.append(signal.SIGTERM)
+                signal.raise_signal(signal.SIGTERM)
+                time.sleep(0.03)
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_then_be_signalled_thrice)
+    try:
+        run_script(train_srresnet, [*FAULT_TINY, "--workers", 0, "--data_folder", data_folder, "--output_folder",
+                                    tmp_path, "--iterations", 100, "--checkpoint_every", 2], monkeypatch)
+    except (KeyboardInterrupt, SystemExit) as error:
+        pytest.fail(f"the repeated SIGTERM broke the run off: {error!r}")
+    error = capsys.readouterr().err
+    assert error.count("Received SIGTERM") == 1, error
+    assert checkpoints.load_checkpoint(tmp_path / "checkpoint_srresnet.pth")["iteration"] == 3
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_second_ctrl_c_outside_a_save_quits_at_once_in_one_line(monkeypatch, capsys):
+    """Ctrl+C twice is a person who wants out now: one line (the last checkpoint is intact, as every save is atomic),
+    exit status 130, no KeyboardInterrupt traceback. Signals during a save only ask to stop after it."""
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop_signal = training.GracefulExit()
+        signal.raise_signal(signal.SIGINT)
+        with stop_signal.saving():
+            signal.raise_signal(signal.SIGINT)  # (waits for the save)
+            signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # the same request again
+        assert stop_signal.should_stop()
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    assert exit_info.value.code == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "SIGINT again" in lines[0] and "intact" in lines[0], lines
 
 
 def test_output_folder_is_checked_before_training(data_folder, tmp_path, monkeypatch, capsys):
@@ -727,6 +777,44 @@ def test_flags_that_cannot_work_give_one_line_before_any_work(data_folder, tmp_p
     code, lines = run_cli(script, [*base, "--data_folder", data_folder, "--output_folder", tmp_path / "run",
                                    "--iterations", 2, *flags], monkeypatch, capsys)
     assert code == 1 and lines == [f"error: {expected}"], lines
+    assert not (tmp_path / "run").exists()  # refused before anything was made
+
+
+class Hang(BaseException):
+    """Raised by an alarm when a call runs far longer than it should (a BaseException: no `except` swallows it)."""
+
+
+@pytest.mark.parametrize("script, flags, expected", [
+    (train_srresnet, ["--pretrained", "compact", "--num_conv", 100000], "--num_conv must be at most 512, not 100000"),
+    (train_srresnet, ["--n_blocks", 100000], "--n_blocks must be at most 512, not 100000"),
+    (train_srresnet, ["--n_channels", 100000], "--n_channels must be at most 4096, not 100000"),
+    (train_srresnet, ["--generator_arch", "compact", "--num_feat", 4096], "The generator (compact) would have 4,834 "
+     "million parameters"),
+    (train_srgan, ["--n_blocks_d", 40], "The discriminator (srgan) would have"),
+    (train_srgan, ["--n_blocks_d", 100], "The discriminator (srgan) would have"),
+], ids=["pretrained_num_conv", "n_blocks", "n_channels", "num_feat", "n_blocks_d", "n_blocks_d_overflow"])
+def test_networks_too_large_to_train_are_refused_in_one_line_before_building(data_folder, tmp_path, monkeypatch,
+                                                                              capsys, script, flags, expected):
+    """--num_conv 100000 built for minutes, its memory growing without bound. Every size flag is bounded (layer
+    counts by training.MAX_LAYERS, widths by models.MAX_ARCHITECTURE_VALUE), and the network's parameters are
+    counted on the 'meta' device (no memory) before it is built (training.check_network_size)."""
+    monkeypatch.setattr(script, "main", lambda main=script.main: cli.run_cli(main))
+
+    def hang(*args):
+        raise Hang("the check took more than 30 s: the network is being built")
+
+    base = ["--crop_size", 32, "--batch_size", 4, "--workers", 0]
+    if script is train_srgan:
+        base += ["--srresnet_checkpoint", "srresnet", "--vgg_weights", "random"]
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    try:
+        code, lines = run_cli(script, [*base, "--data_folder", data_folder, "--output_folder", tmp_path / "run",
+                                       "--iterations", 2, *flags], monkeypatch, capsys)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert code == 1 and len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
     assert not (tmp_path / "run").exists()  # refused before anything was made
 
 
@@ -1127,8 +1215,8 @@ def test_the_old_cutblur_prob_flag_still_works(capsys):
 
 
 def test_pretrained_x4_model_starts_its_x1_variant(data_folder, tmp_path, monkeypatch, capsys):
-    """train_srresnet.py --use_unshuffle true --pretrained <x4 model>: every layer but the first convolution comes
-    from the x4 model, and the run says so."""
+    """train_srresnet.py --use_unshuffle true --pretrained <x4 model>: every layer comes from the x4 model, the first
+    convolution folded over the 3 r^2 channels of the nearest-upscaled, pixel-unshuffled input, and the run says so."""
     run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--iterations", 1, "--output_folder",
                                 tmp_path / "x4"], monkeypatch)
     x4 = checkpoints.load_checkpoint(tmp_path / "x4" / "checkpoint_srresnet.pth")["generator"]
@@ -1139,8 +1227,9 @@ def test_pretrained_x4_model_starts_its_x1_variant(data_folder, tmp_path, monkey
                                 "--batch_size", 4, "--workers", 0, "--data_folder", data_folder, "--iterations", 1,
                                 "--output_folder", tmp_path / "x1"], monkeypatch)
     assert ("Starting the x1 pixel-unshuffle variant of srresnet x4 from train_srresnet.py, iteration 1 (generator "
-            "weights): every layer but its first convolution (conv_block1.conv_block.0.weight: 48 input channels "
-            "instead of 3), which starts anew.") in capsys.readouterr().out
+            "weights) where that model is: its layers, and its first convolution folded over the 48 input channels "
+            "(conv_block1.conv_block.0.weight, divided by 16 and repeated), which computes what the x4 model computes "
+            "on the nearest-upscaled LR image.") in capsys.readouterr().out
     x1 = checkpoints.load_checkpoint(tmp_path / "x1" / "checkpoint_srresnet.pth")
     assert x1["generator_kwargs"] == dict(large_kernel_size=9, small_kernel_size=3, n_channels=8, n_blocks=1,
                                           scaling_factor=1, unshuffle_scale=4)
@@ -1148,7 +1237,9 @@ def test_pretrained_x4_model_starts_its_x1_variant(data_folder, tmp_path, monkey
     first = "conv_block1.conv_block.0.weight"
     assert x1["generator"][first].shape == (8, 48, 9, 9) and x4[first].shape == (8, 3, 9, 9)
     for name, value in x4.items():  # (batch norm's running statistics move with the training forward pass)
-        if name != first and value.is_floating_point() and "running_" not in name:
+        if name == first:
+            value = value.repeat_interleave(16, dim=1) / 16  # folded: the x4 model's, on 16 copies of each pixel
+        if value.is_floating_point() and "running_" not in name:
             torch.testing.assert_close(x1["generator"][name], value, rtol=0, atol=1e-7)
     # The compact network has no such variant: one line.
     with pytest.raises(ValueError, match="compact network has no pixel-unshuffle variant"):
@@ -1262,6 +1353,33 @@ def test_validation_is_eval_py_and_keeps_the_best_weights(data_folder, tmp_path,
         run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--output_folder", run,
                                     "--checkpoint", run / "best_srresnet.pth", "--iterations", 9], monkeypatch)
 
+@pytest.mark.parametrize("script", [train_srresnet, train_srgan], ids=["pretrained", "gan_stage"])
+def test_the_best_weights_of_a_fine_tuning_are_never_worse_than_the_start(data_folder, tmp_path, monkeypatch, capsys,
+                                                                          script):
+    """A run that starts from trained weights (--pretrained, or a GAN stage from its pixel-loss network) counts the
+    validation at iteration 0 as a candidate: a learning rate that only makes things worse leaves best_<kind>.pth
+    holding the starting weights, with their score. (A run from random weights does not: test above.)"""
+    run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--output_folder", tmp_path / "start",
+                                "--iterations", 30, "--learning_rate", 1e-3, "--val_every", 0], monkeypatch)
+    start = tmp_path / "start" / "checkpoint_srresnet.pth"
+    ruin = ["--learning_rate", 0.5, "--iterations", 2, "--val_every", 1, *VALIDATE, "--data_folder", data_folder,
+            "--output_folder", tmp_path / "run", "--crop_size", 24, "--batch_size", 4, "--workers", 0]
+    if script is train_srresnet:
+        run_script(train_srresnet, ["--pretrained", start, *ruin], monkeypatch)
+    else:
+        run_script(train_srgan, ["--srresnet_checkpoint", start, *TINY_DISCRIMINATOR, *ruin], monkeypatch)
+    kind = "srresnet" if script is train_srresnet else "srgan"
+    validated = validation_records(tmp_path / "run" / f"log_{kind}.jsonl")
+    assert max(validated[1]["psnr"], validated[2]["psnr"]) < validated[0]["psnr"]  # (training only made it worse)
+    out = capsys.readouterr().out
+    assert re.search(r"iteration 0: .*; best so far, saved to", out) and "iteration 2: " in out, out
+    best = checkpoints.load_checkpoint(tmp_path / "run" / f"best_{kind}.pth")
+    assert best["iteration"] == 0 and best["val"] == {"Tiny": validated[0]}
+    assert_same_state(best["generator"], checkpoints.load_checkpoint(start)["generator"])
+    checkpoint = checkpoints.load_checkpoint(tmp_path / "run" / f"checkpoint_{kind}.pth")
+    assert checkpoint["validation"]["best"]["iteration"] == 0
+
+
 
 @pytest.mark.parametrize("script", [train_srresnet, pytest.param(train_srgan, marks=pytest.mark.slow)],
                          ids=["srresnet", "srgan"])  # srgan: 13 s on the busy 2-core development machine
@@ -1338,6 +1456,21 @@ def test_resumed_run_logs_every_iteration_once(data_folder, tmp_path, monkeypatc
     assert [path.name for path in paths] == ["validation_curve.png", "validation_strip.png"]
     assert all(Image.open(path).format == "PNG" for path in paths)
     assert [step for step, _ in plot_training.read_crops(crashed, "srresnet")["sr"]] == [0, 2, 4, 6, 8]
+
+
+def test_the_first_report_after_a_resume_averages_the_same_iterations_as_an_uninterrupted_run(data_folder, tmp_path,
+                                                                                               monkeypatch):
+    """A checkpoint saved between two reports (--checkpoint_every 2, --print_every 4; or a stop signal) holds the
+    running sums of the losses since the last report, so the resumed run's report at 4 is the mean of iterations 1-4,
+    exactly the uninterrupted run's, not of 3-4 only."""
+    args = [*TINY_SRRESNET, "--data_folder", data_folder, "--print_every", 4, "--checkpoint_every", 2, "--val_every", 0]
+    keep_every_checkpoint(monkeypatch, tmp_path / "saved")
+    run_script(train_srresnet, [*args, "--iterations", 8, "--output_folder", tmp_path / "whole"], monkeypatch)
+    run_script(train_srresnet, [*args, "--iterations", 8, "--output_folder", tmp_path / "resumed",
+                                "--checkpoint", tmp_path / "saved" / "2.pth"], monkeypatch)
+    whole, resumed = ([record["losses"] for record in training_log.read_jsonl(folder / "log_srresnet.jsonl")
+                       if "losses" in record] for folder in (tmp_path / "whole", tmp_path / "resumed"))
+    assert len(whole) == 2 and resumed == whole
 
 
 def test_validation_under_a_degraded_setting_measures_the_jpeg_lr_images(data_folder, tmp_path, monkeypatch, capsys):

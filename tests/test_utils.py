@@ -804,10 +804,11 @@ def test_upscaling_and_evaluating_do_not_load_torchvision():
     assert result.returncode == 0, result.stderr[-500:]
 
 
-def test_network_interpolation_across_scales_keeps_the_first_convolution(tmp_path):
+def test_network_interpolation_across_scales_folds_the_first_convolution(tmp_path):
     """An x1 / x2 pixel-unshuffle model with the x4 model of the same network (RRDBNet here, as Real-ESRGAN's x2 and
-    x4 models): every weight blended, but the first convolution, which is the first model's, named in the
-    description; the result is the first model's network, its data's scale included."""
+    x4 models): the second model's first convolution is first folded to the first model's input
+    (inference.refold_first_convolution: exactly the network it is, on the nearest-upscaled image), then every weight
+    is blended; the result is the first model's network, its data's scale included, and the description says so."""
     kwargs = dict(num_feat=8, num_block=1, num_grow_ch=4)
     for scale in (1, 2):
         x1 = _save_generator_checkpoint(tmp_path / "small.pth", "rrdb", {**kwargs, "scale": scale}, seed=1)
@@ -816,19 +817,22 @@ def test_network_interpolation_across_scales_keeps_the_first_convolution(tmp_pat
         x4 = _save_generator_checkpoint(tmp_path / "x4.pth", "rrdb", {**kwargs, "scale": 4}, seed=2)["generator"]
         model, description = inference.load_interpolated_generator(tmp_path / "small.pth", tmp_path / "x4.pth", 0.3)
         assert (model.scaling_factor, model.data_scaling_factor) == (scale, 4)
-        kept = f"x{scale} with x4: first convolution conv_first.weight kept from {tmp_path / 'small.pth'}"
-        assert kept in description
+        assert f"x{scale} with x4: the first convolution conv_first.weight of {tmp_path / 'x4.pth'} folded" in description
         blended = model.state_dict()
-        assert torch.equal(blended["conv_first.weight"], x1["generator"]["conv_first.weight"])
+        r = 4 // scale
+        folded = x4["conv_first.weight"].repeat_interleave(r * r, dim=1) / r ** 2  # (8, 3 r^2, 3, 3), by hand
+        torch.testing.assert_close(blended["conv_first.weight"], 0.7 * x1["generator"]["conv_first.weight"] + 0.3 * folded)
         for name, value in x4.items():
             if name != "conv_first.weight":
                 torch.testing.assert_close(blended[name], 0.7 * x1["generator"][name] + 0.3 * value)
-    # And from the x4 side: the x4 model's first convolution.
+    # And from the x4 side: the x1 / x2 model's first convolution unfolded (summed over each colour's r^2 channels).
     model, description = inference.load_interpolated_generator(tmp_path / "x4.pth", tmp_path / "small.pth", 0.5)
-    assert model.scaling_factor == 4 and torch.equal(model.state_dict()["conv_first.weight"], x4["conv_first.weight"])
+    unfolded = x1["generator"]["conv_first.weight"].reshape(8, 3, 4, 3, 3).sum(2)
+    assert model.scaling_factor == 4
+    torch.testing.assert_close(model.state_dict()["conv_first.weight"], 0.5 * x4["conv_first.weight"] + 0.5 * unfolded)
 
 
-def test_load_weights_but_first_convolution():
+def test_load_weights_folding_first_convolution():
     kwargs = dict(n_channels=8, n_blocks=2)
     torch.manual_seed(0)
     x4 = models.build_generator("srresnet", **kwargs, scaling_factor=4)
@@ -836,14 +840,15 @@ def test_load_weights_but_first_convolution():
     assert variant == {**kwargs, "scaling_factor": 1,
                        "unshuffle_scale": 4}
     x1 = models.build_generator("srresnet", **variant)
-    fresh = x1.state_dict()["conv_block1.conv_block.0.weight"].clone()
-    assert inference.load_weights_but_first_convolution(x1, x4) == ["conv_block1.conv_block.0.weight"]
+    first = "conv_block1.conv_block.0.weight"
+    assert inference.load_weights_folding_first_convolution(x1, x4) == [first]
     for name, value in x4.state_dict().items():
-        expected = fresh if name == "conv_block1.conv_block.0.weight" else value
+        expected = value.repeat_interleave(16, dim=1) / 16 if name == first else value
         assert torch.equal(x1.state_dict()[name], expected), name
     assert models.pixel_unshuffle_variant("rrdb", {"scale": 4, "num_feat": 8}, 2) == {"scale": 2, "num_feat": 8}
     with pytest.raises(ValueError, match="beyond the first convolution"):  # another body: refused in one line
-        inference.load_weights_but_first_convolution(x1, models.build_generator("srresnet", n_channels=8, n_blocks=3))
+        inference.load_weights_folding_first_convolution(x1, models.build_generator("srresnet", n_channels=8,
+                                                                                    n_blocks=3))
     with pytest.raises(ValueError, match="no pixel-unshuffle variant"):
         models.pixel_unshuffle_variant("compact", {"upscale": 4}, 4)
 
@@ -878,3 +883,50 @@ def test_an_x1_model_runs_as_a_model_of_its_datas_scale(tmp_path):
     model.train()
     matched, _ = inference.fit_generator_to_data(model, 4)
     assert model.training and matched.generator is model and list(matched.parameters()) == list(model.parameters())
+
+
+def test_atomic_write_without_overwrite_never_replaces_a_file_that_appears_meanwhile(tmp_path, monkeypatch):
+    """overwrite=False publishes the file only if its name is free at that very moment (a hard link, which the system
+    refuses over an existing name): a file another process wrote between a check and the rename is kept, whatever
+    the timing, and nothing is left behind."""
+    target = tmp_path / "photo_x4.png"
+
+    def write_while_another_run_publishes(file):
+        target.write_bytes(b"the other run's output")  # the other run wins the race
+        file.write(b"ours")
+
+    with pytest.raises(FileExistsError):
+        utils.atomic_write(target, write_while_another_run_publishes, overwrite=False)
+    assert target.read_bytes() == b"the other run's output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo_x4.png"]
+    # A free name is written as atomic_write always writes (complete or not at all).
+    utils.atomic_write(tmp_path / "free.png", lambda file: file.write(b"ours"), overwrite=False)
+    assert (tmp_path / "free.png").read_bytes() == b"ours"
+    # A file system without hard links: the name is claimed with O_CREAT | O_EXCL, then replaced by the content.
+    monkeypatch.setattr(os, "link", lambda *args: (_ for _ in ()).throw(OSError(errno.EPERM, "no links here")))
+    utils.atomic_write(tmp_path / "fat.png", lambda file: file.write(b"ours"), overwrite=False)
+    assert (tmp_path / "fat.png").read_bytes() == b"ours"
+    with pytest.raises(FileExistsError):
+        utils.atomic_write(target, lambda file: file.write(b"ours"), overwrite=False)
+    assert target.read_bytes() == b"the other run's output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fat.png", "free.png", "photo_x4.png"]
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for folder in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(ValueError, match=r"^The output folder .*afile.* is a file"):
+            utils.check_output_folder(folder)
+        # atomic_write says the same when a script did not check first
+        with pytest.raises(RuntimeError, match=r"afile is a file, not a folder"):
+            utils.atomic_write(folder / "out.png", lambda file: file.write(b"x"))
+    utils.check_output_folder(tmp_path / "new" / "folder")  # missing folders are fine: they are created
+    assert not (tmp_path / "new").exists()
+
+
+def test_jpeg_sniffing_never_opens_a_fifo(tmp_path):
+    """Opening a FIFO for reading waits for a writer forever: is_jpeg_file reads regular files only."""
+    os.mkfifo(tmp_path / "pipe.jpg")
+    result = subprocess.run([sys.executable, "-c", f"import utils; print(utils.is_jpeg_file({str(tmp_path / 'pipe.jpg')!r}))"],
+                            cwd=Path(utils.__file__).parent, capture_output=True, text=True, timeout=20)
+    assert result.stdout.strip() == "False", result.stderr
