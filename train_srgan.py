@@ -98,9 +98,6 @@ hyperparameters = dict(
     perceptual_loss_weight=1.0,  # weight of the perceptual (VGG) loss
     pixel_loss_weight=0.0,  # weight of an L1 pixel loss (ESRGAN: 1e-2, Real-ESRGAN: 1)
     adversarial_loss_weight=1e-3,  # weight of the generator's adversarial loss (SRGAN's beta)
-    loss_crop_shift=False,  # the perceptual and adversarial losses see the SR and target crops moved together by 0 to
-    #   s - 1 pixels, drawn each iteration (s = scaling_factor), so the strides of VGG19 and of the discriminator are
-    #   not always aligned with the generator's s x s sub-pixel lattice (shift_crops says why)
     # Learning
     batch_size=16,  # crops per iteration (over all processes together)
     iterations=200_000,  # training iterations (the SRGAN paper: 1e5 at a learning rate of 1e-4, then 1e5 at 1e-5)
@@ -276,26 +273,6 @@ def perceptual_loss(vgg, sr_imgs, hr_imgs, distance):
         hr_features = vgg(utils.convert_image(hr_imgs, "[0, 1]", "imagenet-norm"))
     return sum(weight * distances[distance](sr_features[name].float(), hr_features[name].float())
                for name, weight in vgg.layer_weights.items())
-
-
-def shift_crops(imgs, scaling_factor, seed, iteration, rank):
-    """
-    The same random shift of every image of `imgs`, for the loss networks: each (N, 3, H, W) crop loses its first dy
-    rows and dx columns and its last s - dy rows and s - dx columns, dy and dx drawn in 0 .. s - 1 (s =
-    scaling_factor): (N, 3, H - s, W - s), the same pixels for SR and targets.
-
-    Why: a training crop starts on the LR grid, so pixel (y, x) of every SR crop is made by sub-pixel channel
-    (y mod s, x mod s) of the generator, and the 2x2 pooling and stride-2 convolutions of VGG19 and of the
-    discriminator always meet those channels at the same phases. Whatever such a network does differently at even
-    and odd positions then pulls each sub-pixel channel its own way, every iteration, and the generator learns a
-    fixed s x s pattern: a grid. Shifted by a random 0 .. s - 1, each sub-pixel channel meets every phase of the loss
-    networks equally often, and those pulls cancel out.
-    The shift comes from utils.make_rng(seed, 'loss_crop_shift', iteration, rank): reproducible and resumable.
-    """
-    dy, dx = torch.randint(0, scaling_factor, (2,), generator=utils.make_rng(seed, "loss_crop_shift", iteration,
-                                                                             rank)).tolist()
-    height, width = imgs[0].shape[-2:]
-    return [img[..., dy:height - scaling_factor + dy, dx:width - scaling_factor + dx] for img in imgs]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -482,11 +459,8 @@ def main():
             sr_imgs = utils.convert_image(sr_imgs.float(), generator.output_format, "[0, 1]")  # (N, 3, H, W)
             if loss_mask is not None:  # cutout (--mixopts): what it dropped counts in no loss, as in the targets
                 sr_imgs = sr_imgs * loss_mask
-            pixel = F.l1_loss(sr_imgs, pixel_target_imgs)
-            if hp.loss_crop_shift:  # what VGG19 and the discriminator see, moved by 0 .. s - 1 pixels (shift_crops)
-                sr_imgs, perceptual_target_imgs, real_imgs = shift_crops(
-                    (sr_imgs, perceptual_target_imgs, real_imgs), hp.scaling_factor, hp.seed, iteration, rank)
             perceptual = perceptual_loss(vgg, sr_imgs, perceptual_target_imgs, hp.perceptual_loss)
+            pixel = F.l1_loss(sr_imgs, pixel_target_imgs)
             fake_logits = discriminator(sr_imgs).float()
             # The relativistic loss also needs D's opinion of real images (a constant for the generator).
             real_logits = None

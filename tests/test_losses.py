@@ -153,49 +153,6 @@ RECIPE_HYPERPARAMETERS = {
 }
 
 
-def phase_force(grad, period):
-    """How much a gradient (N, 3, H, W) pulls the pixels of each phase (y mod period, x mod period) differently: the
-    spread of the 16 phase means over the mean absolute gradient."""
-    grey = grad.sum(dim=1)
-    n, h, w = grey.shape
-    phases = grey[:, :h - h % period, :w - w % period].reshape(n, h // period, period, w // period, period)
-    phases = phases.mean(dim=(0, 1, 3))                                                        # (period, period)
-    return ((phases - phases.mean()).norm() / grey.abs().mean()).item()
-
-
-def test_shift_crops_moves_every_image_alike_and_draws_every_offset():
-    imgs = torch.arange(2 * 3 * 12 * 10, dtype=torch.float32).reshape(2, 3, 12, 10)
-    offsets = set()
-    for iteration in range(200):
-        shifted, also = train_srgan.shift_crops((imgs, imgs + 1), 4, seed=0, iteration=iteration, rank=0)
-        assert shifted.shape == (2, 3, 8, 6) and torch.equal(also, shifted + 1)
-        dy, dx = int(shifted[0, 0, 0, 0]) // 10, int(shifted[0, 0, 0, 0]) % 10
-        assert torch.equal(shifted, imgs[..., dy:dy + 8, dx:dx + 6])
-        offsets.add((dy, dx))
-    assert offsets == {(dy, dx) for dy in range(4) for dx in range(4)}
-    again = train_srgan.shift_crops((imgs,), 4, seed=0, iteration=7, rank=0)[0]
-    assert torch.equal(again, train_srgan.shift_crops((imgs,), 4, seed=0, iteration=7, rank=0)[0])
-
-
-def test_shifted_crops_cancel_the_phase_pull_of_a_strided_discriminator():
-    """Real-ESRGAN's U-Net discriminator pulls the 4 x 4 phases of an SR crop apart (its stride-2 convolutions);
-    averaged over the 16 shifts that shift_crops draws from, each phase meets every stride phase and the pull cancels
-    (the mechanism of --loss_crop_shift), on the rows and columns that every shift sees."""
-    torch.manual_seed(0)
-    discriminator = models.UNetDiscriminatorSN(num_feat=8)
-    imgs = torch.nn.functional.interpolate(torch.rand(2, 3, 18, 18), scale_factor=4, mode="bicubic")  # (2, 3, 72, 72)
-    imgs.requires_grad_(True)
-    discriminator(imgs[..., :68, :68]).mean().backward()                          # always the same phases
-    aligned = imgs.grad[..., 4:64, 4:64].clone()
-    imgs.grad = None
-    for dy in range(4):
-        for dx in range(4):
-            discriminator(imgs[..., dy:dy + 68, dx:dx + 68]).mean().backward()     # gradients add up
-    shifted = imgs.grad[..., 4:64, 4:64]
-    assert phase_force(aligned, 4) > 1.0
-    assert phase_force(shifted, 4) < phase_force(aligned, 4) / 5
-
-
 @pytest.mark.parametrize("recipe", sorted(RECIPE_HYPERPARAMETERS))
 def test_each_recipe_sets_its_papers_hyperparameters(recipe):
     hp = srgan_hyperparameters("--recipe", recipe)
