@@ -93,7 +93,9 @@ hyperparameters = dict(
     #   reluX_Y after it (SRGAN: relu5_4)
     perceptual_layer_weights=[1.0],  # one weight per layer in perceptual_layers
     vgg_weights="imagenet",  # 'imagenet' (torchvision's download), a path to vgg19-dcbb9e9d.pth, or 'random'
-    vgg_pooling="max",  # VGG19's pooling: 'max' (its own) or 'avg' (average pooling in its place)
+    vgg_pooling="auto",  # VGG19's pooling: 'max' (its own), 'avg' (average pooling in its place) or 'auto': max for
+    #   the ImageNet weights, avg for random ones (a random VGG19 with max-pooling teaches the generator a grid:
+    #   docs/training.md, "Where the grid comes from")
     perceptual_loss="mse",  # distance between feature maps: 'mse' (SRGAN) or 'l1' (ESRGAN)
     perceptual_loss_weight=1.0,  # weight of the perceptual (VGG) loss
     pixel_loss_weight=0.0,  # weight of an L1 pixel loss (ESRGAN: 1e-2, Real-ESRGAN: 1)
@@ -200,7 +202,7 @@ def check_hyperparameters(hp):
     training.check_training_hyperparameters(
         hp, positive=("kernel_size_d", "first_kernel_size_d", "n_channels_d", "n_blocks_d", "fc_size_d", "num_feat_d"),
         choices=dict(discriminator_arch=("srgan", "unet"), gan_type=("vanilla", "relativistic"),
-                     perceptual_loss=("mse", "l1"), vgg_pooling=("max", "avg"),
+                     perceptual_loss=("mse", "l1"), vgg_pooling=("auto", "max", "avg"),
                      degradation=degradations.DEGRADATIONS),
         layer_counts=("n_blocks_d",), widths=("kernel_size_d", "first_kernel_size_d", "n_channels_d", "fc_size_d",
                                               "num_feat_d"))
@@ -304,6 +306,16 @@ def discriminator_flags(arch, kwargs):
     return " ".join([f"--discriminator_arch {arch}"] + [f"--{name}_d {value}" for name, value in kwargs.items()])
 
 
+def vgg_pooling(hp):
+    """The pooling of the perceptual loss's VGG19: --vgg_pooling, with 'auto' as 'avg' for a random VGG19 and 'max'
+    (the network's own) for trained weights. Max-pooling rewards any added high-frequency energy (the largest of four
+    values grows when they oscillate), which random filters cannot tell from detail: the generator's cheapest such
+    energy is a fixed pattern of its sub-pixel lattice. Average pooling is linear and gives no such reward."""
+    if hp.vgg_pooling == "auto":
+        return "avg" if hp.vgg_weights == "random" else "max"
+    return hp.vgg_pooling
+
+
 def build_networks(hp, resumed, device):
     """
     The three networks, on `device`: the generator (from the SRGAN checkpoint we resume, or else from the
@@ -336,7 +348,7 @@ def build_networks(hp, resumed, device):
                          f"--checkpoint.")
     # The frozen VGG19 of the perceptual loss. It takes 'imagenet-norm' images.
     vgg = models.VGGFeatureExtractor(dict(zip(hp.perceptual_layers, hp.perceptual_layer_weights)),
-                                     weights=hp.vgg_weights, pooling=hp.vgg_pooling)
+                                     weights=hp.vgg_weights, pooling=vgg_pooling(hp))
     memory_format = utils.memory_format(hp.channels_last)
     generator, discriminator, vgg = (m.to(device, memory_format=memory_format) for m in (generator, discriminator, vgg))
     architecture = dict(generator_arch=arch, generator_kwargs=kwargs, discriminator_arch=hp.discriminator_arch,

@@ -217,3 +217,12 @@ def test_help_lists_every_hyperparameter_with_its_comment(script, monkeypatch, c
         assert f"--{name} " in text and "".join(comment.split()).replace("%%", "%") in squeezed, name
     # A wrapped comment is one help text: the continuation line is in it, not lost.
     assert "(Real-ESRGAN: 180; at least batch_size; 0: off)" in comments["queue_size"]
+
+
+def test_vgg_pooling_auto_is_average_for_a_random_vgg_and_max_for_imagenet():
+    """--vgg_pooling auto: the ImageNet VGG19 keeps its own max-pooling; a random one gets average pooling (with max
+    it teaches the generator a grid, docs/training.md)."""
+    for weights, pooling, expected in [("imagenet", "auto", "max"), ("vgg19-dcbb9e9d.pth", "auto", "max"),
+                                       ("random", "auto", "avg"), ("random", "max", "max"), ("imagenet", "avg", "avg")]:
+        hp = SimpleNamespace(vgg_weights=weights, vgg_pooling=pooling)
+        assert train_srgan.vgg_pooling(hp) == expected
