@@ -131,7 +131,9 @@ class SubPixelConvolutionalBlock(nn.Module):
 
     Why not a transposed convolution? Shi et al. (ESPCN, 2016) showed that computing s*s sub-pixel values per
     low-resolution pixel and then interleaving them ("pixel shuffle") costs less (the convolution runs at low
-    resolution) and avoids the checkerboard artefacts of overlapping transposed-convolution kernels.
+    resolution) and avoids the uneven overlap of transposed-convolution kernels that makes their checkerboards.
+    (The s*s sub-pixel kernels are still separate weights: where they differ, the output repeats the difference every
+    s pixels, a fainter pattern that eval.py --metrics spectral measures.)
 
     Shapes: (N, n_channels, H, W) -> conv -> (N, n_channels * s^2, H, W) -> shuffle -> (N, n_channels, H*s, W*s).
     """
