@@ -226,6 +226,15 @@ class Graph:
             raise ValueError(f"the graph has {len(inputs)} Input layers; an image network has one.")
         self.claimed.add(inputs[0].name)
         self.input = inputs[0].outputs[0]
+        # An x1 / x2 network trained on x4 data, as write_generator writes it: the input first nearest-upscaled to
+        # the network's input size (inference.MatchedInputGenerator), the one layer reading it.
+        self.input_upscale = 1
+        readers = self.readers(self.input)
+        if len(readers) == 1 and readers[0].type == "Interp" and readers[0].params.get(0) == 1:
+            scale = readers[0].params.get(1, 1.0)
+            if scale == readers[0].params.get(2, 1.0) and float(scale).is_integer() and scale > 1:
+                self.claimed.add(readers[0].name)
+                self.input, self.input_upscale = readers[0].outputs[0], int(scale)
 
     def fail(self, layer, what):
         raise ValueError(f"layer {layer.name} ({layer.type}) {what}, which does not fit {self.network}.")
@@ -581,10 +590,12 @@ def read_generator(path):
     try:
         layers, tensors, fp16 = read_weights(param_path, bin_path)
         network, reader = _network_of(layers)
-        arch, kwargs, state = reader(Graph(layers, tensors, network))
+        graph = Graph(layers, tensors, network)
+        arch, kwargs, state = reader(graph)
     except ValueError as error:
         raise ValueError(f"{param_path}: {error}") from None
     model = models.generator_from_weights(arch, kwargs, state, str(param_path))
+    model.data_scaling_factor = model.scaling_factor * graph.input_upscale  # (an x1 model of x4 data: 4)
     names = {"rrdb": "RRDBNet", "compact": "SRVGGNetCompact", "srresnet": "SRResNet"}
     return model.eval(), (f"{names[arch]} x{model.scaling_factor} from the ncnn model {param_path.name} + "
                           f"{bin_path.name} ({'fp16' if fp16 else 'fp32'} weights)")
@@ -777,6 +788,8 @@ def write_generator(model, param_path, fp16=True):
     ncnn model, model.param and model.bin beside it (both at once, atomically), laid out as the official
     Real-ESRGAN files: input blob 'data' (3, H, W) RGB in [0, 1], output blob 'output' (3, s H, s W) in about
     [0, 1] (SRResNet's [-1, 1] converted in the graph), so realesrgan-ncnn-vulkan and the apps built on it take it.
+    An x1 / x2 network trained on x4 data (its data_scaling_factor) gets the nearest-neighbour upscale of its input
+    in the graph, as export.py's ONNX graphs: the file is then an x4 model, given the LR image as any other.
 
     :param fp16: the convolutions' weights in fp16 (half the file, as the official files); False: fp32. Biases,
                  PReLU slopes and batch-norm statistics are fp32 either way, as ncnn stores them.
@@ -785,6 +798,10 @@ def write_generator(model, param_path, fp16=True):
     writer = _GraphWriter(fp16)
     data = writer.layer("Input", BLOB_IN, [])
     model = model.float().eval()
+    data_upscale = getattr(model, "data_scaling_factor", model.scaling_factor) // model.scaling_factor
+    if data_upscale > 1:  # an x1 / x2 network of x4 data: the LR image nearest-upscaled first, as in training
+        data = writer.layer("Interp", "match_data_scale", [data], {0: 1, 1: float(data_upscale),
+                                                                    2: float(data_upscale)})
     if isinstance(model, models.RRDBNet):
         _write_rrdbnet(writer, model, data)
     elif isinstance(model, models.SRVGGNetCompact):
