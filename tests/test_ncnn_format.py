@@ -12,6 +12,7 @@ Two kinds of references:
     folder (else it is looked up in that Python's site-packages).
 """
 import importlib.util
+import json
 import os
 import struct
 import subprocess
@@ -22,12 +23,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from skimage import data as skimage_data
 
+import checkpoints
+import create_data_lists
+import eval as eval_script
 import export
 import inference
 import models
 import ncnn_format
+import super_resolve
+import train_srgan
+import train_srresnet
+from test_training import run_script  # a training script's main() in this process
 
 RUNTIME = Path(__file__).resolve().parent / "ncnn_runtime.py"
 FP16_TAG = 0x01306B47  # from ncnn's src/modelbin.cpp
@@ -297,6 +306,43 @@ def test_export_cli_writes_ncnn_and_refuses_to_replace(tmp_path, capsys):
         export.main([str(tmp_path / "g.pth"), "--output", str(tmp_path / "g.onnx"), "--fp32"])
     with pytest.raises(ValueError, match="its own input"):
         export.main([str(tmp_path / "g.bin"), "--output", str(tmp_path / "g.param"), "--overwrite"])
+
+
+def test_every_script_takes_an_ncnn_model(tmp_path, monkeypatch, capsys):
+    """super_resolve.py, eval.py, train_srresnet.py --pretrained and train_srgan.py --srresnet_checkpoint take a
+    .param as they take the same network's .pth: the same images, the same scores, the same starting weights."""
+    (tmp_path / "photos").mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(skimage_data, name)()[:96, :96]).save(tmp_path / "photos" / f"{name}.png")
+    create_data_lists.create_data_lists([str(tmp_path / "photos")], [str(tmp_path / "photos")], min_size=24,
+                                        output_folder=str(tmp_path / "lists"))
+    generator = random_network("srresnet")
+    export.export_pth(generator, {"params": generator.state_dict()}, tmp_path / "g.pth")
+    ncnn_format.write_generator(generator, tmp_path / "g.param", fp16=False)
+    upscaled = []
+    for model in ("g.pth", "g.param"):
+        assert super_resolve.main([str(tmp_path / "photos" / "coffee.png"), "--model", str(tmp_path / model),
+                                   "--output_folder", str(tmp_path / f"out_{model}"), "--no_progress"]) == 0
+        upscaled.append(np.asarray(Image.open(tmp_path / f"out_{model}" / "coffee_x4.png")))
+    assert np.array_equal(*upscaled)
+    eval_script.main(["--model", str(tmp_path / "g.pth"), str(tmp_path / "g.param"), "--data_folder",
+                      str(tmp_path / "lists"), "--test_sets", "photos", "--json", str(tmp_path / "scores.json")])
+    scores = json.loads((tmp_path / "scores.json").read_text())["results"]
+    assert [score["psnr"] for score in scores[:1]] == [score["psnr"] for score in scores[1:]]
+
+    tiny = ["--data_folder", tmp_path / "lists", "--crop_size", 24, "--batch_size", 2, "--workers", 0,
+            "--iterations", 1, "--learning_rate", 0]
+    run_script(train_srresnet, [*tiny, "--pretrained", tmp_path / "g.param", "--output_folder", tmp_path / "a"],
+               monkeypatch)
+    run_script(train_srgan, [*tiny, "--srresnet_checkpoint", tmp_path / "g.param", "--n_blocks_d", 2,
+                             "--n_channels_d", 8, "--fc_size_d", 16, "--vgg_weights", "random", "--output_folder",
+                             tmp_path / "b"], monkeypatch)
+    name = "conv_block1.conv_block.0.weight"
+    for folder, kind in (("a", "srresnet"), ("b", "srgan")):
+        started = checkpoints.load_checkpoint(tmp_path / folder / f"checkpoint_{kind}.pth")
+        assert started["generator_arch"] == "srresnet"
+        assert torch.allclose(started["generator"][name], generator.state_dict()[name], atol=1e-2)
+    capsys.readouterr()
 
 
 # ------------------------------------------------------------------------------------------------------
