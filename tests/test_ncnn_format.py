@@ -36,6 +36,7 @@ import ncnn_format
 import super_resolve
 import train_srgan
 import train_srresnet
+import test_export
 from test_training import run_script  # a training script's main() in this process
 
 RUNTIME = Path(__file__).resolve().parent / "ncnn_runtime.py"
@@ -220,14 +221,15 @@ def test_a_bin_of_the_wrong_size_is_refused_before_anything_is_read(tmp_path):
 # ------------------------------------------------------------------------------------------------------
 # Our networks written and read back
 # ------------------------------------------------------------------------------------------------------
+# Our layouts, as test_export.py's tiny networks with changes: (its name, changes).
 WRITTEN = {
-    "compact": ("compact", dict(num_feat=8, num_conv=2, upscale=4)),
-    "compact_x3_outscale_2": ("compact", dict(num_feat=8, num_conv=2, upscale=3, outscale=2)),
-    "rrdb_x4": ("rrdb", dict(num_feat=8, num_block=2, num_grow_ch=4, scale=4)),
-    "rrdb_x2": ("rrdb", dict(num_feat=8, num_block=1, num_grow_ch=4, scale=2)),
-    "rrdb_x1": ("rrdb", dict(num_feat=8, num_block=1, num_grow_ch=4, scale=1)),
-    "srresnet": ("srresnet", dict(n_channels=8, n_blocks=2, scaling_factor=4)),
-    "srresnet_x2_unshuffle": ("srresnet", dict(n_channels=8, n_blocks=1, scaling_factor=2, unshuffle_scale=2)),
+    "compact": ("compact", {}),
+    "compact_x3_outscale_2": ("compact", dict(upscale=3, outscale=2)),
+    "rrdb_x4": ("rrdb_x4", dict(num_block=2, num_grow_ch=4)),
+    "rrdb_x2": ("rrdb_x2", dict(num_grow_ch=4)),
+    "rrdb_x1": ("rrdb_x2", dict(num_grow_ch=4, scale=1)),
+    "srresnet": ("srresnet", dict(n_blocks=2)),
+    "srresnet_x2_unshuffle": ("srresnet", dict(scaling_factor=2, unshuffle_scale=2)),
 }
 
 
@@ -238,18 +240,8 @@ def network(generator):
 
 def random_network(name, seed=0):
     """A network of WRITTEN[name] whose every tensor is random (batch-norm statistics too), in eval mode."""
-    arch, kwargs = WRITTEN[name]
-    torch.manual_seed(seed)
-    generator = models.build_generator(arch, **kwargs).eval()
-    with torch.no_grad():
-        for parameter in generator.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-        for buffer_name, buffer in generator.named_buffers():
-            if buffer_name.endswith("running_mean"):
-                buffer.add_(0.1 * torch.randn_like(buffer))
-            if buffer_name.endswith("running_var"):
-                buffer.mul_(1 + torch.rand_like(buffer))
-    return generator
+    base, changes = WRITTEN[name]
+    return test_export.random_network(base, seed, **changes)
 
 
 @pytest.mark.parametrize("name", WRITTEN)
