@@ -766,10 +766,7 @@ class SRVGGNetCompact(nn.Module):
         num_feat: feature channels (64 in the released models).
         num_conv: 3x3 convolutions between the first and the last (16: realesr-animevideov3, 32: realesr-general-x4v3).
         upscale: the scale s (any integer >= 1; Real-ESRGAN's name), also the attribute `scaling_factor`.
-        outscale: None, or an overall scale o < s (Real-ESRGAN's --outscale): the network's x s output is
-            bicubic-resized to x o (the attribute `scaling_factor` is then o). The official ncnn files
-            realesr-animevideov3-x2 / -x3 are this: the x4 network with a bicubic resize by 1/2 / 3/4 in the graph
-            (ncnn_format.py reads them).
+        outscale: None, or o < s: the output bicubic-resized to x o, as the ncnn realesr-animevideov3-x2 / -x3 files.
     Real-ESRGAN's act_type option (ReLU or LeakyReLU instead of PReLU) is left out: every released model uses PReLU.
     """
 
@@ -778,14 +775,11 @@ class SRVGGNetCompact(nn.Module):
 
     def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, outscale=None):
         super().__init__()
-        if int(upscale) < 1 or num_in_ch != num_out_ch:
-            raise ValueError(f"SRVGGNetCompact needs upscale >= 1 and as many input as output channels (the input is "
-                             f"added to the output), got upscale {upscale}, {num_in_ch} -> {num_out_ch} channels")
-        if outscale is not None and not 1 <= int(outscale) < int(upscale):
-            raise ValueError(f"SRVGGNetCompact's outscale must be an integer from 1 to upscale - 1 (the x{upscale} "
-                             f"output resized down), got {outscale}")
-        self.upscale = int(upscale)
-        self.outscale = None if outscale is None else int(outscale)
+        if int(upscale) < 1 or num_in_ch != num_out_ch or (outscale is not None and not 1 <= outscale < upscale):
+            raise ValueError(f"SRVGGNetCompact needs upscale >= 1, no outscale or one below it, and as many input as "
+                             f"output channels (the input is added to the output), got upscale {upscale}, outscale "
+                             f"{outscale}, {num_in_ch} -> {num_out_ch} channels")
+        self.upscale, self.outscale = int(upscale), (None if outscale is None else int(outscale))
         self.scaling_factor = self.outscale or self.upscale
         # One flat list, in Real-ESRGAN's order (so its key names): conv, PReLU, num_conv x (conv, PReLU), conv.
         layers = [nn.Conv2d(num_in_ch, num_feat, 3, 1, 1), nn.PReLU(num_feat)]
@@ -815,9 +809,8 @@ class SRVGGNetCompact(nn.Module):
         correction = self.upsampler(features)  # (N, C, s H, s W)
         sr_imgs = F.interpolate(lr_imgs, scale_factor=self.upscale, mode="nearest") + correction
         if self.outscale is not None:  # (N, C, o H, o W): bicubic (a = -0.75, half-pixel centres, as ncnn's Interp)
-            height, width = lr_imgs.shape[-2:]
-            sr_imgs = F.interpolate(sr_imgs, size=(height * self.outscale, width * self.outscale), mode="bicubic",
-                                    align_corners=False)
+            sr_imgs = F.interpolate(sr_imgs, size=[side * self.outscale for side in lr_imgs.shape[-2:]],
+                                    mode="bicubic", align_corners=False)
         return sr_imgs
 
 
