@@ -281,9 +281,9 @@ class Graph:
 
     def conv(self, blob, in_channels, out_channels=None, kernel=None, activation=None):
         """
-        Claim the Convolution reading `blob` and check it: `in_channels` in (None: read off its weights), stride 1, 'same' padding, a bias, the
-        given kernel and output channels (None: any), and after it `activation` (None, or 'leakyrelu': fused into the
-        convolution as ncnn's converters write it, or a ReLU layer with slope 0.2).
+        Claim the Convolution reading `blob` and check it: `in_channels` in (None: read off its weights), stride 1,
+        'same' padding, a bias, the given kernel and output channels (None: any), and after it `activation` (None,
+        or 'leakyrelu': fused into the convolution as ncnn's converters write it, or a ReLU layer with slope 0.2).
 
         :return: (output blob, weight (out, in, k, k) float32 tensor, bias (out,) tensor)
         """
@@ -363,9 +363,9 @@ class Graph:
                       else "is not part of the network")
 
 
-def _channel_order(graph, layer, order_key=1):
+def _channel_order(graph, layer):
     """'pytorch' or 'tensorflow' for a PixelShuffle / Reorg layer's mode 0 / 1 (see the notes at the top)."""
-    mode = layer.params.get(order_key, 0)
+    mode = layer.params.get(1, 0)
     if mode not in (0, 1):
         graph.fail(layer, f"has mode {mode} (0 and 1 exist)")
     return ("pytorch", "tensorflow")[mode]
@@ -397,7 +397,8 @@ def _crop_back(graph, blob, r, scale):
     if crop.inputs[1] != graph.input or scale != 1:  # x2: the input nearest-upscaled by 2 gives the size
         reference, _ = graph.interp(graph.input, 1, float(scale))
         if reference != crop.inputs[1]:
-            graph.fail(crop, f"crops to the size of {graph.name_of(crop.inputs[1])}, not of the input upscaled x{scale}")
+            graph.fail(crop, f"crops to the size of {graph.name_of(crop.inputs[1])}, not of the input upscaled "
+                             f"x{scale}")
     return crop.outputs[0]
 
 

