@@ -23,16 +23,23 @@ generator alone, in the format the output file's extension names:
                 model trained on x4 data (data_scaling_factor 4) is exported with its nearest-neighbour input
                 upscale inside the graph, so the graph is an x4 model: give it the LR image, as the others. After
                 export, ONNX Runtime runs the file on a test image and must match PyTorch to 50 dB PSNR.
+  .param        an ncnn model: model.param (the graph, text) and model.bin (the weights) beside it, for
+                realesrgan-ncnn-vulkan, Upscayl and other ncnn apps, laid out as the official Real-ESRGAN ncnn files
+                (ncnn_format.write_generator; input blob 'data', output blob 'output', RGB in [0, 1]); fp16 weights as
+                those files have them, or fp32 with --fp32. After export, this project's own ncnn reader loads the
+                pair back and must match PyTorch to 50 dB PSNR on a test image (ncnn's runtime is checked in the
+                tests; docs/export.md).
 
 --half stores fp16 tensors (.pth / .safetensors: files half the size; loaders copy them into their float32 networks)
 or an fp16 graph (.onnx: fp16 weights and arithmetic, still float32 in and out); a weight beyond fp16's range is
 refused, naming it, before any file is written. An --output that exists is replaced only with --overwrite, and never
-when it is the checkpoint itself.
+when it is the checkpoint itself. (ncnn files are fp16 unless --fp32 is given.)
 
     python export.py runs/checkpoint_srgan.pth --output runs/srgan.onnx
     python export.py runs/checkpoint_srgan.pth --output runs/srgan.pth --half
     python export.py runs/checkpoint_srresnet.pth --output weights/srresnet_x4.pth --half --weights ema --overwrite
     python export.py RealESRGAN_x4plus.pth --output RealESRGAN_x4plus.safetensors
+    python export.py compact --output runs/compact-x4.param          # runs/compact-x4.param + .bin, for ncnn apps
 
 The checkpoint may be anything inference.load_generator reads: our training checkpoints, the best-validation files
 (best_<kind>.pth), files this script wrote, and the official ESRGAN / Real-ESRGAN files. The README's "Using your
@@ -50,9 +57,10 @@ from torch import nn
 import cli
 import inference
 import metrics
+import ncnn_format
 import utils
 
-FORMATS = (".pth", ".safetensors", ".onnx")
+FORMATS = (".pth", ".safetensors", ".onnx", ".param")
 ONNX_OPSET = 18  # ONNX Runtime runs opset 18 from version 1.14 on; torch.onnx's exporter writes it without warnings
 MIN_ONNX_PSNR = 50.0  # dB between ONNX Runtime's and PyTorch's 8-bit outputs; exact exports give 60 dB or more
 
@@ -182,20 +190,33 @@ def export_onnx(model, path, half=False):
     utils.atomic_write(path, lambda file: file.write(data))
 
 
+def test_image():
+    """The image an export is checked on: a 67 x 61 crop of scikit-image's astronaut, the face, fine detail (odd
+    sides: a pixel-unshuffle model's padding runs too), as (1, 3, 67, 61) float32 in [0, 1]."""
+    from skimage import data as skimage_data
+
+    lr = skimage_data.astronaut()[100:167, 180:241]  # (67, 61, 3) uint8
+    return torch.from_numpy(lr).permute(2, 0, 1).float().div(255).unsqueeze(0)
+
+
+def psnr_8bit(sr_a, sr_b):
+    """PSNR in dB between two (1, 3, H, W) outputs in [0, 1] (arrays or tensors), quantised to 8 bits (inf when
+    identical)."""
+    return metrics.calculate_psnr(*(metrics.quantize_to_uint8(np.moveaxis(np.asarray(sr[0]), 0, -1))
+                                    for sr in (sr_a, sr_b)))
+
+
 def check_onnx(model, path):
     """
-    Run the ONNX file with ONNX Runtime on a real image and compare with PyTorch (inference.run_generator, float32).
-
-    The image is a 67 x 61 crop of scikit-image's astronaut (odd sides: a pixel-unshuffle model's padding runs too).
+    Run the ONNX file with ONNX Runtime on a real image (test_image) and compare with PyTorch
+    (inference.run_generator, float32).
 
     :return: PSNR in dB between the two 8-bit outputs (inf when identical)
     :raises RuntimeError: under MIN_ONNX_PSNR, with the figure
     """
     import onnxruntime
-    from skimage import data as skimage_data
 
-    lr = skimage_data.astronaut()[100:167, 180:241]  # (67, 61, 3) uint8: the face, fine detail
-    lr_imgs = torch.from_numpy(lr).permute(2, 0, 1).float().div(255).unsqueeze(0)  # (1, 3, 67, 61) in [0, 1]
+    lr_imgs = test_image()  # (1, 3, 67, 61) in [0, 1]
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         onnx_sr = session.run(None, {"input": lr_imgs.numpy()})[0]  # (1, 3, 67 s, 61 s) in [0, 1]
@@ -206,11 +227,38 @@ def check_onnx(model, path):
     if onnx_sr.shape != torch_sr.shape:
         raise RuntimeError(f"The ONNX file {path} gives an output of shape {onnx_sr.shape}, PyTorch "
                            f"{torch_sr.shape}: the export is wrong; do not use the file.")
-    psnr = metrics.calculate_psnr(*(metrics.quantize_to_uint8(np.moveaxis(sr[0], 0, -1)) for sr in (onnx_sr, torch_sr)))
+    psnr = psnr_8bit(onnx_sr, torch_sr)
     if psnr < MIN_ONNX_PSNR:
         raise RuntimeError(f"The ONNX file {path} does not reproduce the PyTorch network: {psnr:.1f} dB PSNR between "
                            f"ONNX Runtime's and PyTorch's 8-bit outputs on a test image, under the {MIN_ONNX_PSNR:g} "
                            f"dB expected. Do not use the file (without --half, if it was given, it may pass).")
+    return psnr
+
+
+def check_ncnn(model, path):
+    """
+    Load the ncnn files back with this project's reader (inference.load_generator, ncnn_format.read_generator) and
+    compare with the PyTorch network on test_image: the graph must be read as the same network, and its weights
+    (fp16 ones rounded) must give the same image.
+
+    :return: PSNR in dB between the two 8-bit outputs (inf when identical)
+    :raises RuntimeError: under MIN_ONNX_PSNR (the same bar as ONNX), with the figure
+    """
+    lr_imgs = test_image()
+    read_back, _, _ = inference.load_generator(path)
+    def network(generator):  # what makes two networks the same: their class, scales and tensors' shapes
+        return (type(generator), generator.scaling_factor, generator.data_scaling_factor,
+                {name: value.shape for name, value in generator.state_dict().items()})
+    if network(read_back) != network(model):
+        raise RuntimeError(f"The ncnn file {path} reads back as {read_back.generator_arch} "
+                           f"{read_back.generator_kwargs}, not as the exported {model.generator_arch} "
+                           f"{model.generator_kwargs}: do not use the file.")
+    psnr = psnr_8bit(*(inference.run_generator(inference.fit_generator_to_data(generator)[0], lr_imgs).numpy()
+                       for generator in (read_back, model)))
+    if psnr < MIN_ONNX_PSNR:
+        raise RuntimeError(f"The ncnn file {path} does not reproduce the PyTorch network: {psnr:.1f} dB PSNR on a test "
+                           f"image, under the {MIN_ONNX_PSNR:g} dB expected; do not use the file (with --fp32 it may "
+                           f"pass).")
     return psnr
 
 
@@ -227,6 +275,9 @@ def main(argv=None):
     parser.add_argument("--half", action="store_true",
                         help="fp16 tensors (.pth / .safetensors) or an fp16 graph with float32 input and output "
                              "(.onnx): smaller files")
+    parser.add_argument("--fp32", action="store_true",
+                        help="for .param (ncnn): fp32 convolution weights instead of fp16 (the official files' and the "
+                             "default: half the file)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --output if it exists (never the checkpoint itself, which is always refused)")
     parser.add_argument("--weights", choices=("both", "ema", "raw"), default="both",
@@ -238,14 +289,23 @@ def main(argv=None):
     if output.suffix.lower() not in FORMATS:
         raise ValueError(f"--output {output} has no extension this script writes: end it in "
                          f"{', '.join(FORMATS)} to choose the format.")
+    ncnn = output.suffix.lower() == ".param"
+    if args.fp32 and not ncnn:
+        raise ValueError(f"--fp32 is for ncnn files (.param); {output.suffix} files are fp32 unless --half is given.")
     # Never write over the file read (a training checkpoint, or a shipped model's weights/ file by its name), however
-    # the two paths are spelled; any other file only when asked.
+    # the two paths are spelled; any other file only when asked. An ncnn model writes two files, model.param and
+    # model.bin, and reads two.
     source = inference.shipped_model_path(args.checkpoint)
-    if output.resolve() == source.resolve() or (output.exists() and source.exists() and output.samefile(source)):
-        raise ValueError(f"--output {output} is the checkpoint being exported, its own input: give another file "
-                         f"name (the export would replace the file it reads).")
-    if output.exists() and not args.overwrite:
-        raise ValueError(f"--output {output} already exists: give --overwrite to replace it, or another name.")
+    outputs = ncnn_format.ncnn_paths(output) if ncnn else (output,)
+    sources = ncnn_format.ncnn_paths(source) if ncnn_format.is_ncnn_model(source) else (source,)
+    for written in outputs:
+        for read in sources:
+            if written.resolve() == read.resolve() or (written.exists() and read.exists() and written.samefile(read)):
+                raise ValueError(f"--output {output} is the checkpoint being exported, its own input: give another "
+                                 f"file name (the export would replace the file it reads).")
+        if written.exists() and not args.overwrite:
+            raise ValueError(f"--output {output} would replace {written}, which exists: give --overwrite to replace "
+                             f"it, or another name.")
     utils.check_output_folder(output.parent, "--output")  # a file where its folder should be: one line now
 
     model, weights, descriptions = load_weights(args.checkpoint)
@@ -255,7 +315,8 @@ def main(argv=None):
         weights = {"params_ema": weights["params_ema"]} if args.weights == "ema" else {"params": weights["params"]}
         if args.weights == "raw":  # say so: the description above is of the EMA weights
             description = descriptions["params"]
-    if args.half:  # before any file is written: a value fp16 cannot hold would become inf, and the output black
+    half = args.half or (ncnn and not args.fp32)
+    if half:  # before any file is written: a value fp16 cannot hold would become inf, and the output black
         for weights_name, state_dict in weights.items():
             check_fits_fp16(state_dict, weights_name)
     stored = "params_ema" if "params_ema" in weights else "params"  # what .safetensors and .onnx keep
@@ -264,11 +325,15 @@ def main(argv=None):
         stored = " + ".join(weights)
     elif output.suffix.lower() == ".safetensors":
         export_safetensors(model, weights, output, args.half)
+    elif ncnn:
+        model.load_state_dict(weights[stored])  # (--weights raw: the raw ones)
+        ncnn_format.write_generator(model, output, fp16=half)
     else:
         export_onnx(model, output, args.half)
-    size = output.stat().st_size
-    print(f"Wrote {output} ({size / 1e6:.1f} MB" if size >= 1e5 else f"Wrote {output} ({size / 1e3:.0f} kB",
-          f"{'fp16' if args.half else 'fp32'}, {stored}): {description}", sep=", ")
+    size = sum(written.stat().st_size for written in outputs)
+    print(f"Wrote {' + '.join(str(written) for written in outputs)} ({size / 1e6:.1f} MB" if size >= 1e5 else
+          f"Wrote {' + '.join(str(written) for written in outputs)} ({size / 1e3:.0f} kB",
+          f"{'fp16' if half else 'fp32'}, {stored}): {description}", sep=", ")
     if output.suffix.lower() == ".onnx":
         _, note = inference.fit_generator_to_data(model)
         if note:  # the graph takes the LR image as it is, like any x4 model
@@ -276,6 +341,15 @@ def main(argv=None):
         psnr = check_onnx(model, output)
         print("ONNX Runtime reproduces PyTorch on a test image: " + (
             "identical 8-bit outputs." if psnr == float("inf") else f"{psnr:.1f} dB PSNR between the 8-bit outputs."))
+    if ncnn:
+        _, note = inference.fit_generator_to_data(model)
+        if note:  # the graph takes the LR image as it is, like any x4 model
+            print(f"The graph is an x{model.data_scaling_factor} model: {note} (the upscale is inside the graph).")
+        psnr = check_ncnn(model, output)
+        print("Read back, the ncnn files reproduce PyTorch on a test image: " + (
+            "identical 8-bit outputs." if psnr == float("inf") else f"{psnr:.1f} dB PSNR between the 8-bit outputs.")
+            + f" For ncnn apps: {model.scaling_factor if not note else model.data_scaling_factor}x, blobs 'data' / "
+              f"'output'.")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
   Generators from files      the shipped models (SHIPPED_MODELS, weights/, check_shipped_file: their SHA-256),
                              read_generator_file (a file read once, a shipped one by its name),
-                             load_generator (our checkpoints, export.py's files and the official ones; what a file
-                             says of its network is checked against its tensors: models.generator_from_weights),
+                             load_generator (our checkpoints, export.py's files, the official ones and ncnn models,
+                             model.param + model.bin: ncnn_format.py; what a file says of its network is checked
+                             against its tensors: models.generator_from_weights),
                              load_weights_folding_first_convolution (an x4 network's weights into its x2 / x1
                              pixel-unshuffle variant, which then computes the same: fold_first_convolution)
   Network interpolation      interpolate_state_dicts, load_interpolated_generator (across x1 / x2 / x4 variants
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 import checkpoints
 import models
+import ncnn_format
 import porting
 import utils
 
@@ -135,9 +137,10 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
     use).
 
     Accepts our own checkpoints (from train_srresnet.py / train_srgan.py, old ones included; the EMA weights are used
-    when present), the generator files of export.py (.pth and .safetensors) and the official ESRGAN / Real-ESRGAN /
-    BasicSR weight files (architecture inferred from the tensors). Weights stored in fp16 are loaded into the float32
-    model (load_state_dict converts them).
+    when present), the generator files of export.py (.pth and .safetensors), the official ESRGAN / Real-ESRGAN /
+    BasicSR weight files (architecture inferred from the tensors) and ncnn models (model.param, with model.bin beside
+    it: the official Real-ESRGAN ncnn files and export.py's; ncnn_format.read_generator). Weights stored in fp16 are
+    loaded into the float32 model (load_state_dict converts them).
 
     :param scaling_factor: if given, the upscaling factor the model must have, or the data's it was trained on (an x1
                            model trained on x4 data serves x4: fit_generator_to_data). A weight file holds one
@@ -156,7 +159,31 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
     """
     shipped_name = str(path) if shipped_model_path(path) != Path(path) else None
     path = shipped_model_path(path)  # 'srresnet' / 'compact' / 'realistic': the shipped weights/<file>
-    checkpoint = read_generator_file(shipped_name or path) if checkpoint is None else checkpoint
+    if ncnn_format.is_ncnn_model(path):  # model.param + model.bin: the graph tells the network, the .bin its weights
+        model, description = ncnn_format.read_generator(path)
+        reference = None
+    else:
+        checkpoint = read_generator_file(shipped_name or path) if checkpoint is None else checkpoint
+        model, description, reference = _generator_from_checkpoint(path, checkpoint, ema, expected_kind)
+    if shipped_name is not None:
+        description = (f"{model.generator_arch} x{model.scaling_factor}, the "
+                       f"shipped '{shipped_name}' model ({path.relative_to(WEIGHTS_FOLDER.parent)}; its model card: "
+                       f"weights/README.md)")
+        reference = SHIPPED_MODELS[shipped_name].reference
+    if not hasattr(model, "data_scaling_factor"):  # official files: trained at the network's own scale
+        model.data_scaling_factor = model.scaling_factor
+    if scaling_factor is not None and scaling_factor not in (model.scaling_factor, model.data_scaling_factor):
+        data = model.data_scaling_factor
+        trained = f", trained on x{data} data" if data != model.scaling_factor else ""
+        raise ValueError(f"{path} upscales x{model.scaling_factor}{trained}, not x{scaling_factor} ({description}): "
+                         f"use a model trained for x{scaling_factor} (for x2 / x1, a pixel-unshuffle variant), or give "
+                         f"--scaling_factor {data}.")
+    return model.to(device).eval(), description, reference
+
+
+def _generator_from_checkpoint(path, checkpoint, ema, expected_kind):
+    """load_generator for a PyTorch file's content (ours, export.py's, an official one): (model, description, the name
+    of its published figures or None); the model's data_scaling_factor is set for our own files."""
     if isinstance(checkpoint, dict) and "generator_arch" in checkpoint:
         # Training checkpoints keep the raw and EMA weights as 'generator' / 'generator_ema'; export.py's files as
         # 'params' / 'params_ema' (BasicSR's names). A file with one set of weights gives it either way.
@@ -193,20 +220,7 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
         raise ValueError(f"{path} holds no generator this project recognises: expected a checkpoint from "
                          f"train_srresnet.py / train_srgan.py, a file of export.py or an official ESRGAN / "
                          f"Real-ESRGAN / BasicSR file.")
-    if shipped_name is not None:
-        description = (f"{model.generator_arch} x{model.scaling_factor}, the "
-                       f"shipped '{shipped_name}' model ({path.relative_to(WEIGHTS_FOLDER.parent)}; its model card: "
-                       f"weights/README.md)")
-        reference = SHIPPED_MODELS[shipped_name].reference
-    if not hasattr(model, "data_scaling_factor"):  # official files: trained at the network's own scale
-        model.data_scaling_factor = model.scaling_factor
-    if scaling_factor is not None and scaling_factor not in (model.scaling_factor, model.data_scaling_factor):
-        data = model.data_scaling_factor
-        trained = f", trained on x{data} data" if data != model.scaling_factor else ""
-        raise ValueError(f"{path} upscales x{model.scaling_factor}{trained}, not x{scaling_factor} ({description}): "
-                         f"use a model trained for x{scaling_factor} (for x2 / x1, a pixel-unshuffle variant), or give "
-                         f"--scaling_factor {data}.")
-    return model.to(device).eval(), description, reference
+    return model, description, reference
 
 
 def first_convolution(state_dict):

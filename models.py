@@ -791,6 +791,7 @@ class SRVGGNetCompact(nn.Module):
         body.2(num_conv+1)       (N, num_out_ch s^2, h, w)   the last conv: s^2 sub-pixel values per pixel and channel
         PixelShuffle(s)          (N, num_out_ch, s h, s w)   the correction
         + nearest x s of the input                      (N, num_out_ch, s h, s w) about [0, 1] (not clamped)
+        [bicubic resize to outscale]                    (N, num_out_ch, o h, o w)   only when outscale o is given
 
     The state-dict keys are Real-ESRGAN's: body.{N}.weight / body.{N}.bias for the convolutions (N even) and
     body.{N}.weight for the PReLU slopes (N odd), so the official files load as they are.
@@ -800,18 +801,21 @@ class SRVGGNetCompact(nn.Module):
         num_feat: feature channels (64 in the released models).
         num_conv: 3x3 convolutions between the first and the last (16: realesr-animevideov3, 32: realesr-general-x4v3).
         upscale: the scale s (any integer >= 1; Real-ESRGAN's name), also the attribute `scaling_factor`.
+        outscale: None, or o < s: the output bicubic-resized to x o, as the ncnn realesr-animevideov3-x2 / -x3 files.
     Real-ESRGAN's act_type option (ReLU or LeakyReLU instead of PReLU) is left out: every released model uses PReLU.
     """
 
     input_format = "[0, 1]"
     output_format = "[0, 1]"
 
-    def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4):
+    def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=16, upscale=4, outscale=None):
         super().__init__()
-        if int(upscale) < 1 or num_in_ch != num_out_ch:
-            raise ValueError(f"SRVGGNetCompact needs upscale >= 1 and as many input as output channels (the input is "
-                             f"added to the output), got upscale {upscale}, {num_in_ch} -> {num_out_ch} channels")
-        self.scaling_factor = self.upscale = int(upscale)
+        if int(upscale) < 1 or num_in_ch != num_out_ch or (outscale is not None and not 1 <= outscale < upscale):
+            raise ValueError(f"SRVGGNetCompact needs upscale >= 1, no outscale or one below it, and as many input as "
+                             f"output channels (the input is added to the output), got upscale {upscale}, outscale "
+                             f"{outscale}, {num_in_ch} -> {num_out_ch} channels")
+        self.upscale, self.outscale = int(upscale), (None if outscale is None else int(outscale))
+        self.scaling_factor = self.outscale or self.upscale
         # One flat list, in Real-ESRGAN's order (so its key names): conv, PReLU, num_conv x (conv, PReLU), conv.
         layers = [nn.Conv2d(num_in_ch, num_feat, 3, 1, 1), nn.PReLU(num_feat)]
         for _ in range(num_conv):
@@ -838,7 +842,11 @@ class SRVGGNetCompact(nn.Module):
         for layer in self.body:  # conv, PReLU, ..., conv, all at LR size
             features = layer(features)  # last: (N, C s^2, H, W)
         correction = self.upsampler(features)  # (N, C, s H, s W)
-        return F.interpolate(lr_imgs, scale_factor=self.upscale, mode="nearest") + correction
+        sr_imgs = F.interpolate(lr_imgs, scale_factor=self.upscale, mode="nearest") + correction
+        if self.outscale is not None:  # (N, C, o H, o W): bicubic (a = -0.75, half-pixel centres, as ncnn's Interp)
+            sr_imgs = F.interpolate(sr_imgs, size=[side * self.outscale for side in lr_imgs.shape[-2:]],
+                                    mode="bicubic", align_corners=False)
+        return sr_imgs
 
 
 # ======================================================================================================

@@ -504,9 +504,9 @@ def parse_args(argv=None):
                              f"compressed, noisy photos), '{inference.DEFAULT_MODEL}' for any other (the best PSNR on "
                              "clean images). A shipped model ('compact': fast on a CPU; 'realistic': for JPEG photos; "
                              "'srresnet': slower, sharper edges; weights/README.md says how they were trained) or "
-                             "generator file(s): our checkpoints, export.py's .pth / .safetensors files, or official "
-                             "ESRGAN / Real-ESRGAN weights (architecture detected); several only with --grid or "
-                             "--strip")
+                             "generator file(s): our checkpoints, export.py's .pth / .safetensors files, official "
+                             "ESRGAN / Real-ESRGAN weights (architecture detected) or ncnn models (x.param, x.bin "
+                             "beside it); several only with --grid or --strip")
     parser.add_argument("--output_folder", default="upscaled",
                         help="where <stem>_x<s>.png files are written (default: upscaled/, in the current folder)")
     cli.add_scaling_factor_argument(parser, default=None,

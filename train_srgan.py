@@ -75,7 +75,7 @@ hyperparameters = dict(
     aux_mixalpha=1.2,  # cutmixup: its mixup's Beta(a, a) (the paper's 1.2)
     # Generator: its architecture and starting weights come from the pixel-loss network
     srresnet_checkpoint="checkpoint_srresnet.pth",  # checkpoint of train_srresnet.py to start the generator from
-    #   (or the shipped 'srresnet', a file of export.py, or an official Real-ESRGAN / ESRGAN file)
+    #   (or the shipped 'srresnet', a file of export.py, an official Real-ESRGAN / ESRGAN file, or an ncnn .param)
     # Discriminator
     discriminator_arch="srgan",  # 'srgan' (the SRGAN paper's classifier) or 'unet' (Real-ESRGAN's per-pixel U-Net)
     kernel_size_d=3,  # SRGAN discriminator: kernel size of its convolutions
