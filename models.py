@@ -3,10 +3,8 @@
 Contents, in the order the papers introduced them:
 
   Part A -- SRResNet and SRGAN (Ledig et al., 2017, "Photo-Realistic Single Image Super-Resolution Using a GAN")
-      PReLU                                                           nn.PReLU, with a faster backward for CPU bf16
       ConvolutionalBlock, SubPixelConvolutionalBlock, ResidualBlock   the building blocks
       SRResNet, Generator                                             the generator (trained with MSE, then as a GAN)
-      fold_convolution_weight                                         SRResNet's last convolution, run on the folded grid
       Discriminator                                                   the SRGAN discriminator (one logit per image)
       load_vgg19, VGGFeatureExtractor                                 the frozen VGG19 behind the perceptual losses
 
@@ -31,6 +29,9 @@ Contents, in the order the papers introduced them:
       generator_from_weights, check_weights                           the same from a file, once its tensors are
                                                                       known to fit (shapes, dtypes, finite values)
 
+Speed paths for particular hardware (a faster PReLU backward in CPU bf16, SRResNet's last convolution on the folded
+grid on a CPU) live in fast_paths.py: the networks here use them without changing what they compute.
+
 Conventions shared by the whole project:
   * image tensors are float32 (N, C, H, W);
   * every generator says what it eats and what it gives through the attributes `input_format` and `output_format`
@@ -45,48 +46,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import fast_paths
+
 
 # ======================================================================================================
 # Part A -- SRResNet and SRGAN
 # ======================================================================================================
-
-class PReLU(nn.PReLU):
-    """nn.PReLU (the same learned negative slope a, the same state-dict key `weight`): x for x > 0, a x below.
-
-    One case runs another way: training on a CPU in bf16 / fp16 with one shared slope (SRResNet's 19 PReLUs under
-    autocast). PyTorch's PReLU backward is slow there (it took 17% of SRResNet's bf16 training step on an AVX-512 CPU,
-    one thread), so _SharedSlopePReLU computes the same thing with LeakyReLU's kernels, which run the slope as a
-    number: the same outputs and input gradients bit for bit, and the slope's gradient, sum(grad * min(x, 0)), summed
-    in fp32. Measured forward and backward of a (16, 64, 24, 24) bf16 tensor: 1.3 ms instead of 4.9 ms; (16, 256, 48,
-    48): 30 ms instead of 70 ms. Everywhere else (no gradients, fp32, GPUs, a slope per channel) the kernel is used as
-    it is.
-    """
-
-    def forward(self, x):
-        recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if (recording and self.num_parameters == 1 and x.device.type == "cpu"
-                and x.dtype in (torch.bfloat16, torch.float16)):
-            return _SharedSlopePReLU.apply(x, self.weight)
-        return super().forward(x)
-
-
-class _SharedSlopePReLU(torch.autograd.Function):
-    """PReLU with one slope, through LeakyReLU's forward and backward kernels (see PReLU)."""
-
-    @staticmethod
-    def forward(ctx, x, weight):
-        slope = weight.to(x.dtype).item()  # the slope as PReLU's kernel uses it: rounded to x's dtype
-        ctx.save_for_backward(x)
-        ctx.slope = slope
-        return F.leaky_relu(x, slope)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        grad_x = torch.ops.aten.leaky_relu_backward(grad, x, ctx.slope, False)  # grad, or slope * grad where x <= 0
-        grad_weight = (grad * x.clamp(max=0)).sum(dtype=torch.float32).view(1)  # d(a x)/da = x where x <= 0
-        return grad_x, grad_weight
-
 
 class ConvolutionalBlock(nn.Module):
     """Convolution -> optional batch norm -> optional activation: the Lego brick of SRResNet and its discriminator.
@@ -106,7 +71,8 @@ class ConvolutionalBlock(nn.Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, batch_norm=False, activation=None):
         super().__init__()
         activations = {
-            "prelu": lambda: PReLU(),  # one learnable negative slope shared by all channels, as in SRGAN
+            "prelu": lambda: fast_paths.PReLU(),  # nn.PReLU: one learnable negative slope shared by all channels, as
+            #   in SRGAN (fast_paths.PReLU: the same, with a faster backward in CPU bf16)
             "leakyrelu": lambda: nn.LeakyReLU(0.2),  # fixed slope 0.2, as in the SRGAN discriminator
             "tanh": lambda: nn.Tanh(),  # squashes the generator's output into [-1, 1]
         }
@@ -142,7 +108,7 @@ class SubPixelConvolutionalBlock(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(n_channels, n_channels * scaling_factor ** 2, kernel_size, padding=kernel_size // 2)
         self.pixel_shuffle = nn.PixelShuffle(scaling_factor)
-        self.prelu = PReLU()
+        self.prelu = fast_paths.PReLU()  # nn.PReLU (a faster backward in CPU bf16: fast_paths.py)
 
     def forward(self, x):
         x = self.conv(x)  # (N, n_channels * s^2, H, W)
@@ -244,66 +210,12 @@ class SRResNet(nn.Module):
 
     def upsample_and_output(self, features):
         """
-        The paper's upsampling and last convolution, conv_block3(subpixel_convolutional_blocks(features)): (N, 64, H,
-        W) -> (N, 3, s H, s W) in [-1, 1]. On a CPU the last convolution runs one pixel shuffle earlier, on the folded
-        grid (same function, same weights: fold_convolution_weight says why and how much faster).
+        The paper's upsampling and last convolution: (N, 64, H, W) -> (N, 3, s H, s W) in [-1, 1]. On a CPU the same
+        function runs faster with the last convolution one pixel shuffle earlier (fast_paths.folded_upsample_and_output).
         """
-        last_conv, tanh = self.conv_block3.conv_block
-        if last_conv.kernel_size[0] % 2 == 0 or features.device.type != "cpu":  # (an even kernel, or a GPU, where
-            # the folding was not measured: the plain way)
-            return self.conv_block3(self.subpixel_convolutional_blocks(features))
-        *first_blocks, last_block = self.subpixel_convolutional_blocks
-        for block in first_blocks:  # (x4: the first x2 block)
-            features = block(features)  # (N, 64, s H / 2, s W / 2)
-        # The last block's convolution and PReLU, without its pixel shuffle: (N, 64 * 4, s H / 2, s W / 2), the 4
-        # sub-pixel positions of each pixel as channels. (PReLU's one slope treats every channel alike, so it may come
-        # before the shuffle.)
-        folded = last_block.prelu(last_block.conv(features))
-        # conv_block3's 9x9 convolution on that folded grid: a 5x5 convolution 256 -> 3 * 4, then the shuffle.
-        weight, padding = fold_convolution_weight(last_conv.weight, 2)
-        sr_imgs = F.pixel_shuffle(F.conv2d(folded, weight, last_conv.bias.repeat_interleave(4), padding=padding), 2)
-        return tanh(sr_imgs)
-
-
-def fold_convolution_weight(weight, r):
-    """
-    The weights that run a convolution on the pixel-unshuffled (folded) image instead: the same outputs, folded too.
-
-    A k x k convolution (k odd, 'same' padding) on an image of size (r H, r W) gives exactly the same numbers as a
-    K x K convolution (K = 2 ceil((k // 2) / r) + 1) of the image pixel-unshuffled by r (C r^2 channels of size
-    (H, W)) with these weights, followed by a pixel shuffle by r. Output sub-pixel (a, a') of a folded pixel reads
-    input sub-pixel (b, b') of the folded pixel D rows and D' columns away, i.e. the original pixel r D + b - a rows
-    (r D' + b' - a' columns) away: that tap of the k x k kernel, or 0 where it falls outside. Padding is the same
-    zeros, at the folded image's border.
-
-    Why SRResNet uses it: its last convolution (9 x 9, 64 -> 3 channels, at HR size) gives just 3 output channels,
-    which a CPU's convolution kernels use badly (they vectorise over output channels): it took three quarters of the
-    time of the 33 convolutions of the body together, for a fifth of their multiply-adds. Folded by 2 it has 256
-    inputs and 12 outputs at a quarter of the pixels (23% more multiply-adds, the zero taps): measured on an AVX-512
-    CPU, one thread, a training step of that convolution (bf16, batch 16, 96 x 96) took 101 ms instead of 269 ms, and
-    on a 512 x 512 image (fp32) 124 ms instead of 398 ms. Its input is the last sub-pixel block's output before its
-    pixel shuffle, so that shuffle and the unshuffle cancel and neither is run.
-
-    :param weight: (C_out, C_in, k, k), k odd
-    :return: (folded weight (C_out r^2, C_in r^2, K, K), its padding K // 2); channels in PyTorch's pixel-shuffle
-             order (channel c r^2 + i r + j is sub-pixel (i, j) of channel c), so F.pixel_shuffle unfolds the output
-    """
-    k = weight.shape[-1]
-    half = -(-(k // 2) // r)  # K // 2, the folded kernel's reach, in folded pixels
-    size = 2 * half + 1  # K
-    # Tap t of the folded kernel for output sub-pixel a and input sub-pixel b is the original tap r (t - half) + b - a
-    # (offset from the centre): padded by `pad` zeros on each side (and r more at the end, never read as non-zero),
-    # that is index r t + (b - a + r - 1) of the padded kernel, a strided slice for each (a, b).
-    pad = r * half + r - 1 - k // 2
-    padded = F.pad(weight, (pad, pad + r, pad, pad + r))
-    def taps(a, b, a2, b2):  # the (K, K) kernels for output sub-pixel (a, a2), input sub-pixel (b, b2)
-        return padded[:, :, b - a + r - 1::r, b2 - a2 + r - 1::r][:, :, :size, :size]
-    # (C_out, r, r, C_in, r, r, K, K): output channel c_out r^2 + a r + a2, input channel c_in r^2 + b r + b2.
-    folded = torch.stack([torch.stack([torch.stack([torch.stack([taps(a, b, a2, b2) for b2 in range(r)], 2)
-                                                    for b in range(r)], 2) for a2 in range(r)], 1)
-                          for a in range(r)], 1)
-    c_out, c_in = weight.shape[:2]
-    return folded.reshape(c_out * r * r, c_in * r * r, size, size), half
+        if fast_paths.can_fold_output(self.conv_block3, features):
+            return fast_paths.folded_upsample_and_output(self.subpixel_convolutional_blocks, self.conv_block3, features)
+        return self.conv_block3(self.subpixel_convolutional_blocks(features))
 
 
 class Generator(SRResNet):

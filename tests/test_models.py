@@ -127,7 +127,7 @@ def test_srresnet_pixel_unshuffle_scales_and_odd_sizes(unshuffle_scale, overall)
         feat = model.conv_block1(F.pixel_unshuffle(padded, unshuffle_scale))
         feat = model.conv_block2(model.residual_blocks(feat)) + feat
         ref = model.conv_block3(model.subpixel_convolutional_blocks(feat))[..., :13 * overall, :10 * overall]
-    # (The forward runs the last convolution folded, models.fold_convolution_weight: the same sums in another order.)
+    # (The forward runs the last convolution folded, fast_paths.fold_convolution_weight: the same sums in another order.)
     assert torch.allclose(out, ref, atol=1e-6)
     # A 1-pixel side cannot be reflected; it still works (edge replication).
     assert model(torch.rand(1, 3, 1, 5)).shape == (1, 3, overall, 5 * overall)
@@ -145,7 +145,7 @@ def test_srresnet_unshuffle_scale_must_divide():
 def test_plain_forwards_read_like_the_papers():
     """Without pixel-unshuffle (unshuffle_scale 1), SRResNet and RRDBNet run no padding or folding of the input:
     their forward is the paper's network. (SRResNet runs its last convolution on the folded grid,
-    models.fold_convolution_weight: the same sums in another order, so equal up to float rounding.)"""
+    fast_paths.fold_convolution_weight: the same sums in another order, so equal up to float rounding.)"""
     srresnet = tiny_srresnet().eval()
     x = torch.rand(1, 3, 5, 6)
     with torch.no_grad():
@@ -827,39 +827,3 @@ def test_compact_starts_as_nearest_upsampling_and_its_first_layer_learns():
     first, last = model.body[0].weight.grad.abs().mean(), model.body[-1].weight.grad.abs().mean()
     assert first > 1e-2 * last, (first, last)
     assert all(layer.bias.abs().max() == 0 for layer in model.body if isinstance(layer, nn.Conv2d))
-
-
-@pytest.mark.parametrize("kernel_size, r", [(9, 2), (3, 2), (5, 2), (7, 3), (1, 2)])
-def test_fold_convolution_weight_is_the_same_convolution(kernel_size, r):
-    """A k x k convolution of an image equals the K x K convolution of the image pixel-unshuffled by r with the folded
-    weights, pixel-shuffled back (zero padding at the borders included)."""
-    torch.manual_seed(0)
-    weight, bias = torch.randn(3, 4, kernel_size, kernel_size, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
-    x = torch.randn(2, 4, 5 * r, 7 * r, dtype=torch.float64)
-    folded, padding = models.fold_convolution_weight(weight, r)
-    out = F.pixel_shuffle(F.conv2d(F.pixel_unshuffle(x, r), folded, bias.repeat_interleave(r * r), padding=padding), r)
-    assert torch.allclose(out, F.conv2d(x, weight, bias, padding=kernel_size // 2), atol=1e-12)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_prelu_is_pytorchs_prelu(dtype):
-    """models.PReLU gives nn.PReLU's outputs and gradients; in bf16 on a CPU, with gradients, it takes LeakyReLU's
-    kernels (the same outputs and input gradients bit for bit; the slope's gradient summed in fp32)."""
-    torch.manual_seed(0)
-    x = torch.randn(4, 8, 6, 6).to(dtype).contiguous(memory_format=torch.channels_last)
-    x[0, 0, 0, :3] = 0  # PReLU's slope applies at 0 too
-    ours, theirs = models.PReLU(), nn.PReLU()
-    theirs.weight.data.fill_(0.3)
-    ours.load_state_dict(theirs.state_dict())
-    grads = []
-    for module in (ours, theirs):
-        x_in = x.clone().requires_grad_()
-        with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):  # (as training runs bf16)
-            y = module(x_in)
-        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y).to(dtype))
-        grads.append((y, x_in.grad, module.weight.grad))
-    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
-    assert grads[0][2].dtype == torch.float32
-    torch.testing.assert_close(grads[0][2], grads[1][2], rtol=1e-2, atol=1e-2)
-    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
-        assert torch.equal(ours(x), theirs(x))

@@ -46,7 +46,7 @@ def test_old_checkpoints_load_and_give_the_old_outputs(name, old_outputs):
     assert type(model).__name__ == class_name and model.scaling_factor == scaling_factor
     with torch.no_grad():
         # The same numbers, up to float rounding: SRResNet now runs its last convolution on the folded grid
-        # (models.fold_convolution_weight), the same sums in another order.
+        # (fast_paths.fold_convolution_weight), the same sums in another order.
         torch.testing.assert_close(model(old_outputs["input"]), old_outputs[name], atol=1e-6, rtol=0)
     # The same through the tiled inference of super_resolve.py and eval.py.
     expected = utils.convert_image(old_outputs[name], model.output_format, "[0, 1]").clamp(0, 1)

@@ -1,0 +1,123 @@
+"""Speed paths for particular hardware: the same functions as the networks of models.py, computed faster.
+
+The networks in models.py are the papers' figures on every device. Where a CPU runs one of their steps badly, the
+network calls into this file, which computes the same numbers another way (tests/test_models.py checks that they
+match: bit for bit, or up to the order of float sums):
+
+  PReLU                          nn.PReLU with one shared slope, whose backward in CPU bf16 / fp16 runs through
+                                 LeakyReLU's kernels (SRResNet's 19 PReLUs)
+  fold_convolution_weight        a convolution's weights for the pixel-unshuffled (folded) image
+  can_fold_output,               SRResNet's last sub-pixel block and 9x9 convolution, with that convolution run one
+  folded_upsample_and_output     pixel shuffle earlier, on the folded grid (a CPU's convolutions use 3 output
+                                 channels badly)
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PReLU(nn.PReLU):
+    """nn.PReLU (the same learned negative slope a, the same state-dict key `weight`): x for x > 0, a x below.
+
+    One case runs another way: training on a CPU in bf16 / fp16 with one shared slope (SRResNet's 19 PReLUs under
+    autocast). PyTorch's PReLU backward is slow there (it took 17% of SRResNet's bf16 training step on an AVX-512 CPU,
+    one thread), so _SharedSlopePReLU computes the same thing with LeakyReLU's kernels, which run the slope as a
+    number: the same outputs and input gradients bit for bit, and the slope's gradient, sum(grad * min(x, 0)), summed
+    in fp32. Measured forward and backward of a (16, 64, 24, 24) bf16 tensor: 1.3 ms instead of 4.9 ms; (16, 256, 48,
+    48): 30 ms instead of 70 ms. Everywhere else (no gradients, fp32, GPUs, a slope per channel) the kernel is used as
+    it is.
+    """
+
+    def forward(self, x):
+        recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if (recording and self.num_parameters == 1 and x.device.type == "cpu"
+                and x.dtype in (torch.bfloat16, torch.float16)):
+            return _SharedSlopePReLU.apply(x, self.weight)
+        return super().forward(x)
+
+
+class _SharedSlopePReLU(torch.autograd.Function):
+    """PReLU with one slope, through LeakyReLU's forward and backward kernels (see PReLU)."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        slope = weight.to(x.dtype).item()  # the slope as PReLU's kernel uses it: rounded to x's dtype
+        ctx.save_for_backward(x)
+        ctx.slope = slope
+        return F.leaky_relu(x, slope)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        grad_x = torch.ops.aten.leaky_relu_backward(grad, x, ctx.slope, False)  # grad, or slope * grad where x <= 0
+        grad_weight = (grad * x.clamp(max=0)).sum(dtype=torch.float32).view(1)  # d(a x)/da = x where x <= 0
+        return grad_x, grad_weight
+
+
+
+def fold_convolution_weight(weight, r):
+    """
+    The weights that run a convolution on the pixel-unshuffled (folded) image instead: the same outputs, folded too.
+
+    A k x k convolution (k odd, 'same' padding) on an image of size (r H, r W) gives exactly the same numbers as a
+    K x K convolution (K = 2 ceil((k // 2) / r) + 1) of the image pixel-unshuffled by r (C r^2 channels of size
+    (H, W)) with these weights, followed by a pixel shuffle by r. Output sub-pixel (a, a') of a folded pixel reads
+    input sub-pixel (b, b') of the folded pixel D rows and D' columns away, i.e. the original pixel r D + b - a rows
+    (r D' + b' - a' columns) away: that tap of the k x k kernel, or 0 where it falls outside. Padding is the same
+    zeros, at the folded image's border.
+
+    Why SRResNet uses it: its last convolution (9 x 9, 64 -> 3 channels, at HR size) gives just 3 output channels,
+    which a CPU's convolution kernels use badly (they vectorise over output channels): it took three quarters of the
+    time of the 33 convolutions of the body together, for a fifth of their multiply-adds. Folded by 2 it has 256
+    inputs and 12 outputs at a quarter of the pixels (23% more multiply-adds, the zero taps): measured on an AVX-512
+    CPU, one thread, a training step of that convolution (bf16, batch 16, 96 x 96) took 101 ms instead of 269 ms, and
+    on a 512 x 512 image (fp32) 124 ms instead of 398 ms. Its input is the last sub-pixel block's output before its
+    pixel shuffle, so that shuffle and the unshuffle cancel and neither is run.
+
+    :param weight: (C_out, C_in, k, k), k odd
+    :return: (folded weight (C_out r^2, C_in r^2, K, K), its padding K // 2); channels in PyTorch's pixel-shuffle
+             order (channel c r^2 + i r + j is sub-pixel (i, j) of channel c), so F.pixel_shuffle unfolds the output
+    """
+    k = weight.shape[-1]
+    half = -(-(k // 2) // r)  # K // 2, the folded kernel's reach, in folded pixels
+    size = 2 * half + 1  # K
+    # Tap t of the folded kernel for output sub-pixel a and input sub-pixel b is the original tap r (t - half) + b - a
+    # (offset from the centre): padded by `pad` zeros on each side (and r more at the end, never read as non-zero),
+    # that is index r t + (b - a + r - 1) of the padded kernel, a strided slice for each (a, b).
+    pad = r * half + r - 1 - k // 2
+    padded = F.pad(weight, (pad, pad + r, pad, pad + r))
+    def taps(a, b, a2, b2):  # the (K, K) kernels for output sub-pixel (a, a2), input sub-pixel (b, b2)
+        return padded[:, :, b - a + r - 1::r, b2 - a2 + r - 1::r][:, :, :size, :size]
+    # (C_out, r, r, C_in, r, r, K, K): output channel c_out r^2 + a r + a2, input channel c_in r^2 + b r + b2.
+    folded = torch.stack([torch.stack([torch.stack([torch.stack([taps(a, b, a2, b2) for b2 in range(r)], 2)
+                                                    for b in range(r)], 2) for a2 in range(r)], 1)
+                          for a in range(r)], 1)
+    c_out, c_in = weight.shape[:2]
+    return folded.reshape(c_out * r * r, c_in * r * r, size, size), half
+
+
+def can_fold_output(conv_block3, features):
+    """Whether folded_upsample_and_output runs for this last block and these features: on a CPU, with an odd kernel
+    (on a GPU the folding was not measured, so the plain way runs there)."""
+    last_conv = conv_block3.conv_block[0]
+    return last_conv.kernel_size[0] % 2 == 1 and features.device.type == "cpu"
+
+
+def folded_upsample_and_output(subpixel_blocks, conv_block3, features):
+    """
+    conv_block3(subpixel_blocks(features)) -- SRResNet's sub-pixel blocks, then its last convolution and tanh --
+    with that convolution run on the folded grid of the last block (fold_convolution_weight says why it is faster):
+    (N, 64, H, W) -> (N, 3, s H, s W) in [-1, 1], the same function and weights.
+    """
+    last_conv, tanh = conv_block3.conv_block
+    *first_blocks, last_block = subpixel_blocks
+    for block in first_blocks:  # (x4: the first x2 block)
+        features = block(features)  # (N, 64, s H / 2, s W / 2)
+    # The last block's convolution and PReLU, without its pixel shuffle: (N, 64 * 4, s H / 2, s W / 2), the 4
+    # sub-pixel positions of each pixel as channels. (PReLU's one slope treats every channel alike, so it may come
+    # before the shuffle.)
+    folded = last_block.prelu(last_block.conv(features))
+    # conv_block3's 9x9 convolution on that folded grid: a 5x5 convolution 256 -> 3 * 4, then the shuffle.
+    weight, padding = fold_convolution_weight(last_conv.weight, 2)
+    sr_imgs = F.pixel_shuffle(F.conv2d(folded, weight, last_conv.bias.repeat_interleave(4), padding=padding), 2)
+    return tanh(sr_imgs)

@@ -1,0 +1,60 @@
+"""Tests of fast_paths.py: each speed path computes what the plain network computes (bit for bit, or up to the order
+of float sums), and SRResNet takes it where it should."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fast_paths
+import models
+
+
+@pytest.mark.parametrize("kernel_size, r", [(9, 2), (3, 2), (5, 2), (7, 3), (1, 2)])
+def test_fold_convolution_weight_is_the_same_convolution(kernel_size, r):
+    """A k x k convolution of an image equals the K x K convolution of the image pixel-unshuffled by r with the folded
+    weights, pixel-shuffled back (zero padding at the borders included)."""
+    torch.manual_seed(0)
+    weight, bias = torch.randn(3, 4, kernel_size, kernel_size, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    x = torch.randn(2, 4, 5 * r, 7 * r, dtype=torch.float64)
+    folded, padding = fast_paths.fold_convolution_weight(weight, r)
+    out = F.pixel_shuffle(F.conv2d(F.pixel_unshuffle(x, r), folded, bias.repeat_interleave(r * r), padding=padding), r)
+    assert torch.allclose(out, F.conv2d(x, weight, bias, padding=kernel_size // 2), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_prelu_is_pytorchs_prelu(dtype):
+    """fast_paths.PReLU gives nn.PReLU's outputs and gradients; in bf16 on a CPU, with gradients, it takes LeakyReLU's
+    kernels (the same outputs and input gradients bit for bit; the slope's gradient summed in fp32)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 6, 6).to(dtype).contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, :3] = 0  # PReLU's slope applies at 0 too
+    ours, theirs = fast_paths.PReLU(), nn.PReLU()
+    theirs.weight.data.fill_(0.3)
+    ours.load_state_dict(theirs.state_dict())
+    grads = []
+    for module in (ours, theirs):
+        x_in = x.clone().requires_grad_()
+        with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):  # (as training runs bf16)
+            y = module(x_in)
+        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y).to(dtype))
+        grads.append((y, x_in.grad, module.weight.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    assert grads[0][2].dtype == torch.float32
+    torch.testing.assert_close(grads[0][2], grads[1][2], rtol=1e-2, atol=1e-2)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+        assert torch.equal(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_srresnet_on_a_cpu_takes_the_folded_output_and_computes_the_papers_function(dtype):
+    """SRResNet.upsample_and_output runs folded_upsample_and_output on a CPU: the same outputs as the paper's sub-pixel
+    blocks and last convolution, up to float rounding (the same sums in another order)."""
+    torch.manual_seed(0)
+    model = models.SRResNet(n_channels=8, n_blocks=1).eval()
+    features = torch.randn(1, 8, 6, 7)
+    assert fast_paths.can_fold_output(model.conv_block3, features)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+        folded = model.upsample_and_output(features)
+        plain = model.conv_block3(model.subpixel_convolutional_blocks(features))
+    assert folded.shape == plain.shape == (1, 3, 24, 28)
+    torch.testing.assert_close(folded.float(), plain.float(), rtol=0, atol=1e-5 if dtype == torch.float32 else 2e-2)
