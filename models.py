@@ -227,6 +227,22 @@ class Generator(SRResNet):
     """
 
 
+class BinomialBlur(nn.Module):
+    """A fixed low-pass filter, [1, 2, 1] x [1, 2, 1] / 16 on each channel, borders repeated: (N, C, H, W) -> the same
+    shape. It removes the frequencies that a stride-2 step would alias (Zhang, "Making convolutional networks
+    shift-invariant again", ICML 2019). No weights: the filter is a constant, not saved in state dicts."""
+
+    def __init__(self):
+        super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", torch.outer(taps, taps) / 16, persistent=False)         # (3, 3)
+
+    def forward(self, x):
+        channels = x.shape[1]
+        kernel = self.kernel.to(x.dtype).expand(channels, 1, 3, 3)
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=channels)
+
+
 class Discriminator(nn.Module):
     """The SRGAN discriminator: is this (N, 3, H, W) image a real HR image or a generated one?
 
@@ -237,9 +253,14 @@ class Discriminator(nn.Module):
 
     Output: (N,) raw logits -- no sigmoid here; use nn.BCEWithLogitsLoss, which fuses the sigmoid into the loss in
     a numerically stable way. Input range: train_srgan.py feeds HR and SR images in [0, 1].
+
+    antialias=True (a departure, off by default): each stride-2 block first low-passes its input (BinomialBlur), as
+    UNetDiscriminatorSN(antialias=True) does and for the same reason: the checkerboard that strided convolutions put
+    into the gradient the generator learns from. The weights keep their names and shapes.
     """
 
-    def __init__(self, kernel_size=3, n_channels=64, n_blocks=8, fc_size=1024, first_kernel_size=None):
+    def __init__(self, kernel_size=3, n_channels=64, n_blocks=8, fc_size=1024, first_kernel_size=None,
+                 antialias=False):
         """kernel_size: of every convolution; first_kernel_size: of the first one, if other (None: kernel_size). The
         SRGAN paper's figure and the classic tutorial's code use 3 x 3 throughout; the tutorial's text gives the first
         convolution 9 x 9 (train_srgan.py's first_kernel_size_d)."""
@@ -260,6 +281,7 @@ class Discriminator(nn.Module):
                                              batch_norm=(i != 0), activation="leakyrelu"))
             in_channels = out_channels
         self.conv_blocks = nn.Sequential(*blocks)
+        self.blur = BinomialBlur() if antialias else nn.Identity()  # before each stride-2 block
         self.adaptive_pool = nn.AdaptiveAvgPool2d((6, 6))
         self.fc1 = nn.Linear(out_channels * 6 * 6, fc_size)
         self.leaky_relu = nn.LeakyReLU(0.2)
@@ -267,7 +289,9 @@ class Discriminator(nn.Module):
 
     def forward(self, imgs):
         """(N, 3, H, W) -> (N,) logits (positive: 'looks real')."""
-        x = self.conv_blocks(imgs)  # (N, 512, H / 16, W / 16)
+        x = imgs
+        for index, block in enumerate(self.conv_blocks):  # odd blocks halve the size (blur: nothing, or a low-pass)
+            x = block(self.blur(x) if index % 2 == 1 else x)  # ... -> (N, 512, H / 16, W / 16)
         x = self.adaptive_pool(x)  # (N, 512, 6, 6)
         x = self.leaky_relu(self.fc1(x.flatten(1)))  # (N, fc_size)
         return self.fc2(x).squeeze(1)  # (N,)
@@ -554,22 +578,6 @@ class RRDBNet(nn.Module):
 # ======================================================================================================
 # Part C -- Real-ESRGAN
 # ======================================================================================================
-
-class BinomialBlur(nn.Module):
-    """A fixed low-pass filter, [1, 2, 1] x [1, 2, 1] / 16 on each channel, borders repeated: (N, C, H, W) -> the same
-    shape. It removes the frequencies that a stride-2 step would alias (Zhang, "Making convolutional networks
-    shift-invariant again", ICML 2019). No weights: the filter is a constant, not saved in state dicts."""
-
-    def __init__(self):
-        super().__init__()
-        taps = torch.tensor([1.0, 2.0, 1.0])
-        self.register_buffer("kernel", torch.outer(taps, taps) / 16, persistent=False)         # (3, 3)
-
-    def forward(self, x):
-        channels = x.shape[1]
-        kernel = self.kernel.to(x.dtype).expand(channels, 1, 3, 3)
-        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=channels)
-
 
 class UNetDiscriminatorSN(nn.Module):
     """Real-ESRGAN's U-Net discriminator with spectral normalisation: one real/fake logit PER PIXEL.

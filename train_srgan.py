@@ -85,7 +85,7 @@ hyperparameters = dict(
     n_blocks_d=8,  # SRGAN discriminator: convolutional blocks
     fc_size_d=1024,  # SRGAN discriminator: size of its hidden fully connected layer
     num_feat_d=64,  # U-Net discriminator: feature channels
-    antialias_d=False,  # U-Net discriminator: low-pass before each strided convolution (models.UNetDiscriminatorSN:
+    antialias_d=False,  # either discriminator: low-pass before each strided convolution (models.UNetDiscriminatorSN:
     #   without it, the gradients the generator gets carry a checkerboard that it learns as a grid in its images)
     # Losses
     gan_type="vanilla",  # 'vanilla' (is this image real?) or 'relativistic' (is it more real than the others?)
@@ -287,6 +287,8 @@ def build_discriminator(hp):
                       fc_size=hp.fc_size_d)
         if hp.first_kernel_size_d != hp.kernel_size_d:  # (a discriminator with one kernel size is stored as before)
             kwargs["first_kernel_size"] = hp.first_kernel_size_d
+        if hp.antialias_d:  # (the paper's discriminator is stored as before)
+            kwargs["antialias"] = True
         return models.Discriminator(**kwargs), kwargs
     if hp.discriminator_arch == "unet":
         kwargs = dict(num_feat=hp.num_feat_d)

@@ -182,6 +182,22 @@ def test_discriminator_layout():
     assert all(isinstance(b.conv_block[1], nn.BatchNorm2d) for b in disc.conv_blocks[1:])
 
 
+def test_discriminator_antialias_blurs_before_each_stride_2_block():
+    """antialias=True: the same weights and names; each stride-2 block gets its input low-passed (BinomialBlur)."""
+    torch.manual_seed(0)
+    plain = models.Discriminator(n_channels=8, n_blocks=4, fc_size=16).eval()
+    antialiased = models.Discriminator(n_channels=8, n_blocks=4, fc_size=16, antialias=True).eval()
+    antialiased.load_state_dict(plain.state_dict(), strict=True)
+    assert set(antialiased.state_dict()) == set(plain.state_dict())
+    x = torch.rand(2, 3, 24, 24)
+    blur = models.BinomialBlur()
+    by_hand = plain.conv_blocks[3](blur(plain.conv_blocks[2](plain.conv_blocks[1](blur(plain.conv_blocks[0](x))))))
+    by_hand = plain.fc2(plain.leaky_relu(plain.fc1(plain.adaptive_pool(by_hand).flatten(1)))).squeeze(1)
+    with torch.no_grad():
+        assert torch.allclose(antialiased(x), by_hand, atol=1e-6)
+        assert not torch.allclose(antialiased(x), plain(x))
+
+
 def test_discriminator_first_kernel_size():
     """The paper's (and the classic tutorial's code's) 3 x 3 everywhere by default; the tutorial's text's 9 x 9 first
     convolution on request (train_srgan.py --first_kernel_size_d 9), the other convolutions unchanged."""
