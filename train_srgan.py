@@ -33,13 +33,11 @@ Every hyperparameter below can be overridden by a flag of the same name; --help 
 --cutblur_prob.)
 """
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import augmentations
-import checkpoints
 import cli
 import datasets
 import degradations
@@ -303,6 +301,12 @@ DISCRIMINATOR_ARCHITECTURE = ("discriminator_arch", "kernel_size_d", "first_kern
                               "n_blocks_d", "fc_size_d", "num_feat_d", "antialias_d")
 
 
+# What a checkpoint of this script holds besides training.RESUMABLE_KEYS: the discriminator's weights, architecture,
+# optimiser and schedule.
+RESUMABLE_DISCRIMINATOR_KEYS = ("discriminator", "discriminator_arch", "discriminator_kwargs", "optimizer_d",
+                                "scheduler_d")
+
+
 def discriminator_flags(arch, kwargs):
     """The flags that build a discriminator (build_discriminator's), e.g. '--discriminator_arch srgan --n_blocks_d 8'."""
     return " ".join([f"--discriminator_arch {arch}"] + [f"--{name}_d {value}" for name, value in kwargs.items()])
@@ -403,39 +407,24 @@ def main():
     # Processes, precision, a checked and locked output folder, the seed (training.setup_training).
     rank, world_size, device, precision = training.setup_training(hp, "srgan")
     is_main_process = rank == 0  # only one process prints and writes checkpoints
-    checkpoint_path = Path(hp.output_folder) / "checkpoint_srgan.pth"
 
-    resumed = checkpoints.load_checkpoint(hp.checkpoint, expected_kind="srgan") if hp.checkpoint else None
-    if resumed:  # a run to resume, with everything a checkpoint holds
-        training.check_resumable(resumed, hp.checkpoint, required=("discriminator", "discriminator_arch",
-                                                                "discriminator_kwargs", "optimizer_d", "scheduler_d"))
-        # The networks come from the checkpoint (its discriminator too), and the data must still fit them.
-        training.reconcile_resumed_hyperparameters(resumed, hp, RENAMED, architecture=("scaling_factor",
-                                                                                    *DISCRIMINATOR_ARCHITECTURE),
-                                                not_used=("srresnet_checkpoint",))
+    # The networks: the generator (from the run we resume, None for a new run, or from the pixel-loss network), the
+    # discriminator and the frozen VGG19 (build_networks); an Adam and a learning-rate schedule for each of the two
+    # trained; and, if asked, the average of the generator's weights (EMA).
+    resumed = training.load_run_to_resume(hp, "srgan", RENAMED, ("scaling_factor", *DISCRIMINATOR_ARCHITECTURE),
+                                          not_used=("srresnet_checkpoint",), required=RESUMABLE_DISCRIMINATOR_KEYS)
     generator, discriminator, vgg, architecture = build_networks(hp, resumed, device)
-    # fused: one kernel per step updates every weight (see train_srresnet.py).
-    optimizer_g = torch.optim.Adam(generator.parameters(), lr=hp.learning_rate, fused=hp.fused_adam or None)
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=hp.learning_rate, fused=hp.fused_adam or None)
-    scheduler_g = torch.optim.lr_scheduler.MultiStepLR(optimizer_g, hp.learning_rate_milestones,
-                                                       hp.learning_rate_gamma)
-    scheduler_d = torch.optim.lr_scheduler.MultiStepLR(optimizer_d, hp.learning_rate_milestones,
-                                                       hp.learning_rate_gamma)
+    optimizer_g, scheduler_g = training.make_optimizer(generator, hp)
+    optimizer_d, scheduler_d = training.make_optimizer(discriminator, hp)
     ema = training.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
-    # PSNR / SSIM on val_sets as training goes, as eval.py measures them (a GAN trades some PSNR for texture, so the
-    # best file here is the generator's most faithful state, not its most realistic one). The generator starts trained,
-    # so its starting weights are a candidate too: the best file is never less faithful than the pixel-loss network.
-    validation = training_log.Validation(hp, "srgan", generator, ema, Path(hp.output_folder) / "best_srgan.pth",
-                                         is_main_process, start_is_candidate=True,
-                                         generator_arch=architecture["generator_arch"],
-                                         generator_kwargs=architecture["generator_kwargs"])
-    pair_pool = degradations.make_pair_pool(hp, rank, world_size)  # Real-ESRGAN's training-pair pool, or None
-    # Everything a checkpoint holds to continue exactly where it stopped (the best validation score and the pool's
-    # pairs too).
+    # Everything a checkpoint holds to continue exactly where it stopped. Validation (the best weights so far: a GAN
+    # trades some PSNR for texture, so the best file is the generator's most faithful state, not its most realistic
+    # one; the generator starts trained, so its starting weights are a candidate too) and Real-ESRGAN's training-pair
+    # pool join it, and a resumed run continues all from its checkpoint.
     stateful = dict(generator=generator, discriminator=discriminator, optimizer_g=optimizer_g,
-                    optimizer_d=optimizer_d, scheduler_g=scheduler_g, scheduler_d=scheduler_d, generator_ema=ema,
-                    validation=validation, pair_pool=pair_pool)
-    start_iteration = training.resume_training(resumed, stateful, hp, RENAMED) if resumed else 0
+                    optimizer_d=optimizer_d, scheduler_g=scheduler_g, scheduler_d=scheduler_d, generator_ema=ema)
+    validation, pair_pool, start_iteration = training_log.start_run(
+        "srgan", hp, stateful, resumed, RENAMED, rank, world_size, start_is_candidate=True, **architecture)
     if is_main_process:
         print(f"recipe {hp.recipe}: generator {architecture['generator_arch']} x{generator.scaling_factor} "
               f"({'resumed from ' + hp.checkpoint if resumed else 'from ' + hp.srresnet_checkpoint}), "
@@ -448,14 +437,10 @@ def main():
     grad_scaler_g = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 needs loss scaling
     grad_scaler_d = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     train_loader = datasets.make_train_loader(hp, start_iteration, rank, world_size)
-    stop_signal = training.GracefulExit()  # Ctrl+C and SIGTERM: save, then stop (in every process at once)
-    save = training.CheckpointSaver("srgan", checkpoint_path, hp, stateful, is_main_process, stop_signal,
-                                    resumed_from=hp.checkpoint if resumed else None, **architecture)
-    log = training_log.TrainingLog(["perceptual", "pixel", "adversarial", "discriminator"], hp, start_iteration,
-                                   device, is_main_process, f"train_srgan ({hp.recipe})",
-                                   learning_rate=lambda: scheduler_g.get_last_lr()[0], validation=validation,
-                                   kind="srgan", resumed=resumed)
-    stateful["running_losses"] = log.running_losses  # saved too: the first report after a resume is the whole run's
+    # Ctrl+C / SIGTERM, checkpoints, the progress bar, reports and logs: the duties of the loop's end.
+    stop_signal, save, log = training_log.start_duties(
+        "srgan", hp, stateful, resumed, start_iteration, device, is_main_process,
+        ["perceptual", "pixel", "adversarial", "discriminator"], f"train_srgan ({hp.recipe})", **architecture)
 
     generator.train()
     discriminator.train()
