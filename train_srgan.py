@@ -13,8 +13,9 @@ adversarial, the "perceptual loss". Here, as in ESRGAN and Real-ESRGAN, "percept
 
 Recipes (--recipe) set the hyperparameters of each paper; any flag given explicitly still wins:
   srgan       Ledig et al. 2017: MSE between VGG19 relu5_4 features + 1e-3 vanilla GAN loss
-  esrgan      Wang et al. 2018: relativistic average GAN, L1 between VGG conv5_4 features (before the ReLU),
-              pixel L1, EMA
+  esrgan      Wang et al. 2018: relativistic average GAN, VGG conv5_4 features (before the ReLU), pixel L1,
+              128x128 crops; from its official code (BasicSR's options): the L1 distance between the features and
+              an EMA of the weights
   realesrgan  Wang et al. 2021: trained on synthetic real-world degradations, U-Net discriminator, 5-layer
               perceptual loss, sharpened targets
 
@@ -94,7 +95,7 @@ hyperparameters = dict(
     vgg_pooling="auto",  # VGG19's pooling: 'max' (its own), 'avg' (average pooling in its place) or 'auto': max for
     #   the ImageNet weights, avg for random ones (a random VGG19 with max-pooling teaches the generator a grid:
     #   docs/training.md, "Where the grid comes from")
-    perceptual_loss="mse",  # distance between feature maps: 'mse' (SRGAN) or 'l1' (ESRGAN)
+    perceptual_loss="mse",  # distance between feature maps: 'mse' (SRGAN) or 'l1' (ESRGAN's and Real-ESRGAN's code)
     perceptual_loss_weight=1.0,  # weight of the perceptual (VGG) loss
     pixel_loss_weight=0.0,  # weight of an L1 pixel loss (ESRGAN: 1e-2, Real-ESRGAN: 1)
     adversarial_loss_weight=1e-3,  # weight of the generator's adversarial loss (SRGAN's beta)
@@ -105,7 +106,8 @@ hyperparameters = dict(
     learning_rate_milestones=[100_000],  # iterations at which the learning rates are multiplied by
     #   learning_rate_gamma
     learning_rate_gamma=0.1,  # factor applied at each milestone (SRGAN: divided by 10 halfway)
-    ema_decay=0.0,  # keep an exponential moving average of the generator's weights (0: off; ESRGAN-style 0.999)
+    ema_decay=0.0,  # keep an exponential moving average of the generator's weights (0: off; BasicSR's and
+    #   Real-ESRGAN's 0.999)
     # Speed (docs/training.md, "Training faster and safer")
     precision="auto",  # 'auto', 'fp32', 'bf16' or 'fp16' (autocast); 'auto' picks what the hardware does well
     channels_last=True,  # NHWC memory layout, faster for convolutions with bf16 / fp16
@@ -136,14 +138,19 @@ hyperparameters = dict(
 hyperparameters.update(degradations.DEGRADATION_DEFAULTS)
 
 # What each recipe changes from the defaults above (the SRGAN paper's). Reading this table is a good summary
-# of what ESRGAN and Real-ESRGAN changed.
+# of what ESRGAN and Real-ESRGAN changed. Where a paper and its official code differ, the comments say which is
+# followed (docs/departures.md lists them). Adam keeps PyTorch's betas (0.9, 0.999) in all three, the ESRGAN paper's;
+# the official option files of ESRGAN (BasicSR) and Real-ESRGAN use (0.9, 0.99).
 RECIPES = {
     "srgan": {},
     "esrgan": dict(
-        gan_type="relativistic", perceptual_layers=["conv5_4"], perceptual_loss="l1",
+        gan_type="relativistic", perceptual_layers=["conv5_4"], crop_size=128,  # the paper's 128x128 HR patches
+        # Departure from the paper (which changes SRGAN's layer, not its distance): the official code's L1 distance
+        # between the VGG features, with which the weights below were set.
+        perceptual_loss="l1",
         pixel_loss_weight=1e-2, perceptual_loss_weight=1.0, adversarial_loss_weight=5e-3,
         iterations=400_000, learning_rate_milestones=[50_000, 100_000, 200_000, 300_000], learning_rate_gamma=0.5,
-        ema_decay=0.999,
+        ema_decay=0.999,  # (Departure from the paper, which has no EMA: BasicSR's ESRGAN options, as Real-ESRGAN)
     ),
     "realesrgan": dict(
         degradation="realesrgan", queue_size=180, discriminator_arch="unet", gan_type="vanilla", crop_size=256,
@@ -151,6 +158,8 @@ RECIPES = {
         perceptual_layer_weights=[0.1, 0.1, 1.0, 1.0, 1.0], perceptual_loss="l1",
         pixel_loss_weight=1.0, perceptual_loss_weight=1.0, adversarial_loss_weight=0.1,
         iterations=400_000, learning_rate_milestones=[400_000], ema_decay=0.999,
+        # (Departure: batch_size stays 16, where the paper used 48, 12 on each of 4 GPUs: 48 crops of 256 pixels
+        # through RRDBNet, the U-Net and VGG19 need a large GPU. --batch_size 48 --queue_size 720 gives the paper's.)
     ),
 }
 
@@ -316,7 +325,8 @@ def vgg_pooling(hp):
     """The pooling of the perceptual loss's VGG19: --vgg_pooling, with 'auto' as 'avg' for a random VGG19 and 'max'
     (the network's own) for trained weights. Max-pooling rewards any added high-frequency energy (the largest of four
     values grows when they oscillate), which random filters cannot tell from detail: the generator's cheapest such
-    energy is a fixed pattern of its sub-pixel lattice. Average pooling is linear and gives no such reward."""
+    energy is a fixed pattern of its sub-pixel lattice. Average pooling is linear and gives no such reward.
+    (Departure from the papers, whose VGG19 is always ImageNet's, only with --vgg_weights random.)"""
     if hp.vgg_pooling == "auto":
         return "avg" if hp.vgg_weights == "random" else "max"
     return hp.vgg_pooling

@@ -9,8 +9,8 @@ textures); train_srgan.py then starts from this network and makes it produce sha
 Quick start (CPU, minutes):   python train_srresnet.py --data_folder data_lists --iterations 200 --n_blocks 4
 Classic SRResNet (GPU, days): python train_srresnet.py --data_folder data_lists
 ESRGAN's RRDB-PSNR:           python train_srresnet.py --data_folder data_lists --generator_arch rrdb --pixel_loss l1 \\
-                                  --learning_rate 2e-4 --learning_rate_milestones 200000 400000 600000 800000 \\
-                                  --learning_rate_gamma 0.5
+                                  --crop_size 128 --learning_rate 2e-4 --learning_rate_gamma 0.5 \\
+                                  --learning_rate_milestones 200000 400000 600000 800000
 Real-ESRNet (Real-ESRGAN's    python train_srresnet.py --data_folder data_lists --generator_arch rrdb --pixel_loss l1 \\
 first stage):                     --degradation realesrgan --queue_size 180 --crop_size 256 --learning_rate 2e-4 \\
                                   --ema_decay 0.999

@@ -347,13 +347,14 @@ class ModelEMA:
     """
     An exponential moving average of a model's weights: ema = decay * ema + (1 - decay) * weights, after
     every optimiser step. The average is smoother than the weights themselves (GAN training makes them
-    jitter), so ESRGAN / Real-ESRGAN evaluate and release the EMA weights.
+    jitter), so Real-ESRGAN and BasicSR (its ESRGAN options too) evaluate and release the EMA weights.
 
-    Warm-up: at iteration t the decay is min(decay, (1 + t) / (10 + t)), as in TensorFlow's
-    ExponentialMovingAverage. Without it, the average of a short run is mostly the random initial weights (with
-    decay 0.999, 0.999^750 = 47% of it after 750 iterations: on Set5, 26.7 dB where the weights themselves had
-    29.6); with it, the average spans about the last tenth of the run until that reaches 1 / (1 - decay)
-    iterations. The decay depends on the iteration only, so a resumed run averages exactly as a whole one.
+    Warm-up (a departure from BasicSR's and Real-ESRGAN's constant decay): at iteration t the decay is
+    min(decay, (1 + t) / (10 + t)), as in TensorFlow's ExponentialMovingAverage. Without it, the average of a short
+    run is mostly the random initial weights (with decay 0.999, 0.999^750 = 47% of it after 750 iterations: on Set5,
+    26.7 dB where the weights themselves had 29.6); with it, the average spans about the last tenth of the run until
+    that reaches 1 / (1 - decay) iterations. The decay depends on the iteration only, so a resumed run averages
+    exactly as a whole one.
     """
 
     def __init__(self, model, decay):
@@ -659,7 +660,8 @@ def make_optimizer(network, hp):
 
     fused (hp.fused_adam): one kernel updates every weight; the default (foreach) runs ~10 operations per weight
     tensor, and on CPUs they take a slow path for channels_last weights (about 15x slower for SRResNet, measured on
-    an AVX2 CPU). The same arithmetic either way.
+    an AVX2 CPU). The same arithmetic either way. (Departure from the official ESRGAN and Real-ESRGAN code, whose
+    betas are (0.9, 0.99); the ESRGAN paper's are these.)
 
     :return: (optimizer, scheduler), the MultiStepLR stepped once per iteration
     """
