@@ -1,7 +1,8 @@
 """Measuring super-resolution the way papers do, and evaluating a generator on a test set.
 
 Papers report PSNR / SSIM under one fixed protocol, computed with MATLAB. To put our numbers next to theirs we
-reproduce that protocol exactly:
+reproduce that protocol exactly (Departure from the classic tutorial, whose own protocol, kept as 'classic' for
+comparison, differs at almost every step):
   1. LR test images are made with MATLAB's `imresize(hr, 1/s, 'bicubic')` (antialiased, 8 bits per pass).
   2. The HR image is cropped top-left to a multiple of s; the SR output is quantised to 8 bits.
   3. RGB images are measured on their luma Y (BT.601, MATLAB's `rgb2ycbcr` on the 8-bit image: Y in [16, 235],

@@ -13,8 +13,9 @@ adversarial, the "perceptual loss". Here, as in ESRGAN and Real-ESRGAN, "percept
 
 Recipes (--recipe) set the hyperparameters of each paper; any flag given explicitly still wins:
   srgan       Ledig et al. 2017: MSE between VGG19 relu5_4 features + 1e-3 vanilla GAN loss
-  esrgan      Wang et al. 2018: relativistic average GAN, L1 between VGG conv5_4 features (before the ReLU),
-              pixel L1, EMA
+  esrgan      Wang et al. 2018: relativistic average GAN, VGG conv5_4 features (before the ReLU), pixel L1,
+              128x128 crops; from its official code (BasicSR's options): the L1 distance between the features and
+              an EMA of the weights
   realesrgan  Wang et al. 2021: trained on synthetic real-world degradations, U-Net discriminator, 5-layer
               perceptual loss, sharpened targets
 
@@ -33,13 +34,11 @@ Every hyperparameter below can be overridden by a flag of the same name; --help 
 --cutblur_prob.)
 """
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import augmentations
-import checkpoints
 import cli
 import datasets
 import degradations
@@ -96,7 +95,7 @@ hyperparameters = dict(
     vgg_pooling="auto",  # VGG19's pooling: 'max' (its own), 'avg' (average pooling in its place) or 'auto': max for
     #   the ImageNet weights, avg for random ones (a random VGG19 with max-pooling teaches the generator a grid:
     #   docs/training.md, "Where the grid comes from")
-    perceptual_loss="mse",  # distance between feature maps: 'mse' (SRGAN) or 'l1' (ESRGAN)
+    perceptual_loss="mse",  # distance between feature maps: 'mse' (SRGAN) or 'l1' (ESRGAN's and Real-ESRGAN's code)
     perceptual_loss_weight=1.0,  # weight of the perceptual (VGG) loss
     pixel_loss_weight=0.0,  # weight of an L1 pixel loss (ESRGAN: 1e-2, Real-ESRGAN: 1)
     adversarial_loss_weight=1e-3,  # weight of the generator's adversarial loss (SRGAN's beta)
@@ -107,7 +106,8 @@ hyperparameters = dict(
     learning_rate_milestones=[100_000],  # iterations at which the learning rates are multiplied by
     #   learning_rate_gamma
     learning_rate_gamma=0.1,  # factor applied at each milestone (SRGAN: divided by 10 halfway)
-    ema_decay=0.0,  # keep an exponential moving average of the generator's weights (0: off; ESRGAN-style 0.999)
+    ema_decay=0.0,  # keep an exponential moving average of the generator's weights (0: off; BasicSR's and
+    #   Real-ESRGAN's 0.999)
     # Speed (docs/training.md, "Training faster and safer")
     precision="auto",  # 'auto', 'fp32', 'bf16' or 'fp16' (autocast); 'auto' picks what the hardware does well
     channels_last=True,  # NHWC memory layout, faster for convolutions with bf16 / fp16
@@ -138,14 +138,19 @@ hyperparameters = dict(
 hyperparameters.update(degradations.DEGRADATION_DEFAULTS)
 
 # What each recipe changes from the defaults above (the SRGAN paper's). Reading this table is a good summary
-# of what ESRGAN and Real-ESRGAN changed.
+# of what ESRGAN and Real-ESRGAN changed. Where a paper and its official code differ, the comments say which is
+# followed (docs/departures.md lists them). Adam keeps PyTorch's betas (0.9, 0.999) in all three, the ESRGAN paper's;
+# the official option files of ESRGAN (BasicSR) and Real-ESRGAN use (0.9, 0.99).
 RECIPES = {
     "srgan": {},
     "esrgan": dict(
-        gan_type="relativistic", perceptual_layers=["conv5_4"], perceptual_loss="l1",
+        gan_type="relativistic", perceptual_layers=["conv5_4"], crop_size=128,  # the paper's 128x128 HR patches
+        # Departure from the paper (which changes SRGAN's layer, not its distance): the official code's L1 distance
+        # between the VGG features, with which the weights below were set.
+        perceptual_loss="l1",
         pixel_loss_weight=1e-2, perceptual_loss_weight=1.0, adversarial_loss_weight=5e-3,
         iterations=400_000, learning_rate_milestones=[50_000, 100_000, 200_000, 300_000], learning_rate_gamma=0.5,
-        ema_decay=0.999,
+        ema_decay=0.999,  # (Departure from the paper, which has no EMA: BasicSR's ESRGAN options, as Real-ESRGAN)
     ),
     "realesrgan": dict(
         degradation="realesrgan", queue_size=180, discriminator_arch="unet", gan_type="vanilla", crop_size=256,
@@ -153,6 +158,8 @@ RECIPES = {
         perceptual_layer_weights=[0.1, 0.1, 1.0, 1.0, 1.0], perceptual_loss="l1",
         pixel_loss_weight=1.0, perceptual_loss_weight=1.0, adversarial_loss_weight=0.1,
         iterations=400_000, learning_rate_milestones=[400_000], ema_decay=0.999,
+        # (Departure: batch_size stays 16, where the paper used 48, 12 on each of 4 GPUs: 48 crops of 256 pixels
+        # through RRDBNet, the U-Net and VGG19 need a large GPU. --batch_size 48 --queue_size 720 gives the paper's.)
     ),
 }
 
@@ -303,6 +310,12 @@ DISCRIMINATOR_ARCHITECTURE = ("discriminator_arch", "kernel_size_d", "first_kern
                               "n_blocks_d", "fc_size_d", "num_feat_d", "antialias_d")
 
 
+# What a checkpoint of this script holds besides training.RESUMABLE_KEYS: the discriminator's weights, architecture,
+# optimiser and schedule.
+RESUMABLE_DISCRIMINATOR_KEYS = ("discriminator", "discriminator_arch", "discriminator_kwargs", "optimizer_d",
+                                "scheduler_d")
+
+
 def discriminator_flags(arch, kwargs):
     """The flags that build a discriminator (build_discriminator's), e.g. '--discriminator_arch srgan --n_blocks_d 8'."""
     return " ".join([f"--discriminator_arch {arch}"] + [f"--{name}_d {value}" for name, value in kwargs.items()])
@@ -312,7 +325,8 @@ def vgg_pooling(hp):
     """The pooling of the perceptual loss's VGG19: --vgg_pooling, with 'auto' as 'avg' for a random VGG19 and 'max'
     (the network's own) for trained weights. Max-pooling rewards any added high-frequency energy (the largest of four
     values grows when they oscillate), which random filters cannot tell from detail: the generator's cheapest such
-    energy is a fixed pattern of its sub-pixel lattice. Average pooling is linear and gives no such reward."""
+    energy is a fixed pattern of its sub-pixel lattice. Average pooling is linear and gives no such reward.
+    (Departure from the papers, whose VGG19 is always ImageNet's, only with --vgg_weights random.)"""
     if hp.vgg_pooling == "auto":
         return "avg" if hp.vgg_weights == "random" else "max"
     return hp.vgg_pooling
@@ -403,39 +417,24 @@ def main():
     # Processes, precision, a checked and locked output folder, the seed (training.setup_training).
     rank, world_size, device, precision = training.setup_training(hp, "srgan")
     is_main_process = rank == 0  # only one process prints and writes checkpoints
-    checkpoint_path = Path(hp.output_folder) / "checkpoint_srgan.pth"
 
-    resumed = checkpoints.load_checkpoint(hp.checkpoint, expected_kind="srgan") if hp.checkpoint else None
-    if resumed:  # a run to resume, with everything a checkpoint holds
-        training.check_resumable(resumed, hp.checkpoint, required=("discriminator", "discriminator_arch",
-                                                                "discriminator_kwargs", "optimizer_d", "scheduler_d"))
-        # The networks come from the checkpoint (its discriminator too), and the data must still fit them.
-        training.reconcile_resumed_hyperparameters(resumed, hp, RENAMED, architecture=("scaling_factor",
-                                                                                    *DISCRIMINATOR_ARCHITECTURE),
-                                                not_used=("srresnet_checkpoint",))
+    # The networks: the generator (from the run we resume, None for a new run, or from the pixel-loss network), the
+    # discriminator and the frozen VGG19 (build_networks); an Adam and a learning-rate schedule for each of the two
+    # trained; and, if asked, the average of the generator's weights (EMA).
+    resumed = training.load_run_to_resume(hp, "srgan", RENAMED, ("scaling_factor", *DISCRIMINATOR_ARCHITECTURE),
+                                          not_used=("srresnet_checkpoint",), required=RESUMABLE_DISCRIMINATOR_KEYS)
     generator, discriminator, vgg, architecture = build_networks(hp, resumed, device)
-    # fused: one kernel per step updates every weight (see train_srresnet.py).
-    optimizer_g = torch.optim.Adam(generator.parameters(), lr=hp.learning_rate, fused=hp.fused_adam or None)
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=hp.learning_rate, fused=hp.fused_adam or None)
-    scheduler_g = torch.optim.lr_scheduler.MultiStepLR(optimizer_g, hp.learning_rate_milestones,
-                                                       hp.learning_rate_gamma)
-    scheduler_d = torch.optim.lr_scheduler.MultiStepLR(optimizer_d, hp.learning_rate_milestones,
-                                                       hp.learning_rate_gamma)
+    optimizer_g, scheduler_g = training.make_optimizer(generator, hp)
+    optimizer_d, scheduler_d = training.make_optimizer(discriminator, hp)
     ema = training.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
-    # PSNR / SSIM on val_sets as training goes, as eval.py measures them (a GAN trades some PSNR for texture, so the
-    # best file here is the generator's most faithful state, not its most realistic one). The generator starts trained,
-    # so its starting weights are a candidate too: the best file is never less faithful than the pixel-loss network.
-    validation = training_log.Validation(hp, "srgan", generator, ema, Path(hp.output_folder) / "best_srgan.pth",
-                                         is_main_process, start_is_candidate=True,
-                                         generator_arch=architecture["generator_arch"],
-                                         generator_kwargs=architecture["generator_kwargs"])
-    pair_pool = degradations.make_pair_pool(hp, rank, world_size)  # Real-ESRGAN's training-pair pool, or None
-    # Everything a checkpoint holds to continue exactly where it stopped (the best validation score and the pool's
-    # pairs too).
+    # Everything a checkpoint holds to continue exactly where it stopped. Validation (the best weights so far: a GAN
+    # trades some PSNR for texture, so the best file is the generator's most faithful state, not its most realistic
+    # one; the generator starts trained, so its starting weights are a candidate too) and Real-ESRGAN's training-pair
+    # pool join it, and a resumed run continues all from its checkpoint.
     stateful = dict(generator=generator, discriminator=discriminator, optimizer_g=optimizer_g,
-                    optimizer_d=optimizer_d, scheduler_g=scheduler_g, scheduler_d=scheduler_d, generator_ema=ema,
-                    validation=validation, pair_pool=pair_pool)
-    start_iteration = training.resume_training(resumed, stateful, hp, RENAMED) if resumed else 0
+                    optimizer_d=optimizer_d, scheduler_g=scheduler_g, scheduler_d=scheduler_d, generator_ema=ema)
+    validation, pair_pool, start_iteration = training_log.start_run(
+        "srgan", hp, stateful, resumed, RENAMED, rank, world_size, start_is_candidate=True, **architecture)
     if is_main_process:
         print(f"recipe {hp.recipe}: generator {architecture['generator_arch']} x{generator.scaling_factor} "
               f"({'resumed from ' + hp.checkpoint if resumed else 'from ' + hp.srresnet_checkpoint}), "
@@ -448,14 +447,10 @@ def main():
     grad_scaler_g = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 needs loss scaling
     grad_scaler_d = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     train_loader = datasets.make_train_loader(hp, start_iteration, rank, world_size)
-    stop_signal = training.GracefulExit()  # Ctrl+C and SIGTERM: save, then stop (in every process at once)
-    save = training.CheckpointSaver("srgan", checkpoint_path, hp, stateful, is_main_process, stop_signal,
-                                    resumed_from=hp.checkpoint if resumed else None, **architecture)
-    log = training_log.TrainingLog(["perceptual", "pixel", "adversarial", "discriminator"], hp, start_iteration,
-                                   device, is_main_process, f"train_srgan ({hp.recipe})",
-                                   learning_rate=lambda: scheduler_g.get_last_lr()[0], validation=validation,
-                                   kind="srgan", resumed=resumed)
-    stateful["running_losses"] = log.running_losses  # saved too: the first report after a resume is the whole run's
+    # Ctrl+C / SIGTERM, checkpoints, the progress bar, reports and logs: the duties of the loop's end.
+    stop_signal, save, log = training_log.start_duties(
+        "srgan", hp, stateful, resumed, start_iteration, device, is_main_process,
+        ["perceptual", "pixel", "adversarial", "discriminator"], f"train_srgan ({hp.recipe})", **architecture)
 
     generator.train()
     discriminator.train()

@@ -9,8 +9,8 @@ textures); train_srgan.py then starts from this network and makes it produce sha
 Quick start (CPU, minutes):   python train_srresnet.py --data_folder data_lists --iterations 200 --n_blocks 4
 Classic SRResNet (GPU, days): python train_srresnet.py --data_folder data_lists
 ESRGAN's RRDB-PSNR:           python train_srresnet.py --data_folder data_lists --generator_arch rrdb --pixel_loss l1 \\
-                                  --learning_rate 2e-4 --learning_rate_milestones 200000 400000 600000 800000 \\
-                                  --learning_rate_gamma 0.5
+                                  --crop_size 128 --learning_rate 2e-4 --learning_rate_gamma 0.5 \\
+                                  --learning_rate_milestones 200000 400000 600000 800000
 Real-ESRNet (Real-ESRGAN's    python train_srresnet.py --data_folder data_lists --generator_arch rrdb --pixel_loss l1 \\
 first stage):                     --degradation realesrgan --queue_size 180 --crop_size 256 --learning_rate 2e-4 \\
                                   --ema_decay 0.999
@@ -28,13 +28,10 @@ Watch it:                     tensorboard --logdir <output_folder> (validation o
 Every hyperparameter below can be overridden by a flag of the same name; --help lists them.
 (--lr, --lr_milestones and --lr_gamma, the old names of the learning-rate flags, still work.)
 """
-from pathlib import Path
-
 import torch
 from torch import nn
 
 import augmentations
-import checkpoints
 import cli
 import datasets
 import degradations
@@ -189,23 +186,18 @@ def check_hyperparameters(hp):
                                     f"The generator ({hp.generator_arch})")
 
 
-def main():
-    hp = cli.parse_hyperparameters(hyperparameters, __doc__, [__file__, degradations.__file__],
-                                   aliases=cli.RENAMED_HYPERPARAMETERS)
-    check_hyperparameters(hp)
-    # Processes, precision, a checked and locked output folder, the seed (training.setup_training).
-    rank, world_size, device, precision = training.setup_training(hp, "srresnet")
-    is_main_process = rank == 0  # only one process prints and writes checkpoints
-    checkpoint_path = Path(hp.output_folder) / "checkpoint_srresnet.pth"
+def make_generator(hp, resumed, device, is_main_process):
+    """
+    The generator to train, on `device`, in the memory layout of --channels_last: the one of the run we resume, or
+    pretrained weights to fine-tune (both bring their architecture with them), or a new one from the flags.
 
-    # The generator: a new one, the one of the checkpoint we resume, or pretrained weights to fine-tune (the last two
-    # bring their architecture with them).
-    resumed = checkpoints.load_checkpoint(hp.checkpoint, expected_kind="srresnet") if hp.checkpoint else None
+    Fine-tuning sets the architecture flags of hp to the weights' (the checkpoints record the network really used),
+    and says in one line what it starts from. The network must fit the data's scale, and CutBlur an x1 model.
+
+    :param resumed: the checkpoint of the run --checkpoint resumes (training.load_run_to_resume), or None
+    :return: (generator, architecture: dict(generator_arch, generator_kwargs), what the checkpoints store)
+    """
     if resumed:
-        training.check_resumable(resumed, hp.checkpoint)  # a run to resume, with everything a checkpoint holds
-        # The architecture flags become the checkpoint's (other values given are refused).
-        training.reconcile_resumed_hyperparameters(resumed, hp, cli.RENAMED_HYPERPARAMETERS, ARCHITECTURE,
-                                                   not_used=("pretrained",))
         # (Built once its weights are known to fit what the file says of it: models.generator_from_weights.)
         generator = models.generator_from_weights(resumed["generator_arch"], resumed["generator_kwargs"],
                                                   resumed["generator"], f"{hp.checkpoint} (generator)").to(device)
@@ -252,43 +244,46 @@ def main():
     source = f"--pretrained {hp.pretrained}" if hp.pretrained and not resumed else f"The {arch} generator"
     inference.check_generator_scale(generator, hp.scaling_factor, source)
     augmentations.check_generator_scale(augmentations.mixture_of(hp), generator.scaling_factor)
-    memory_format = utils.memory_format(hp.channels_last)
-    generator = generator.to(memory_format=memory_format)
-    # fused: one kernel updates every weight; the default (foreach) runs ~10 operations per weight tensor, and on CPUs
-    # they take a slow path for channels_last weights (about 15x slower for SRResNet, measured on an AVX2 CPU).
-    optimizer = torch.optim.Adam(generator.parameters(), lr=hp.learning_rate, fused=hp.fused_adam or None)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=hp.learning_rate_milestones,
-                                                     gamma=hp.learning_rate_gamma)
+    generator = generator.to(memory_format=utils.memory_format(hp.channels_last))
+    return generator, dict(generator_arch=arch, generator_kwargs=kwargs)
+
+
+def main():
+    hp = cli.parse_hyperparameters(hyperparameters, __doc__, [__file__, degradations.__file__],
+                                   aliases=cli.RENAMED_HYPERPARAMETERS)
+    check_hyperparameters(hp)
+    # Processes, precision, a checked and locked output folder, the seed (training.setup_training).
+    rank, world_size, device, precision = training.setup_training(hp, "srresnet")
+    is_main_process = rank == 0  # only one process prints and writes checkpoints
+
+    # The generator: a new one, the one of the run we resume (its checkpoint, None for a new run), or pretrained
+    # weights to fine-tune; Adam and its learning-rate schedule; and, if asked, the average of its weights (EMA).
+    resumed = training.load_run_to_resume(hp, "srresnet", cli.RENAMED_HYPERPARAMETERS, ARCHITECTURE,
+                                          not_used=("pretrained",))
+    generator, architecture = make_generator(hp, resumed, device, is_main_process)
+    optimizer, scheduler = training.make_optimizer(generator, hp)
     ema = training.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None
-    # PSNR / SSIM on the test sets val_sets as training goes, exactly as eval.py measures them; keeps the best weights.
-    # Fine-tuning: the starting weights are a candidate too, so the best file is never worse than them.
-    validation = training_log.Validation(hp, "srresnet", generator, ema, Path(hp.output_folder) / "best_srresnet.pth",
-                                         is_main_process, start_is_candidate=hp.pretrained is not None,
-                                         generator_arch=arch, generator_kwargs=kwargs)
-    pair_pool = degradations.make_pair_pool(hp, rank, world_size)  # Real-ESRGAN's training-pair pool, or None
-    # Everything a checkpoint holds to continue exactly where it stopped (the best validation score and the pool's
-    # pairs too).
-    stateful = dict(generator=generator, optimizer_g=optimizer, scheduler_g=scheduler, generator_ema=ema,
-                    validation=validation, pair_pool=pair_pool)
-    start_iteration = training.resume_training(resumed, stateful, hp, cli.RENAMED_HYPERPARAMETERS) if resumed else 0
+    # Everything a checkpoint holds to continue exactly where it stopped. Validation (the best weights so far; when
+    # fine-tuning, the starting weights are a candidate too, so the best file is never worse than them) and
+    # Real-ESRGAN's training-pair pool join it, and a resumed run continues all from its checkpoint.
+    stateful = dict(generator=generator, optimizer_g=optimizer, scheduler_g=scheduler, generator_ema=ema)
+    validation, pair_pool, start_iteration = training_log.start_run(
+        "srresnet", hp, stateful, resumed, cli.RENAMED_HYPERPARAMETERS, rank, world_size,
+        start_is_candidate=hp.pretrained is not None, **architecture)
     if is_main_process:
         n_parameters = sum(p.numel() for p in generator.parameters())
         resuming = f"; resuming from {hp.checkpoint} at iteration {start_iteration}" if resumed else ""
-        print(f"{arch} x{generator.scaling_factor}: {n_parameters:,} parameters; device {device} "
-              f"(x{world_size} processes), precision {precision}{resuming}.")
+        print(f"{architecture['generator_arch']} x{generator.scaling_factor}: {n_parameters:,} parameters; device "
+              f"{device} (x{world_size} processes), precision {precision}{resuming}.")
 
     model = training.wrap_for_training(generator, hp, device, world_size)  # DDP / torch.compile, as asked
     loss_function = {"mse": nn.MSELoss(), "l1": nn.L1Loss()}[hp.pixel_loss]  # (checked by check_hyperparameters)
     grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 needs loss scaling
+    memory_format = utils.memory_format(hp.channels_last)
     train_loader = datasets.make_train_loader(hp, start_iteration, rank, world_size)
-    stop_signal = training.GracefulExit()  # Ctrl+C and SIGTERM: save, then stop (in every process at once)
-    save = training.CheckpointSaver("srresnet", checkpoint_path, hp, stateful, is_main_process, stop_signal,
-                                    resumed_from=hp.checkpoint if resumed else None, generator_arch=arch,
-                                    generator_kwargs=kwargs)
-    log = training_log.TrainingLog(["loss"], hp, start_iteration, device, is_main_process, "train_srresnet",
-                                   learning_rate=lambda: scheduler.get_last_lr()[0], validation=validation,
-                                   kind="srresnet", resumed=resumed)
-    stateful["running_losses"] = log.running_losses  # saved too: the first report after a resume is the whole run's
+    # Ctrl+C / SIGTERM, checkpoints, the progress bar, reports and logs: the duties of the loop's end.
+    stop_signal, save, log = training_log.start_duties("srresnet", hp, stateful, resumed, start_iteration, device,
+                                                       is_main_process, ["loss"], "train_srresnet", **architecture)
 
     # The training loop: one batch of crops per iteration.
     generator.train()

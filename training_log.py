@@ -5,6 +5,9 @@
                                   the best weights so far (best_<kind>.pth)
   LogFiles, read_jsonl            TensorBoard event files and a JSON-lines log, continued exactly by a resumed run
   TrainingLog                     the progress bar, reports and validations a training loop asks for
+  start_run, start_duties         the set-up both training scripts share around their networks and optimisers:
+                                  validation, the training-pair pool and the resume; the signals, checkpoints and log
+                                  that the end of each iteration calls
   export_command                  the command a finished run suggests, to use its generator elsewhere
 """
 import json
@@ -19,8 +22,10 @@ import torch
 from tqdm import tqdm
 
 import checkpoints
+import degradations
 import inference
 import metrics
+import training
 import utils
 
 def check_finite(loss, iteration, checkpoint_path, since_iteration=None):
@@ -439,6 +444,63 @@ class TrainingLog:
         if paths:
             print("To run the generator in other programs, export it (to .onnx, .pth or .safetensors; see "
                   "docs/export.md):\n" + "\n".join(f"    {export_command(p)}" for p in paths))
+
+
+def start_run(kind, hp, stateful, resumed, aliases, rank, world_size, start_is_candidate, **architecture):
+    """
+    Complete a training script's `stateful` (name -> what a checkpoint saves and a resumed run loads) with the
+    validation and Real-ESRGAN's training-pair pool, then continue a resumed run from its checkpoint
+    (training.resume_training: every object of `stateful`, the random-number state, the learning-rate schedule).
+
+    :param kind: 'srresnet' or 'srgan': the best weights go to best_<kind>.pth in hp.output_folder
+    :param stateful: the networks, optimisers and schedulers, and "generator" and "generator_ema" (a ModelEMA or
+                     None) among them; "validation" and "pair_pool" are added
+    :param resumed: the checkpoint of the run resumed (training.load_run_to_resume), or None
+    :param aliases: the script's renamed hyperparameters, for an older checkpoint's
+    :param start_is_candidate: whether the starting weights may be the best (Validation)
+    :param architecture: generator_arch and generator_kwargs (stored with the best weights), and any other names
+                         the script's checkpoints store (not used here)
+    :return: (validation, the pair pool or None when --queue_size is 0, the iteration to start from)
+    """
+    validation = Validation(hp, kind, stateful["generator"], stateful["generator_ema"],
+                            Path(hp.output_folder) / f"best_{kind}.pth", rank == 0,
+                            start_is_candidate=start_is_candidate, generator_arch=architecture["generator_arch"],
+                            generator_kwargs=architecture["generator_kwargs"])
+    pair_pool = degradations.make_pair_pool(hp, rank, world_size)
+    stateful.update(validation=validation, pair_pool=pair_pool)
+    start_iteration = training.resume_training(resumed, stateful, hp, aliases) if resumed else 0
+    return validation, pair_pool, start_iteration
+
+
+def start_duties(kind, hp, stateful, resumed, start_iteration, device, is_main_process, loss_names, description,
+                 **architecture):
+    """
+    What the end of each iteration of a training loop calls, each when it is due:
+
+      stop_signal   training.GracefulExit: Ctrl+C and SIGTERM become "save, then stop", in every process at once
+      save          training.CheckpointSaver: checkpoint_<kind>.pth in hp.output_folder, atomically, holding
+                    `stateful` and `architecture` (room for it on the disk is checked now)
+      log           TrainingLog: the progress bar, the running losses (`loss_names`), validation and the log files;
+                    a fresh run validates its starting point now
+
+    The running losses join `stateful` as "running_losses": a checkpoint holds them, so the first report after a
+    resume averages the same iterations as an uninterrupted run's.
+
+    :param stateful: as start_run completed it ("scheduler_g" gives the learning rate reported, "validation" the
+                     validation)
+    :param description: the progress bar's label, e.g. 'train_srresnet'
+    :return: (stop_signal, save, log)
+    """
+    stop_signal = training.GracefulExit()
+    save = training.CheckpointSaver(kind, Path(hp.output_folder) / f"checkpoint_{kind}.pth", hp, stateful,
+                                    is_main_process, stop_signal, resumed_from=hp.checkpoint if resumed else None,
+                                    **architecture)
+    scheduler = stateful["scheduler_g"]
+    log = TrainingLog(loss_names, hp, start_iteration, device, is_main_process, description,
+                      learning_rate=lambda: scheduler.get_last_lr()[0], validation=stateful["validation"], kind=kind,
+                      resumed=resumed)
+    stateful["running_losses"] = log.running_losses
+    return stop_signal, save, log
 
 
 def export_command(path):

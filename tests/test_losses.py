@@ -140,7 +140,7 @@ RECIPE_HYPERPARAMETERS = {
     "srgan": dict(COMMON, gan_type="vanilla", perceptual_layers=["relu5_4"], perceptual_loss="mse",
                   perceptual_loss_weight=1.0, pixel_loss_weight=0.0, adversarial_loss_weight=1e-3,
                   iterations=200_000, learning_rate_milestones=[100_000], learning_rate_gamma=0.1, ema_decay=0.0),
-    "esrgan": dict(COMMON, gan_type="relativistic", perceptual_layers=["conv5_4"], perceptual_loss="l1",
+    "esrgan": dict(COMMON, crop_size=128, gan_type="relativistic", perceptual_layers=["conv5_4"], perceptual_loss="l1",
                    perceptual_loss_weight=1.0, pixel_loss_weight=1e-2, adversarial_loss_weight=5e-3,
                    iterations=400_000, learning_rate_milestones=[50_000, 100_000, 200_000, 300_000],
                    learning_rate_gamma=0.5, ema_decay=0.999),
