@@ -99,6 +99,8 @@ hyperparameters = dict(
     perceptual_loss_weight=1.0,  # weight of the perceptual (VGG) loss
     pixel_loss_weight=0.0,  # weight of an L1 pixel loss (ESRGAN: 1e-2, Real-ESRGAN: 1)
     adversarial_loss_weight=1e-3,  # weight of the generator's adversarial loss (SRGAN's beta)
+    lattice_loss_weight=0.0,  # weight of the sub-pixel lattice loss (lattice_loss: ties the s x s phase means of SR to
+    #   HR's, the only place a fixed grid can hide; 0: off)
     # Learning
     batch_size=16,  # crops per iteration (over all processes together)
     iterations=200_000,  # training iterations (the SRGAN paper: 1e5 at a learning rate of 1e-4, then 1e5 at 1e-5)
@@ -282,6 +284,28 @@ def perceptual_loss(vgg, sr_imgs, hr_imgs, distance):
         hr_features = vgg(utils.convert_image(hr_imgs, "[0, 1]", "imagenet-norm"))
     return sum(weight * distances[distance](sr_features[name].float(), hr_features[name].float())
                for name, weight in vgg.layer_weights.items())
+
+
+def lattice_loss(sr_imgs, target_imgs, scaling_factor):
+    """
+    The sub-pixel lattice loss: how far the s x s phase means of SR are from HR's (s = scaling_factor).
+
+    An x s generator makes each output pixel (y, x) with its sub-pixel channel (y mod s, x mod s): a fixed s x s
+    pattern added to the output (a grid) shifts the mean of each of the s^2 phases by its own amount, and changes
+    nothing else of these means. A discriminator that has learnt "sharp means real" rewards any added high-frequency
+    energy, and such a pattern is the cheapest the generator can make; this loss takes that path away and leaves every
+    other detail to the other losses. Per image and channel, the phase means of SR - target without their mean:
+
+        mean over images, channels and phases of ( mean over the positions of phase (a, b) of (SR - target) )^2
+
+    :param sr_imgs, target_imgs: (N, C, H, W), H and W multiples of s (training crops are)
+    :return: scalar tensor (float32)
+    """
+    n, c, h, w = sr_imgs.shape
+    s = scaling_factor
+    phases = (sr_imgs - target_imgs).float().reshape(n, c, h // s, s, w // s, s).mean(dim=(2, 4))   # (N, C, s, s)
+    phases = phases - phases.mean(dim=(2, 3), keepdim=True)  # a shift of the whole image is no pattern
+    return (phases ** 2).mean()
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -470,6 +494,7 @@ def main():
                 sr_imgs = sr_imgs * loss_mask
             perceptual = perceptual_loss(vgg, sr_imgs, perceptual_target_imgs, hp.perceptual_loss)
             pixel = F.l1_loss(sr_imgs, pixel_target_imgs)
+            lattice = lattice_loss(sr_imgs, pixel_target_imgs, hp.scaling_factor) if hp.lattice_loss_weight else 0.0
             fake_logits = discriminator(sr_imgs).float()
             # The relativistic loss also needs D's opinion of real images (a constant for the generator).
             real_logits = None
@@ -478,7 +503,7 @@ def main():
                     real_logits = discriminator(real_imgs).float()
             adversarial = adversarial_loss(real_logits, fake_logits, hp.gan_type, for_generator=True)
             generator_loss = (hp.perceptual_loss_weight * perceptual + hp.pixel_loss_weight * pixel
-                              + hp.adversarial_loss_weight * adversarial)
+                              + hp.adversarial_loss_weight * adversarial + hp.lattice_loss_weight * lattice)
         optimizer_g.zero_grad(set_to_none=True)
         grad_scaler_g.scale(generator_loss).backward()
         grad_scaler_g.step(optimizer_g)

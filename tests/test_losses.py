@@ -226,3 +226,24 @@ def test_vgg_pooling_auto_is_average_for_a_random_vgg_and_max_for_imagenet():
                                        ("random", "auto", "avg"), ("random", "max", "max"), ("imagenet", "avg", "avg")]:
         hp = SimpleNamespace(vgg_weights=weights, vgg_pooling=pooling)
         assert train_srgan.vgg_pooling(hp) == expected
+
+
+def test_lattice_loss_sees_a_fixed_pattern_and_nothing_else():
+    """lattice_loss: 0 for SR = HR and for a shift of the whole image; a fixed 4x4 pattern added to SR gives the mean
+    square of that pattern (its mean removed), computed here by hand, position by position."""
+    torch.manual_seed(0)
+    hr_imgs = torch.rand(2, 3, 16, 12)
+    assert train_srgan.lattice_loss(hr_imgs, hr_imgs, 4) == 0
+    assert train_srgan.lattice_loss(hr_imgs + 0.1, hr_imgs, 4) < 1e-12
+    pattern = torch.rand(4, 4)
+    sr_imgs = hr_imgs + pattern.repeat(4, 3)                                   # (2, 3, 16, 12): tiled 4 x 3 times
+    by_hand = sum(float(pattern[a, b] - pattern.mean()) ** 2 for a in range(4) for b in range(4)) / 16
+    assert float(train_srgan.lattice_loss(sr_imgs, hr_imgs, 4)) == pytest.approx(by_hand, rel=1e-5)
+    # Descending it removes the pattern from every pixel of its phase alike.
+    sr = sr_imgs.clone().requires_grad_(True)
+    train_srgan.lattice_loss(sr, hr_imgs, 4).backward()
+    step = -sr.grad[0, 0, :4, :4]
+    assert torch.allclose(step / step.abs().max(), -(pattern - pattern.mean()) / (pattern - pattern.mean()).abs().max(),
+                          atol=1e-5)
+    assert torch.equal(sr.grad[..., :4, :4], sr.grad[..., 4:8, 8:12])
+
