@@ -483,7 +483,7 @@ def main():
         lr_imgs, pixel_target_imgs, perceptual_target_imgs, real_imgs, loss_mask = make_gan_batch(
             lr_imgs, hr_imgs, hp, iteration, rank, generator, device, pair_pool)
 
-        # ---- Generator step: perceptual + pixel + adversarial loss. ----
+        # ---- Generator step: perceptual + pixel + adversarial loss (+ the lattice loss, if weighted). ----
         # The discriminator's weights get no gradients here (saves time; its optimiser would ignore them anyway).
         # It is called unwrapped: with several processes only the discriminator step syncs its gradients.
         discriminator.requires_grad_(False)
@@ -494,6 +494,7 @@ def main():
                 sr_imgs = sr_imgs * loss_mask
             perceptual = perceptual_loss(vgg, sr_imgs, perceptual_target_imgs, hp.perceptual_loss)
             pixel = F.l1_loss(sr_imgs, pixel_target_imgs)
+            # No fixed s x s pattern (a grid): the phase means of SR follow HR's (lattice_loss).
             lattice = lattice_loss(sr_imgs, pixel_target_imgs, hp.scaling_factor) if hp.lattice_loss_weight else 0.0
             fake_logits = discriminator(sr_imgs).float()
             # The relativistic loss also needs D's opinion of real images (a constant for the generator).
