@@ -429,7 +429,7 @@ def calculate_niqe(img, crop_border=0):
 # moves and NIQE may even like it, but in the power spectrum such a pattern is plain: a pattern repeating every s
 # pixels puts all its power at the frequencies k / s cycles per pixel (the "lattice"). Comparing the spectra of SR and
 # HR tile by tile (Welch's method: the mean power spectrum of overlapping windowed tiles) gives three numbers:
-#   hf_gain     mean dB of SR / HR power above 0.1 cycles per pixel: < 0 blurrier than HR (bicubic x4: about -28 dB),
+#   hf_gain     mean dB of SR / HR power above 0.1 cycles per pixel: < 0 blurrier than HR (bicubic x4, Set14: -23),
 #               > 0 more high-frequency power than HR (noise, over-sharpening)
 #   lattice     dB by which the lattice frequencies stand above their neighbourhood in SR / HR: a pattern of period s
 #               (or 2, a checkerboard) makes peaks there; a pattern-free image scores about 0

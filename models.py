@@ -609,7 +609,8 @@ class UNetDiscriminatorSN(nn.Module):
     period 2, 4 and 8 into that gradient: measured on 64x64 crops, its power at the x4 lattice frequencies k / 4
     stands 16 dB above the neighbouring frequencies at initialisation and 26 dB after 200 GAN iterations, and the
     generator copies it into its images as a grid. The blur removes what the stride would alias (the gradient's lattice
-    falls to under 1 dB). The weights keep Real-ESRGAN's shapes and names.
+    falls to under 1 dB). The weights keep Real-ESRGAN's shapes and names. (A trained discriminator may still reward a
+    grid, as any high-frequency energy: train_srgan.lattice_loss is what stops that, docs/training.md.)
     """
 
     def __init__(self, num_in_ch=3, num_feat=64, skip_connection=True, antialias=False):
