@@ -1,4 +1,5 @@
-"""The documentation's links: README.md and docs/*.md must not point at anything that is not there.
+"""The documentation: README.md and docs/*.md must not point at anything that is not there, and the README teaches
+first (the tutorial near the top, every term explained before it is used).
 
 Every relative link (and image) must name an existing file or folder of the repository, and every #anchor must name a
 heading of the file it points into, slugged the way GitHub slugs headings: lowercase, punctuation dropped except
@@ -124,6 +125,68 @@ def test_readme_stays_a_tutorial():
     """The README is the lesson; the operator's reference lives in docs/."""
     size = len((REPO_ROOT / "README.md").read_bytes())
     assert size <= README_MAX_BYTES, f"README.md is {size:,} bytes, over {README_MAX_BYTES:,}: move reference to docs/"
+
+
+def test_the_tutorial_comes_first():
+    """Set-up and a two-line "Upscale a photo" come before the tutorial, everything else after it."""
+    lines = (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = next(number for number, line in enumerate(lines, start=1) if line.startswith("## Tutorial part 1"))
+    assert start <= 0.15 * len(lines), f"the tutorial starts at line {start} of {len(lines)}: move reference below it"
+
+
+# Terms the README uses, each with the words that explain it. A term's first use anywhere in the README (headings,
+# tables, code and captions included) must not come before the line where its explanation starts; the explanation
+# usually is that first use. {term: (regular expression of a use, the explaining text as written, line breaks aside)}
+TERMS = {
+    "x4": (r"\bx4\b", "**x4** (4 times the width and the height"),
+    "HR": (r"\bHR\b", "**HR**, the high-resolution image"),
+    "LR": (r"\bLR\b", "**LR**, the low-resolution image"),
+    "bicubic": (r"(?i)\bbicubic\b", "**bicubic** interpolation (each new pixel a smooth weighted average"),
+    "PReLU": (r"\bPReLU\b", "**PReLU** is a ReLU whose slope for negative inputs is learned"),
+    "batch norm": (r"(?i)\bbatch norm", "**batch norm** (batch normalisation) rescales each channel"),
+    "MSE": (r"\bMSE\b", "mean squared error (**MSE**)"),
+    "PSNR": (r"\bPSNR\b", "**PSNR** (peak signal-to-noise ratio"),
+    "SSIM": (r"\bSSIM\b", "**SSIM** (structural similarity"),
+    "Y": (r"\bY\b(?![.-])", "**Y**, the luma (brightness) channel"),  # not an author's initial (T.-Y. Lin)
+    "GAN": (r"\bGANs?\b", "**generative adversarial network (GAN)**"),
+    "VGG": (r"\bVGG", "**VGG19** (VGG for short), a 19-layer classifier"),
+    "EMA": (r"\bEMA\b|ema_decay", "an **EMA** (exponential moving average) of the generator's weights"),
+    "NIQE": (r"\bNIQE\b", "**NIQE** scores how far an image's local statistics are from those of natural photos"),
+    "SRVGGNetCompact": (r"\bSRVGGNetCompact\b", "`models.SRVGGNetCompact`, Part D of `models.py`: a plain stack"),
+}
+
+
+def terms_used_before_explained(text, terms):
+    """One message per term whose first use comes on a line before its explanation, or whose explanation is missing."""
+    def line_of(offset):
+        return text.count("\n", 0, offset) + 1
+
+    problems = []
+    for term, (use, explanation) in terms.items():
+        explained = re.search(re.escape(explanation).replace(r"\ ", r"\s+"), text)
+        if explained is None:
+            problems.append(f"{term!r}: its explanation {explanation!r} is missing")
+            continue
+        first_use = re.search(use, text)
+        if line_of(first_use.start()) < line_of(explained.start()):
+            problems.append(f"{term!r} is used on line {line_of(first_use.start())} "
+                            f"({text[first_use.start():first_use.start() + 40]!r}...) before it is explained on line "
+                            f"{line_of(explained.start())}")
+    return problems
+
+
+def test_the_readme_explains_each_term_before_using_it():
+    problems = terms_used_before_explained((REPO_ROOT / "README.md").read_text(encoding="utf-8"), TERMS)
+    assert not problems, "explain these terms at their first use, or use them later:\n" + "\n".join(problems)
+
+
+def test_the_term_check_finds_an_early_use():
+    terms = {"PSNR": (r"\bPSNR\b", "**PSNR** (peak signal-to-noise ratio")}
+    explained = "Intro.\n\nWe maximise **PSNR**\n(peak signal-to-noise ratio), a score.\n\nPSNR again.\n"
+    assert terms_used_before_explained(explained, terms) == []  # the explanation may break across lines
+    early = "A table of PSNR figures.\n\n" + explained
+    assert "used on line 1" in terms_used_before_explained(early, terms)[0]
+    assert "missing" in terms_used_before_explained("PSNR, never explained.\n", terms)[0]
 
 
 def test_every_reference_page_is_linked_from_the_readme():

@@ -78,11 +78,11 @@ def test_project_modules_are_imported_at_the_top_of_the_file(name):
 
 def test_the_lower_rooms_do_not_import_the_higher_ones():
     """The order of the rooms, from the bottom, as README.md's layout table lists them: images (utils) -> checkpoints
-    -> models -> porting -> ncnn_format -> inference -> degradations -> augmentations (the batch augmentations, which
-    need utils only) -> metrics (which runs generators on test sets, and degrades their LR images) -> the data ->
-    training."""
-    order = ["utils", "checkpoints", "models", "porting", "ncnn_format", "inference", "degradations", "augmentations", "metrics",
-             "datasets", "cli", "training", "training_log"]
+    -> fast_paths (the hardware speed paths the networks call) -> models -> porting -> ncnn_format -> inference ->
+    degradations -> augmentations (the batch augmentations, which need utils only) -> metrics (which runs generators on
+    test sets, and degrades their LR images) -> the data -> training."""
+    order = ["utils", "checkpoints", "fast_paths", "models", "porting", "ncnn_format", "inference", "degradations",
+             "augmentations", "metrics", "datasets", "cli", "training", "training_log"]
     graph = import_graph()
     for position, name in enumerate(order):
         higher = graph[name] & set(order[position + 1:])
