@@ -50,11 +50,19 @@ def read_validation(run_folder, kind):
     if not path.is_file():
         raise FileNotFoundError(f"No training log {path}: give the output folder of a train_{kind}.py run "
                                 f"(and --kind srgan for train_srgan.py's).")
+    return validation_of_records(training_log.read_jsonl(path), path)
+
+
+def validation_of_records(records, path):
+    """
+    The validation scores and bicubic's among the records of a log (training_log.read_jsonl of `path`, which the
+    message of a log without validation names): read_validation's result.
+    """
     def measured(value, names):  # a set's scores as the training scripts log them (a damaged record is not drawn)
         return isinstance(value, dict) and all(isinstance(value.get(name), (int, float)) for name in names)
 
     scores, bicubic = {}, {}
-    for record in training_log.read_jsonl(path):  # (records with an iteration: other lines are left out, with a note)
+    for record in records:  # (records with an iteration: other lines were left out, with a note)
         for test_set, value in (record["val"].items() if isinstance(record.get("val"), dict) else ()):
             if measured(value, ("psnr", "ssim")):
                 scores.setdefault(test_set, []).append((record["iteration"], value["psnr"], value["ssim"]))
@@ -102,15 +110,24 @@ def spread(items, count):
 # ------------------------------------------------------------------------------------------------------
 # Drawing
 # ------------------------------------------------------------------------------------------------------
-def save_figure(figure, path):
-    """Write a figure as a PNG atomically (utils.atomic_write) and close it."""
-    utils.atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=120, bbox_inches="tight"))
+def save_figure(figure, path, dpi=120):
+    """Write a figure as a PNG atomically (utils.atomic_write) and close it. The PNG carries no "Software" entry
+    (matplotlib's version) and no date: drawing the same figure again gives the same bytes."""
+    utils.atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=dpi, bbox_inches="tight",
+                                                         metadata={"Software": None}))
     plt.close(figure)
 
 
 def plot_curve(scores, bicubic, path, title):
     """Validation PSNR against the iteration, per test set, with bicubic's PSNR on the same set (dashed)."""
     figure, axes = plt.subplots(figsize=(7, 4))
+    draw_validation(axes, scores, bicubic)
+    axes.set_title(title)
+    save_figure(figure, path)
+
+
+def draw_validation(axes, scores, bicubic):
+    """plot_curve's lines and labels on the given matplotlib axes (docs/figures.py draws them beside the losses)."""
     for index, (test_set, values) in enumerate(scores.items()):
         colour = f"C{index}"
         iterations, psnrs, _ = zip(*values)
@@ -120,10 +137,8 @@ def plot_curve(scores, bicubic, path, title):
                          label=f"{test_set}: bicubic ({bicubic[test_set]['psnr']:.2f} dB)")
     axes.set_xlabel("iteration")
     axes.set_ylabel("validation PSNR (dB, Y channel)")
-    axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
-    save_figure(figure, path)
 
 
 def plot_strip(crops, scores, path, count, title):
