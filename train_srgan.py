@@ -91,12 +91,14 @@ hyperparameters = dict(
     perceptual_layers=["relu5_4"],  # VGG19 feature maps of the perceptual loss: convX_Y is taken before its ReLU,
     #   reluX_Y after it (SRGAN: relu5_4)
     perceptual_layer_weights=[1.0],  # one weight per layer in perceptual_layers
-    vgg_weights="imagenet",  # 'imagenet' (torchvision's download), a path to vgg19-dcbb9e9d.pth, or 'random'
+    vgg_weights="imagenet",  # 'imagenet' (torchvision's download), a path to vgg19-dcbb9e9d.pth, or 'random' (no
+    #   download; it brings the perceptual loss such a network needs: RANDOM_VGG below)
     vgg_pooling="auto",  # VGG19's pooling: 'max' (its own), 'avg' (average pooling in its place) or 'auto': max for
     #   the ImageNet weights, avg for random ones (a random VGG19 with max-pooling teaches the generator a grid:
     #   docs/training.md, "Where the grid comes from")
     perceptual_loss="mse",  # distance between feature maps: 'mse' (SRGAN) or 'l1' (ESRGAN's and Real-ESRGAN's code)
-    perceptual_loss_weight=1.0,  # weight of the perceptual (VGG) loss
+    perceptual_loss_weight=1 / 12.75 ** 2,  # weight of the perceptual (VGG) loss: the SRGAN paper divides the VGG
+    #   features by 12.75, which with the MSE distance is this weight, 0.0062 (perceptual_loss's docstring)
     pixel_loss_weight=0.0,  # weight of an L1 pixel loss (ESRGAN: 1e-2, Real-ESRGAN: 1)
     adversarial_loss_weight=1e-3,  # weight of the generator's adversarial loss (SRGAN's beta)
     lattice_loss_weight=0.0,  # weight of the sub-pixel lattice loss (lattice_loss: ties the s x s phase means of SR to
@@ -192,17 +194,38 @@ RENAMED = {
 }
 
 
+# The perceptual loss without the ImageNet download (--vgg_weights random), on top of any recipe. A randomly
+# initialised VGG19 has no trained deep features: the MSE of its relu5_4 alone is almost nil, so it compares five
+# layers from shallow to deep with the L1 distance (Real-ESRGAN's layers and weights), at weight 1; its pooling is
+# average pooling (vgg_pooling), and the lattice loss keeps the generator from answering its random filters with a
+# fixed grid of its sub-pixel lattice (docs/training.md, "Where the grid comes from", measured run by run).
+# (Departure from every paper, whose VGG19 is ImageNet's; explicit flags still win.)
+RANDOM_VGG = dict(
+    perceptual_layers=["conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4"],
+    perceptual_layer_weights=[0.1, 0.1, 1.0, 1.0, 1.0], perceptual_loss="l1", perceptual_loss_weight=1.0,
+    lattice_loss_weight=100.0,
+)
+
+
+def peek_flag(argv, name, default):
+    """The value of --name in argv (as `--name value` or `--name=value`) before the full parse, else default."""
+    value = default
+    for index, arg in enumerate(argv):
+        if arg == f"--{name}" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
 def apply_recipe(defaults, argv):
-    """The defaults with the chosen recipe's values on top (explicit flags are applied after, by the parser)."""
-    recipe = defaults["recipe"]
-    for index, arg in enumerate(argv):  # peek at --recipe before the full parse
-        if arg == "--recipe" and index + 1 < len(argv):
-            recipe = argv[index + 1]
-        elif arg.startswith("--recipe="):
-            recipe = arg.split("=", 1)[1]
+    """The defaults with the chosen recipe's values on top, then RANDOM_VGG's for --vgg_weights random (explicit
+    flags are applied after, by the parser)."""
+    recipe = peek_flag(argv, "recipe", defaults["recipe"])
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {sorted(RECIPES)}, not {recipe!r}.")
-    return {**defaults, **RECIPES[recipe], "recipe": recipe}
+    random_vgg = RANDOM_VGG if peek_flag(argv, "vgg_weights", defaults["vgg_weights"]) == "random" else {}
+    return {**defaults, **RECIPES[recipe], **random_vgg, "recipe": recipe}
 
 
 def check_hyperparameters(hp):
@@ -272,9 +295,11 @@ def perceptual_loss(vgg, sr_imgs, hr_imgs, distance):
     frozen VGG into the SR images; the HR features are targets and need none.
 
     The SRGAN paper divides the VGG feature maps by 12.75 to bring its VGG loss to the scale of a pixel MSE; with the
-    MSE distance that is the same as multiplying this loss by 1 / 12.75^2 = 0.0062. We do not rescale: the loss
+    MSE distance that is the same as multiplying this loss by 1 / 12.75^2 = 0.0062. We do not rescale here: the loss
     weights are the one place where the terms are balanced (as in ESRGAN and Real-ESRGAN, which do not rescale
-    either), so --perceptual_loss_weight 0.0062 is the paper's rescaling, in our terms.
+    either), and the default --perceptual_loss_weight, 0.0062, is the paper's rescaling in our terms. (The classic
+    PyTorch tutorial weighs this loss 1 beside the same 1e-3 adversarial weight, which makes the adversarial term
+    about 160 times weaker next to it than in the paper: --perceptual_loss_weight 1 gives it.)
     """
     distances = {"mse": F.mse_loss, "l1": F.l1_loss}
     if distance not in distances:

@@ -138,7 +138,8 @@ COMMON = dict(learning_rate=1e-4, batch_size=16, perceptual_layer_weights=[1.0],
               discriminator_arch="srgan", crop_size=96)
 RECIPE_HYPERPARAMETERS = {
     "srgan": dict(COMMON, gan_type="vanilla", perceptual_layers=["relu5_4"], perceptual_loss="mse",
-                  perceptual_loss_weight=1.0, pixel_loss_weight=0.0, adversarial_loss_weight=1e-3,
+                  # perceptual_loss_weight: the paper's rescaling of the VGG features by 12.75
+                  perceptual_loss_weight=1 / 12.75 ** 2, pixel_loss_weight=0.0, adversarial_loss_weight=1e-3,
                   iterations=200_000, learning_rate_milestones=[100_000], learning_rate_gamma=0.1, ema_decay=0.0),
     "esrgan": dict(COMMON, crop_size=128, gan_type="relativistic", perceptual_layers=["conv5_4"], perceptual_loss="l1",
                    perceptual_loss_weight=1.0, pixel_loss_weight=1e-2, adversarial_loss_weight=5e-3,
@@ -162,6 +163,22 @@ def test_each_recipe_sets_its_papers_hyperparameters(recipe):
     hp = srgan_hyperparameters(f"--recipe={recipe}", "--pixel_loss_weight", "0.5", "--perceptual_layers", "relu2_2")
     assert hp["pixel_loss_weight"] == 0.5 and hp["perceptual_layers"] == ["relu2_2"]
     assert hp["adversarial_loss_weight"] == RECIPE_HYPERPARAMETERS[recipe]["adversarial_loss_weight"]
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPE_HYPERPARAMETERS))
+def test_a_random_vgg19_brings_its_own_perceptual_loss_in_every_recipe(recipe):
+    """--vgg_weights random: five layers with L1 at weight 1 and the lattice loss, on top of the recipe; the rest of
+    the recipe stays, and explicit flags still win."""
+    hp = srgan_hyperparameters("--recipe", recipe, "--vgg_weights", "random")
+    assert hp["perceptual_layers"] == ["conv1_2", "conv2_2", "conv3_4", "conv4_4", "conv5_4"]
+    assert (hp["perceptual_layer_weights"], hp["perceptual_loss"]) == ([0.1, 0.1, 1.0, 1.0, 1.0], "l1")
+    assert (hp["perceptual_loss_weight"], hp["lattice_loss_weight"]) == (1.0, 100.0)
+    for name in ("gan_type", "crop_size", "adversarial_loss_weight", "pixel_loss_weight", "discriminator_arch"):
+        assert hp[name] == RECIPE_HYPERPARAMETERS[recipe][name], name
+    hp = srgan_hyperparameters("--recipe", recipe, "--vgg_weights=random", "--perceptual_layers", "relu5_4",
+                               "--perceptual_layer_weights", "1", "--lattice_loss_weight", "0")
+    assert (hp["perceptual_layers"], hp["lattice_loss_weight"], hp["perceptual_loss"]) == (["relu5_4"], 0.0, "l1")
+    assert srgan_hyperparameters("--recipe", recipe)["lattice_loss_weight"] == 0.0  # ImageNet's VGG19: none
 
 
 def test_unknown_recipe():
