@@ -26,7 +26,8 @@ are applied with one grouped convolution, noise and JPEG are plain tensor maths.
 (which kernel, which sigma, which quality, ...) are drawn on the CPU, from ONE torch.Generator, so a seed
 gives the same degradations every time (on the same device type; CPU and CUDA noise streams differ).
 As in Real-ESRGAN, the resize scale and resize mode are shared by the whole batch (a batch must keep one
-spatial size); all other choices are made per image.
+spatial size); all other choices are made per image. To see them, give degrade_batch a list as `trace`: each step
+adds what it drew for each image and the images after it (docs/figures.py draws degradations.png from one).
 
 How a training step uses it (make_training_pairs at the end of this file does this for both training scripts):
 
@@ -224,7 +225,7 @@ def _identity_kernel(size):
     return kernel
 
 
-def random_blur_kernel(settings, rng, stage):
+def random_blur_kernel(settings, rng, stage, drawn=None):
     """
     One random kernel, drawn as Real-ESRGAN draws it, from a CPU torch.Generator.
 
@@ -234,7 +235,11 @@ def random_blur_kernel(settings, rng, stage):
     Returns a (K, K) float32 tensor summing to 1, K = 'blur_kernel_size' (stage 1) or 'blur_kernel_size2'
     (stages 2 and 'final'); smaller kernels (side drawn from the odd numbers in [blur_kernel_min_size, K])
     are zero-padded to K so that a whole batch of kernels stacks into one tensor.
+    drawn: an optional dict that receives what was drawn, as plain Python values: 'size' (the kernel's own side),
+    'kind' (one of kernel_list, 'sinc', or 'identity' where the final filter is left out) and the kind's parameters
+    ('sigma_x', 'sigma_y' in pixels, 'theta' in radians, 'beta'; a sinc's 'cutoff' in radians per pixel).
     """
+    drawn = {} if drawn is None else drawn
     settings = _degradation_settings(settings)
     if stage not in (1, 2, "final"):
         raise ValueError(f"stage must be 1, 2 or 'final', got {stage!r}")
@@ -244,17 +249,22 @@ def random_blur_kernel(settings, rng, stage):
     if not sizes:
         raise ValueError(f"blur_kernel_size{suffix}={max_size} is smaller than blur_kernel_min_size")
     size = _choice(rng, sizes, [1.0] * len(sizes))
+    drawn["size"] = size
 
     if stage == "final":
         if _uniform(rng, 0, 1) >= settings["final_sinc_prob"]:
+            drawn["kind"] = "identity"
             return _identity_kernel(max_size)
         cutoff = _uniform(rng, *settings["final_sinc_cutoff_range"])
+        drawn.update(kind="sinc", cutoff=cutoff)
         return _pad_kernel(sinc_kernel(cutoff, size), max_size)
 
     if _uniform(rng, 0, 1) < settings["sinc_prob" + suffix]:
         # Wide kernels may use lower cutoffs (blurrier sinc); small ones cannot represent them.
         cutoff_range = settings["sinc_cutoff_range_small" if size < 13 else "sinc_cutoff_range_large"]
-        return _pad_kernel(sinc_kernel(_uniform(rng, *cutoff_range), size), max_size)
+        cutoff = _uniform(rng, *cutoff_range)
+        drawn.update(kind="sinc", cutoff=cutoff)
+        return _pad_kernel(sinc_kernel(cutoff, size), max_size)
 
     kind = _choice(rng, settings["kernel_list" + suffix], settings["kernel_prob" + suffix])
     sigma_range = settings["blur_sigma" + suffix]
@@ -264,13 +274,14 @@ def random_blur_kernel(settings, rng, stage):
     else:
         sigma_y = _uniform(rng, *sigma_range)
         theta = _uniform(rng, *settings["kernel_rotation_range"])
+    drawn.update(kind=kind, sigma_x=sigma_x, sigma_y=sigma_y, theta=theta)
     if kind in ("iso", "aniso"):
         kernel = anisotropic_gaussian_kernel(sigma_x, sigma_y, theta, size)
     elif kind.startswith("generalized"):
-        beta = _beta_exponent(rng, settings["betag_range" + suffix])
+        beta = drawn["beta"] = _beta_exponent(rng, settings["betag_range" + suffix])
         kernel = generalized_gaussian_kernel(sigma_x, sigma_y, theta, beta, size)
     elif kind.startswith("plateau"):
-        beta = _beta_exponent(rng, settings["betap_range" + suffix])
+        beta = drawn["beta"] = _beta_exponent(rng, settings["betap_range" + suffix])
         kernel = plateau_kernel(sigma_x, sigma_y, theta, beta, size)
     else:
         raise ValueError(f"unknown kernel type {kind!r} in kernel_list{suffix}; use iso, aniso, "
@@ -512,18 +523,21 @@ def jpeg_compress(imgs, quality):
 
 
 # ------------------------------------------------------------------------------------------------------
-# The two-stage pipeline.
+# The two-stage pipeline. Each random step returns its output and what it drew, one dict per image (the
+# pipeline's trace, see degrade_batch).
 # ------------------------------------------------------------------------------------------------------
 def _random_resize(imgs, settings, rng, suffix, reference_size):
     """Resize the whole batch by one random scale ('up' / 'down' / 'keep' with resize_prob{suffix}) of
-    reference_size (H, W), with a random mode (area, bilinear or bicubic). Returns (N, C, h', w')."""
+    reference_size (H, W), with a random mode (area, bilinear or bicubic). Returns (N, C, h', w') and the draws
+    (the same for every image)."""
     direction = _choice(rng, ["up", "down", "keep"], settings["resize_prob" + suffix])
     low, high = settings["resize_range" + suffix]
     scale = {"up": lambda: _uniform(rng, 1, high), "down": lambda: _uniform(rng, low, 1),
              "keep": lambda: 1.0}[direction]()
     size = (max(1, int(reference_size[0] * scale)), max(1, int(reference_size[1] * scale)))
     mode = _choice(rng, settings["resize_mode_list"], settings["resize_mode_prob"])
-    return _resize(imgs, size, mode, settings["resize_antialias"])
+    drawn = [{"direction": direction, "scale": scale, "mode": mode} for _ in range(imgs.shape[0])]
+    return _resize(imgs, size, mode, settings["resize_antialias"]), drawn
 
 
 def _resize(imgs, size, mode, antialias=False):
@@ -539,7 +553,8 @@ def _resize(imgs, size, mode, antialias=False):
 
 def _random_noise(imgs, settings, rng, noise_rng, suffix):
     """Per image: Gaussian noise (prob. gaussian_noise_prob{suffix}) or Poisson noise, grey or colour.
-    Returns the noisy batch clamped to [0, 1]."""
+    Returns the noisy batch clamped to [0, 1], and the draws: 'kind', 'sigma' (Gaussian, in 8-bit levels) or
+    'scale' (Poisson), 'grey'."""
     n = imgs.shape[0]
     use_gaussian = torch.tensor([_uniform(rng, 0, 1) < settings["gaussian_noise_prob" + suffix]
                                  for _ in range(n)])
@@ -554,24 +569,31 @@ def _random_noise(imgs, settings, rng, noise_rng, suffix):
         if index.numel():
             device_index = index.to(imgs.device)
             out[device_index] = add_noise(imgs[device_index], strength[index], gray[index], noise_rng)
-    return out.clamp(0, 1)
+    drawn = [{"kind": "gaussian", "sigma": sigma[i].item(), "grey": gray[i].item()} if use_gaussian[i] else
+             {"kind": "poisson", "scale": scale[i].item(), "grey": gray[i].item()} for i in range(n)]
+    return out.clamp(0, 1), drawn
 
 
 def _random_jpeg(imgs, settings, rng, suffix):
-    """JPEG with a per-image quality drawn from jpeg_range{suffix}."""
+    """JPEG with a per-image quality drawn from jpeg_range{suffix}. Returns the decoded batch and the draws."""
     quality = torch.tensor([_uniform(rng, *settings["jpeg_range" + suffix]) for _ in range(imgs.shape[0])])
-    return jpeg_compress(imgs.clamp(0, 1), quality.to(imgs.device))
+    quality = quality.round().clamp(1, 100)  # whole numbers, as an encoder takes them (and jpeg_compress rounds)
+    return jpeg_compress(imgs.clamp(0, 1), quality.to(imgs.device)), [{"quality": int(q)} for q in quality]
 
 
 def _kernel_batch(settings, rng, stage, n, device, apply_prob=1.0):
-    """(N, K, K) kernels for one stage; an image skips the blur (identity kernel) with prob. 1 - apply_prob."""
-    kernels = []
+    """(N, K, K) kernels for one stage; an image skips the blur (identity kernel) with prob. 1 - apply_prob.
+    Also returns the draws: random_blur_kernel's, 'skipped', and the (K, K) 'kernel' applied (on the CPU)."""
+    kernels, drawn = [], []
     for _ in range(n):
-        kernel = random_blur_kernel(settings, rng, stage)
-        if _uniform(rng, 0, 1) >= apply_prob:
+        kernel_drawn = {}
+        kernel = random_blur_kernel(settings, rng, stage, kernel_drawn)
+        skipped = _uniform(rng, 0, 1) >= apply_prob or kernel_drawn["kind"] == "identity"
+        if skipped:
             kernel = _identity_kernel(kernel.shape[-1])
         kernels.append(kernel)
-    return torch.stack(kernels).to(device)
+        drawn.append({**kernel_drawn, "skipped": skipped, "kernel": kernel})
+    return torch.stack(kernels).to(device), drawn
 
 
 def _check_hr_batch(hr_imgs, scaling_factor):
@@ -604,7 +626,7 @@ def _rngs(rng, device):
 
 
 @torch.no_grad()
-def degrade_batch(hr_imgs, scaling_factor, settings=None, rng=None):
+def degrade_batch(hr_imgs, scaling_factor, settings=None, rng=None, trace=None):
     """
     Real-ESRGAN's second-order degradation of a batch: HR images -> realistic LR images.
 
@@ -616,6 +638,12 @@ def degrade_batch(hr_imgs, scaling_factor, settings=None, rng=None):
     settings: dict of overrides of DEGRADATION_DEFAULTS (None: Real-ESRGAN's defaults).
     rng: a torch.Generator, best a CPU one (a rng on another device only seeds a CPU one; None
         draws that seed from torch's global RNG). The same seed gives the same output on the same device type.
+    trace: None, or a list to which each step appends what it did (for figures and for learning; the output and
+        the random draws are the same with or without it): {'step': its name ('blur 1', 'resize 1', 'noise 1',
+        'jpeg 1', 'blur 2', 'resize 2', 'noise 2', then 'final resize', 'final sinc' and 'jpeg final' in the drawn
+        order, and '8-bit levels'), 'params': a list of N dicts, what was drawn for each image (see
+        random_blur_kernel and the _random_* steps; a blur that was left out says 'skipped': True),
+        'imgs': the images after the step, (N, 3, h, w) on the CPU}. The last record's images are lr_imgs.
     Returns lr_imgs (N, 3, H // s, W // s) in [0, 1], rounded to 8-bit levels (k / 255).
     """
     settings = _degradation_settings(settings)
@@ -625,30 +653,40 @@ def degrade_batch(hr_imgs, scaling_factor, settings=None, rng=None):
     lr_size = (hr_imgs.shape[2] // scaling_factor, hr_imgs.shape[3] // scaling_factor)
     out = hr_imgs[..., :lr_size[0] * scaling_factor, :lr_size[1] * scaling_factor].float()
 
+    def step(name, imgs, drawn):
+        """One step's output, recorded in the trace with what it drew (when there is a trace)."""
+        if trace is not None:
+            trace.append({"step": name, "params": drawn, "imgs": imgs.detach().to("cpu", copy=True)})
+        return imgs
+
     # ---- stage 1: optics blur, resize, sensor noise, JPEG ----
-    out = filter_per_image(out, _kernel_batch(settings, rng, 1, n, out.device))  # (N, 3, H, W)
-    out = _random_resize(out, settings, rng, "", out.shape[-2:])  # (N, 3, ~0.15 H .. 1.5 H, ...)
-    out = _random_noise(out, settings, rng, noise_rng, "")  # clamped to [0, 1]
-    out = _random_jpeg(out, settings, rng, "")  # 8-bit levels in [0, 1]
+    kernels, drawn = _kernel_batch(settings, rng, 1, n, out.device)
+    out = step("blur 1", filter_per_image(out, kernels), drawn)  # (N, 3, H, W)
+    out = step("resize 1", *_random_resize(out, settings, rng, "", out.shape[-2:]))  # (N, 3, ~0.15 .. 1.5 H, ...)
+    out = step("noise 1", *_random_noise(out, settings, rng, noise_rng, ""))  # clamped to [0, 1]
+    out = step("jpeg 1", *_random_jpeg(out, settings, rng, ""))  # 8-bit levels in [0, 1]
 
     # ---- stage 2: the same kinds of damage again, milder blur, sizes around the target LR size ----
-    out = filter_per_image(out, _kernel_batch(settings, rng, 2, n, out.device, settings["second_blur_prob"]))
-    out = _random_resize(out, settings, rng, "2", lr_size)  # (N, 3, ~0.3 .. 1.2 x LR size)
-    out = _random_noise(out, settings, rng, noise_rng, "2")
+    kernels, drawn = _kernel_batch(settings, rng, 2, n, out.device, settings["second_blur_prob"])
+    out = step("blur 2", filter_per_image(out, kernels), drawn)
+    out = step("resize 2", *_random_resize(out, settings, rng, "2", lr_size))  # (N, 3, ~0.3 .. 1.2 x LR size)
+    out = step("noise 2", *_random_noise(out, settings, rng, noise_rng, "2"))
 
     # ---- final: [resize to the LR size + sinc filter] and JPEG, in a random order ----
     # (Real-ESRGAN found that other orders, e.g. sinc -> JPEG -> resize, give twisted lines.)
-    sinc_kernels = _kernel_batch(settings, rng, "final", n, out.device)
+    sinc_kernels, sinc_drawn = _kernel_batch(settings, rng, "final", n, out.device)
     resize_mode = _choice(rng, settings["resize_mode_list"], settings["resize_mode_prob"])
     jpeg_first = _uniform(rng, 0, 1) < settings["final_jpeg_first_prob"]
     if jpeg_first:
-        out = _random_jpeg(out, settings, rng, "2")
-    out = filter_per_image(_resize(out, lr_size, resize_mode, settings["resize_antialias"]), sinc_kernels)  # (N, 3, h, w)
+        out = step("jpeg final", *_random_jpeg(out, settings, rng, "2"))
+    out = step("final resize", _resize(out, lr_size, resize_mode, settings["resize_antialias"]),
+               [{"mode": resize_mode} for _ in range(n)])  # (N, 3, h, w)
+    out = step("final sinc", filter_per_image(out, sinc_kernels), sinc_drawn)
     if not jpeg_first:
-        out = _random_jpeg(out, settings, rng, "2")
+        out = step("jpeg final", *_random_jpeg(out, settings, rng, "2"))
 
     # A real LR image is stored with 8 bits per channel.
-    return (out * 255).round().clamp(0, 255) / 255
+    return step("8-bit levels", (out * 255).round().clamp(0, 255) / 255, [{} for _ in range(n)])
 
 
 @torch.no_grad()

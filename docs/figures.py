@@ -66,7 +66,8 @@ EYE_INSET = (26, 36, 24)  # inside it, the edge of the eye, enlarged in an inset
 CHEEK_CROP = (188, 322, 80)  # soft fur with little detail, under mse_blur.png's stripes (64 x 64 and a margin)
 GRASS_CROP = (92, 92, 96)  # blades of grass, whose fine detail mse_blur.png moves around (and room to move it)
 DEGRADATION_CROP = (40, 100, 128)  # the eye again, with room for the blur kernels to act
-DEGRADATION_SEED = 25  # the draw of degradations.png: one whose every step is easy to see (any seed is a fair draw)
+DEGRADATION_SEED = 4  # the draw of degradations.png: one that takes the steps degrade_batch takes 80% of the time
+#   (the stage-2 blur, the final sinc filter), and whose every step is easy to see (any seed is a fair draw)
 
 
 # ======================================================================================================
@@ -792,126 +793,62 @@ def draw_gan_training(path, log_path):
 # ======================================================================================================
 # Part 4, "The second-order degradation pipeline": degradations.png
 # ======================================================================================================
-KERNEL_MAKERS = {"generalized": degradations.generalized_gaussian_kernel, "plateau": degradations.plateau_kernel}
-#   degradations.py's kernel makers, by the first word of the names in kernel_list ('iso', 'aniso': Gaussian)
+def kernel_title(drawn):
+    """What was drawn for a blur or sinc kernel (a record of degradations.degrade_batch's trace), as a title."""
+    kind, side = drawn["kind"], f"{drawn['size']}x{drawn['size']}"
+    if drawn["skipped"]:  # the stage-2 blur and the final sinc filter are left out now and then (20% by default)
+        return f"none ({side} identity):\nthis draw leaves it out"
+    if kind == "sinc":
+        return f"sinc, {side},\ncutoff {drawn['cutoff'] / math.pi:.2f} \u03c0"
+    title = f"{kind}, {side},\n\u03c3 {drawn['sigma_x']:.1f}" + (
+        f" x {drawn['sigma_y']:.1f} px, {math.degrees(drawn['theta']):.0f}\u00b0" if kind.endswith("aniso") else " px")
+    return title + (f", \u03b2 {drawn['beta']:.1f}" if "beta" in drawn else "")
 
 
-def draw_kernel_side(settings, rng, suffix):
-    """A kernel's side, drawn from the odd numbers of [blur_kernel_min_size, blur_kernel_size{suffix}] (7 to 21)."""
-    sides = list(range(settings["blur_kernel_min_size"] | 1, settings["blur_kernel_size" + suffix] + 1, 2))
-    return degradations._choice(rng, sides, [1.0] * len(sides))
+def drawn_kernel(drawn):
+    """The kernel a trace's record applied, cut from its zero padding to the side that was drawn: (side, side)."""
+    pad = (drawn["kernel"].shape[-1] - drawn["size"]) // 2
+    return drawn["kernel"][pad:pad + drawn["size"], pad:pad + drawn["size"]]
 
 
-def draw_blur_kernel(settings, rng, suffix):
+def degradation_panels(hr_imgs, seed):
     """
-    A blur kernel drawn from the ranges of degradations.DEGRADATION_DEFAULTS (kind, side, sigmas, angle, shape),
-    made by degradations.py's kernel makers (degradation_steps says what the figure leaves out).
-
-    :param suffix: '' (stage 1) or '2' (stage 2): which settings
-    :return: ((side, side) float32 kernel summing to 1, a title listing what was drawn)
-    """
-    uniform, choice = degradations._uniform, degradations._choice  # the pipeline's own draws from one generator
-    kind = choice(rng, settings["kernel_list" + suffix], settings["kernel_prob" + suffix])
-    side = draw_kernel_side(settings, rng, suffix)
-    sigma_x = sigma_y = uniform(rng, *settings["blur_sigma" + suffix])
-    theta = 0.0
-    if kind.endswith("aniso"):
-        sigma_y = uniform(rng, *settings["blur_sigma" + suffix])
-        theta = uniform(rng, *settings["kernel_rotation_range"])
-    title = f"{kind}, {side}x{side},\n\u03c3 {sigma_x:.1f}" + (
-        f" x {sigma_y:.1f} px, {math.degrees(theta):.0f}\u00b0" if kind.endswith("aniso") else " px")
-    shape = ()  # the shape exponent beta of the generalized Gaussian and plateau kernels, drawn as the pipeline does
-    if kind.startswith(("generalized", "plateau")):
-        beta_range = settings[("betag_range" if kind.startswith("generalized") else "betap_range") + suffix]
-        shape = (degradations._beta_exponent(rng, beta_range),)
-        title += f", \u03b2 {shape[0]:.1f}"
-    maker = KERNEL_MAKERS.get(kind.split("_")[0], degradations.anisotropic_gaussian_kernel)
-    return maker(sigma_x, sigma_y, theta, *shape, side), title
-
-
-def draw_resize(imgs, settings, rng, suffix, reference_size):
-    """A resize drawn as the pipeline draws it: up, down or keep (resize_prob), by a scale of resize_range of
-    reference_size, with area, bilinear or bicubic interpolation. Returns (the resized images, a title)."""
-    uniform, choice = degradations._uniform, degradations._choice
-    direction = choice(rng, ["up", "down", "keep"], settings["resize_prob" + suffix])
-    low, high = settings["resize_range" + suffix]
-    scale = {"up": lambda: uniform(rng, 1, high), "down": lambda: uniform(rng, low, 1), "keep": lambda: 1.0}[direction]()
-    mode = choice(rng, settings["resize_mode_list"], settings["resize_mode_prob"])
-    size = (max(1, int(reference_size[0] * scale)), max(1, int(reference_size[1] * scale)))
-    resized = degradations._resize(imgs, size, mode, settings["resize_antialias"])  # the pipeline's F.interpolate
-    return resized, f"resize {direction} x{scale:.2f},\n{mode}, -> {size[1]}x{size[0]}"
-
-
-def draw_noise(imgs, settings, rng, noise_rng, suffix):
-    """Gaussian or Poisson noise, grey or in colour, at a drawn strength (degradations.add_gaussian_noise /
-    add_poisson_noise). Returns (the noisy images clamped to [0, 1], a title)."""
-    uniform = degradations._uniform
-    gaussian = uniform(rng, 0, 1) < settings["gaussian_noise_prob" + suffix]
-    grey = torch.tensor([uniform(rng, 0, 1) < settings["gray_noise_prob" + suffix]])
-    colour = "grey" if grey.item() else "colour"
-    if gaussian:
-        sigma = uniform(rng, *settings["noise_range" + suffix])
-        noisy = degradations.add_gaussian_noise(imgs, torch.tensor([sigma]), grey, noise_rng)
-        return noisy.clamp(0, 1), f"Gaussian noise, {colour},\n\u03c3 {sigma:.1f} levels"
-    scale = uniform(rng, *settings["poisson_scale_range" + suffix])
-    noisy = degradations.add_poisson_noise(imgs, torch.tensor([scale]), grey, noise_rng)
-    return noisy.clamp(0, 1), f"Poisson noise, {colour},\nscale {scale:.2f}"
-
-
-def draw_jpeg(imgs, settings, rng, suffix):
-    """JPEG at a drawn quality (degradations.jpeg_compress). Returns (the decoded images, a title)."""
-    quality = round(degradations._uniform(rng, *settings["jpeg_range" + suffix]))
-    return degradations.jpeg_compress(imgs, quality), f"JPEG, quality {quality}"
-
-
-def degradation_steps(hr_imgs, rng, settings=None):
-    """
-    Real-ESRGAN's second-order degradation of one HR image, step by step (the order of degradations.degrade_batch),
-    with each step's parameters drawn from `rng` within DEGRADATION_DEFAULTS' ranges and run by degradations.py's
-    functions. degrade_batch does not report what it draws, so the draws are made here, one step at a time. Steps
-    that the pipeline takes only most of the time (the stage-2 blur, the final sinc filter: 80%) are always taken
-    here, so that each shows; the sinc kernels that stages 1 and 2 use 10% of the time are not drawn.
+    Real-ESRGAN's second-order degradation of one HR image, step by step: degradations.degrade_batch, run with a
+    trace, and each of its records made into a panel titled with what the pipeline drew for it (a blur: its kernel,
+    then the blurred image; the final resize and sinc filter: one image).
 
     :param hr_imgs: (1, 3, H, W) in [0, 1], H and W multiples of 4
-    :param rng: a CPU torch.Generator: the draws (and, through a seed drawn from it, the noise)
-    :return: a list of (title, (1, 3, h, w) image in [0, 1] or (k, k) kernel), the LR image last
-             (1, 3, H / 4, W / 4), rounded to 8-bit levels
+    :param seed: the seed of the torch.Generator all draws come from
+    :return: (a list of (title, (1, 3, h, w) image in [0, 1] or (k, k) kernel), the LR image (1, 3, H / 4, W / 4)
+             last; degrade_batch's trace)
     """
-    settings = degradations._degradation_settings(settings)
-    noise_rng = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, (), generator=rng)))
-    lr_size = (hr_imgs.shape[2] // SCALING_FACTOR, hr_imgs.shape[3] // SCALING_FACTOR)
-    steps = [(f"HR crop,\n{hr_imgs.shape[3]}x{hr_imgs.shape[2]}", hr_imgs)]
-    out = hr_imgs
-    for stage, suffix, reference_size in ((1, "", hr_imgs.shape[-2:]), (2, "2", lr_size)):
-        kernel, title = draw_blur_kernel(settings, rng, suffix)
-        out = degradations.filter_per_image(out, kernel)
-        steps += [(f"stage {stage} kernel: {title}", kernel), ("blurred with it", out)]
-        out, title = draw_resize(out, settings, rng, suffix, reference_size)
-        steps.append((title, out))
-        out, title = draw_noise(out, settings, rng, noise_rng, suffix)
-        steps.append((title, out))
-        if stage == 1:  # stage 2's JPEG comes last, with the final sinc filter
-            out, title = draw_jpeg(out, settings, rng, suffix)
-            steps.append((title, out))
-
-    # The final step: [resize to the LR size + a sinc filter] and JPEG, in a drawn order.
-    side = draw_kernel_side(settings, rng, "2")
-    cutoff = degradations._uniform(rng, *settings["final_sinc_cutoff_range"])
-    sinc = degradations.sinc_kernel(cutoff, side)
-    mode = degradations._choice(rng, settings["resize_mode_list"], settings["resize_mode_prob"])
-    jpeg_first = degradations._uniform(rng, 0, 1) < settings["final_jpeg_first_prob"]
-    steps.append((f"final: sinc kernel,\n{side}x{side}, cutoff {cutoff / math.pi:.2f} \u03c0", sinc))
-    for step in (("jpeg", "resize") if jpeg_first else ("resize", "jpeg")):
-        if step == "jpeg":
-            out, title = draw_jpeg(out, settings, rng, "2")
-        else:
-            out = degradations.filter_per_image(degradations._resize(out, lr_size, mode, settings["resize_antialias"]),
-                                                sinc)
-            title = f"resize to {lr_size[1]}x{lr_size[0]},\n{mode}, then the sinc"
-        steps.append((title, out))
-    lr_imgs = (out * 255).round().clamp(0, 255) / 255  # an LR image is stored with 8 bits
-    steps[-1] = (steps[-1][0] + ":\nthe LR image", lr_imgs)
-    return steps
+    trace = []
+    degradations.degrade_batch(hr_imgs, SCALING_FACTOR, rng=torch.Generator().manual_seed(seed), trace=trace)
+    panels = [(f"HR crop,\n{hr_imgs.shape[3]}x{hr_imgs.shape[2]}", hr_imgs)]
+    for record in trace:
+        step, drawn, imgs = record["step"], record["params"][0], record["imgs"]
+        size = f"{imgs.shape[3]}x{imgs.shape[2]}"
+        if step.startswith("blur"):
+            panels += [(f"stage {step[-1]} kernel: {kernel_title(drawn)}", drawn_kernel(drawn)),
+                       ("blurred with it", imgs)]
+        elif step.startswith("resize"):
+            panels.append((f"resize {drawn['direction']} x{drawn['scale']:.2f},\n{drawn['mode']}, -> {size}", imgs))
+        elif step.startswith("noise"):
+            colour = "grey" if drawn["grey"] else "colour"
+            strength = (f"\u03c3 {drawn['sigma']:.1f} levels" if drawn["kind"] == "gaussian"
+                        else f"scale {drawn['scale']:.2f}")
+            panels.append((f"{drawn['kind'].capitalize()} noise, {colour},\n{strength}", imgs))
+        elif step.startswith("jpeg"):
+            panels.append((f"JPEG, quality {drawn['quality']}", imgs))
+        elif step == "final resize":
+            resize_mode = drawn["mode"]  # shown with the sinc filter that follows it
+        elif step == "final sinc":
+            then = "" if drawn["skipped"] else ", then the sinc"
+            panels += [(f"final: {kernel_title(drawn)}", drawn_kernel(drawn)),
+                       (f"resize to {size},\n{resize_mode}{then}", imgs)]
+        else:  # the output, rounded to 8-bit levels: the last panel's image, as an LR image is stored
+            panels[-1] = (panels[-1][0] + ":\nthe LR image", imgs)
+    return panels, trace
 
 
 def draw_degradations(path, hr, seed=DEGRADATION_SEED):
@@ -923,14 +860,14 @@ def draw_degradations(path, hr, seed=DEGRADATION_SEED):
 
     :param hr: (H, W, 3) uint8, sides multiples of 4
     :param seed: the seed of the torch.Generator all draws come from
-    :return: degradation_steps' list
+    :return: degradation_panels' (panels, trace)
     """
-    steps = degradation_steps(to_tensor(hr), torch.Generator().manual_seed(seed))
+    panels, trace = degradation_panels(to_tensor(hr), seed)
     figure, axes = panel_grid(2, 7, hr.shape[0], title_room=44, top=40)  # the HR crop: one screen pixel per pixel
     # Row 1: the HR crop and stage 1; row 2: stage 2 and the final step (the last panel of row 1 stays empty).
     places = list(axes[0, :6]) + list(axes[1, :])
     axes[0, 6].axis("off")
-    for ax, (title, item) in zip(places, steps):
+    for ax, (title, item) in zip(places, panels):
         if item.dim() == 2:  # a kernel: its weights, 0 in white
             limit = float(item.abs().max())
             ax.imshow(item.numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
@@ -943,7 +880,7 @@ def draw_degradations(path, hr, seed=DEGRADATION_SEED):
                     f"every image fills the same square (a smaller one shows larger pixels); kernels: red > 0 > blue",
                     fontsize=9)
     save(figure, path)
-    return steps
+    return panels, trace
 
 
 # ======================================================================================================

@@ -110,15 +110,20 @@ def test_generalized_gaussian_with_beta_one_is_the_gaussian():
                           anisotropic_gaussian_kernel(2.0, 1.0, 0.3, 21), atol=1e-7)
 
 
-@pytest.mark.parametrize("cutoff, size", [(math.pi, 7), (math.pi / 3, 13), (math.pi / 5, 21)])
-def test_sinc_kernel_matches_bessel_formula(cutoff, size):
+def reference_sinc(cutoff, size):
+    """Independent 2-D sinc: cutoff J1(cutoff r) / (2 pi r) with scipy's Bessel function, normalised (numpy)."""
     half = size // 2
     y, x = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float64)
     r = np.hypot(x, y)
     with np.errstate(invalid="ignore", divide="ignore"):
-        expected = cutoff * scipy.special.j1(cutoff * r) / (2 * np.pi * r)
-    expected[half, half] = cutoff ** 2 / (4 * np.pi)  # the limit r -> 0
-    expected /= expected.sum()
+        kernel = cutoff * scipy.special.j1(cutoff * r) / (2 * np.pi * r)
+    kernel[half, half] = cutoff ** 2 / (4 * np.pi)  # the limit r -> 0
+    return kernel / kernel.sum()
+
+
+@pytest.mark.parametrize("cutoff, size", [(math.pi, 7), (math.pi / 3, 13), (math.pi / 5, 21)])
+def test_sinc_kernel_matches_bessel_formula(cutoff, size):
+    expected = reference_sinc(cutoff, size)
     np.testing.assert_allclose(sinc_kernel(cutoff, size).numpy(), expected, rtol=1e-4, atol=1e-8)
     if cutoff < math.pi / 2:
         assert sinc_kernel(cutoff, size).min() < 0  # the negative side lobes that make ringing
@@ -325,6 +330,97 @@ def test_make_realesrgan_batch_degrades_the_sharpened_ground_truth():
     assert torch.equal(hr_out, hr)
     assert torch.allclose(hr_usm, usm_sharpen(hr))
     assert torch.equal(lr, degrade_batch(hr_usm, 4, rng=torch.Generator().manual_seed(3)))
+
+
+STAGE_STEPS = ["blur 1", "resize 1", "noise 1", "jpeg 1", "blur 2", "resize 2", "noise 2"]
+TRACE_SETTINGS = [None, {"final_jpeg_first_prob": 1.0, "sinc_prob": 0.5, "sinc_prob2": 0.5},
+                  {"second_blur_prob": 0.0, "final_sinc_prob": 0.0, "final_jpeg_first_prob": 0.0}]
+
+
+@pytest.mark.parametrize("settings", TRACE_SETTINGS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_trace_changes_nothing_and_ends_with_the_output(seed, settings):
+    hr = photo_crop(48).repeat(2, 1, 1, 1)
+    rng, traced_rng = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    trace = []
+    lr = degrade_batch(hr, 4, settings, rng)
+    assert torch.equal(lr, degrade_batch(hr, 4, settings, traced_rng, trace=trace))
+    assert torch.equal(rng.get_state(), traced_rng.get_state())  # the same draws, no more
+    assert torch.equal(trace[-1]["imgs"], lr)
+    final = ["final resize", "final sinc", "jpeg final"]
+    if trace[7]["step"] == "jpeg final":  # JPEG drawn to come first
+        final = final[2:] + final[:2]
+    assert [record["step"] for record in trace] == STAGE_STEPS + final + ["8-bit levels"]
+    for record in trace:
+        assert record["imgs"].device.type == "cpu" and record["imgs"].shape[:2] == (2, 3) and len(record["params"]) == 2
+    if settings == TRACE_SETTINGS[2]:  # the stage-2 blur and the final sinc left out: said, and nothing done
+        steps = {record["step"]: record for record in trace}
+        assert all(drawn["skipped"] for drawn in steps["blur 2"]["params"] + steps["final sinc"]["params"])
+        assert torch.equal(steps["blur 2"]["imgs"], steps["jpeg 1"]["imgs"])
+        assert torch.equal(steps["final sinc"]["imgs"], steps["final resize"]["imgs"])
+
+
+def kernel_of(drawn, padded_size=21):
+    """The (padded_size, padded_size) kernel a trace's draws describe, from the formulas (numpy, scipy)."""
+    size, kind, beta = drawn["size"], drawn["kind"], drawn.get("beta")
+    if drawn["skipped"]:
+        kernel, size = np.ones((1, 1)), 1
+    elif kind == "sinc":
+        kernel = reference_sinc(drawn["cutoff"], size)
+    else:
+        profiles = {"iso": lambda quad: np.exp(-0.5 * quad), "generalized": lambda quad: np.exp(-0.5 * quad ** beta),
+                    "plateau": lambda quad: 1 / (1 + quad ** beta)}
+        profile = profiles[kind.split("_")[0].replace("aniso", "iso")]
+        kernel = reference_kernel(profile, drawn["sigma_x"], drawn["sigma_y"], drawn["theta"], size)
+    pad = (padded_size - size) // 2
+    return np.pad(kernel, pad)
+
+
+def test_a_trace_records_what_each_step_drew():
+    """Each step's recorded draws, applied again to the previous step's images, give the step's images."""
+    settings = {"kernel_prob": [1] * 6, "sinc_prob": 0.2, "second_blur_prob": 0.5, "final_sinc_prob": 0.5}
+    hr = photo_crop(64).repeat(6, 1, 1, 1)
+    kinds = set()
+    for seed in range(3):
+        trace = []
+        degrade_batch(hr, 4, settings, torch.Generator().manual_seed(seed), trace=trace)
+        previous = hr
+        for record in trace:
+            name, params, imgs = record["step"], record["params"], record["imgs"]
+            if name.startswith(("blur", "final sinc")):
+                kinds.update(drawn["kind"] + " skipped" * drawn["skipped"] for drawn in params)
+                for drawn in params:
+                    np.testing.assert_allclose(drawn["kernel"].numpy(), kernel_of(drawn), rtol=1e-4, atol=1e-7)
+                kernels = torch.stack([drawn["kernel"] for drawn in params])
+                assert torch.equal(imgs, filter_per_image(previous, kernels))
+            elif name.startswith("resize"):
+                reference = previous.shape[-2:] if name == "resize 1" else (16, 16)
+                scale = params[0]["scale"]
+                assert (scale > 1, scale < 1) == (params[0]["direction"] == "up", params[0]["direction"] == "down")
+                size = [int(side * scale) for side in reference]
+                mode = params[0]["mode"]
+                expected = torch.nn.functional.interpolate(previous, size, mode=mode,
+                                                           align_corners=None if mode == "area" else False)
+                assert torch.equal(imgs, expected)
+            elif name == "final resize":
+                assert imgs.shape[-2:] == (16, 16)
+            elif name.startswith("noise"):
+                for img, before, drawn in zip(imgs, previous, params):
+                    inside = ((img > 0) & (img < 1)).all(dim=0)  # pixels no channel of which was clipped
+                    noise = (img - before)[:, inside]  # (3, pixels)
+                    assert torch.allclose(noise, noise[:1].expand_as(noise), atol=1e-6) == drawn["grey"]
+                    if drawn["kind"] == "gaussian":
+                        assert noise.std().item() * 255 == pytest.approx(drawn["sigma"], rel=0.2)
+            elif name.startswith("jpeg"):
+                qualities = torch.tensor([drawn["quality"] for drawn in params])
+                assert all(30 <= q <= 95 and q == int(q) for q in qualities.tolist())
+                assert torch.equal(imgs, jpeg_compress(previous, qualities))
+            else:  # the 8-bit levels of the last step
+                assert torch.equal(imgs, (previous * 255).round().clamp(0, 255) / 255)
+            previous = imgs
+    # Every kind of kernel was drawn, and both stage-2 blurs and final sincs that were left out.
+    assert kinds >= set(DEGRADATION_DEFAULTS["kernel_list"]) | {"sinc", "identity skipped"}
+    assert any(kind.endswith("skipped") and kind != "identity skipped" for kind in kinds)
 
 
 def test_degradation_errors_are_clear():

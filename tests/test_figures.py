@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import degradations
 import metrics
 import models
 from conftest import REPO_ROOT
@@ -187,16 +189,30 @@ def test_gan_iteration(tmp_path, networks):
 
 def test_degradations(tmp_path):
     hr = made_photo(32)
-    steps = draw_twice(tmp_path, "degradations", lambda path: figures.draw_degradations(path, hr, seed=3))
-    titles = [title for title, _ in steps]
-    assert len(steps) == 13 and titles[0].startswith("HR crop") and titles[-1].endswith("the LR image")
-    kernels = [item for _, item in steps if item.dim() == 2]
+    panels, trace = draw_twice(tmp_path, "degradations", lambda path: figures.draw_degradations(path, hr, seed=3))
+    titles = [title for title, _ in panels]
+    assert len(panels) == 13 and titles[0].startswith("HR crop") and titles[-1].endswith("the LR image")
+    kernels = [item for _, item in panels if item.dim() == 2]
     assert len(kernels) == 3 and all(float(k.sum()) == pytest.approx(1.0, abs=1e-5) for k in kernels)
-    lr_imgs = steps[-1][1]
-    assert lr_imgs.shape == (1, 3, 8, 8)
-    assert torch.equal(lr_imgs * 255, (lr_imgs * 255).round())  # 8-bit levels, like a stored LR image
+    # The panels are the pipeline's own steps: its LR image, computed here without a trace, ends them.
+    lr_imgs = degradations.degrade_batch(figures.to_tensor(hr), 4, rng=torch.Generator().manual_seed(3))
+    assert lr_imgs.shape == (1, 3, 8, 8) and torch.equal(panels[-1][1], lr_imgs)
+    # The titles show what was drawn: a JPEG quality, applied to the image before, gives the panel's image; a kernel's
+    # side is the side of the kernel shown, which is the middle of the kernel the pipeline applied.
+    applied = [drawn["kernel"] for record in trace if "kernel" in record["params"][0] for drawn in record["params"]]
+    qualities = []
+    for (title, item), (_, before) in zip(panels[1:], panels):
+        if title.startswith("JPEG"):
+            qualities.append(int(re.search(r"quality (\d+)", title)[1]))
+            assert torch.equal(item, degradations.jpeg_compress(before, qualities[-1]))
+        if item.dim() == 2:
+            side = int(re.search(r"(\d+)x\1", title)[1])
+            pad = (21 - side) // 2
+            assert torch.equal(item, applied.pop(0)[pad:pad + side, pad:pad + side])
+    assert qualities == [record["params"][0]["quality"] for record in trace if record["step"].startswith("jpeg")]
+    assert applied == [] and "final: none (11x11 identity)" in titles[10]  # this draw leaves the final sinc out
     # Another seed draws another chain.
-    other = figures.degradation_steps(figures.to_tensor(hr), torch.Generator().manual_seed(4))
+    other, _ = figures.degradation_panels(figures.to_tensor(hr), 4)
     assert [title for title, _ in other] != titles
 
 
