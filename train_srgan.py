@@ -499,7 +499,8 @@ def main():
     # Ctrl+C / SIGTERM, checkpoints, the progress bar, reports and logs: the duties of the loop's end.
     stop_signal, save, log = training_log.start_duties(
         "srgan", hp, stateful, resumed, start_iteration, device, is_main_process,
-        ["perceptual", "pixel", "adversarial", "discriminator"], f"train_srgan ({hp.recipe})", **architecture)
+        ["perceptual", "pixel", "adversarial", "discriminator", *(["lattice"] if hp.lattice_loss_weight else [])],
+        f"train_srgan ({hp.recipe})", **architecture)
 
     generator.train()
     discriminator.train()
@@ -556,7 +557,8 @@ def main():
 
         # The duties of the end of an iteration, each when it is due.
         completed = iteration + 1
-        log.add_losses(perceptual=perceptual, pixel=pixel, adversarial=adversarial, discriminator=discriminator_loss)
+        log.add_losses(perceptual=perceptual, pixel=pixel, adversarial=adversarial, discriminator=discriminator_loss,
+                       **({"lattice": lattice} if hp.lattice_loss_weight else {}))
         stop_now = stop_signal.should_stop()  # Ctrl+C / SIGTERM in any process: all save now and stop together
         last = completed == hp.iterations
         report_now = completed % hp.print_every == 0 or last

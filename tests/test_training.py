@@ -125,6 +125,12 @@ def test_train_srgan_runs_from_srresnet_checkpoint(data_folder, tmp_path, monkey
     assert checkpoint["iteration"] == 2 and checkpoint["hyperparameters"]["recipe"] == recipe
     # It validated the weights eval.py takes from its checkpoint (ESRGAN's EMA), and kept the best ones.
     assert sorted(validation_records(tmp_path / "log_srgan.jsonl")) == [0, 1, 2]
+    # The losses it reports: the lattice loss too, which the random VGG19 (TINY_DISCRIMINATOR) turns on.
+    reported = [record["losses"] for record in training_log.read_jsonl(tmp_path / "log_srgan.jsonl")
+                if "losses" in record]
+    assert reported and all(sorted(losses) == ["adversarial", "discriminator", "lattice", "perceptual", "pixel"]
+                            and losses["lattice"] > 0 for losses in reported)
+    assert checkpoint["hyperparameters"]["lattice_loss_weight"] == 100
     best = checkpoints.load_checkpoint(tmp_path / "best_srgan.pth", expected_kind="srgan")
     assert best["iteration"] == checkpoint["validation"]["best"]["iteration"] in (0, 1, 2)  # (0: the start won)
     assert ("generator_ema" in best) == (recipe == "esrgan")
