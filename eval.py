@@ -171,8 +171,8 @@ def write_json(path, results):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", nargs="+", default=["bicubic"], metavar="MODEL",
-                        help="'bicubic', the shipped models 'srresnet', 'compact' and 'realistic' (weights/), and/or "
-                             "checkpoint paths (default: bicubic)")
+                        help=f"'bicubic', the shipped models ({', '.join(repr(name) for name in inference.SHIPPED_MODELS)}; "
+                             "weights/), and/or checkpoint paths (default: bicubic)")
     parser.add_argument("--test_sets", nargs="+", default=["Set5", "Set14", "BSD100"], metavar="NAME",
                         help="test sets, read from <data_folder>/<NAME>_test_images.json (default: Set5 Set14 BSD100)")
     parser.add_argument("--data_folder", default=".",

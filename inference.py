@@ -70,10 +70,17 @@ SHIPPED_MODELS = {
     # images: the default for JPEG files
     "realistic": ShippedModel("realistic_x4.pth", None,
                               "2b923f23aa55df2bf6881dc260a0ece2a86976775565dc47769d67f09adf6bc6"),
+    # the SRGAN paper's GAN stage on srresnet (with a random VGG19): sharper texture, lower PSNR
+    "srgan": ShippedModel("srgan_x4.pth", "SRGAN", "8c42ecc75460003785d3bfea73b2a12a9f2089c914671e16a44d969e0d5e3412"),
+    # realistic, trained further as a GAN (Real-ESRGAN's second stage, with a random VGG19): invented texture
+    "realistic_gan": ShippedModel("realistic_gan_x4.pth", None,
+                                  "2007111b6920d8a43f0bf4528d2a9de7eed6f300cfa69d49be6c724127dc9791"),
 }
 # What super_resolve.py upscales with when no --model is given (default_model_for): a JPEG file was compressed, and
 # often shrunk and noisy before that, which a model trained on clean images sharpens along with the detail; other
 # files (PNG, TIFF, ...) get the model with the best PSNR on clean images. weights/README.md has the measurements.
+# (Not realistic_gan for JPEGs: sharper, NIQE 1.6 lower, but about 1 dB less PSNR and a faint fine texture at 300% on
+# a heavily compressed photo; it is one --model away.)
 DEFAULT_MODEL = "compact"
 DEFAULT_MODEL_FOR_JPEG = "realistic"
 
@@ -87,7 +94,7 @@ def default_model_for(path):
 
 def shipped_model_path(name_or_path):
     """
-    The file of a shipped model named `name_or_path` ('srresnet', 'compact', 'realistic'): weights/<file>. Anything
+    The file of a shipped model named `name_or_path` (a key of SHIPPED_MODELS, e.g. 'compact'): weights/<file>. Anything
     else is a path and comes back unchanged (a file of that name in the current folder is a path too, and wins; a
     folder of that name, e.g. an output folder named after the model, does not).
     """
@@ -158,7 +165,7 @@ def load_generator(path, device="cpu", scaling_factor=None, ema=True, expected_k
              hyperparameter scaling_factor, or what export.py recorded; else the network's own scale)
     """
     shipped_name = str(path) if shipped_model_path(path) != Path(path) else None
-    path = shipped_model_path(path)  # 'srresnet' / 'compact' / 'realistic': the shipped weights/<file>
+    path = shipped_model_path(path)  # a shipped model's name ('compact', 'srgan', ...): weights/<file>
     if ncnn_format.is_ncnn_model(path):  # model.param + model.bin: the graph tells the network, the .bin its weights
         model, description = ncnn_format.read_generator(path)
         reference = None

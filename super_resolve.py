@@ -503,7 +503,9 @@ def parse_args(argv=None):
                         help=f"default: per input, '{inference.DEFAULT_MODEL_FOR_JPEG}' for a JPEG file (trained on "
                              f"compressed, noisy photos), '{inference.DEFAULT_MODEL}' for any other (the best PSNR on "
                              "clean images). A shipped model ('compact': fast on a CPU; 'realistic': for JPEG photos; "
-                             "'srresnet': slower, sharper edges; weights/README.md says how they were trained) or "
+                             "'srresnet': slower, sharper edges; the GANs 'realistic_gan' (a sharper look for JPEG "
+                             "photos, at about 1 dB of PSNR and a faint fine texture at 300%%) and 'srgan' (invented "
+                             "texture for clean images); weights/README.md says how they were trained) or "
                              "generator file(s): our checkpoints, export.py's .pth / .safetensors files, official "
                              "ESRGAN / Real-ESRGAN weights (architecture detected) or ncnn models (x.param, x.bin "
                              "beside it); several only with --grid or --strip")
@@ -670,7 +672,8 @@ def main(argv=None):
 
     if args.model is None:
         print(f"model: per input (no --model given): '{inference.DEFAULT_MODEL_FOR_JPEG}' for a JPEG file, "
-              f"'{inference.DEFAULT_MODEL}' for any other; precision {args.precision}")
+              f"'{inference.DEFAULT_MODEL}' for any other (a JPEG's blocks and grain: the first removes them, the "
+              f"second would sharpen them; --model realistic_gan for a sharper look); precision {args.precision}")
         by_name = {name: model for name, (model, _, _) in zip(model_names, models)}
 
         def model_for(path):

@@ -58,7 +58,7 @@ import utils  # noqa: E402
 SCALING_FACTOR = 4  # every figure is about x4, the tutorial's scale
 DPI = 100  # one resolution for every figure: small files, readable 8-point text
 OUTPUT_FOLDER = REPO_ROOT / "docs" / "figures"
-DEFAULT_LOG = OUTPUT_FOLDER / "data" / "realistic_gan_log.jsonl"  # the GAN run gan_training.png draws
+DEFAULT_LOG = OUTPUT_FOLDER / "data" / "srgan_log.jsonl"  # the GAN run gan_training.png draws: the shipped srgan
 
 # Where the figures look in the photos: (top, left, side) in HR pixels.
 EYE_CROP = (56, 120, 96)  # the cat's eye and fur: a 96 x 96 HR crop, a 24 x 24 LR crop, the sizes of training
