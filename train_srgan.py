@@ -90,7 +90,7 @@ hyperparameters = dict(
     gan_type="vanilla",  # 'vanilla' (is this image real?) or 'relativistic' (is it more real than the others?)
     perceptual_layers=["relu5_4"],  # VGG19 feature maps of the perceptual loss: convX_Y is taken before its ReLU,
     #   reluX_Y after it (SRGAN: relu5_4)
-    perceptual_layer_weights=[1.0],  # one weight per layer in perceptual_layers
+    perceptual_layer_weights=[1.0],  # one weight per layer in perceptual_layers (1 each when only the layers are given)
     vgg_weights="imagenet",  # 'imagenet' (torchvision's download), a path to vgg19-dcbb9e9d.pth, or 'random' (no
     #   download; it brings the perceptual loss such a network needs: RANDOM_VGG below)
     vgg_pooling="auto",  # VGG19's pooling: 'max' (its own), 'avg' (average pooling in its place) or 'auto': max for
@@ -207,6 +207,13 @@ RANDOM_VGG = dict(
 )
 
 
+# On resume, the losses are the checkpoint's unless a flag is given (their defaults, and RANDOM_VGG, may have changed
+# since it was written), with the value a checkpoint from before a setting existed trained with.
+RESUMED_LOSS_SETTINGS = dict(perceptual_layers=["relu5_4"], perceptual_layer_weights=[1.0], perceptual_loss="mse",
+                             perceptual_loss_weight=1.0, pixel_loss_weight=0.0, adversarial_loss_weight=1e-3,
+                             lattice_loss_weight=0.0, vgg_pooling="max")
+
+
 def peek_flag(argv, name, default):
     """The value of --name in argv (as `--name value` or `--name=value`) before the full parse, else default."""
     value = default
@@ -230,7 +237,7 @@ def apply_recipe(defaults, argv):
 
 def check_hyperparameters(hp):
     """Mistakes in the flags that would otherwise only show up later, or as a confusing error (the values that cannot
-    work: training.check_training_hyperparameters)."""
+    work: training.check_training_hyperparameters). --perceptual_layers given alone weighs each layer 1."""
     training.check_training_hyperparameters(
         hp, positive=("kernel_size_d", "first_kernel_size_d", "n_channels_d", "n_blocks_d", "fc_size_d", "num_feat_d"),
         choices=dict(discriminator_arch=("srgan", "unet"), gan_type=("vanilla", "relativistic"),
@@ -240,6 +247,10 @@ def check_hyperparameters(hp):
                                               "num_feat_d"))
     # Counted before it is built (the SRGAN discriminator doubles its channels every two blocks).
     training.check_network_size(lambda: build_discriminator(hp)[0], f"The discriminator ({hp.discriminator_arch})")
+    given = getattr(hp, "given", set())
+    if "perceptual_layers" in given and "perceptual_layer_weights" not in given:  # layers named without weights
+        hp.perceptual_layer_weights = [1.0] * len(hp.perceptual_layers)  # 1 each, as if given (a resume keeps them)
+        given.add("perceptual_layer_weights")
     if len(hp.perceptual_layers) != len(hp.perceptual_layer_weights):
         raise ValueError("perceptual_layers and perceptual_layer_weights must have the same length.")
     augmentations.mixture_of(hp)  # --mixopts and its probabilities and strengths
@@ -471,7 +482,8 @@ def main():
     # discriminator and the frozen VGG19 (build_networks); an Adam and a learning-rate schedule for each of the two
     # trained; and, if asked, the average of the generator's weights (EMA).
     resumed = training.load_run_to_resume(hp, "srgan", RENAMED, ("scaling_factor", *DISCRIMINATOR_ARCHITECTURE),
-                                          not_used=("srresnet_checkpoint",), required=RESUMABLE_DISCRIMINATOR_KEYS)
+                                          not_used=("srresnet_checkpoint",), required=RESUMABLE_DISCRIMINATOR_KEYS,
+                                          kept=RESUMED_LOSS_SETTINGS)
     generator, discriminator, vgg, architecture = build_networks(hp, resumed, device)
     optimizer_g, scheduler_g = training.make_optimizer(generator, hp)
     optimizer_d, scheduler_d = training.make_optimizer(discriminator, hp)

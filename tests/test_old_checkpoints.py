@@ -142,6 +142,12 @@ def test_train_srgan_resumes_an_old_checkpoint_and_starts_from_an_old_srresnet(d
     assert changed_hyperparameters(capsys.readouterr().err) == {"data_folder", "output_folder"}
     resumed = checkpoints.load_checkpoint(tmp_path / "resumed" / "checkpoint_srgan.pth")
     assert resumed["iteration"] == 3 and resumed["hyperparameters"]["perceptual_layers"] == ["relu5_4"]
+    # Its losses stay the old run's, though --vgg_weights random now brings others by default: no lattice loss (it
+    # predates it) and VGG19's max-pooling, as it trained.
+    old_losses = {name: resumed["hyperparameters"][name] for name in ("perceptual_loss", "lattice_loss_weight",
+                                                                       "vgg_pooling", "perceptual_layer_weights")}
+    assert old_losses == dict(perceptual_loss="mse", lattice_loss_weight=0.0, vgg_pooling="max",
+                              perceptual_layer_weights=[1.0])
     assert "vgg_before_activation" not in resumed["hyperparameters"]
     # Step 3 from an old step-2 checkpoint.
     run_script(train_srgan, [*OLD_RUN, *discriminator, "--data_folder", data_folder, "--output_folder", tmp_path,
