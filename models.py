@@ -3,7 +3,8 @@
 Contents, in the order the papers introduced them:
 
   Part A -- SRResNet and SRGAN (Ledig et al., 2017, "Photo-Realistic Single Image Super-Resolution Using a GAN")
-      ConvolutionalBlock, SubPixelConvolutionalBlock, ResidualBlock   the building blocks
+      ConvolutionalBlock, SubPixelConvolutionalBlock, ResidualBlock   the building blocks (icnr_: another start
+                                                                      for the sub-pixel convolution)
       SRResNet, Generator                                             the generator (trained with MSE, then as a GAN)
       Discriminator                                                   the SRGAN discriminator (one logit per image)
       load_vgg19, VGGFeatureExtractor                                 the frozen VGG19 behind the perceptual losses
@@ -99,7 +100,9 @@ class SubPixelConvolutionalBlock(nn.Module):
     low-resolution pixel and then interleaving them ("pixel shuffle") costs less (the convolution runs at low
     resolution) and avoids the uneven overlap of transposed-convolution kernels that makes their checkerboards.
     (The s*s sub-pixel kernels are still separate weights: where they differ, the output repeats the difference every
-    s pixels, a fainter pattern that eval.py --metrics spectral measures.)
+    s pixels, a fainter pattern that eval.py --metrics spectral measures. PyTorch's default init draws them apart, so
+    an untrained block prints that pattern; icnr_ below starts them equal, but training brings a pattern back, no
+    fainter (docs/training.md, "Where the grid comes from"): it is an option, not the default.)
 
     Shapes: (N, n_channels, H, W) -> conv -> (N, n_channels * s^2, H, W) -> shuffle -> (N, n_channels, H*s, W*s).
     """
@@ -114,6 +117,32 @@ class SubPixelConvolutionalBlock(nn.Module):
         x = self.conv(x)  # (N, n_channels * s^2, H, W)
         x = self.pixel_shuffle(x)  # (N, n_channels, H * s, W * s)
         return self.prelu(x)
+
+
+@torch.no_grad()
+def icnr_(conv, scaling_factor):
+    """ICNR (Aitken et al. 2017, "Checkerboard artifact free sub-pixel convolution"): initialise, in place, a
+    convolution that feeds a PixelShuffle(s) so that the s*s sub-kernels of each output channel are equal.
+
+    PixelShuffle makes output channel c's s x s cell out of the convolution's channels c*s*s + k, k = 0 .. s*s - 1.
+    One kernel per output channel is drawn with PyTorch's default Conv2d initialisation (a Conv2d of out_channels / s^2
+    outputs: the same fan-in, so the same scale) and repeated s*s times in that order (repeat_interleave, not
+    repeat), biases too. Convolution and shuffle then start as "that smaller convolution, then nearest upsampling",
+    whose output has nothing at the lattice frequencies (an untrained x4 SRResNet: a lattice of about 0 dB instead of
+    26). Not the default: after the quick start's training the pattern is back, no fainter (train_srresnet.py --icnr).
+
+    :param conv: nn.Conv2d with out_channels a multiple of s^2 (weight (C s^2, C_in, k, k)); modified in place
+    :param scaling_factor: s, the PixelShuffle's factor
+    :return: conv
+    """
+    n_phases = scaling_factor ** 2
+    if conv.out_channels % n_phases:
+        raise ValueError(f"ICNR needs out_channels divisible by scaling_factor^2 = {n_phases}, got {conv.out_channels}")
+    base = nn.Conv2d(conv.in_channels, conv.out_channels // n_phases, conv.kernel_size, bias=conv.bias is not None)
+    conv.weight.copy_(base.weight.repeat_interleave(n_phases, dim=0))  # (C s^2, C_in, k, k): kernel c at c*s*s + k
+    if conv.bias is not None:
+        conv.bias.copy_(base.bias.repeat_interleave(n_phases))  # (C s^2,)
+    return conv
 
 
 class ResidualBlock(nn.Module):

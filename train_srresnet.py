@@ -72,6 +72,9 @@ hyperparameters = dict(
     small_kernel_size=3,  # srresnet: kernel of all other convolutions
     n_channels=64,  # srresnet: feature channels (the SRGAN paper's name; BasicSR's num_feat for the others)
     n_blocks=16,  # srresnet: residual blocks
+    icnr=False,  # srresnet: start each sub-pixel convolution from ICNR (models.icnr_; Aitken et al. 2017), its
+    #   sub-kernels equal: no sub-pixel pattern at the start, but no fainter one after training (measured:
+    #   docs/training.md, "Where the grid comes from")
     num_feat=64,  # rrdb and compact: feature channels
     num_block=23,  # rrdb: residual-in-residual dense blocks (23 in ESRGAN, 6 in the Real-ESRGAN anime model)
     num_grow_ch=32,  # rrdb: channels added by each dense layer
@@ -154,7 +157,7 @@ ARCHITECTURE = ("generator_arch", "large_kernel_size", "small_kernel_size", "n_c
 # The flags of each architecture. The sources' own names are kept (the SRGAN paper's n_blocks / n_channels, BasicSR's
 # num_block / num_feat), so a flag of another network would be silently ignored: check_hyperparameters refuses it.
 ARCHITECTURE_FLAGS = {
-    "srresnet": ("large_kernel_size", "small_kernel_size", "n_channels", "n_blocks", "use_unshuffle",
+    "srresnet": ("large_kernel_size", "small_kernel_size", "n_channels", "n_blocks", "icnr", "use_unshuffle",
                  "unshuffle_scale"),
     "rrdb": ("num_feat", "num_block", "num_grow_ch", "use_unshuffle", "unshuffle_scale"),
     "compact": ("num_feat", "num_conv"),
@@ -239,6 +242,9 @@ def make_generator(hp, resumed, device, is_main_process):
     else:
         arch, kwargs = hp.generator_arch, generator_kwargs(hp)
         generator = models.build_generator(arch, **kwargs).to(device)
+        if hp.icnr:  # (how the new weights start; the architecture, generator_kwargs, is the same)
+            for block in generator.subpixel_convolutional_blocks:
+                models.icnr_(block.conv, block.pixel_shuffle.upscale_factor)
     # The network must fit the data's scale (a pixel-unshuffle model by its fold), whichever way it came; CutBlur
     # needs an x1 model.
     source = f"--pretrained {hp.pretrained}" if hp.pretrained and not resumed else f"The {arch} generator"
@@ -259,7 +265,7 @@ def main():
     # The generator: a new one, the one of the run we resume (its checkpoint, None for a new run), or pretrained
     # weights to fine-tune; Adam and its learning-rate schedule; and, if asked, the average of its weights (EMA).
     resumed = training.load_run_to_resume(hp, "srresnet", cli.RENAMED_HYPERPARAMETERS, ARCHITECTURE,
-                                          not_used=("pretrained",))
+                                          not_used=("pretrained", "icnr"))  # (icnr: how new weights start)
     generator, architecture = make_generator(hp, resumed, device, is_main_process)
     optimizer, scheduler = training.make_optimizer(generator, hp)
     ema = training.ModelEMA(generator, hp.ema_decay) if hp.ema_decay > 0 else None

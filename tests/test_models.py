@@ -8,6 +8,7 @@ import pytest
 import scipy.ndimage
 import torch
 import torch.nn.functional as F
+from skimage import data as skimage_data
 from torch import nn
 
 import cli
@@ -59,6 +60,64 @@ def test_subpixel_block_matches_conv_then_pixel_shuffle():
             for j in range(3):
                 expected[0, c, i::3, j::3] = conv_out[0, c * 9 + i * 3 + j]
     assert torch.allclose(out, block.prelu(expected))
+
+
+@pytest.mark.parametrize("scaling_factor", [2, 3])
+def test_icnr_block_starts_as_conv_then_nearest_upsampling(scaling_factor):
+    """ICNR: after models.icnr_ every s x s phase of the block's output is the same map, a smaller convolution (one
+    kernel per output channel, the first of its s*s) upsampled by nearest neighbour."""
+    s = scaling_factor
+    block = models.SubPixelConvolutionalBlock(kernel_size=3, n_channels=5, scaling_factor=s)
+    assert models.icnr_(block.conv, s) is block.conv
+    x = torch.randn(2, 5, 7, 6)
+    shuffled = block.pixel_shuffle(block.conv(x))  # (2, 5, 7 s, 6 s), before the PReLU
+    for i in range(s):
+        for j in range(s):
+            assert torch.equal(shuffled[..., i::s, j::s], shuffled[..., ::s, ::s]), (i, j)
+    # PixelShuffle reads output channel c from the convolution's channels c*s*s .. c*s*s + s*s - 1.
+    base_weight, base_bias = block.conv.weight[::s * s], block.conv.bias[::s * s]  # (5, 5, 3, 3), (5,)
+    nearest = F.interpolate(F.conv2d(x, base_weight, base_bias, padding=1), scale_factor=s, mode="nearest")
+    assert torch.allclose(shuffled, nearest, atol=1e-6)
+    assert torch.allclose(block(x), block.prelu(nearest), atol=1e-6)
+    # The channels still differ from one another: one kernel each, not one for all.
+    assert base_weight.flatten(1).std(dim=0).min() > 0
+
+
+def test_icnr_draws_the_base_kernel_at_pytorchs_default_scale():
+    """The repeated kernel has the scale of PyTorch's default Conv2d init for n_channels outputs (uniform in
+    +-1/sqrt(fan in), the same fan in as the full convolution), and the biases are repeated too."""
+    block = models.SubPixelConvolutionalBlock(kernel_size=3, n_channels=64, scaling_factor=2)
+    models.icnr_(block.conv, 2)
+    weight, bias = block.conv.weight, block.conv.bias  # (256, 64, 3, 3), (256,)
+    reference = nn.Conv2d(64, 64, 3)  # drawn independently, the default way
+    base = weight[::4]
+    assert abs(base.std() / reference.weight.std() - 1) < 0.03
+    assert abs(base.abs().max() / reference.weight.abs().max() - 1) < 0.01
+    bound = 1 / math.sqrt(64 * 3 * 3)
+    assert bias.abs().max() <= bound and bias[::4].std() > 0.3 * bound
+    assert torch.equal(weight, base.repeat_interleave(4, dim=0))
+    assert torch.equal(bias, bias[::4].repeat_interleave(4))
+    with pytest.raises(ValueError, match="divisible"):
+        models.icnr_(nn.Conv2d(4, 6, 3), 2)
+
+
+def test_icnr_removes_the_lattice_of_an_untrained_srresnet():
+    """An untrained x4 SRResNet prints the period-4 pattern of its sub-pixel lattice with PyTorch's default init
+    (independent sub-kernels), and not with ICNR, by eval.py's measure (metrics.lattice_contrast, here of the SR
+    image's own spectrum) on a smooth photo."""
+    lr_imgs = torch.tensor(np.asarray(skimage_data.camera(), dtype=np.float32) / 255)[None, None]  # (1, 1, 512, 512)
+    lr_imgs = F.avg_pool2d(lr_imgs, 8).expand(1, 3, 64, 64)  # in [0, 1]
+    contrasts = {}
+    for init in ("default", "icnr"):
+        torch.manual_seed(0)
+        generator = models.SRResNet(n_channels=16, n_blocks=2).eval()
+        if init == "icnr":
+            for block in generator.subpixel_convolutional_blocks:
+                models.icnr_(block.conv, 2)
+        with torch.no_grad():
+            sr_y = generator(lr_imgs)[0, 0].numpy()  # (256, 256), in [-1, 1]
+        contrasts[init] = metrics.lattice_contrast(10 * np.log10(metrics.welch_power_spectrum(sr_y, 32) + 1e-20))[0]
+    assert contrasts["default"] > 10 and abs(contrasts["icnr"]) < 2, contrasts
 
 
 def test_residual_block_is_identity_plus_correction():

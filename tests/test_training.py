@@ -1506,6 +1506,30 @@ def test_a_flag_of_another_architecture_is_refused(data_folder, tmp_path, monkey
     assert code == 1 and "--unshuffle_scale not used by --generator_arch compact" in lines[0], lines
 
 
+def test_icnr_flag_starts_the_sub_pixel_convolutions_equal(data_folder, tmp_path, monkeypatch, capsys):
+    """--icnr true: a new SRResNet's sub-pixel convolutions start from models.icnr_ (the s*s sub-kernels of each
+    output channel equal), without it from PyTorch's default (all different); refused for another architecture, and
+    noted as not used when resuming (the checkpoint brings the weights)."""
+    for icnr in (True, False):
+        hp = cli.parse_hyperparameters(train_srresnet.hyperparameters, "",
+                                       argv=["--n_blocks", "1", "--n_channels", "8", "--icnr", str(icnr).lower()])
+        generator, _ = train_srresnet.make_generator(hp, None, torch.device("cpu"), is_main_process=True)
+        for block in generator.subpixel_convolutional_blocks:
+            kernels = block.conv.weight.unflatten(0, (8, 4))  # (8 output channels, 4 sub-kernels, 8, 3, 3)
+            assert torch.equal(kernels, kernels[:, :1].expand_as(kernels)) == icnr
+    monkeypatch.setattr(train_srresnet, "main", lambda main=train_srresnet.main: cli.run_cli(main))
+    code, lines = run_cli(train_srresnet, ["--generator_arch", "compact", "--icnr", "true", "--output_folder", tmp_path],
+                          monkeypatch, capsys)
+    assert code == 1 and "--icnr not used by --generator_arch compact" in lines[0], lines
+    run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--output_folder", tmp_path,
+                                "--iterations", 1], monkeypatch)
+    capsys.readouterr()
+    run_script(train_srresnet, [*TINY_SRRESNET, "--data_folder", data_folder, "--output_folder", tmp_path,
+                                "--iterations", 2, "--checkpoint", tmp_path / "checkpoint_srresnet.pth", "--icnr",
+                                "true"], monkeypatch)
+    assert "--icnr not used when resuming" in capsys.readouterr().err
+
+
 def test_deepened_compact_computes_the_same_and_its_new_layers_learn():
     """training.deepened_compact: more (conv, PReLU) pairs, each an identity at first, so the output is the same; the
     new layers get gradients (they are not dead identities); fewer convolutions is an error."""
