@@ -12,12 +12,15 @@ generator onto the "manifold" of natural images: sharp, textured results. Two mo
 adversarial, the "perceptual loss". Here, as in ESRGAN and Real-ESRGAN, "perceptual loss" is the VGG term.)
 
 Recipes (--recipe) set the hyperparameters of each paper; any flag given explicitly still wins:
-  srgan       Ledig et al. 2017: MSE between VGG19 relu5_4 features + 1e-3 vanilla GAN loss
+  srgan       Ledig et al. 2017: MSE between VGG19 relu5_4 features (weighted 1/12.75^2, the paper's rescaling)
+              + 1e-3 vanilla GAN loss
   esrgan      Wang et al. 2018: relativistic average GAN, VGG conv5_4 features (before the ReLU), pixel L1,
               128x128 crops; from its official code (BasicSR's options): the L1 distance between the features and
               an EMA of the weights
   realesrgan  Wang et al. 2021: trained on synthetic real-world degradations, U-Net discriminator, 5-layer
               perceptual loss, sharpened targets
+With --vgg_weights random (no download), any recipe compares five VGG19 layers with L1 and adds the lattice loss
+(RANDOM_VGG): a random network's relu5_4 alone carries almost nothing, and it would teach the generator a grid.
 
 Quick start (CPU):  python train_srgan.py --data_folder data_lists --srresnet_checkpoint checkpoint_srresnet.pth \\
                         --iterations 100 --vgg_weights random --pixel_loss_weight 1
@@ -102,7 +105,7 @@ hyperparameters = dict(
     pixel_loss_weight=0.0,  # weight of an L1 pixel loss (ESRGAN: 1e-2, Real-ESRGAN: 1)
     adversarial_loss_weight=1e-3,  # weight of the generator's adversarial loss (SRGAN's beta)
     lattice_loss_weight=0.0,  # weight of the sub-pixel lattice loss (lattice_loss: ties the s x s phase means of SR to
-    #   HR's, the only place a fixed grid can hide; 0: off)
+    #   HR's, the only place a fixed grid can hide; 0: off; 100 with --vgg_weights random, RANDOM_VGG)
     # Learning
     batch_size=16,  # crops per iteration (over all processes together)
     iterations=200_000,  # training iterations (the SRGAN paper: 1e5 at a learning rate of 1e-4, then 1e5 at 1e-5)
