@@ -210,11 +210,11 @@ RANDOM_VGG = dict(
 )
 
 
-# On resume, the losses are the checkpoint's unless a flag is given (their defaults, and RANDOM_VGG, may have changed
-# since it was written), with the value a checkpoint from before a setting existed trained with.
-RESUMED_LOSS_SETTINGS = dict(perceptual_layers=["relu5_4"], perceptual_layer_weights=[1.0], perceptual_loss="mse",
-                             perceptual_loss_weight=1.0, pixel_loss_weight=0.0, adversarial_loss_weight=1e-3,
-                             lattice_loss_weight=0.0, vgg_pooling="max")
+# On resume, the losses are the checkpoint's unless a flag is given: their defaults, and RANDOM_VGG, may have changed
+# since it was written. A checkpoint from before a setting existed trained without it (PREDATING).
+RESUMED_LOSSES = ("vgg_weights", "vgg_pooling", "perceptual_layers", "perceptual_layer_weights", "perceptual_loss",
+                  "perceptual_loss_weight", "pixel_loss_weight", "adversarial_loss_weight", "lattice_loss_weight")
+PREDATING = dict(vgg_pooling="max", lattice_loss_weight=0.0)
 
 
 def peek_flag(argv, name, default):
@@ -486,7 +486,7 @@ def main():
     # trained; and, if asked, the average of the generator's weights (EMA).
     resumed = training.load_run_to_resume(hp, "srgan", RENAMED, ("scaling_factor", *DISCRIMINATOR_ARCHITECTURE),
                                           not_used=("srresnet_checkpoint",), required=RESUMABLE_DISCRIMINATOR_KEYS,
-                                          kept=RESUMED_LOSS_SETTINGS)
+                                          kept=RESUMED_LOSSES, predating=PREDATING)
     generator, discriminator, vgg, architecture = build_networks(hp, resumed, device)
     optimizer_g, scheduler_g = training.make_optimizer(generator, hp)
     optimizer_d, scheduler_d = training.make_optimizer(discriminator, hp)
@@ -514,8 +514,8 @@ def main():
     # Ctrl+C / SIGTERM, checkpoints, the progress bar, reports and logs: the duties of the loop's end.
     stop_signal, save, log = training_log.start_duties(
         "srgan", hp, stateful, resumed, start_iteration, device, is_main_process,
-        ["perceptual", "pixel", "adversarial", "discriminator", *(["lattice"] if hp.lattice_loss_weight else [])],
-        f"train_srgan ({hp.recipe})", **architecture)
+        ["perceptual", "pixel", "adversarial", "discriminator", "lattice"], f"train_srgan ({hp.recipe})",
+        **architecture)
 
     generator.train()
     discriminator.train()
@@ -524,7 +524,7 @@ def main():
         lr_imgs, pixel_target_imgs, perceptual_target_imgs, real_imgs, loss_mask = make_gan_batch(
             lr_imgs, hr_imgs, hp, iteration, rank, generator, device, pair_pool)
 
-        # ---- Generator step: perceptual + pixel + adversarial loss (+ the lattice loss, if weighted). ----
+        # ---- Generator step: perceptual + pixel + adversarial + lattice loss, each with its weight. ----
         # The discriminator's weights get no gradients here (saves time; its optimiser would ignore them anyway).
         # It is called unwrapped: with several processes only the discriminator step syncs its gradients.
         discriminator.requires_grad_(False)
@@ -535,8 +535,9 @@ def main():
                 sr_imgs = sr_imgs * loss_mask
             perceptual = perceptual_loss(vgg, sr_imgs, perceptual_target_imgs, hp.perceptual_loss)
             pixel = F.l1_loss(sr_imgs, pixel_target_imgs)
-            # No fixed s x s pattern (a grid): the phase means of SR follow HR's (lattice_loss).
-            lattice = lattice_loss(sr_imgs, pixel_target_imgs, hp.scaling_factor) if hp.lattice_loss_weight else 0.0
+            # No fixed s x s pattern (a grid): the phase means of SR follow HR's (lattice_loss; logged even at
+            # weight 0, where it measures the grid a run may be growing).
+            lattice = lattice_loss(sr_imgs, pixel_target_imgs, hp.scaling_factor)
             fake_logits = discriminator(sr_imgs).float()
             # The relativistic loss also needs D's opinion of real images (a constant for the generator).
             real_logits = None
@@ -573,7 +574,7 @@ def main():
         # The duties of the end of an iteration, each when it is due.
         completed = iteration + 1
         log.add_losses(perceptual=perceptual, pixel=pixel, adversarial=adversarial, discriminator=discriminator_loss,
-                       **({"lattice": lattice} if hp.lattice_loss_weight else {}))
+                       lattice=lattice)
         stop_now = stop_signal.should_stop()  # Ctrl+C / SIGTERM in any process: all save now and stop together
         last = completed == hp.iterations
         report_now = completed % hp.print_every == 0 or last

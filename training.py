@@ -618,7 +618,8 @@ def _flag_text(value):
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def reconcile_resumed_hyperparameters(checkpoint, hp, aliases=None, architecture=(), not_used=(), kept=None):
+def reconcile_resumed_hyperparameters(checkpoint, hp, aliases=None, architecture=(), not_used=(), kept=(),
+                                      predating=None):
     """
     Before the networks are built for a resumed run: settle which hyperparameters the checkpoint decides.
 
@@ -627,9 +628,9 @@ def reconcile_resumed_hyperparameters(checkpoint, hp, aliases=None, architecture
         new checkpoints would claim a network the run does not have); those not given take the checkpoint's values;
       * a flag in `not_used` (what the checkpoint replaces, e.g. train_srgan.py's --srresnet_checkpoint) is noted
         when given with another value, and takes the checkpoint's value;
-      * a hyperparameter in `kept` (name -> the value runs had before it existed) that is not given keeps the
-        checkpoint's value, or that old value when the checkpoint predates it: the losses a run trains with do not
-        change on resume when a default changed since it was written.
+      * a hyperparameter in `kept` that is not given keeps the checkpoint's value (or, when the checkpoint predates
+        it, its value in `predating`): what a run trains with does not change on resume when a default changed since
+        it was written.
     hp is changed in place, so that the checkpoints the run writes record what it really uses. (The learning-rate
     schedule is settled by resume_training, against the schedulers' state.)
 
@@ -654,9 +655,9 @@ def reconcile_resumed_hyperparameters(checkpoint, hp, aliases=None, architecture
               f"networks.", file=sys.stderr)
     for name in not_used:
         setattr(hp, name, saved.get(name))
-    for name, value_before in (kept or {}).items():
-        if name not in given:
-            setattr(hp, name, saved.get(name, value_before))
+    for name in kept:
+        if name not in given and (name in saved or name in (predating or {})):
+            setattr(hp, name, saved[name] if name in saved else predating[name])
 
 
 def make_optimizer(network, hp):
@@ -726,21 +727,21 @@ def check_resumable(checkpoint, path, required=()):
                          f"checkpoint, or start a new run without --checkpoint.")
 
 
-def load_run_to_resume(hp, kind, aliases, architecture, not_used, required=(), kept=None):
+def load_run_to_resume(hp, kind, aliases, architecture, not_used, required=(), kept=(), predating=None):
     """
     The checkpoint of the run that --checkpoint resumes, or None for a new run (no --checkpoint): loaded, checked to
     hold a run to resume (check_resumable), and with hp's architecture flags settled by it
     (reconcile_resumed_hyperparameters), before any network is built.
 
     :param kind: 'srresnet' or 'srgan': the script whose checkpoints are accepted
-    :param aliases, architecture, not_used, kept: as reconcile_resumed_hyperparameters takes them; required: as
-                                            check_resumable takes it
+    :param aliases, architecture, not_used, kept, predating: as reconcile_resumed_hyperparameters takes them
+    :param required: as check_resumable takes it
     """
     if not hp.checkpoint:
         return None
     resumed = checkpoints.load_checkpoint(hp.checkpoint, expected_kind=kind)
     check_resumable(resumed, hp.checkpoint, required)
-    reconcile_resumed_hyperparameters(resumed, hp, aliases, architecture, not_used, kept)
+    reconcile_resumed_hyperparameters(resumed, hp, aliases, architecture, not_used, kept, predating)
     return resumed
 
 

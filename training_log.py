@@ -81,8 +81,9 @@ class RunningLosses:
 
     def load_state_dict(self, state):
         """Continue the sums of a checkpoint (a resumed run); the speed is measured afresh."""
-        # (A loss the checkpoint's run did not log, e.g. one its flags turned off, starts from 0.)
-        self.sums = {name: state["sums"].get(name, torch.zeros(())).to(self.device) for name in self.names}
+        if set(self.names) - set(state["sums"]):  # a checkpoint that did not log every loss: averages start afresh
+            return
+        self.sums = {name: state["sums"][name].to(self.device) for name in self.names}
         self.count = state["count"]
 
     def check_finite(self, iteration, checkpoint_path):
