@@ -125,7 +125,7 @@ def test_train_srgan_runs_from_srresnet_checkpoint(data_folder, tmp_path, monkey
     assert checkpoint["iteration"] == 2 and checkpoint["hyperparameters"]["recipe"] == recipe
     # It validated the weights eval.py takes from its checkpoint (ESRGAN's EMA), and kept the best ones.
     assert sorted(validation_records(tmp_path / "log_srgan.jsonl")) == [0, 1, 2]
-    # The losses it reports: the lattice loss too, which the random VGG19 (TINY_DISCRIMINATOR) turns on.
+    # The losses it reports, the lattice loss among them (the random VGG19 of TINY_DISCRIMINATOR weighs it 100).
     reported = [record["losses"] for record in training_log.read_jsonl(tmp_path / "log_srgan.jsonl")
                 if "losses" in record]
     assert reported and all(sorted(losses) == ["adversarial", "discriminator", "lattice", "perceptual", "pixel"]
