@@ -565,8 +565,8 @@ def draw_mse_blur(path, base, texture, generator):
 # ======================================================================================================
 def gan_iteration(generator, discriminator, vgg, lr_imgs, hr_imgs):
     """
-    One SRGAN iteration as train_srgan.py runs it (its loss functions, SRGAN's weights: perceptual 1, adversarial
-    1e-3), without the optimisers' steps: we record the shapes that flow and which network's weights receive
+    One SRGAN iteration as train_srgan.py runs it (its loss functions and its default weights, the SRGAN paper's:
+    perceptual 1 / 12.75^2, adversarial 1e-3), without the optimisers' steps: we record the shapes that flow and which network's weights receive
     gradients in each step. The networks are copied first, so the ones given are left untouched.
 
     :param lr_imgs: (N, 3, h, w) in [0, 1];  hr_imgs: (N, 3, 4h, 4w) in [0, 1]
@@ -595,7 +595,8 @@ def gan_iteration(generator, discriminator, vgg, lr_imgs, hr_imgs):
     perceptual = train_srgan.perceptual_loss(vgg, sr_imgs, hr_imgs, "mse")
     fake_logits = discriminator(sr_imgs)  # (N,)
     adversarial = train_srgan.adversarial_loss(None, fake_logits, "vanilla", for_generator=True)
-    (perceptual + 1e-3 * adversarial).backward()
+    weights = train_srgan.hyperparameters  # the script's defaults: SRGAN's loss weights
+    (weights["perceptual_loss_weight"] * perceptual + weights["adversarial_loss_weight"] * adversarial).backward()
     g_step = received_gradients()
 
     # 2. Discriminator step: SR images detached, so nothing flows back into the generator.
@@ -687,7 +688,9 @@ def draw_gan_iteration(path, generator, discriminator, vgg, lr_imgs, hr_imgs):
                   LOSS)
     per_box = box(ax, 14.4, 7.9, 3.2, 1.2, f"perceptual =\nMSE(\u03c6(SR), \u03c6(HR))\n\u03c6: {run['features']}",
                   LOSS)
-    g_loss = box(ax, 18.6, 9.2, 3.2, 1.2, "generator_loss =\nperceptual\n+ 1e-3 adversarial", LOSS)
+    weights = train_srgan.hyperparameters
+    g_loss = box(ax, 18.6, 9.2, 3.2, 1.2, f"generator_loss =\n{weights['perceptual_loss_weight']:.4f} perceptual\n"
+                                          f"+ {weights['adversarial_loss_weight']:g} adversarial", LOSS)
     for start, end in ((right(lr_box), left(g_box)), (right(g_box), left(sr_box)), (right(sr_box, 0.3), left(d_box)),
                        (right(sr_box, -0.3), left(vgg_box, 0.3)), (right(hr_box), left(vgg_box, -0.3)),
                        (right(d_box), left(adv_box)), (right(vgg_box), left(per_box)),
@@ -748,10 +751,11 @@ def loss_curves(records):
 
 def draw_gan_training(path, log_path):
     """
-    A GAN run as its log tells it: the generator's adversarial loss and the discriminator's loss hover near the
-    values of a discriminator that cannot tell HR from SR (ln 2 and 2 ln 2: sigmoid 0.5 for every image) instead of
-    going down; the pixel and perceptual losses barely move; the validation PSNR, against bicubic's, is how far
-    the SR images stay from the truth. (The losses are the means between two reports.)
+    A GAN run as its log tells it: the generator's adversarial loss and the discriminator's loss go up and down
+    around each other, not steadily down, beside the values of a discriminator that cannot tell HR from SR (ln 2 and
+    2 ln 2: sigmoid 0.5 for every image): a contest; the generator's other losses (those the log holds, whatever
+    their weights in the run) barely move; the validation PSNR, against bicubic's, is how far the SR images stay
+    from the truth. (The losses are the means between two reports.)
 
     :param log_path: a train_srgan.py log (log_srgan.jsonl, the JSON lines training_log.LogFiles writes)
     :return: (the loss curves, the validation scores) as loss_curves and plot_training.validation_of_records give
