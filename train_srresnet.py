@@ -28,6 +28,8 @@ Watch it:                     tensorboard --logdir <output_folder> (validation o
 Every hyperparameter below can be overridden by a flag of the same name; --help lists them.
 (--lr, --lr_milestones and --lr_gamma, the old names of the learning-rate flags, still work.)
 """
+import sys
+
 import torch
 from torch import nn
 
@@ -230,6 +232,9 @@ def make_generator(hp, resumed, device, is_main_process):
             started = (f"Fine-tuning {description}, deepened from {kwargs['num_conv']} to {hp.num_conv} convolutions "
                        f"(the new ones start as identities: the same output at first).")
             kwargs = generator.generator_kwargs
+        if hp.icnr and is_main_process:  # (how new weights start: these are not new)
+            print(f"Note: --icnr not used with --pretrained: {hp.pretrained} brings the weights.", file=sys.stderr)
+        hp.icnr = False
         # The checkpoints record the architecture really used, under the flags' names where they have one.
         hp.generator_arch = arch
         hp.use_unshuffle = getattr(generator, "unshuffle_scale", 1) > 1
