@@ -6,6 +6,9 @@ Contents, in the order the papers introduced them:
       ConvolutionalBlock, SubPixelConvolutionalBlock, ResidualBlock   the building blocks (icnr_: another start
                                                                       for the sub-pixel convolution)
       SRResNet, Generator                                             the generator (trained with MSE, then as a GAN)
+      BinomialBlur                                                    a fixed low-pass filter: the discriminators'
+                                                                      antialias=True (a departure) puts it before
+                                                                      each stride-2 step
       Discriminator                                                   the SRGAN discriminator (one logit per image)
       load_vgg19, VGGFeatureExtractor                                 the frozen VGG19 behind the perceptual losses
 
