@@ -648,7 +648,6 @@ class UNetDiscriminatorSN(nn.Module):
     def __init__(self, num_in_ch=3, num_feat=64, skip_connection=True, antialias=False):
         super().__init__()
         self.skip_connection = skip_connection
-        self.antialias = antialias
         self.blur = BinomialBlur() if antialias else nn.Identity()  # before each strided convolution
         sn = nn.utils.spectral_norm
         self.conv0 = nn.Conv2d(num_in_ch, num_feat, kernel_size=3, stride=1, padding=1)
