@@ -3,8 +3,8 @@
 Contents, in the order the papers introduced them:
 
   Part A -- SRResNet and SRGAN (Ledig et al., 2017, "Photo-Realistic Single Image Super-Resolution Using a GAN")
-      ConvolutionalBlock, SubPixelConvolutionalBlock, ResidualBlock   the building blocks (icnr_: another start
-                                                                      for the sub-pixel convolution)
+      ConvolutionalBlock, SubPixelConvolutionalBlock, ResidualBlock   the building blocks (icnr_, icnr_srresnet_:
+                                                                      another start for the sub-pixel convolutions)
       SRResNet, Generator                                             the generator (trained with MSE, then as a GAN)
       BinomialBlur                                                    a fixed low-pass filter: the discriminators'
                                                                       antialias=True (a departure) puts it before
@@ -146,6 +146,13 @@ def icnr_(conv, scaling_factor):
     if conv.bias is not None:
         conv.bias.copy_(base.bias.repeat_interleave(n_phases))  # (C s^2,)
     return conv
+
+
+def icnr_srresnet_(generator):
+    """icnr_ for each sub-pixel convolution of an SRResNet (train_srresnet.py --icnr), in place; returns generator."""
+    for block in generator.subpixel_convolutional_blocks:
+        icnr_(block.conv, block.pixel_shuffle.upscale_factor)
+    return generator
 
 
 class ResidualBlock(nn.Module):

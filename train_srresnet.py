@@ -248,8 +248,7 @@ def make_generator(hp, resumed, device, is_main_process):
         arch, kwargs = hp.generator_arch, generator_kwargs(hp)
         generator = models.build_generator(arch, **kwargs).to(device)
         if hp.icnr:  # (how the new weights start; the architecture, generator_kwargs, is the same)
-            for block in generator.subpixel_convolutional_blocks:
-                models.icnr_(block.conv, block.pixel_shuffle.upscale_factor)
+            models.icnr_srresnet_(generator)
     # The network must fit the data's scale (a pixel-unshuffle model by its fold), whichever way it came; CutBlur
     # needs an x1 model.
     source = f"--pretrained {hp.pretrained}" if hp.pretrained and not resumed else f"The {arch} generator"
