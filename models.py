@@ -430,7 +430,9 @@ class VGGFeatureExtractor(nn.Module):
                        attribute `layer_weights` for the loss to use. Default: Real-ESRGAN's five layers.
         weights: see load_vgg19.
         pooling: 'max' (VGG19's own 2x2 max-pooling) or 'avg' (2x2 average pooling in its place, as Gatys et al. did
-                 for texture synthesis: smoother gradients; with random weights nothing was learnt with either).
+                 for texture synthesis: smoother gradients. With random VGG19 weights, 200 GAN iterations from the
+                 shipped `realistic` printed a grid with max-pooling (lattice +9 dB on Set14) and a faint one with
+                 average pooling (+5 dB): docs/training.md, "Where the grid comes from").
     Forward: (N, 3, H, W) 'imagenet-norm' (utils.convert_image) -> {name: feature map}, e.g. relu5_4 or conv5_4:
     (N, 512, H / 16, W / 16). VGG only runs as deep as the deepest layer asked for.
     """

@@ -266,8 +266,9 @@ def main():
     rank, world_size, device, precision = training.setup_training(hp, "srresnet")
     is_main_process = rank == 0  # only one process prints and writes checkpoints
 
-    # The generator: a new one, the one of the run we resume (its checkpoint, None for a new run), or pretrained
-    # weights to fine-tune; Adam and its learning-rate schedule; and, if asked, the average of its weights (EMA).
+    # The generator: a new one, the one of the run we resume, or pretrained weights to fine-tune (`resumed` is the
+    # checkpoint of the run resumed, or None); Adam and its learning-rate schedule; and, if asked, the average of its
+    # weights (EMA).
     resumed = training.load_run_to_resume(hp, "srresnet", cli.RENAMED_HYPERPARAMETERS, ARCHITECTURE,
                                           not_used=("pretrained", "icnr"))  # (icnr: how new weights start)
     generator, architecture = make_generator(hp, resumed, device, is_main_process)
