@@ -491,6 +491,11 @@ def _jpeg_planes(planes, tables):
     return blocks.transpose(3, 4).reshape(n, p, h, w)
 
 
+def _jpeg_quality(quality, device=None):
+    """A JPEG quality as an encoder takes it: a number or a tensor -> a float32 tensor of whole numbers in [1, 100]."""
+    return torch.as_tensor(quality, dtype=torch.float32, device=device).round().clamp(1, 100)
+
+
 def jpeg_compress(imgs, quality):
     """
     Simulate JPEG compression (baseline, 4:2:0 chroma, standard tables) of a batch, in torch.
@@ -502,7 +507,7 @@ def jpeg_compress(imgs, quality):
     n, c, h, w = imgs.shape
     if c != 3:
         raise ValueError(f"jpeg_compress expects RGB images (N, 3, H, W), got {tuple(imgs.shape)}")
-    quality = torch.as_tensor(quality, dtype=torch.float32, device=imgs.device).expand(n).round().clamp(1, 100)
+    quality = _jpeg_quality(quality, imgs.device).expand(n)  # (N,)
     rgb = imgs.clamp(0, 1) * 255
     # JPEG codes 16x16 macroblocks (8x8 luma blocks, 2x2-subsampled chroma): pad by repeating the last
     # row / column (what libjpeg does), crop back at the end.
@@ -576,8 +581,8 @@ def _random_noise(imgs, settings, rng, noise_rng, suffix):
 
 def _random_jpeg(imgs, settings, rng, suffix):
     """JPEG with a per-image quality drawn from jpeg_range{suffix}. Returns the decoded batch and the draws."""
-    quality = torch.tensor([_uniform(rng, *settings["jpeg_range" + suffix]) for _ in range(imgs.shape[0])])
-    quality = quality.round().clamp(1, 100)  # whole numbers, as an encoder takes them (and jpeg_compress rounds)
+    # (N,) whole numbers, as jpeg_compress uses them: the draws record the quality really applied.
+    quality = _jpeg_quality([_uniform(rng, *settings["jpeg_range" + suffix]) for _ in range(imgs.shape[0])])
     return jpeg_compress(imgs.clamp(0, 1), quality.to(imgs.device)), [{"quality": int(q)} for q in quality]
 
 

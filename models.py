@@ -3,9 +3,12 @@
 Contents, in the order the papers introduced them:
 
   Part A -- SRResNet and SRGAN (Ledig et al., 2017, "Photo-Realistic Single Image Super-Resolution Using a GAN")
-      ConvolutionalBlock, SubPixelConvolutionalBlock, ResidualBlock   the building blocks (icnr_: another start
-                                                                      for the sub-pixel convolution)
+      ConvolutionalBlock, SubPixelConvolutionalBlock, ResidualBlock   the building blocks (icnr_, icnr_srresnet_:
+                                                                      another start for the sub-pixel convolutions)
       SRResNet, Generator                                             the generator (trained with MSE, then as a GAN)
+      BinomialBlur                                                    a fixed low-pass filter: the discriminators'
+                                                                      antialias=True (a departure) puts it before
+                                                                      each stride-2 step
       Discriminator                                                   the SRGAN discriminator (one logit per image)
       load_vgg19, VGGFeatureExtractor                                 the frozen VGG19 behind the perceptual losses
 
@@ -143,6 +146,13 @@ def icnr_(conv, scaling_factor):
     if conv.bias is not None:
         conv.bias.copy_(base.bias.repeat_interleave(n_phases))  # (C s^2,)
     return conv
+
+
+def icnr_srresnet_(generator):
+    """icnr_ for each sub-pixel convolution of an SRResNet (train_srresnet.py --icnr), in place; returns generator."""
+    for block in generator.subpixel_convolutional_blocks:
+        icnr_(block.conv, block.pixel_shuffle.upscale_factor)
+    return generator
 
 
 class ResidualBlock(nn.Module):
@@ -420,7 +430,9 @@ class VGGFeatureExtractor(nn.Module):
                        attribute `layer_weights` for the loss to use. Default: Real-ESRGAN's five layers.
         weights: see load_vgg19.
         pooling: 'max' (VGG19's own 2x2 max-pooling) or 'avg' (2x2 average pooling in its place, as Gatys et al. did
-                 for texture synthesis: smoother gradients; with random weights nothing was learnt with either).
+                 for texture synthesis: smoother gradients. With random VGG19 weights, 200 GAN iterations from the
+                 shipped `realistic` printed a grid with max-pooling (lattice +9 dB on Set14) and a faint one with
+                 average pooling (+5 dB): docs/training.md, "Where the grid comes from").
     Forward: (N, 3, H, W) 'imagenet-norm' (utils.convert_image) -> {name: feature map}, e.g. relu5_4 or conv5_4:
     (N, 512, H / 16, W / 16). VGG only runs as deep as the deepest layer asked for.
     """
@@ -645,7 +657,6 @@ class UNetDiscriminatorSN(nn.Module):
     def __init__(self, num_in_ch=3, num_feat=64, skip_connection=True, antialias=False):
         super().__init__()
         self.skip_connection = skip_connection
-        self.antialias = antialias
         self.blur = BinomialBlur() if antialias else nn.Identity()  # before each strided convolution
         sn = nn.utils.spectral_norm
         self.conv0 = nn.Conv2d(num_in_ch, num_feat, kernel_size=3, stride=1, padding=1)

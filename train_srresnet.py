@@ -28,6 +28,8 @@ Watch it:                     tensorboard --logdir <output_folder> (validation o
 Every hyperparameter below can be overridden by a flag of the same name; --help lists them.
 (--lr, --lr_milestones and --lr_gamma, the old names of the learning-rate flags, still work.)
 """
+import sys
+
 import torch
 from torch import nn
 
@@ -230,6 +232,9 @@ def make_generator(hp, resumed, device, is_main_process):
             started = (f"Fine-tuning {description}, deepened from {kwargs['num_conv']} to {hp.num_conv} convolutions "
                        f"(the new ones start as identities: the same output at first).")
             kwargs = generator.generator_kwargs
+        if hp.icnr and is_main_process:  # (how new weights start: these are not new)
+            print(f"Note: --icnr not used with --pretrained: {hp.pretrained} brings the weights.", file=sys.stderr)
+        hp.icnr = False
         # The checkpoints record the architecture really used, under the flags' names where they have one.
         hp.generator_arch = arch
         hp.use_unshuffle = getattr(generator, "unshuffle_scale", 1) > 1
@@ -243,8 +248,7 @@ def make_generator(hp, resumed, device, is_main_process):
         arch, kwargs = hp.generator_arch, generator_kwargs(hp)
         generator = models.build_generator(arch, **kwargs).to(device)
         if hp.icnr:  # (how the new weights start; the architecture, generator_kwargs, is the same)
-            for block in generator.subpixel_convolutional_blocks:
-                models.icnr_(block.conv, block.pixel_shuffle.upscale_factor)
+            models.icnr_srresnet_(generator)
     # The network must fit the data's scale (a pixel-unshuffle model by its fold), whichever way it came; CutBlur
     # needs an x1 model.
     source = f"--pretrained {hp.pretrained}" if hp.pretrained and not resumed else f"The {arch} generator"
@@ -262,8 +266,9 @@ def main():
     rank, world_size, device, precision = training.setup_training(hp, "srresnet")
     is_main_process = rank == 0  # only one process prints and writes checkpoints
 
-    # The generator: a new one, the one of the run we resume (its checkpoint, None for a new run), or pretrained
-    # weights to fine-tune; Adam and its learning-rate schedule; and, if asked, the average of its weights (EMA).
+    # The generator: a new one, the one of the run we resume, or pretrained weights to fine-tune (`resumed` is the
+    # checkpoint of the run resumed, or None); Adam and its learning-rate schedule; and, if asked, the average of its
+    # weights (EMA).
     resumed = training.load_run_to_resume(hp, "srresnet", cli.RENAMED_HYPERPARAMETERS, ARCHITECTURE,
                                           not_used=("pretrained", "icnr"))  # (icnr: how new weights start)
     generator, architecture = make_generator(hp, resumed, device, is_main_process)

@@ -36,6 +36,8 @@ def test_prelu_is_pytorchs_prelu(dtype):
         x_in = x.clone().requires_grad_()
         with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):  # (as training runs bf16)
             y = module(x_in)
+        if module is ours:  # the bf16 step takes LeakyReLU's kernels (_SharedSlopePReLU); fp32 takes nn.PReLU's
+            assert (type(y.grad_fn).__name__ == "_SharedSlopePReLUBackward") == (dtype == torch.bfloat16)
         y.backward(torch.linspace(-1, 1, y.numel()).view_as(y).to(dtype))
         grads.append((y, x_in.grad, module.weight.grad))
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
@@ -46,15 +48,18 @@ def test_prelu_is_pytorchs_prelu(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_srresnet_on_a_cpu_takes_the_folded_output_and_computes_the_papers_function(dtype):
+def test_srresnet_on_a_cpu_takes_the_folded_output_and_computes_the_papers_function(dtype, monkeypatch):
     """SRResNet.upsample_and_output runs folded_upsample_and_output on a CPU: the same outputs as the paper's sub-pixel
     blocks and last convolution, up to float rounding (the same sums in another order)."""
     torch.manual_seed(0)
     model = models.SRResNet(n_channels=8, n_blocks=1).eval()
     features = torch.randn(1, 8, 6, 7)
     assert fast_paths.can_fold_output(model.conv_block3, features)
+    calls = []  # a spy: the folded path is the one taken, not only a function that gives the same numbers
+    real = fast_paths.folded_upsample_and_output
+    monkeypatch.setattr(fast_paths, "folded_upsample_and_output", lambda *args: calls.append(1) or real(*args))
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
         folded = model.upsample_and_output(features)
         plain = model.conv_block3(model.subpixel_convolutional_blocks(features))
-    assert folded.shape == plain.shape == (1, 3, 24, 28)
+    assert calls == [1] and folded.shape == plain.shape == (1, 3, 24, 28)
     torch.testing.assert_close(folded.float(), plain.float(), rtol=0, atol=1e-5 if dtype == torch.float32 else 2e-2)

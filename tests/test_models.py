@@ -112,8 +112,7 @@ def test_icnr_removes_the_lattice_of_an_untrained_srresnet():
         torch.manual_seed(0)
         generator = models.SRResNet(n_channels=16, n_blocks=2).eval()
         if init == "icnr":
-            for block in generator.subpixel_convolutional_blocks:
-                models.icnr_(block.conv, 2)
+            models.icnr_srresnet_(generator)
         with torch.no_grad():
             sr_y = generator(lr_imgs)[0, 0].numpy()  # (256, 256), in [-1, 1]
         contrasts[init] = metrics.lattice_contrast(10 * np.log10(metrics.welch_power_spectrum(sr_y, 32) + 1e-20))[0]

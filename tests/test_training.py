@@ -1509,7 +1509,7 @@ def test_a_flag_of_another_architecture_is_refused(data_folder, tmp_path, monkey
 def test_icnr_flag_starts_the_sub_pixel_convolutions_equal(data_folder, tmp_path, monkeypatch, capsys):
     """--icnr true: a new SRResNet's sub-pixel convolutions start from models.icnr_ (the s*s sub-kernels of each
     output channel equal), without it from PyTorch's default (all different); refused for another architecture, and
-    noted as not used when resuming (the checkpoint brings the weights)."""
+    noted as not used when resuming or fine-tuning (the checkpoint or --pretrained brings the weights)."""
     for icnr in (True, False):
         hp = cli.parse_hyperparameters(train_srresnet.hyperparameters, "",
                                        argv=["--n_blocks", "1", "--n_channels", "8", "--icnr", str(icnr).lower()])
@@ -1528,6 +1528,10 @@ def test_icnr_flag_starts_the_sub_pixel_convolutions_equal(data_folder, tmp_path
                                 "--iterations", 2, "--checkpoint", tmp_path / "checkpoint_srresnet.pth", "--icnr",
                                 "true"], monkeypatch)
     assert "--icnr not used when resuming" in capsys.readouterr().err
+    hp = cli.parse_hyperparameters(train_srresnet.hyperparameters, "", argv=[
+        "--pretrained", str(tmp_path / "checkpoint_srresnet.pth"), "--icnr", "true"])
+    train_srresnet.make_generator(hp, None, torch.device("cpu"), is_main_process=True)
+    assert "--icnr not used with --pretrained" in capsys.readouterr().err and hp.icnr is False  # (as checkpoints say)
 
 
 def test_deepened_compact_computes_the_same_and_its_new_layers_learn():
