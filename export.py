@@ -319,14 +319,14 @@ def main(argv=None):
     if half:  # before any file is written: a value fp16 cannot hold would become inf, and the output black
         for weights_name, state_dict in weights.items():
             check_fits_fp16(state_dict, weights_name)
-    stored = "params_ema" if "params_ema" in weights else "params"  # what .safetensors and .onnx keep
+    stored = "params_ema" if "params_ema" in weights else "params"  # what .safetensors, .onnx and .param keep
+    model.load_state_dict(weights[stored])  # (--weights raw: the raw ones, in the graphs and in their checks)
     if output.suffix.lower() == ".pth":
         export_pth(model, weights, output, args.half)
         stored = " + ".join(weights)
     elif output.suffix.lower() == ".safetensors":
         export_safetensors(model, weights, output, args.half)
     elif ncnn:
-        model.load_state_dict(weights[stored])  # (--weights raw: the raw ones)
         ncnn_format.write_generator(model, output, fp16=half)
     else:
         export_onnx(model, output, args.half)
