@@ -80,6 +80,9 @@ def load_weights(path):
              {"params": the raw weights} plus {"params_ema": the EMA weights} when the file holds both (a file with
              one set of weights gives it as "params"), and descriptions the one-line description of each
     """
+    if ncnn_format.is_ncnn_model(path):  # model.param + model.bin: one set of weights, read by ncnn_format
+        model, description, _ = inference.load_generator(path)
+        return model, {"params": model.state_dict()}, {"params": description}
     checkpoint = inference.read_generator_file(path)  # the one read
     model, description, _ = inference.load_generator(path, checkpoint=checkpoint)  # EMA weights, when there are
     raw_model, raw_description, _ = inference.load_generator(path, ema=False, checkpoint=checkpoint)

@@ -302,6 +302,22 @@ def test_export_cli_writes_ncnn_and_refuses_to_replace(tmp_path, capsys):
         export.main([str(tmp_path / "g.bin"), "--output", str(tmp_path / "g.param"), "--overwrite"])
 
 
+def test_export_takes_an_ncnn_model_as_its_input(tmp_path, capsys):
+    """export.py reads a .param as any script does: the .pth it writes is the same network, its data scale kept."""
+    generator = random_network("rrdb_x1")
+    generator.data_scaling_factor = 4  # an x1 network trained on x4 data: the scale the .pth must record
+    ncnn_format.write_generator(generator, tmp_path / "g.param", fp16=False)
+    export.main([str(tmp_path / "g.param"), "--output", str(tmp_path / "g.pth")])
+    assert "from the ncnn model g.param" in capsys.readouterr().out
+    from_param, from_pth = (inference.load_generator(tmp_path / name, scaling_factor=4)[0] for name in ("g.param",
+                                                                                                         "g.pth"))
+    assert network(from_pth) == network(from_param) and from_pth.data_scaling_factor == 4
+    lr = torch.rand(1, 3, 9, 11)
+    with torch.no_grad():
+        assert torch.equal(inference.fit_generator_to_data(from_pth)[0](lr),
+                           inference.fit_generator_to_data(from_param)[0](lr))
+
+
 def test_every_script_takes_an_ncnn_model(tmp_path, monkeypatch, capsys):
     """super_resolve.py, eval.py, train_srresnet.py --pretrained and train_srgan.py --srresnet_checkpoint take a
     .param as they take the same network's .pth: the same images, the same scores, the same starting weights."""
