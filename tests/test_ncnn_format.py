@@ -147,6 +147,16 @@ def test_hand_written_compact_file_loads_and_computes_the_same(tmp_path, fp16, m
     assert inference.load_generator(path.with_suffix(".bin"))[0].generator_kwargs == model.generator_kwargs
 
 
+def test_a_bin_with_no_param_beside_it_is_a_pytorch_checkpoint(tmp_path):
+    """A .bin is an ncnn model only beside its .param: alone it is a PyTorch checkpoint (pytorch_model.bin, as
+    Hugging Face names them)."""
+    (tmp_path / "model.bin").write_bytes((inference.WEIGHTS_FOLDER / "compact_x4.pth").read_bytes())
+    assert not ncnn_format.is_ncnn_model(tmp_path / "model.bin")
+    model, _, _ = inference.load_generator(tmp_path / "model.bin")
+    shipped, _, _ = inference.load_generator("compact")
+    assert all(torch.equal(value, shipped.state_dict()[name]) for name, value in model.state_dict().items())
+
+
 def test_the_mode_matters(tmp_path):
     """A mode-1 file read as if it were mode 0 would give another image: the mode is really taken into account."""
     weights = tiny_weights()
