@@ -454,6 +454,7 @@ def test_official_model_round_trip(official_models, run_ncnn, tmp_path):
         assert psnr(run_ncnn(param_path, lr), run_ncnn(official_models / "realesrgan-x4plus.param", lr)) >= 100
 
 
+# One shipped model per network: srgan and realistic_gan are the srresnet and realistic networks with other weights.
 @pytest.mark.parametrize("name", ["compact", "realistic", "srresnet"])
 @pytest.mark.parametrize("fp16, least", [(True, 50), (False, 90)], ids=["fp16", "fp32"])
 def test_shipped_models_exported_run_in_ncnn(run_ncnn, tmp_path, name, fp16, least):
