@@ -295,6 +295,9 @@ def main(argv=None):
     ncnn = output.suffix.lower() == ".param"
     if args.fp32 and not ncnn:
         raise ValueError(f"--fp32 is for ncnn files (.param); {output.suffix} files are fp32 unless --half is given.")
+    if args.fp32 and args.half:
+        raise ValueError("--half and --fp32 ask for two precisions: give --fp32 alone for fp32 ncnn files, or neither "
+                         "for fp16 ones (the default).")
     # Never write over the file read (a training checkpoint, or a shipped model's weights/ file by its name), however
     # the two paths are spelled; any other file only when asked. An ncnn model writes two files, model.param and
     # model.bin, and reads two.

@@ -308,6 +308,9 @@ def test_export_cli_writes_ncnn_and_refuses_to_replace(tmp_path, capsys):
     assert "fp32" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--fp32"):
         export.main([str(tmp_path / "g.pth"), "--output", str(tmp_path / "g.onnx"), "--fp32"])
+    with pytest.raises(ValueError, match="--half and --fp32"):  # one precision, refused before anything is written
+        export.main([str(tmp_path / "g.pth"), "--output", str(tmp_path / "h.param"), "--half", "--fp32"])
+    assert not (tmp_path / "h.param").exists() and not (tmp_path / "h.bin").exists()
     with pytest.raises(ValueError, match="its own input"):
         export.main([str(tmp_path / "g.bin"), "--output", str(tmp_path / "g.param"), "--overwrite"])
 
