@@ -193,7 +193,7 @@ def export_onnx(model, path, half=False):
     utils.atomic_write(path, lambda file: file.write(data))
 
 
-def test_image():
+def check_image():
     """The image an export is checked on: a 67 x 61 crop of scikit-image's astronaut, the face, fine detail (odd
     sides: a pixel-unshuffle model's padding runs too), as (1, 3, 67, 61) float32 in [0, 1]."""
     from skimage import data as skimage_data
@@ -211,7 +211,7 @@ def psnr_8bit(sr_a, sr_b):
 
 def check_onnx(model, path):
     """
-    Run the ONNX file with ONNX Runtime on a real image (test_image) and compare with PyTorch
+    Run the ONNX file with ONNX Runtime on a real image (check_image) and compare with PyTorch
     (inference.run_generator, float32).
 
     :return: PSNR in dB between the two 8-bit outputs (inf when identical)
@@ -219,7 +219,7 @@ def check_onnx(model, path):
     """
     import onnxruntime
 
-    lr_imgs = test_image()  # (1, 3, 67, 61) in [0, 1]
+    lr_imgs = check_image()  # (1, 3, 67, 61) in [0, 1]
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         onnx_sr = session.run(None, {"input": lr_imgs.numpy()})[0]  # (1, 3, 67 s, 61 s) in [0, 1]
@@ -241,13 +241,13 @@ def check_onnx(model, path):
 def check_ncnn(model, path):
     """
     Load the ncnn files back with this project's reader (inference.load_generator, ncnn_format.read_generator) and
-    compare with the PyTorch network on test_image: the graph must be read as the same network, and its weights
+    compare with the PyTorch network on check_image: the graph must be read as the same network, and its weights
     (fp16 ones rounded) must give the same image.
 
     :return: PSNR in dB between the two 8-bit outputs (inf when identical)
     :raises RuntimeError: under MIN_ONNX_PSNR (the same bar as ONNX), with the figure
     """
-    lr_imgs = test_image()
+    lr_imgs = check_image()
     read_back, _, _ = inference.load_generator(path)
     def network(generator):  # what makes two networks the same: their class, scales and tensors' shapes
         return (type(generator), generator.scaling_factor, generator.data_scaling_factor,
