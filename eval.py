@@ -17,11 +17,12 @@ to a paper's, and prints them beside the published figures:
 
 Inputs:
   --model       one or more of `bicubic` (MATLAB-style bicubic upscaling of the LR image, the usual baseline), the
-                shipped models `srresnet` and `compact` (weights/, whose model card lists these very numbers) or
-                checkpoint paths (ours, export.py's .pth / .safetensors files, official ESRGAN / Real-ESRGAN /
-                BasicSR weights, or ncnn models: x.param with x.bin beside it, the official Real-ESRGAN ncnn files
-                among them), loaded with inference.load_generator, and run in tiles (inference.upscale). A model's
-                scaling_factor must equal --scaling_factor (--scale, its old name, still works).
+                shipped models `compact`, `realistic`, `srresnet`, `srgan` and `realistic_gan` (weights/,
+                inference.SHIPPED_MODELS; their model card lists these very numbers) or checkpoint paths (ours,
+                export.py's .pth / .safetensors files, official ESRGAN / Real-ESRGAN / BasicSR weights, or ncnn
+                models: x.param with x.bin beside it, the official Real-ESRGAN ncnn files among them), loaded
+                with inference.load_generator, and run in tiles (inference.upscale). A model's scaling_factor must
+                equal --scaling_factor (--scale, its old name, still works).
   --interpolate_with, --alpha
                 network interpolation: the one checkpoint of --model blended with another one, weight by weight,
                 (1 - alpha) x model + alpha x other (inference.load_generator_or_blend, as in super_resolve.py).

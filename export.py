@@ -80,6 +80,9 @@ def load_weights(path):
              {"params": the raw weights} plus {"params_ema": the EMA weights} when the file holds both (a file with
              one set of weights gives it as "params"), and descriptions the one-line description of each
     """
+    if ncnn_format.is_ncnn_model(path):  # model.param + model.bin: one set of weights, read by ncnn_format
+        model, description, _ = inference.load_generator(path)
+        return model, {"params": model.state_dict()}, {"params": description}
     checkpoint = inference.read_generator_file(path)  # the one read
     model, description, _ = inference.load_generator(path, checkpoint=checkpoint)  # EMA weights, when there are
     raw_model, raw_description, _ = inference.load_generator(path, ema=False, checkpoint=checkpoint)
@@ -190,7 +193,7 @@ def export_onnx(model, path, half=False):
     utils.atomic_write(path, lambda file: file.write(data))
 
 
-def test_image():
+def check_image():
     """The image an export is checked on: a 67 x 61 crop of scikit-image's astronaut, the face, fine detail (odd
     sides: a pixel-unshuffle model's padding runs too), as (1, 3, 67, 61) float32 in [0, 1]."""
     from skimage import data as skimage_data
@@ -208,7 +211,7 @@ def psnr_8bit(sr_a, sr_b):
 
 def check_onnx(model, path):
     """
-    Run the ONNX file with ONNX Runtime on a real image (test_image) and compare with PyTorch
+    Run the ONNX file with ONNX Runtime on a real image (check_image) and compare with PyTorch
     (inference.run_generator, float32).
 
     :return: PSNR in dB between the two 8-bit outputs (inf when identical)
@@ -216,7 +219,7 @@ def check_onnx(model, path):
     """
     import onnxruntime
 
-    lr_imgs = test_image()  # (1, 3, 67, 61) in [0, 1]
+    lr_imgs = check_image()  # (1, 3, 67, 61) in [0, 1]
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         onnx_sr = session.run(None, {"input": lr_imgs.numpy()})[0]  # (1, 3, 67 s, 61 s) in [0, 1]
@@ -238,13 +241,13 @@ def check_onnx(model, path):
 def check_ncnn(model, path):
     """
     Load the ncnn files back with this project's reader (inference.load_generator, ncnn_format.read_generator) and
-    compare with the PyTorch network on test_image: the graph must be read as the same network, and its weights
+    compare with the PyTorch network on check_image: the graph must be read as the same network, and its weights
     (fp16 ones rounded) must give the same image.
 
     :return: PSNR in dB between the two 8-bit outputs (inf when identical)
     :raises RuntimeError: under MIN_ONNX_PSNR (the same bar as ONNX), with the figure
     """
-    lr_imgs = test_image()
+    lr_imgs = check_image()
     read_back, _, _ = inference.load_generator(path)
     def network(generator):  # what makes two networks the same: their class, scales and tensors' shapes
         return (type(generator), generator.scaling_factor, generator.data_scaling_factor,
@@ -292,6 +295,9 @@ def main(argv=None):
     ncnn = output.suffix.lower() == ".param"
     if args.fp32 and not ncnn:
         raise ValueError(f"--fp32 is for ncnn files (.param); {output.suffix} files are fp32 unless --half is given.")
+    if args.fp32 and args.half:
+        raise ValueError("--half and --fp32 ask for two precisions: give --fp32 alone for fp32 ncnn files, or neither "
+                         "for fp16 ones (the default).")
     # Never write over the file read (a training checkpoint, or a shipped model's weights/ file by its name), however
     # the two paths are spelled; any other file only when asked. An ncnn model writes two files, model.param and
     # model.bin, and reads two.
@@ -319,14 +325,14 @@ def main(argv=None):
     if half:  # before any file is written: a value fp16 cannot hold would become inf, and the output black
         for weights_name, state_dict in weights.items():
             check_fits_fp16(state_dict, weights_name)
-    stored = "params_ema" if "params_ema" in weights else "params"  # what .safetensors and .onnx keep
+    stored = "params_ema" if "params_ema" in weights else "params"  # what .safetensors, .onnx and .param keep
+    model.load_state_dict(weights[stored])  # (--weights raw: the raw ones, in the graphs and in their checks)
     if output.suffix.lower() == ".pth":
         export_pth(model, weights, output, args.half)
         stored = " + ".join(weights)
     elif output.suffix.lower() == ".safetensors":
         export_safetensors(model, weights, output, args.half)
     elif ncnn:
-        model.load_state_dict(weights[stored])  # (--weights raw: the raw ones)
         ncnn_format.write_generator(model, output, fp16=half)
     else:
         export_onnx(model, output, args.half)

@@ -81,8 +81,10 @@ def ncnn_paths(path):
 
 
 def is_ncnn_model(path):
-    """True for a path ending in .param (or .bin): an ncnn model, read by read_generator."""
-    return ncnn_paths(path) is not None
+    """True for a path ending in .param, or in .bin with its .param beside it: an ncnn model, read by read_generator.
+    A .bin alone is a PyTorch checkpoint (pytorch_model.bin, as Hugging Face names them)."""
+    paths = ncnn_paths(path)
+    return paths is not None and (Path(path).suffix.lower() == ".param" or paths[0].is_file())
 
 
 # ------------------------------------------------------------------------------------------------------

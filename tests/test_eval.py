@@ -15,6 +15,7 @@ from skimage import data as skimage_data
 
 import checkpoints
 import cli
+import inference
 import metrics
 import models
 
@@ -483,6 +484,11 @@ def assert_one_line_error(capsys, excinfo, *words):
     assert len(err_lines) == 1
     for word in words:
         assert word in err_lines[0]
+
+
+def test_docstring_names_every_shipped_model():
+    """eval.py's docstring (its --help) says which names --model takes: every shipped model's."""
+    assert all(f"`{name}`" in eval_script.__doc__ for name in inference.SHIPPED_MODELS)
 
 
 def test_missing_data_folder_or_lists(tmp_path, capsys):

@@ -166,6 +166,10 @@ def test_one_set_of_weights_ema_or_raw(tmp_path):
         assert path.stat().st_size < 0.6 * (tmp_path / "both.pth").stat().st_size
         for ema_flag in (True, False):
             assert torch.equal(forward(inference.load_generator(path, ema=ema_flag)[0], lr_imgs), forward(model, lr_imgs))
+    # The ONNX graph (and the check export.py runs on it) holds the chosen set too: --weights raw, the raw network.
+    export.main([str(tmp_path / "checkpoint.pth"), "--output", str(tmp_path / "raw.onnx"), "--weights", "raw"])
+    sr_onnx = onnx_outputs(tmp_path / "raw.onnx", lr_imgs)
+    assert psnr_8bit(sr_onnx, forward(raw, lr_imgs)) >= 50 > psnr_8bit(sr_onnx, forward(ema, lr_imgs))
 
 
 def test_half_files_are_half_the_size_and_load_as_float32(tmp_path):

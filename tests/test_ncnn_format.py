@@ -147,6 +147,16 @@ def test_hand_written_compact_file_loads_and_computes_the_same(tmp_path, fp16, m
     assert inference.load_generator(path.with_suffix(".bin"))[0].generator_kwargs == model.generator_kwargs
 
 
+def test_a_bin_with_no_param_beside_it_is_a_pytorch_checkpoint(tmp_path):
+    """A .bin is an ncnn model only beside its .param: alone it is a PyTorch checkpoint (pytorch_model.bin, as
+    Hugging Face names them)."""
+    (tmp_path / "model.bin").write_bytes((inference.WEIGHTS_FOLDER / "compact_x4.pth").read_bytes())
+    assert not ncnn_format.is_ncnn_model(tmp_path / "model.bin")
+    model, _, _ = inference.load_generator(tmp_path / "model.bin")
+    shipped, _, _ = inference.load_generator("compact")
+    assert all(torch.equal(value, shipped.state_dict()[name]) for name, value in model.state_dict().items())
+
+
 def test_the_mode_matters(tmp_path):
     """A mode-1 file read as if it were mode 0 would give another image: the mode is really taken into account."""
     weights = tiny_weights()
@@ -298,8 +308,27 @@ def test_export_cli_writes_ncnn_and_refuses_to_replace(tmp_path, capsys):
     assert "fp32" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--fp32"):
         export.main([str(tmp_path / "g.pth"), "--output", str(tmp_path / "g.onnx"), "--fp32"])
+    with pytest.raises(ValueError, match="--half and --fp32"):  # one precision, refused before anything is written
+        export.main([str(tmp_path / "g.pth"), "--output", str(tmp_path / "h.param"), "--half", "--fp32"])
+    assert not (tmp_path / "h.param").exists() and not (tmp_path / "h.bin").exists()
     with pytest.raises(ValueError, match="its own input"):
         export.main([str(tmp_path / "g.bin"), "--output", str(tmp_path / "g.param"), "--overwrite"])
+
+
+def test_export_takes_an_ncnn_model_as_its_input(tmp_path, capsys):
+    """export.py reads a .param as any script does: the .pth it writes is the same network, its data scale kept."""
+    generator = random_network("rrdb_x1")
+    generator.data_scaling_factor = 4  # an x1 network trained on x4 data: the scale the .pth must record
+    ncnn_format.write_generator(generator, tmp_path / "g.param", fp16=False)
+    export.main([str(tmp_path / "g.param"), "--output", str(tmp_path / "g.pth")])
+    assert "from the ncnn model g.param" in capsys.readouterr().out
+    from_param, from_pth = (inference.load_generator(tmp_path / name, scaling_factor=4)[0] for name in ("g.param",
+                                                                                                         "g.pth"))
+    assert network(from_pth) == network(from_param) and from_pth.data_scaling_factor == 4
+    lr = torch.rand(1, 3, 9, 11)
+    with torch.no_grad():
+        assert torch.equal(inference.fit_generator_to_data(from_pth)[0](lr),
+                           inference.fit_generator_to_data(from_param)[0](lr))
 
 
 def test_every_script_takes_an_ncnn_model(tmp_path, monkeypatch, capsys):
@@ -428,6 +457,7 @@ def test_official_model_round_trip(official_models, run_ncnn, tmp_path):
         assert psnr(run_ncnn(param_path, lr), run_ncnn(official_models / "realesrgan-x4plus.param", lr)) >= 100
 
 
+# One shipped model per network: srgan and realistic_gan are the srresnet and realistic networks with other weights.
 @pytest.mark.parametrize("name", ["compact", "realistic", "srresnet"])
 @pytest.mark.parametrize("fp16, least", [(True, 50), (False, 90)], ids=["fp16", "fp32"])
 def test_shipped_models_exported_run_in_ncnn(run_ncnn, tmp_path, name, fp16, least):
