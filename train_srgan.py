@@ -23,7 +23,7 @@ With --vgg_weights random (no download), any recipe compares five VGG19 layers w
 (RANDOM_VGG): a random network's relu5_4 alone carries almost nothing, and it would teach the generator a grid.
 
 Quick start (CPU):  python train_srgan.py --data_folder data_lists --srresnet_checkpoint checkpoint_srresnet.pth \\
-                        --iterations 100 --vgg_weights random --pixel_loss_weight 1
+                        --iterations 50 --batch_size 8 --crop_size 48 --vgg_weights random --pixel_loss_weight 1 ...
 CutBlur:            python train_srgan.py --data_folder data_lists --srresnet_checkpoint <an x1 checkpoint> \\
                         --mixopts cutblur --mixprob 1.0 --mixalpha 0.7
 Classic SRGAN:      python train_srgan.py --data_folder data_lists

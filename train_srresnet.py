@@ -6,7 +6,8 @@ The loss compares the two pixel by pixel: MSE for SRResNet (the SRGAN paper), L1
 RRDB network. A pixel loss maximises PSNR but gives slightly blurry images (the average of all plausible
 textures); train_srgan.py then starts from this network and makes it produce sharp textures.
 
-Quick start (CPU, minutes):   python train_srresnet.py --data_folder data_lists --iterations 200 --n_blocks 4
+Quick start (CPU, a minute):  python train_srresnet.py --data_folder data_lists --generator_arch compact \\
+                                  --num_feat 32 --num_conv 6 --iterations 1500 --learning_rate 1e-3 ...
 Classic SRResNet (GPU, days): python train_srresnet.py --data_folder data_lists
 ESRGAN's RRDB-PSNR:           python train_srresnet.py --data_folder data_lists --generator_arch rrdb --pixel_loss l1 \\
                                   --crop_size 128 --learning_rate 2e-4 --learning_rate_gamma 0.5 \\
