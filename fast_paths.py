@@ -4,13 +4,17 @@ The networks in models.py are the papers' figures on every device. Where a CPU r
 network calls into this file, which computes the same numbers another way (tests/test_fast_paths.py checks that they
 match: bit for bit, or up to the order of float sums):
 
-  PReLU                          nn.PReLU with one shared slope, whose backward in CPU bf16 / fp16 runs through
-                                 LeakyReLU's kernels (SRResNet's 19 PReLUs)
+  PReLU                          nn.PReLU with one shared slope, whose backward on a CPU runs through LeakyReLU's
+                                 kernels (SRResNet's 19 PReLUs)
   fold_convolution_weight        a convolution's weights for the pixel-unshuffled (folded) image
   can_fold_output,               SRResNet's last sub-pixel block and 9x9 convolution, with that convolution run one
   folded_upsample_and_output     pixel shuffle earlier, on the folded grid (a CPU's convolutions use 3 output
                                  channels badly)
+  map_tiles                      the tiles of an upscaling on a CPU side by side, one thread each, instead of one
+                                 after the other on all threads
 """
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,19 +23,20 @@ from torch import nn
 class PReLU(nn.PReLU):
     """nn.PReLU (the same learned negative slope a, the same state-dict key `weight`): x for x > 0, a x below.
 
-    One case runs another way: training on a CPU in bf16 / fp16 with one shared slope (SRResNet's 19 PReLUs under
-    autocast). PyTorch's PReLU backward is slow there (it took 17% of SRResNet's bf16 training step on an AVX-512 CPU,
-    one thread), so _SharedSlopePReLU computes the same thing with LeakyReLU's kernels, which run the slope as a
-    number: the same outputs and input gradients bit for bit, and the slope's gradient, sum(grad * min(x, 0)), summed
-    in fp32. Measured forward and backward of a (16, 64, 24, 24) bf16 tensor: 1.3 ms instead of 4.9 ms; (16, 256, 48,
-    48): 30 ms instead of 70 ms. Everywhere else (no gradients, fp32, GPUs, a slope per channel) the kernel is used as
-    it is.
+    One case runs another way: training on a CPU with one shared slope (SRResNet's 19 PReLUs). PyTorch's PReLU
+    backward is slow there (it took 17% of SRResNet's bf16 training step on an AVX-512 CPU, one thread, and 7% of its
+    fp32 step on a CPU held to AVX2), so _SharedSlopePReLU computes the same thing with LeakyReLU's kernels, which run
+    the slope as a number: the same outputs and input gradients bit for bit, and the slope's gradient,
+    sum(grad * min(x, 0)), summed in fp32 (in another order than PReLU's kernel). Measured forward and backward of a
+    (16, 64, 24, 24) bf16 tensor: 1.3 ms instead of 4.9 ms; (16, 256, 48, 48): 30 ms instead of 70 ms; the whole fp32
+    SRResNet training step on a 2-core CPU held to AVX2: 2 to 3% faster (docs/benchmarks.md). Everywhere else (no
+    gradients, GPUs, a slope per channel, float64) the kernel is used as it is.
     """
 
     def forward(self, x):
         recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         if (recording and self.num_parameters == 1 and x.device.type == "cpu"
-                and x.dtype in (torch.bfloat16, torch.float16)):
+                and x.dtype in (torch.float32, torch.bfloat16, torch.float16)):
             return _SharedSlopePReLU.apply(x, self.weight)
         return super().forward(x)
 
@@ -121,3 +126,37 @@ def folded_upsample_and_output(subpixel_blocks, conv_block3, features):
     weight, padding = fold_convolution_weight(last_conv.weight, 2)
     sr_imgs = F.pixel_shuffle(F.conv2d(folded, weight, last_conv.bias.repeat_interleave(4), padding=padding), 2)
     return tanh(sr_imgs)
+
+
+def map_tiles(function, tiles, device):
+    """
+    function(tile) for each of `tiles`, in order (an iterator): what inference.upscale does with its tiles. On a
+    CPU with several threads, as many tiles as PyTorch has threads run side by side, each on one thread, instead of
+    one tile after the other on all of them.
+
+    Why: PyTorch splits every layer of one tile across its threads, which then wait for each other at the end of
+    the layer, and share the tile's activations through the caches. Side by side, each thread runs whole layers of
+    its own tile. Measured on a 2-core AMD EPYC, the 16 tiles of a 1000x1000 photo through the shipped compact
+    model: 7.5 s instead of 8.1 s in fp32 held to AVX2, 2.28 s instead of 2.40 s in bf16 (docs/benchmarks.md).
+    Each tile gives the same numbers up to float rounding (one thread may sum in another order). Elsewhere (a GPU,
+    one thread, one tile) the tiles simply run in turn.
+
+    :param function: tile -> result, e.g. a tile's box -> its SR image
+    :param tiles: a list of tiles
+    :param device: where the tiles run
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2 or len(tiles) < 2:
+        yield from map(function, tiles)
+        return
+
+    def on_one_thread(tile):
+        torch.set_num_threads(1)  # (this worker's operations on this thread alone)
+        return function(tile)
+
+    pool = ThreadPoolExecutor(threads)
+    try:
+        yield from pool.map(on_one_thread, tiles)
+    finally:  # also when the caller stops early (an error, Ctrl+C): no tile is started after that
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)

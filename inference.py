@@ -28,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 import checkpoints
+import fast_paths
 import models
 import ncnn_format
 import porting
@@ -690,19 +691,27 @@ def upscale(generator, lr_img, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD, pre
     tile_pad = _round_up(tile_pad, multiple)
 
     tiles = [(top, left) for top in range(0, height, tile) for left in range(0, width, tile)]
+
+    def context_box(top, left):
+        """The tile at (top, left) plus its context: tile_pad pixels on each side, clamped at the image border."""
+        return (max(top - tile_pad, 0), max(left - tile_pad, 0),
+                min(top + tile + tile_pad, height), min(left + tile + tile_pad, width))
+
+    def upscale_tile(top_left):
+        """One tile plus its context through the generator."""
+        pad_top, pad_left, pad_bottom, pad_right = context_box(*top_left)
+        lr_tile = lr_img[:, :, pad_top:pad_bottom, pad_left:pad_right]  # (1, C, h + pads, w + pads), [0, 1]
+        return run_generator(generator, lr_tile.to(out_dtype), precision)  # (1, C', s * .., s * ..), [0, 1]
+
     sr_img = None  # allocated once we know the model's output channels
+    device = next(generator.parameters()).device
     with tqdm(total=len(tiles), desc="tiles", unit="tile", leave=False,
               disable=not progress or len(tiles) == 1) as bar:
-        for top, left in tiles:
+        # The tiles in order; on a CPU several at once, one thread each (fast_paths.map_tiles: the same numbers).
+        for (top, left), sr_tile in zip(tiles, fast_paths.map_tiles(upscale_tile, tiles, device)):
             bottom, right = min(top + tile, height), min(left + tile, width)
-            # The tile plus its context, clamped at the image border.
-            pad_top, pad_left = max(top - tile_pad, 0), max(left - tile_pad, 0)
-            pad_bottom, pad_right = min(bottom + tile_pad, height), min(right + tile_pad, width)
-            lr_tile = lr_img[:, :, pad_top:pad_bottom, pad_left:pad_right]  # (1, C, h + pads, w + pads), [0, 1]
-
-            sr_tile = run_generator(generator, lr_tile.to(out_dtype), precision)  # (1, C', s * .., s * ..), [0, 1]
-
             # Keep only the upscaled centre: drop the s * pad pixels that came from the context.
+            pad_top, pad_left, _, _ = context_box(top, left)
             y0, x0 = (top - pad_top) * scale, (left - pad_left) * scale
             sr_centre = sr_tile[:, :, y0:y0 + (bottom - top) * scale, x0:x0 + (right - left) * scale]
             if len(tiles) == 1:

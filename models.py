@@ -33,7 +33,7 @@ Contents, in the order the papers introduced them:
       generator_from_weights, check_weights                           the same from a file, once its tensors are
                                                                       known to fit (shapes, dtypes, finite values)
 
-Speed paths for particular hardware (a faster PReLU backward in CPU bf16, SRResNet's last convolution on the folded
+Speed paths for particular hardware (a faster PReLU backward on a CPU, SRResNet's last convolution on the folded
 grid on a CPU) live in fast_paths.py: the networks here use them without changing what they compute.
 
 Conventions shared by the whole project:
@@ -76,7 +76,7 @@ class ConvolutionalBlock(nn.Module):
         super().__init__()
         activations = {
             "prelu": lambda: fast_paths.PReLU(),  # nn.PReLU: one learnable negative slope shared by all channels, as
-            #   in SRGAN (fast_paths.PReLU: the same, with a faster backward in CPU bf16)
+            #   in SRGAN (fast_paths.PReLU: the same, with a faster backward when training on a CPU)
             "leakyrelu": lambda: nn.LeakyReLU(0.2),  # fixed slope 0.2, as in the SRGAN discriminator
             "tanh": lambda: nn.Tanh(),  # squashes the generator's output into [-1, 1]
         }
@@ -114,7 +114,7 @@ class SubPixelConvolutionalBlock(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(n_channels, n_channels * scaling_factor ** 2, kernel_size, padding=kernel_size // 2)
         self.pixel_shuffle = nn.PixelShuffle(scaling_factor)
-        self.prelu = fast_paths.PReLU()  # nn.PReLU (a faster backward in CPU bf16: fast_paths.py)
+        self.prelu = fast_paths.PReLU()  # nn.PReLU (a faster backward when training on a CPU: fast_paths.py)
 
     def forward(self, x):
         x = self.conv(x)  # (N, n_channels * s^2, H, W)

@@ -1,7 +1,8 @@
 """Upscaling a photo side by side: super_resolve.py against the tools people would use instead, whole processes.
 
-    python benchmarks/bench_inference.py                     # a 1 MP photo and a 256 px one, the shipped compact model
+    python benchmarks/bench_inference.py                     # a 1 MP photo and a 256 px one, compact and realistic
     python benchmarks/bench_inference.py --sizes 256 --runs 1 --model srresnet
+    python benchmarks/bench_inference.py --peer_python /path/to/venv/bin/python   # the peers from another environment
 
 Each way of upscaling runs as a whole process (start-up, reading the image, the network, writing the PNG: what a
 user waits for), the same weights every time, in turns (A, B, C, A, B, C, ...) so that a slow moment of the machine
@@ -20,6 +21,13 @@ The ways, each only where it can run here:
 The photo is scikit-image's astronaut, resized with Lanczos to --sizes (1000 -> a 1000x1000 input, 4000x4000
 output at x4), saved as a PNG. Threads: each process uses what it is given (set OMP_NUM_THREADS to compare at one
 thread).
+
+Two kinds of CPU (--cpus): 'native' runs everything as the machine is; 'avx2' holds PyTorch and oneDNN to AVX2
+(ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2), what a CPU without AVX-512 and native bf16 does -- most laptops
+and desktops. There `--precision auto` picks fp32, so 'ours' is 'ours fp32'. OpenVINO's CPU plugin is built on oneDNN
+and follows the same limit; ONNX Runtime's own kernels (MLAS) pick their instructions from the CPU and have no such
+switch, so its row there still runs AVX-512 (said beside it). By default a CPU with AVX-512 prints both kinds' tables,
+any other CPU its own.
 """
 import argparse
 import os
@@ -31,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,24 +71,42 @@ Image.fromarray((sr.transpose(1, 2, 0) * 255).round().clip(0, 255).astype(np.uin
 """
 
 
+# The environment of each kind of CPU (see the docstring).
+CPU_KINDS = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+
+
+def default_cpu_kinds():
+    """Both kinds on a CPU with AVX-512 (it can be held to AVX2), else only what it is."""
+    return ["native", "avx2"] if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else ["native"]
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 256], help="photo sides in pixels")
-    parser.add_argument("--model", default="compact", help="a shipped model name or a generator file")
+    parser.add_argument("--model", nargs="+", default=["compact", "realistic"],
+                        help="shipped model names or generator files (one table each)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each way (the medians are printed)")
+    parser.add_argument("--cpus", nargs="+", choices=list(CPU_KINDS), default=None,
+                        help="kinds of CPU to measure as (default: native and avx2 on an AVX-512 CPU, else native)")
+    parser.add_argument("--peer_python", default=sys.executable,
+                        help="the Python that runs ONNX Runtime and OpenVINO (default: this one)")
     parser.add_argument("--realesrgan_script", default=None,
                         help="path of Real-ESRGAN's inference_realesrgan.py, to time it too (with --fp32)")
     return parser.parse_args(argv)
 
 
-def timed_process(command, output):
-    """Run `command` to its end; return (wall s, CPU s, peak RSS MB). Raises if it fails or writes no `output`.
+def timed_process(command, output, env=None):
+    """Run `command` to its end, with `env` added to the environment; return (wall s, CPU s, peak RSS MB). Raises if
+    it fails or writes no `output`.
 
     The peak is measured by /usr/bin/time around the command, not read from os.wait4 here: a child's ru_maxrss
     starts at the RSS of the process that forked it, and this one holds a model and whole images."""
     start = time.perf_counter()
     process = subprocess.Popen(["/usr/bin/time", "-f", "peak_kb %M", *map(str, command)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, cwd=REPO_ROOT)
+                               stderr=subprocess.PIPE, cwd=REPO_ROOT, env={**os.environ, **(env or {})})
     _, status, usage = os.wait4(process.pid, 0)  # the child's own resource usage (CPU time of all its threads)
     wall = time.perf_counter() - start
     stderr = process.stderr.read().decode(errors="replace")
@@ -97,57 +124,67 @@ def psnr(a_path, b_path):
     return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
-def ways(args, folder, photo, onnx_path):
-    """name -> (command, output path) for every way that can run here."""
-    python, out = sys.executable, Path(folder)
-    found = {
-        "ours": ([python, "super_resolve.py", photo, "--model", args.model, "--output_folder", out / "ours",
-                  "--no_progress"], out / "ours" / f"{Path(photo).stem}_x4.png"),
-        "ours fp32": ([python, "super_resolve.py", photo, "--model", args.model, "--precision", "fp32",
-                       "--output_folder", out / "fp32", "--no_progress"], out / "fp32" / f"{Path(photo).stem}_x4.png"),
-        "onnxruntime": ([python, "-c", ONNXRUNTIME_SCRIPT, onnx_path, photo, out / "ort.png"], out / "ort.png"),
-    }
-    try:
-        import openvino  # noqa: F401 (only to know whether it is installed)
-        for precision in ("f32", "bf16"):
-            found[f"openvino {precision}"] = ([python, "-c", OPENVINO_SCRIPT, onnx_path, photo, out / f"ov_{precision}.png",
-                                               precision], out / f"ov_{precision}.png")
-    except ImportError:
-        print("(openvino is not installed: no OpenVINO rows)")
+def ways(args, model, cpu, folder, photo, onnx_path):
+    """name -> (command, output path) for every way that can run here, for one model and one kind of CPU."""
+    python, peer, out = sys.executable, args.peer_python, Path(folder) / cpu
+    found = {"ours": ([python, "super_resolve.py", photo, "--model", model, "--output_folder", out / "ours",
+                       "--no_progress"], out / "ours" / f"{Path(photo).stem}_x4.png")}
+    if cpu == "native":  # (held to AVX2, 'auto' is fp32: the same command)
+        found["ours fp32"] = ([python, "super_resolve.py", photo, "--model", model, "--precision", "fp32",
+                               "--output_folder", out / "fp32", "--no_progress"],
+                              out / "fp32" / f"{Path(photo).stem}_x4.png")
+    has = {name: subprocess.run([peer, "-c", f"import {name}"], capture_output=True).returncode == 0
+           for name in ("onnxruntime", "openvino")}
+    if has["onnxruntime"]:
+        label = "onnxruntime" if cpu == "native" else "onnxruntime (not held: AVX-512)"
+        found[label] = ([peer, "-c", ONNXRUNTIME_SCRIPT, onnx_path, photo, out / "ort.png"], out / "ort.png")
+    if has["openvino"]:
+        for precision in ("f32", "bf16") if cpu == "native" else ("f32",):
+            found[f"openvino {precision}"] = ([peer, "-c", OPENVINO_SCRIPT, onnx_path, photo,
+                                               out / f"ov_{precision}.png", precision], out / f"ov_{precision}.png")
+    missing = [name for name, ok in has.items() if not ok]
+    if missing:
+        print(f"({' and '.join(missing)} not importable by {peer}: no rows; see --peer_python)")
     if args.realesrgan_script:
         found["realesrgan --fp32"] = ([python, args.realesrgan_script, "-n", "realesr-animevideov3", "--model_path",
-                                       inference.shipped_model_path(args.model), "-i", photo, "-o", out / "realesrgan", "--fp32",
-                                       "--suffix", "out"], out / "realesrgan" / f"{Path(photo).stem}_out.png")
+                                       inference.shipped_model_path(model), "-i", photo, "-o", out / "realesrgan",
+                                       "--fp32", "--suffix", "out"],
+                                      out / "realesrgan" / f"{Path(photo).stem}_out.png")
     return found
 
 
 def main(argv=None):
     args = parse_args(argv)
-    print(f"{os.cpu_count()} CPU(s), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-          f"model {args.model}, {args.runs} run(s) each, in turns; {time.strftime('%Y-%m-%d')}")
+    cpus = args.cpus or default_cpu_kinds()
+    print(f"{os.cpu_count()} CPU(s) ({torch.backends.cpu.get_cpu_capability()}), OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, {args.runs} run(s) each, in turns; {time.strftime('%Y-%m-%d')}")
     with tempfile.TemporaryDirectory() as folder:
-        model, description, _ = inference.load_generator(args.model)
-        onnx_path = Path(folder) / "model.onnx"
-        export.export_onnx(model, onnx_path)
-        print(f"{description}; exported to ONNX for the other runtimes")
-        for size in args.sizes:
-            photo = Path(folder) / f"photo_{size}.png"
-            Image.fromarray(skimage_data.astronaut()).resize((size, size), Image.LANCZOS).save(photo)
-            commands = ways(args, folder, photo, onnx_path)
-            figures = {name: [] for name in commands}
-            for _ in range(args.runs):
-                for name, (command, output) in commands.items():
-                    Path(output).unlink(missing_ok=True)
-                    figures[name].append(timed_process(command, output))
-            reference = commands["ours fp32"][1]
-            ours_wall = statistics.median(wall for wall, _, _ in figures["ours"])
-            print(f"\n{size}x{size} -> {4 * size}x{4 * size}")
-            print("| how | wall s | CPU s | peak MB | wall / ours | PSNR vs ours fp32 (dB) |")
-            print("|---|---|---|---|---|---|")
-            for name, runs in figures.items():
-                wall, cpu, peak = (statistics.median(values) for values in zip(*runs))
-                print(f"| {name} | {wall:.2f} | {cpu:.2f} | {peak:.0f} | {wall / ours_wall:.2f} | "
-                      f"{psnr(commands[name][1], reference):.1f} |")
+        for model_name in args.model:
+            model, description, _ = inference.load_generator(model_name)
+            onnx_path = Path(folder) / f"{Path(model_name).stem}.onnx"
+            export.export_onnx(model, onnx_path)
+            print(f"\n{description}; exported to ONNX for the other runtimes")
+            for size in args.sizes:
+                photo = Path(folder) / f"photo_{size}.png"
+                Image.fromarray(skimage_data.astronaut()).resize((size, size), Image.LANCZOS).save(photo)
+                for cpu in cpus:
+                    commands = ways(args, model_name, cpu, folder, photo, onnx_path)
+                    figures = {name: [] for name in commands}
+                    for _ in range(args.runs):
+                        for name, (command, output) in commands.items():
+                            Path(output).unlink(missing_ok=True)
+                            figures[name].append(timed_process(command, output, CPU_KINDS[cpu]))
+                    reference = commands["ours fp32" if cpu == "native" else "ours"][1]
+                    ours_wall = statistics.median(wall for wall, _, _ in figures["ours"])
+                    held = " ".join(f"{key}={value}" for key, value in CPU_KINDS[cpu].items())
+                    print(f"\n{model_name}, {size}x{size} -> {4 * size}x{4 * size}, CPU: {cpu}"
+                          + (f" (held to AVX2: {held})" if held else ""))
+                    print(f"| how | wall s | CPU s | peak MB | wall / ours | PSNR vs {Path(reference).parent.name} (dB) |")
+                    print("|---|---|---|---|---|---|")
+                    for name, runs in figures.items():
+                        wall, cpu_s, peak = (statistics.median(values) for values in zip(*runs))
+                        print(f"| {name} | {wall:.2f} | {cpu_s:.2f} | {peak:.0f} | {wall / ours_wall:.2f} | "
+                              f"{psnr(commands[name][1], reference):.1f} |")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Tests of fast_paths.py: each speed path computes what the plain network computes (bit for bit, or up to the order
 of float sums), and SRResNet takes it where it should."""
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import fast_paths
+import inference
 import models
 
 
@@ -21,14 +24,15 @@ def test_fold_convolution_weight_is_the_same_convolution(kernel_size, r):
     assert torch.allclose(out, F.conv2d(x, weight, bias, padding=kernel_size // 2), atol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
 def test_prelu_is_pytorchs_prelu(dtype):
-    """fast_paths.PReLU gives nn.PReLU's outputs and gradients; in bf16 on a CPU, with gradients, it takes LeakyReLU's
-    kernels (the same outputs and input gradients bit for bit; the slope's gradient summed in fp32)."""
+    """fast_paths.PReLU gives nn.PReLU's outputs and gradients; on a CPU in bf16 or fp32, with gradients, it takes
+    LeakyReLU's kernels (the same outputs and input gradients bit for bit; the slope's gradient summed in fp32)."""
     torch.manual_seed(0)
     x = torch.randn(4, 8, 6, 6).to(dtype).contiguous(memory_format=torch.channels_last)
     x[0, 0, 0, :3] = 0  # PReLU's slope applies at 0 too
-    ours, theirs = fast_paths.PReLU(), nn.PReLU()
+    ours, theirs = fast_paths.PReLU().to(torch.float64 if dtype == torch.float64 else torch.float32), nn.PReLU()
+    theirs = theirs.to(ours.weight.dtype)
     theirs.weight.data.fill_(0.3)
     ours.load_state_dict(theirs.state_dict())
     grads = []
@@ -36,13 +40,14 @@ def test_prelu_is_pytorchs_prelu(dtype):
         x_in = x.clone().requires_grad_()
         with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):  # (as training runs bf16)
             y = module(x_in)
-        if module is ours:  # the bf16 step takes LeakyReLU's kernels (_SharedSlopePReLU); fp32 takes nn.PReLU's
-            assert (type(y.grad_fn).__name__ == "_SharedSlopePReLUBackward") == (dtype == torch.bfloat16)
+        if module is ours:  # bf16 and fp32 take LeakyReLU's kernels (_SharedSlopePReLU); float64 takes nn.PReLU's
+            assert (type(y.grad_fn).__name__ == "_SharedSlopePReLUBackward") == (dtype != torch.float64)
         y.backward(torch.linspace(-1, 1, y.numel()).view_as(y).to(dtype))
         grads.append((y, x_in.grad, module.weight.grad))
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
-    assert grads[0][2].dtype == torch.float32
-    torch.testing.assert_close(grads[0][2], grads[1][2], rtol=1e-2, atol=1e-2)
+    assert grads[0][2].dtype == ours.weight.dtype
+    tolerance = 1e-2 if dtype == torch.bfloat16 else 1e-5  # the slope's gradient: the same sum in another order
+    torch.testing.assert_close(grads[0][2], grads[1][2], rtol=tolerance, atol=tolerance)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
         assert torch.equal(ours(x), theirs(x))
 
@@ -63,3 +68,43 @@ def test_srresnet_on_a_cpu_takes_the_folded_output_and_computes_the_papers_funct
         plain = model.conv_block3(model.subpixel_convolutional_blocks(features))
     assert calls == [1] and folded.shape == plain.shape == (1, 3, 24, 28)
     torch.testing.assert_close(folded.float(), plain.float(), rtol=0, atol=1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def test_map_tiles_runs_the_tiles_side_by_side_on_a_cpu_each_on_one_thread_and_keeps_their_order():
+    """On a CPU with 2 threads, map_tiles gives function(tile) in the tiles' order, computed off the caller's thread
+    with PyTorch held to one thread each, and gives the caller its threads back; on one thread it runs them in turn."""
+    seen = []
+
+    def square(tile):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return tile * tile
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert list(fast_paths.map_tiles(square, list(range(7)), torch.device("cpu"))) == [t * t for t in range(7)]
+        assert all(threads == 1 for _, threads in seen) and threading.get_ident() not in {ident for ident, _ in seen}
+        assert torch.get_num_threads() == 2
+        seen.clear()
+        torch.set_num_threads(1)  # one thread: in turn, on this thread
+        assert list(fast_paths.map_tiles(square, [3, 4], torch.device("cpu"))) == [9, 16]
+        assert {ident for ident, _ in seen} == {threading.get_ident()}
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_a_tiled_upscale_on_two_threads_gives_what_one_thread_gives():
+    """inference.upscale with its tiles side by side (two threads) equals the same tiles one after the other (one
+    thread), up to float rounding: the tiles land in their places."""
+    torch.manual_seed(0)
+    model = models.SRVGGNetCompact(num_feat=8, num_conv=2, upscale=2).eval()
+    lr_img = torch.rand(1, 3, 37, 45)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = inference.upscale(model, lr_img, tile=16, tile_pad=4)
+        torch.set_num_threads(2)
+        two = inference.upscale(model, lr_img, tile=16, tile_pad=4)  # 3 x 3 tiles
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(two, one, rtol=0, atol=1e-6)
