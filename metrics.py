@@ -36,8 +36,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import scipy.ndimage
-import scipy.special
 import torch
 from PIL import Image
 
@@ -310,8 +308,20 @@ NIQE_BLOCK = 96  # block side at the full scale, the authors' choice (and that o
 # ratio r(alpha) = Gamma(2 / alpha)^2 / (Gamma(1 / alpha) Gamma(3 / alpha)) for alpha = 0.2, 0.201, ..., 10 (the
 # same grid, so the same alpha is picked), and each block takes the alpha whose ratio is closest to its own.
 _AGGD_ALPHAS = np.arange(0.2, 10.001, 0.001)                                             # (9801,)
-_AGGD_RATIOS = scipy.special.gamma(2 / _AGGD_ALPHAS) ** 2 / (scipy.special.gamma(1 / _AGGD_ALPHAS)
-                                                           * scipy.special.gamma(3 / _AGGD_ALPHAS))
+
+
+# SciPy is imported where NIQE uses it, not at the top of this file: importing it takes about 0.2 s, which every run of
+# super_resolve.py and of the training scripts (they import this module, not NIQE) would otherwise pay.
+def _gamma(x):
+    """Euler's Gamma function, element-wise (scipy.special.gamma): float or array -> the same shape."""
+    import scipy.special
+    return scipy.special.gamma(x)
+
+
+@functools.lru_cache(maxsize=1)
+def _aggd_ratios():
+    """r(alpha) for every alpha of _AGGD_ALPHAS: (9801,), computed once."""
+    return _gamma(2 / _AGGD_ALPHAS) ** 2 / (_gamma(1 / _AGGD_ALPHAS) * _gamma(3 / _AGGD_ALPHAS))
 
 
 @functools.lru_cache(maxsize=1)
@@ -328,6 +338,7 @@ def load_niqe_model():
 def _mscn(img, window):
     """Mean-subtracted, contrast-normalised coefficients of an (H, W) image: (x - local mean) / (local deviation + 1),
     under the Gaussian window (the +1 keeps flat regions from dividing by zero, on the 0-255 scale)."""
+    import scipy.ndimage  # (here, not at the top: see _gamma)
     # The border is repeated outwards (MATLAB's imfilter(..., 'replicate')); the output has the input's size.
     mu = scipy.ndimage.convolve(img, window, mode="nearest")
     sigma = np.sqrt(np.abs(scipy.ndimage.convolve(img * img, window, mode="nearest") - mu * mu))
@@ -346,8 +357,8 @@ def _aggd_fit(x):
         r_hat_norm = r_hat * (gamma_hat ** 3 + 1) * (gamma_hat + 1) / (gamma_hat ** 2 + 1) ** 2
     # The closest ratio in the table, every row at once: (N, 9801) differences. (A NaN row picks the first entry,
     # as the authors' code does; its betas are NaN anyway.)
-    alpha = _AGGD_ALPHAS[np.argmin((_AGGD_RATIOS[None, :] - r_hat_norm[:, None]) ** 2, axis=1)]
-    spread = np.sqrt(scipy.special.gamma(1 / alpha) / scipy.special.gamma(3 / alpha))
+    alpha = _AGGD_ALPHAS[np.argmin((_aggd_ratios()[None, :] - r_hat_norm[:, None]) ** 2, axis=1)]
+    spread = np.sqrt(_gamma(1 / alpha) / _gamma(3 / alpha))
     return alpha, left_std * spread, right_std * spread
 
 
@@ -369,7 +380,7 @@ def _niqe_block_features(mscn, block):
     for shift in ((0, 1), (1, 0), (1, 1), (1, -1)):
         products = tiles * np.roll(tiles, shift, axis=(1, 2))
         alpha, beta_left, beta_right = _aggd_fit(products.reshape(len(tiles), -1))
-        mean = (beta_right - beta_left) * scipy.special.gamma(2 / alpha) / scipy.special.gamma(1 / alpha)
+        mean = (beta_right - beta_left) * _gamma(2 / alpha) / _gamma(1 / alpha)
         features += [alpha, mean, beta_left, beta_right]
     return np.stack(features, axis=1)                                                       # (tiles, 18)
 
