@@ -24,13 +24,14 @@ class PReLU(nn.PReLU):
     """nn.PReLU (the same learned negative slope a, the same state-dict key `weight`): x for x > 0, a x below.
 
     One case runs another way: training on a CPU with one shared slope (SRResNet's 19 PReLUs). PyTorch's PReLU
-    backward is slow there (it took 17% of SRResNet's bf16 training step on an AVX-512 CPU, one thread, and 7% of its
-    fp32 step on a CPU held to AVX2), so _SharedSlopePReLU computes the same thing with LeakyReLU's kernels, which run
-    the slope as a number: the same outputs and input gradients bit for bit, and the slope's gradient,
+    backward is slow there (it took 17% of SRResNet's bf16 training step on an AVX-512 CPU, one thread, and 7 to 10%
+    of its fp32 step on a CPU held to AVX2), so _SharedSlopePReLU computes the same thing with LeakyReLU's kernels,
+    which run the slope as a number: the same outputs and input gradients bit for bit, and the slope's gradient,
     sum(grad * min(x, 0)), summed in fp32 (in another order than PReLU's kernel). Measured forward and backward of a
-    (16, 64, 24, 24) bf16 tensor: 1.3 ms instead of 4.9 ms; (16, 256, 48, 48): 30 ms instead of 70 ms; the whole fp32
-    SRResNet training step on a 2-core CPU held to AVX2: 2 to 3% faster (docs/benchmarks.md). Everywhere else (no
-    gradients, GPUs, a slope per channel, float64) the kernel is used as it is.
+    (16, 64, 24, 24) bf16 tensor: 1.3 ms instead of 4.9 ms; (16, 256, 48, 48): 30 ms instead of 70 ms; in fp32 held
+    to AVX2, 0.34 ms instead of 1.97 ms and 64 ms instead of 67 ms: the whole SRResNet step about 3% faster
+    (docs/benchmarks.md). Everywhere else (no gradients, GPUs, a slope per channel, float64) the kernel is used as
+    it is.
     """
 
     def forward(self, x):
