@@ -1,8 +1,8 @@
 """Speed paths for particular hardware: the same functions as the networks of models.py, computed faster.
 
 The networks in models.py are the papers' figures on every device. Where a CPU runs one of their steps badly, the
-network calls into this file, which computes the same numbers another way (tests/test_fast_paths.py checks that they
-match: bit for bit, or up to the order of float sums):
+network (or inference.upscale, for its tiles) calls into this file, which computes the same numbers another way
+(tests/test_fast_paths.py checks that they match: bit for bit, or up to the order of float sums):
 
   PReLU                          nn.PReLU with one shared slope, whose backward on a CPU runs through LeakyReLU's
                                  kernels (SRResNet's 19 PReLUs)

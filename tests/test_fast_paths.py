@@ -1,5 +1,5 @@
 """Tests of fast_paths.py: each speed path computes what the plain network computes (bit for bit, or up to the order
-of float sums), and SRResNet takes it where it should."""
+of float sums), SRResNet takes it where it should, and upscaling's tiles side by side land where one at a time do."""
 import threading
 
 import pytest
