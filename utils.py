@@ -176,16 +176,20 @@ def load_image(path, mode="RGB"):
                         or not a regular file: a FIFO would block the read)
     """
     path = Path(path)
-    if path.exists() and not path.is_file():
-        raise ValueError(f"{path} is not an image file (a folder, FIFO, socket or device).")
+    not_found = (f"Image not found: {path}. Check the path (if it comes from a data list, the images have moved: "
+                 f"rebuild the lists with create_data_lists.py).")
+    # Whether it is a file first, then why not: a file deleted between two checks is "not found", not "a folder".
     if not path.is_file():
-        raise FileNotFoundError(f"Image not found: {path}. Check the path (if it comes from a data list, the "
-                                f"images have moved: rebuild the lists with create_data_lists.py).")
+        if path.exists():
+            raise ValueError(f"{path} is not an image file (a folder, FIFO, socket or device).")
+        raise FileNotFoundError(not_found)
     try:
         with Image.open(path) as img:
             n_frames = getattr(img, "n_frames", 1)
             img.load()  # decode now: truncated or corrupt data fails here
             img = ImageOps.exif_transpose(img)
+    except FileNotFoundError:  # deleted since the check above (a training image removed while a run reads it)
+        raise FileNotFoundError(not_found) from None
     except Image.DecompressionBombError as error:  # Pillow's guard against huge (or malicious) files
         raise ValueError(f"Cannot read image {path}: {error} Use a smaller image, or split it into parts.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:

@@ -100,6 +100,28 @@ def test_load_image_refuses_floating_point_images(tmp_path):
     assert utils.load_image(tmp_path / "float.tiff", mode=None).mode == "F"
 
 
+def test_an_image_deleted_while_it_is_loaded_is_not_found_not_a_folder(tmp_path, monkeypatch):
+    """A file removed right after load_image first looks at it (a training image deleted while a run reads it) is
+    reported as not found, not as a folder or a corrupt image."""
+    photo = tmp_path / "photo.png"
+    random_pil(8, 8).save(photo)
+
+    real_exists = Path.exists
+
+    def then_deleted(check):  # the real check, after which the file is gone
+        def checked(path):
+            result = check(path)
+            if path == photo and real_exists(photo):
+                photo.unlink()
+            return result
+        return checked
+
+    monkeypatch.setattr(Path, "is_file", then_deleted(Path.is_file))
+    monkeypatch.setattr(Path, "exists", then_deleted(Path.exists))
+    with pytest.raises(FileNotFoundError, match="Image not found"):
+        utils.load_image(photo)
+
+
 def test_load_image_missing_corrupt_truncated(tmp_path):
     with pytest.raises(FileNotFoundError, match="Image not found"):
         utils.load_image(tmp_path / "nope.png")
