@@ -12,7 +12,11 @@ network (or inference.upscale, for its tiles) calls into this file, which comput
                                  channels badly)
   map_tiles                      the tiles of an upscaling on a CPU side by side, one thread each, instead of one
                                  after the other on all threads
+  convolutions_in_rows           a plain stack of 3x3 convolutions (the compact network's body) run a strip of rows
+                                 at a time, each row once, instead of in tiles that recompute their context
 """
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -161,3 +165,129 @@ def map_tiles(function, tiles, device):
     finally:  # also when the caller stops early (an error, Ctrl+C): no tile is started after that
         pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(threads)
+
+
+ROWS = 32  # LR rows per strip in convolutions_in_rows (16 and 64 measured no faster on a 1000-pixel-wide photo)
+
+
+def can_run_in_rows(layers):
+    """Whether convolutions_in_rows computes these layers: 3x3 convolutions with stride 1, zero padding 1, no
+    dilation or groups, and element-wise modules (PReLU) between them."""
+    convolutions = [layer for layer in layers if isinstance(layer, nn.Conv2d)]
+    return bool(convolutions) and all(isinstance(layer, (nn.Conv2d, nn.PReLU)) for layer in layers) and all(
+        conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
+        and conv.groups == 1 and conv.padding_mode == "zeros" for conv in convolutions)
+
+
+def convolutions_in_rows(layers, x, emit, rows=ROWS, autocast_dtype=None):
+    """
+    The layers of a plain stack (can_run_in_rows: 3x3 convolutions and PReLUs, the compact network's body) on x, a
+    strip of rows at a time, without gradients: what inference.upscale runs for the compact network on a CPU.
+    Each strip's finished rows are handed to emit(top, features): features (1, C_out, n, W) are rows top .. top + n - 1
+    of what the layers give on the whole image.
+
+    Why: tiles recompute their context (a 1000 x 1000 photo's 256-pixel tiles with 16 pixels of context run 1.2
+    times its pixels through the network). A line buffer needs no context: every convolution keeps the last two
+    rows of its input from the strip before (its carry), so each output row lags one row behind its input and every
+    row is computed once. The result is exactly the whole image's, whatever the receptive field (up to the order of
+    float sums), where tiles are exact only when their context covers it. With several threads, thread j takes
+    strips j, j + threads, ... (one thread each, as map_tiles does for tiles), and a strip's convolution waits for
+    the carry of the strip before it at that convolution: the threads run the same layers one layer apart, each as
+    busy as the other, and nothing is computed twice (bands of rows would each need their receptive field again).
+    Measured on a 2-core AMD EPYC, inference.upscale on a 1000 x 1000 photo with the shipped models
+    (benchmarks/bench_rows.py; docs/benchmarks.md has the table).
+
+    :param layers: list of modules, in order (can_run_in_rows)
+    :param x: (1, C, H, W) input, on a CPU
+    :param emit: function(top, features), called from the threads: each strip's rows once, in any order
+    :param rows: input rows per strip
+    :param autocast_dtype: None, or the dtype of CPU autocast to run the layers in (torch.bfloat16)
+    """
+    height, width = x.shape[2], x.shape[3]
+    reach = sum(isinstance(layer, nn.Conv2d) for layer in layers)  # rows the output lags behind the input
+    tops = list(range(0, height, rows))
+    count = min(torch.get_num_threads(), len(tops))
+    threads = torch.get_num_threads()
+    carries, finished = {}, {}  # (strip, convolution index) -> its carry / an Event set when it is there
+    failed = threading.Event()
+
+    def run_strip(k):
+        """Strip k through the layers; its finished rows to emit."""
+        top, bottom = tops[k], min(tops[k] + rows, height)
+
+        def take_carry(index):  # the carry of strip k - 1 at this convolution (None above the first strip)
+            if k == 0:
+                return None
+            if count > 1:
+                while not finished[k - 1, index].wait(0.1):  # (the strip before, on another thread)
+                    if failed.is_set():
+                        raise _Stopped()
+            return carries.pop((k - 1, index))
+
+        def give_carry(index, carry):
+            carries[k, index] = carry
+            finished[k, index].set()
+
+        with torch.inference_mode(), torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            features = _strip_through(layers, x[:, :, top:bottom], bottom == height, width, take_carry, give_carry)
+            # Each convolution lags one row: these are rows top - reach .. bottom - reach (to the end, for the last)
+            first = max(top - reach, 0)
+            if features.shape[2]:
+                emit(first, features)
+
+    for k in range(len(tops)):
+        for index, layer in enumerate(layers):
+            if isinstance(layer, nn.Conv2d):
+                finished[k, index] = threading.Event()
+    if count == 1:
+        for k in range(len(tops)):
+            run_strip(k)
+        return
+
+    def worker(j):
+        torch.set_num_threads(1)  # (this worker's operations on this thread alone)
+        try:
+            for k in range(j, len(tops), count):
+                run_strip(k)
+        except BaseException:
+            failed.set()  # the other threads stop at their next wait instead of waiting for ever
+            raise
+
+    with ThreadPoolExecutor(count) as pool:
+        try:
+            errors = [future.exception() for future in [pool.submit(worker, j) for j in range(count)]]
+        finally:
+            torch.set_num_threads(threads)
+    errors = [error for error in errors if error is not None and not isinstance(error, _Stopped)]
+    if errors:
+        raise errors[0]
+
+
+class _Stopped(Exception):
+    """A thread of convolutions_in_rows stopped because another one failed."""
+
+
+def _strip_through(layers, features, last, width, take_carry, give_carry):
+    """One strip of rows through the layers (convolutions_in_rows): features (1, C, n, W) the strip's input rows
+    (n may be 0), last whether they end the image; each convolution's window starts with take_carry(index) (None at
+    the top: the zero padding) and gives its own last two rows to give_carry(index, rows) for the next strip.
+    :return: (1, C_out, m, W), the rows of the output this strip completes"""
+    def zero_row(like):  # a row of the convolutions' zero padding, above row 0 and below row H - 1
+        return like.new_zeros((1, like.shape[1], 1, width)).contiguous(memory_format=torch.channels_last)
+
+    features = features.contiguous(memory_format=torch.channels_last)
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, nn.Conv2d):
+            features = layer(features)  # PReLU: row by row
+            continue
+        carry = take_carry(index)
+        window = [zero_row(features) if carry is None else carry, features] + ([zero_row(features)] if last else [])
+        window = torch.cat(window, 2)  # (1, C, 2 + n, W), or fewer rows at the top
+        if window.shape[2] < 3:  # not a whole 3-row window yet (the first strips, deep in the stack)
+            give_carry(index, window)
+            features = window.new_zeros((1, layer.out_channels, 0, width))
+            continue
+        give_carry(index, window[:, :, -2:].clone())  # (a copy: a view would keep the whole window alive)
+        # Rows padded by the window itself, columns by zeros: one output row per full 3-row window.
+        features = F.conv2d(window, layer.weight, layer.bias, padding=(0, 1))  # (1, C_out, n, W)
+    return features

@@ -755,9 +755,7 @@ class SRVGGNetCompact(nn.Module):
         + nearest x s of the input                      (N, num_out_ch, s h, s w) about [0, 1] (not clamped)
         [bicubic resize to outscale]                    (N, num_out_ch, o h, o w)   only when outscale o is given
 
-    The state-dict keys are Real-ESRGAN's: body.{N}.weight / body.{N}.bias for the convolutions (N even) and
-    body.{N}.weight for the PReLU slopes (N odd), so the official files load as they are.
-
+    The state-dict keys are Real-ESRGAN's (body.{N}.weight / .bias: convolutions for N even, PReLU slopes for N odd).
     Args:
         num_in_ch, num_out_ch: image channels (3); the nearest-upsampled input is added, so they must match.
         num_feat: feature channels (64 in the released models).
@@ -803,6 +801,11 @@ class SRVGGNetCompact(nn.Module):
         features = lr_imgs
         for layer in self.body:  # conv, PReLU, ..., conv, all at LR size
             features = layer(features)  # last: (N, C s^2, H, W)
+        return self.upsample(lr_imgs, features)
+
+    def upsample(self, lr_imgs, features):
+        """The last steps: features (N, C s^2, H, W) shuffled and added to the nearest-upsampled input (N, C, H, W)
+        -> (N, C, s H, s W). Without outscale, row by row (inference.upscale runs them on a few rows at a time)."""
         correction = self.upsampler(features)  # (N, C, s H, s W)
         sr_imgs = F.interpolate(lr_imgs, scale_factor=self.upscale, mode="nearest") + correction
         if self.outscale is not None:  # (N, C, o H, o W): bicubic (a = -0.75, half-pixel centres, as ncnn's Interp)

@@ -1,5 +1,6 @@
 """Tests of fast_paths.py: each speed path computes what the plain network computes (bit for bit, or up to the order
-of float sums), SRResNet takes it where it should, and upscaling's tiles side by side land where one at a time do."""
+of float sums), SRResNet takes it where it should, upscaling's tiles side by side land where one at a time do, and the
+compact network run in rows gives the whole image's numbers."""
 import threading
 
 import pytest
@@ -97,7 +98,7 @@ def test_a_tiled_upscale_on_two_threads_gives_what_one_thread_gives():
     """inference.upscale with its tiles side by side (two threads) equals the same tiles one after the other (one
     thread), up to float rounding: the tiles land in their places."""
     torch.manual_seed(0)
-    model = models.SRVGGNetCompact(num_feat=8, num_conv=2, upscale=2).eval()
+    model = models.RRDBNet(scale=2, num_feat=8, num_block=1, num_grow_ch=4).eval()  # (the compact network: rows)
     lr_img = torch.rand(1, 3, 37, 45)
     previous = torch.get_num_threads()
     try:
@@ -108,3 +109,92 @@ def test_a_tiled_upscale_on_two_threads_gives_what_one_thread_gives():
     finally:
         torch.set_num_threads(previous)
     torch.testing.assert_close(two, one, rtol=0, atol=1e-6)
+
+
+def compact_body(num_conv=5, dtype=torch.float64):
+    torch.manual_seed(0)
+    model = models.SRVGGNetCompact(num_feat=8, num_conv=num_conv, upscale=2).to(dtype).eval()
+    with torch.no_grad():  # slopes of both signs and sizes, so every PReLU matters
+        for layer in model.body:
+            if isinstance(layer, nn.PReLU):
+                layer.weight.uniform_(-0.5, 1.5)
+    return model
+
+
+def in_rows(layers, x, rows):
+    """convolutions_in_rows' pieces put together by their rows, checking that they tile the output: (1, C_out, H, W)."""
+    pieces = {}
+    def emit(top, features):
+        assert top not in pieces
+        pieces[top] = features.clone()
+    fast_paths.convolutions_in_rows(layers, x, emit, rows=rows)
+    tops = sorted(pieces)
+    assert tops[0] == 0 and all(tops[i] + pieces[tops[i]].shape[2] == tops[i + 1] for i in range(len(tops) - 1))
+    return torch.cat([pieces[top] for top in tops], 2)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("height, rows", [(1, 4), (5, 4), (23, 4), (23, 32), (64, 7)])
+def test_convolutions_in_rows_give_the_whole_images_numbers(threads, height, rows):
+    """The compact network's body run a strip of rows at a time (in stages on several threads) equals the body on the
+    whole image, in float64 to 1e-12: every row is there once, in order, with the same neighbours -- also for images
+    with fewer rows than convolutions, and strips of fewer rows than the stack is deep."""
+    model = compact_body()
+    layers = list(model.body)
+    x = torch.rand(1, 3, height, 11, dtype=torch.float64)
+    with torch.no_grad():
+        reference = x
+        for layer in layers:
+            reference = layer(reference)  # (1, 3 * 4, height, 11)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = in_rows(layers, x, rows)
+        assert torch.get_num_threads() == threads  # the stages' one-thread setting does not leak out
+    finally:
+        torch.set_num_threads(previous)
+    assert got.shape == reference.shape
+    assert (got - reference).abs().max() < 1e-12
+
+
+def test_a_failing_stage_stops_convolutions_in_rows_with_its_error():
+    """An error in one stage (here the last layer) comes out of convolutions_in_rows as it is, the other stage stops
+    instead of waiting for ever, and PyTorch's threads are given back."""
+    model = compact_body()
+
+    class Broken(nn.PReLU):
+        def forward(self, x):
+            raise ValueError("broken layer")
+
+    layers = list(model.body)[:-1] + [Broken(), model.body[-1]]
+    x = torch.rand(1, 3, 40, 9, dtype=torch.float64)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(ValueError, match="broken layer"):
+            in_rows(layers, x, rows=4)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_upscale_runs_the_compact_network_in_rows_on_a_cpu_and_gets_the_whole_images_numbers(monkeypatch):
+    """inference.upscale takes the rows for the compact network on a CPU: the result is the network on the whole
+    image (to 1e-12 in float64), even with tiles whose context (tile_pad 0) would leave seams, and in bf16 within
+    bf16's rounding; other networks keep the tiles."""
+    model = compact_body()
+    lr_img = torch.rand(1, 3, 41, 30, dtype=torch.float64)
+    with torch.no_grad():
+        whole = model(lr_img).clamp(0, 1)
+    cpu = torch.device("cpu")
+    assert inference.runs_in_rows(model, cpu)
+    assert not inference.runs_in_rows(models.RRDBNet(scale=2, num_feat=8, num_block=1, num_grow_ch=4), cpu)
+    assert not inference.runs_in_rows(models.SRVGGNetCompact(num_feat=8, num_conv=1, upscale=4, outscale=2), cpu)
+    rows = inference.upscale(model, lr_img, tile=8, tile_pad=0)
+    assert rows.shape == whole.shape and rows.dtype == torch.float64
+    assert (rows - whole).abs().max() < 1e-12
+    bf16 = inference.upscale(model.float(), lr_img.float(), precision="bf16")
+    assert bf16.dtype == torch.float32 and 0 < (bf16.double() - whole).abs().max() < 0.05
+    # The same tiles without the rows leave seams: the check above can tell.
+    monkeypatch.setattr(inference, "runs_in_rows", lambda *args: False)
+    assert (inference.upscale(model, lr_img, tile=8, tile_pad=0) - whole).abs().max() > 1e-4

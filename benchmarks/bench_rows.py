@@ -1,0 +1,76 @@
+"""The compact network in rows or in tiles: inference.upscale's two ways, timed in turns in one process.
+
+    python benchmarks/bench_rows.py                                   # compact and realistic, 1000x1000, fp32 and bf16
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_rows.py --precision fp32   # as AVX2
+
+inference.upscale runs the compact network a strip of rows at a time (fast_paths.convolutions_in_rows) on a CPU, and
+other networks in tiles (256 pixels and 16 of context, side by side: fast_paths.map_tiles). This prints both ways
+for each model and precision: the wall and CPU seconds of upscale() alone on a random image (medians of --runs, the
+two ways in turn so that the machine's drift touches both), their ratio, and how far apart their outputs are (rows
+give the whole image's numbers; tiles differ where their context does not cover the receptive field). The choice in
+inference.runs_in_rows (rows on a CPU, fp32 and bf16) is what these figures said on a 2-core AMD EPYC
+(docs/benchmarks.md).
+"""
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import inference  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", nargs="+", default=["compact", "realistic"], help="compact-network models")
+    parser.add_argument("--size", type=int, default=1000, help="LR side in pixels (default 1000)")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
+    parser.add_argument("--runs", type=int, default=3, help="runs of each way (medians printed)")
+    return parser.parse_args(argv)
+
+
+def timed(function):
+    """(result, wall seconds, CPU seconds of this process) of function()."""
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    result = function()
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return result, wall, (after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    print(f"{torch.get_num_threads()} thread(s), CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{args.size}x{args.size} LR, medians of {args.runs}\n")
+    print("| model | precision | rows: wall s / CPU s | tiles: wall s / CPU s | rows / tiles (wall) | max difference |")
+    print("|---|---|---|---|---|---|")
+    lr_img = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    in_rows = inference.runs_in_rows
+    for name in args.model:
+        model, _, _ = inference.load_generator(name)
+        model.eval()
+        for precision in args.precision:
+            figures = {"rows": [], "tiles": []}
+            for _ in range(args.runs):
+                for way in ("rows", "tiles"):  # in turn; each way forced by what runs_in_rows answers
+                    inference.runs_in_rows = (lambda *_: True) if way == "rows" else (lambda *_: False)
+                    try:
+                        sr, wall, cpu = timed(lambda: inference.upscale(model, lr_img, precision=precision))
+                    finally:
+                        inference.runs_in_rows = in_rows
+                    figures[way].append((wall, cpu, sr))
+            medians = {way: [statistics.median(run[k] for run in runs) for k in (0, 1)]
+                       for way, runs in figures.items()}
+            difference = (figures["rows"][-1][2] - figures["tiles"][-1][2]).abs().max().item()
+            print(f"| {name} | {precision} | {medians['rows'][0]:.2f} / {medians['rows'][1]:.2f} | "
+                  f"{medians['tiles'][0]:.2f} / {medians['tiles'][1]:.2f} | "
+                  f"{medians['rows'][0] / medians['tiles'][0]:.3f} | {difference:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
