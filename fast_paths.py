@@ -194,8 +194,8 @@ def convolutions_in_rows(layers, x, emit, rows=ROWS, autocast_dtype=None):
     strips j, j + threads, ... (one thread each, as map_tiles does for tiles), and a strip's convolution waits for
     the carry of the strip before it at that convolution: the threads run the same layers one layer apart, each as
     busy as the other, and nothing is computed twice (bands of rows would each need their receptive field again).
-    Measured on a 2-core AMD EPYC, inference.upscale on a 1000 x 1000 photo with the shipped models
-    (benchmarks/bench_rows.py; docs/benchmarks.md has the table).
+    Measured on a 2-core AMD EPYC, inference.upscale on a 1000 x 1000 photo with the shipped compact models: 0.88
+    to 0.95 of the tiles' time, in fp32 (also held to AVX2) and bf16 (benchmarks/bench_rows.py, docs/benchmarks.md).
 
     :param layers: list of modules, in order (can_run_in_rows)
     :param x: (1, C, H, W) input, on a CPU

@@ -19,7 +19,9 @@ The ways, each only where it can run here:
   realesrgan      Real-ESRGAN's inference_realesrgan.py --fp32                (only with --realesrgan_script PATH)
 
 The photo is scikit-image's astronaut, resized with Lanczos to --sizes (1000 -> a 1000x1000 input, 4000x4000
-output at x4), saved as a PNG. Threads: each process uses what it is given (set OMP_NUM_THREADS to compare at one
+output at x4), saved as a PNG. The peers write their PNG at super_resolve.py's zlib level (PNG_COMPRESS_LEVEL, 1), so
+that the rows compare upscalers, not PNG settings: Pillow's default level, 6, adds about 2.5 s to a 4000x4000 output
+(3.4 s against 0.9 s on a 2-core AVX-512 EPYC), more than the networks differ by. Threads: each process uses what it is given (set OMP_NUM_THREADS to compare at one
 thread).
 
 Two kinds of CPU (--cpus): 'native' runs everything as the machine is; 'avx2' holds PyTorch and oneDNN to AVX2
@@ -49,6 +51,7 @@ from skimage import data as skimage_data  # noqa: E402
 
 import export  # noqa: E402
 import inference  # noqa: E402
+import super_resolve  # noqa: E402
 
 # The 10-line ONNX Runtime script a user would write: read, run the exported graph once on the whole image, write.
 ONNXRUNTIME_SCRIPT = """
@@ -57,17 +60,19 @@ from PIL import Image
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 lr = np.asarray(Image.open(sys.argv[2]).convert("RGB"), dtype=np.float32).transpose(2, 0, 1)[None] / 255
 sr = session.run(None, {session.get_inputs()[0].name: lr})[0][0]
-Image.fromarray((sr.transpose(1, 2, 0) * 255).round().clip(0, 255).astype(np.uint8)).save(sys.argv[3])
+Image.fromarray((sr.transpose(1, 2, 0) * 255).round().clip(0, 255).astype(np.uint8)).save(sys.argv[3],
+                                                                                        compress_level=int(sys.argv[4]))
 """
 # The same with OpenVINO (fp32 or bf16 by its inference-precision hint).
 OPENVINO_SCRIPT = """
 import sys, numpy as np, openvino as ov
 from PIL import Image
 core = ov.Core()
-model = core.compile_model(sys.argv[1], "CPU", {"INFERENCE_PRECISION_HINT": sys.argv[4]})
+model = core.compile_model(sys.argv[1], "CPU", {"INFERENCE_PRECISION_HINT": sys.argv[5]})
 lr = np.asarray(Image.open(sys.argv[2]).convert("RGB"), dtype=np.float32).transpose(2, 0, 1)[None] / 255
 sr = model(lr)[0][0]
-Image.fromarray((sr.transpose(1, 2, 0) * 255).round().clip(0, 255).astype(np.uint8)).save(sys.argv[3])
+Image.fromarray((sr.transpose(1, 2, 0) * 255).round().clip(0, 255).astype(np.uint8)).save(sys.argv[3],
+                                                                                        compress_level=int(sys.argv[4]))
 """
 
 
@@ -127,6 +132,7 @@ def psnr(a_path, b_path):
 def ways(args, model, cpu, folder, photo, onnx_path):
     """name -> (command, output path) for every way that can run here, for one model and one kind of CPU."""
     python, peer, out = sys.executable, args.peer_python, Path(folder) / cpu
+    png_level = str(super_resolve.PNG_COMPRESS_LEVEL)  # the peers write their PNG as super_resolve.py does
     found = {"ours": ([python, "super_resolve.py", photo, "--model", model, "--output_folder", out / "ours",
                        "--no_progress"], out / "ours" / f"{Path(photo).stem}_x4.png")}
     if cpu == "native":  # (held to AVX2, 'auto' is fp32: the same command)
@@ -137,11 +143,12 @@ def ways(args, model, cpu, folder, photo, onnx_path):
            for name in ("onnxruntime", "openvino")}
     if has["onnxruntime"]:
         label = "onnxruntime" if cpu == "native" else "onnxruntime (not held: AVX-512)"
-        found[label] = ([peer, "-c", ONNXRUNTIME_SCRIPT, onnx_path, photo, out / "ort.png"], out / "ort.png")
+        found[label] = ([peer, "-c", ONNXRUNTIME_SCRIPT, onnx_path, photo, out / "ort.png", png_level], out / "ort.png")
     if has["openvino"]:
         for precision in ("f32", "bf16") if cpu == "native" else ("f32",):
             found[f"openvino {precision}"] = ([peer, "-c", OPENVINO_SCRIPT, onnx_path, photo,
-                                               out / f"ov_{precision}.png", precision], out / f"ov_{precision}.png")
+                                               out / f"ov_{precision}.png", png_level, precision],
+                                              out / f"ov_{precision}.png")
     missing = [name for name, ok in has.items() if not ok]
     if missing:
         print(f"({' and '.join(missing)} not importable by {peer}: no rows; see --peer_python)")
