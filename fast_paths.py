@@ -15,7 +15,6 @@ network (or inference.upscale, for its tiles) calls into this file, which comput
   convolutions_in_rows           a plain stack of 3x3 convolutions (the compact network's body) run a strip of rows
                                  at a time, each row once, instead of in tiles that recompute their context
 """
-import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 

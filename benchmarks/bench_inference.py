@@ -21,8 +21,8 @@ The ways, each only where it can run here:
 The photo is scikit-image's astronaut, resized with Lanczos to --sizes (1000 -> a 1000x1000 input, 4000x4000
 output at x4), saved as a PNG. The peers write their PNG at super_resolve.py's zlib level (PNG_COMPRESS_LEVEL, 1), so
 that the rows compare upscalers, not PNG settings: Pillow's default level, 6, adds about 2.5 s to a 4000x4000 output
-(3.4 s against 0.9 s on a 2-core AVX-512 EPYC), more than the networks differ by. Threads: each process uses what it is given (set OMP_NUM_THREADS to compare at one
-thread).
+(3.4 s against 0.9 s on a 2-core AVX-512 EPYC), more than the networks differ by. Threads: each process uses what
+it is given (set OMP_NUM_THREADS to compare at one thread).
 
 Two kinds of CPU (--cpus): 'native' runs everything as the machine is; 'avx2' holds PyTorch and oneDNN to AVX2
 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2), what a CPU without AVX-512 and native bf16 does -- most laptops

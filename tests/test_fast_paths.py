@@ -136,9 +136,9 @@ def in_rows(layers, x, rows):
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("height, rows", [(1, 4), (5, 4), (23, 4), (23, 32), (64, 7)])
 def test_convolutions_in_rows_give_the_whole_images_numbers(threads, height, rows):
-    """The compact network's body run a strip of rows at a time (in stages on several threads) equals the body on the
-    whole image, in float64 to 1e-12: every row is there once, in order, with the same neighbours -- also for images
-    with fewer rows than convolutions, and strips of fewer rows than the stack is deep."""
+    """The compact network's body run a strip of rows at a time (every other strip on each of several threads) equals
+    the body on the whole image, in float64 to 1e-12: every row is there once, with the same neighbours -- also for
+    images with fewer rows than convolutions, and strips of fewer rows than the stack is deep."""
     model = compact_body()
     layers = list(model.body)
     x = torch.rand(1, 3, height, 11, dtype=torch.float64)
@@ -157,8 +157,8 @@ def test_convolutions_in_rows_give_the_whole_images_numbers(threads, height, row
     assert (got - reference).abs().max() < 1e-12
 
 
-def test_a_failing_stage_stops_convolutions_in_rows_with_its_error():
-    """An error in one stage (here the last layer) comes out of convolutions_in_rows as it is, the other stage stops
+def test_a_failing_layer_stops_convolutions_in_rows_with_its_error():
+    """An error in a layer (here the last PReLU) comes out of convolutions_in_rows as it is, the other thread stops
     instead of waiting for ever, and PyTorch's threads are given back."""
     model = compact_body()
 
