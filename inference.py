@@ -674,7 +674,7 @@ def upscale(generator, lr_img, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD, pre
     :param tile: LR tile side in pixels; 0 (or >= the image) runs the whole image at once
     :param tile_pad: LR pixels of context added on each side of a tile
     :param precision: 'fp32', 'bf16' (torch.autocast on CPU and CUDA) or 'fp16' (CUDA only)
-    :param progress: show a tqdm bar over the tiles (only when there is more than one)
+    :param progress: show a tqdm bar over the tiles (only when there is more than one), or over the rows
     :return: (1, C, H * s, W * s) tensor in [0, 1] on the CPU, with lr_img's float dtype (float32 for integer input)
     """
     if lr_img.dim() != 4 or lr_img.shape[0] != 1:
@@ -686,7 +686,7 @@ def upscale(generator, lr_img, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD, pre
     scale = int(generator.scaling_factor)
     out_dtype = lr_img.dtype if lr_img.is_floating_point() else torch.float32
     if runs_in_rows(generator, device):
-        return _upscale_in_rows(generator, lr_img, out_dtype, resolved)
+        return _upscale_in_rows(generator, lr_img, out_dtype, resolved, progress)
 
     # Tile borders on multiples of the model's pixel-unshuffle factor (1 for models without unshuffle).
     multiple = int(getattr(generator, "unshuffle_scale", 1))
@@ -738,10 +738,10 @@ def runs_in_rows(generator, device):
             and fast_paths.can_run_in_rows(generator.body))
 
 
-def _upscale_in_rows(generator, lr_img, out_dtype, precision="fp32"):
+def _upscale_in_rows(generator, lr_img, out_dtype, precision="fp32", progress=False):
     """upscale() for runs_in_rows: the body on the whole image through fast_paths.convolutions_in_rows (in bf16
     autocast for 'bf16'), each piece of rows it finishes upsampled (the network's own upsample) and written into the
-    result at once.
+    result at once; with `progress`, a tqdm bar over the LR rows (for an image of more than one strip).
 
     :return: (1, C, H * s, W * s) in [0, 1], on the CPU, in out_dtype
     """
@@ -756,7 +756,10 @@ def _upscale_in_rows(generator, lr_img, out_dtype, precision="fp32"):
         bottom = top + features.shape[2]
         sr_rows = generator.upsample(lr_imgs[:, :, top:bottom], features)  # (1, C, n s, W s), about [0, 1]
         sr_img[:, :, top * scale:bottom * scale] = sr_rows.to(out_dtype).clamp(0.0, 1.0)
+        bar.update(bottom - top)  # (tqdm's update takes a lock: the threads may call it at once)
 
     autocast_dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
-    fast_paths.convolutions_in_rows(list(generator.body), lr_imgs, emit, autocast_dtype=autocast_dtype)
+    with tqdm(total=height, desc="rows", unit="row", leave=False,
+              disable=not progress or height <= fast_paths.ROWS) as bar:
+        fast_paths.convolutions_in_rows(list(generator.body), lr_imgs, emit, autocast_dtype=autocast_dtype)
     return sr_img

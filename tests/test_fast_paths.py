@@ -198,3 +198,23 @@ def test_upscale_runs_the_compact_network_in_rows_on_a_cpu_and_gets_the_whole_im
     # The same tiles without the rows leave seams: the check above can tell.
     monkeypatch.setattr(inference, "runs_in_rows", lambda *args: False)
     assert (inference.upscale(model, lr_img, tile=8, tile_pad=0) - whole).abs().max() > 1e-4
+
+
+def test_upscale_in_rows_shows_its_progress_over_the_rows(monkeypatch):
+    """With progress, the rows path draws a bar over the LR rows (as the tiles draw one over the tiles), counted to
+    the end; without, none."""
+    bars = []
+
+    class Recorded(inference.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.asked_to_hide = kwargs["disable"]  # (a closed bar says disable itself)
+            bars.append(self)
+
+    monkeypatch.setattr(inference, "tqdm", Recorded)
+    model = compact_body(dtype=torch.float32)
+    for progress in (True, False):
+        inference.upscale(model, torch.rand(1, 3, 80, 9), progress=progress)
+    (shown, hidden) = bars
+    assert shown.desc == "rows" and shown.total == 80 and shown.n == 80 and not shown.asked_to_hide
+    assert hidden.asked_to_hide
