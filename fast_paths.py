@@ -1,7 +1,7 @@
 """Speed paths for particular hardware: the same functions as the networks of models.py, computed faster.
 
 The networks in models.py are the papers' figures on every device. Where a CPU runs one of their steps badly, the
-network (or inference.upscale, for its tiles) calls into this file, which computes the same numbers another way
+network (or inference.upscale, for its tiles and rows) calls into this file, which computes the same numbers another way
 (tests/test_fast_paths.py checks that they match: bit for bit, or up to the order of float sums):
 
   PReLU                          nn.PReLU with one shared slope, whose backward on a CPU runs through LeakyReLU's
@@ -15,6 +15,7 @@ network (or inference.upscale, for its tiles) calls into this file, which comput
   convolutions_in_rows           a plain stack of 3x3 convolutions (the compact network's body) run a strip of rows
                                  at a time, each row once, instead of in tiles that recompute their context
 """
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -141,7 +142,8 @@ def map_tiles(function, tiles, device):
     Why: PyTorch splits every layer of one tile across its threads, which then wait for each other at the end of
     the layer, and share the tile's activations through the caches. Side by side, each thread runs whole layers of
     its own tile. Measured on a 2-core AMD EPYC, the 16 tiles of a 1000x1000 photo through the shipped compact
-    model: 7.5 s instead of 8.1 s in fp32 held to AVX2, 2.28 s instead of 2.40 s in bf16 (docs/benchmarks.md).
+    model (which on a CPU now runs in rows instead, convolutions_in_rows): 7.5 s instead of 8.1 s in fp32 held to
+    AVX2, 2.28 s instead of 2.40 s in bf16 (docs/benchmarks.md).
     Each tile gives the same numbers up to float rounding (one thread may sum in another order). Elsewhere (a GPU,
     one thread, one tile) the tiles simply run in turn.
 
@@ -154,16 +156,21 @@ def map_tiles(function, tiles, device):
         yield from map(function, tiles)
         return
 
-    def on_one_thread(tile):
-        torch.set_num_threads(1)  # (this worker's operations on this thread alone)
-        return function(tile)
-
     pool = ThreadPoolExecutor(threads)
     try:
-        yield from pool.map(on_one_thread, tiles)
+        yield from pool.map(_on_one_thread(function), tiles)
     finally:  # also when the caller stops early (an error, Ctrl+C): no tile is started after that
         pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(threads)
+
+
+def _on_one_thread(function):
+    """function, run by a worker thread with its PyTorch operations on that thread alone (map_tiles and
+    convolutions_in_rows give each worker whole layers; the caller sets PyTorch's thread count back after)."""
+    def on_one_thread(*args):
+        torch.set_num_threads(1)
+        return function(*args)
+    return on_one_thread
 
 
 ROWS = 32  # LR rows per strip in convolutions_in_rows (16 and 64 measured no faster on a 1000-pixel-wide photo)
@@ -178,7 +185,7 @@ def can_run_in_rows(layers):
         and conv.groups == 1 and conv.padding_mode == "zeros" for conv in convolutions)
 
 
-def convolutions_in_rows(layers, x, emit, rows=ROWS, autocast_dtype=None):
+def convolutions_in_rows(layers, x, emit, rows=ROWS, context=contextlib.nullcontext):
     """
     The layers of a plain stack (can_run_in_rows: 3x3 convolutions and PReLUs, the compact network's body) on x, a
     strip of rows at a time, without gradients: what inference.upscale runs for the compact network on a CPU.
@@ -200,7 +207,7 @@ def convolutions_in_rows(layers, x, emit, rows=ROWS, autocast_dtype=None):
     :param x: (1, C, H, W) input, on a CPU
     :param emit: function(top, features), called from the threads: each strip's rows once, in any order
     :param rows: input rows per strip
-    :param autocast_dtype: None, or the dtype of CPU autocast to run the layers in (torch.bfloat16)
+    :param context: () -> the context each thread runs the layers in (e.g. inference.autocast's, for bf16)
     """
     height, width = x.shape[2], x.shape[3]
     reach = sum(isinstance(layer, nn.Conv2d) for layer in layers)  # rows the output lags behind the input
@@ -227,7 +234,7 @@ def convolutions_in_rows(layers, x, emit, rows=ROWS, autocast_dtype=None):
             carries[k, index] = carry
             finished[k, index].set()
 
-        with torch.inference_mode(), torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.inference_mode(), context():  # (both are per thread: entered in each)
             features = _strip_through(layers, x[:, :, top:bottom], bottom == height, width, take_carry, give_carry)
             # Each convolution lags one row: these are rows top - reach .. bottom - reach (to the end, for the last)
             first = max(top - reach, 0)
@@ -244,7 +251,6 @@ def convolutions_in_rows(layers, x, emit, rows=ROWS, autocast_dtype=None):
         return
 
     def worker(j):
-        torch.set_num_threads(1)  # (this worker's operations on this thread alone)
         try:
             for k in range(j, len(tops), count):
                 run_strip(k)
@@ -254,7 +260,7 @@ def convolutions_in_rows(layers, x, emit, rows=ROWS, autocast_dtype=None):
 
     with ThreadPoolExecutor(count) as pool:
         try:
-            errors = [future.exception() for future in [pool.submit(worker, j) for j in range(count)]]
+            errors = [future.exception() for future in [pool.submit(_on_one_thread(worker), j) for j in range(count)]]
         finally:
             torch.set_num_threads(threads)
     errors = [error for error in errors if error is not None and not isinstance(error, _Stopped)]

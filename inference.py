@@ -665,8 +665,8 @@ def upscale(generator, lr_img, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD, pre
     so tile borders and pads are kept on multiples of r; otherwise a tile would be folded differently from the
     whole image.
 
-    The compact network on a CPU runs without tiles, a strip of rows at a time (runs_in_rows): faster, and exactly
-    the whole image's numbers; `tile` and `tile_pad` do not apply to it.
+    The compact network on a CPU, where the image needs more than one tile, runs a strip of rows at a time instead
+    (runs_in_rows): faster, and exactly the whole image's numbers; the tile's size and `tile_pad` do not apply then.
 
     :param generator: a generator with `scaling_factor`, `input_format` and `output_format` attributes, in eval
                       mode; its device (and dtype, e.g. float64 in tests) is where the tiles run
@@ -685,8 +685,6 @@ def upscale(generator, lr_img, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD, pre
     resolved = resolve_precision(precision, device)  # a bad precision fails before any work
     scale = int(generator.scaling_factor)
     out_dtype = lr_img.dtype if lr_img.is_floating_point() else torch.float32
-    if runs_in_rows(generator, device):
-        return _upscale_in_rows(generator, lr_img, out_dtype, resolved, progress)
 
     # Tile borders on multiples of the model's pixel-unshuffle factor (1 for models without unshuffle).
     multiple = int(getattr(generator, "unshuffle_scale", 1))
@@ -697,6 +695,8 @@ def upscale(generator, lr_img, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD, pre
     tile_pad = _round_up(tile_pad, multiple)
 
     tiles = [(top, left) for top in range(0, height, tile) for left in range(0, width, tile)]
+    if len(tiles) > 1 and runs_in_rows(generator, device):  # split, but in rows (no context to compute twice)
+        return _upscale_in_rows(generator, lr_img, out_dtype, resolved, progress)
 
     def context_box(top, left):
         """The tile at (top, left) plus its context: tile_pad pixels on each side, clamped at the image border."""
@@ -733,14 +733,15 @@ def runs_in_rows(generator, device):
     """Whether upscale() runs this generator a strip of rows at a time (fast_paths.convolutions_in_rows) instead of
     in tiles: the compact network (its body a plain stack of 3x3 convolutions; no outscale, whose bicubic resize
     needs rows around each output row) on a CPU, in fp32 or bf16 (benchmarks/bench_rows.py: 6 to 12% faster than
-    the tiles). GPUs keep the tiles (not measured there)."""
+    the tiles on a 1000x1000 photo). GPUs keep the tiles (not measured there), and an image that fits in one tile
+    runs whole, as other networks' do (faster than rows for a small image: no threads to coordinate)."""
     return (isinstance(generator, models.SRVGGNetCompact) and generator.outscale is None and device.type == "cpu"
             and fast_paths.can_run_in_rows(generator.body))
 
 
 def _upscale_in_rows(generator, lr_img, out_dtype, precision="fp32", progress=False):
-    """upscale() for runs_in_rows: the body on the whole image through fast_paths.convolutions_in_rows (in bf16
-    autocast for 'bf16'), each piece of rows it finishes upsampled (the network's own upsample) and written into the
+    """upscale() for runs_in_rows: the body on the whole image through fast_paths.convolutions_in_rows (under
+    autocast(precision), as run_generator), each piece of rows it finishes upsampled (the network's own upsample) and written into the
     result at once; with `progress`, a tqdm bar over the LR rows (for an image of more than one strip).
 
     :return: (1, C, H * s, W * s) in [0, 1], on the CPU, in out_dtype
@@ -758,8 +759,8 @@ def _upscale_in_rows(generator, lr_img, out_dtype, precision="fp32", progress=Fa
         sr_img[:, :, top * scale:bottom * scale] = sr_rows.to(out_dtype).clamp(0.0, 1.0)
         bar.update(bottom - top)  # (tqdm's update takes a lock: the threads may call it at once)
 
-    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
     with tqdm(total=height, desc="rows", unit="row", leave=False,
               disable=not progress or height <= fast_paths.ROWS) as bar:
-        fast_paths.convolutions_in_rows(list(generator.body), lr_imgs, emit, autocast_dtype=autocast_dtype)
+        fast_paths.convolutions_in_rows(list(generator.body), lr_imgs, emit,
+                                        context=lambda: autocast(parameter.device, precision))
     return sr_img

@@ -3,8 +3,8 @@
     python benchmarks/bench_rows.py                                   # compact and realistic, 1000x1000, fp32 and bf16
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_rows.py --precision fp32   # as AVX2
 
-inference.upscale runs the compact network a strip of rows at a time (fast_paths.convolutions_in_rows) on a CPU, and
-other networks in tiles (256 pixels and 16 of context, side by side: fast_paths.map_tiles). This prints both ways
+inference.upscale runs the compact network a strip of rows at a time (fast_paths.convolutions_in_rows) on a CPU where
+an image needs more than one tile, and other networks in tiles (256 pixels and 16 of context, side by side: fast_paths.map_tiles). This prints both ways
 for each model and precision: the wall and CPU seconds of upscale() alone on a random image (medians of --runs, the
 two ways in turn so that the machine's drift touches both), their ratio, and how far apart their outputs are (rows
 give the whole image's numbers; tiles differ where their context does not cover the receptive field). The choice in
