@@ -13,9 +13,11 @@ network (or inference.upscale, for its tiles and rows) calls into this file, whi
   map_tiles                      the tiles of an upscaling on a CPU side by side, one thread each, instead of one
                                  after the other on all threads
   convolutions_in_rows           a plain stack of 3x3 convolutions (the compact network's body) run a strip of rows
-                                 at a time, each row once, instead of in tiles that recompute their context
+                                 at a time, each row once, instead of in tiles that recompute their context; in fp32
+                                 its convolutions by Winograd's algorithm (NNPACK), with fewer multiplications
 """
 import contextlib
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -174,6 +176,38 @@ def _on_one_thread(function):
 
 
 ROWS = 32  # LR rows per strip in convolutions_in_rows (16 and 64 measured no faster on a 1000-pixel-wide photo)
+WINOGRAD = True  # convolutions_in_rows's fp32 convolutions by Winograd's algorithm where NNPACK runs (winograd_available)
+
+
+@functools.cache
+def winograd_available():
+    """
+    Whether this PyTorch build has NNPACK and this CPU runs it (x86 CPUs with AVX2, ARM with NEON).
+
+    Why NNPACK: its 3x3 convolutions use Winograd's F(6x6, 3x3) algorithm, which computes each 6x6 block of output
+    with 8x8 = 64 multiplications per channel pair instead of 6x6x9 = 324, for rounding errors of about 1e-6 of the
+    values (inputs and outputs are transformed in fp32). PyTorch ships it but calls it only for batches of 16 or more
+    with its faster default (oneDNN) switched off; convolutions_in_rows calls it directly. Measured on a 2-core AMD
+    EPYC held to AVX2, the shipped compact model on a 1000x1000 photo: 3.5 s instead of 6.5 s; with AVX-512 (which
+    NNPACK does not use, oneDNN does) about as fast as oneDNN; bf16 (oneDNN) stays faster where the CPU has it
+    (benchmarks/bench_rows.py, docs/benchmarks.md).
+
+    NNPACK keeps one thread pool, made at its first convolution with the calling thread's PyTorch thread count; a
+    pool of one thread runs each convolution in its caller, so that every thread of convolutions_in_rows runs its
+    own (a pool of two, shared and locked, measured 1.7x slower). Its first convolution is therefore made here, on
+    one thread.
+    """
+    if not torch._nnpack_available():  # (also starts NNPACK: without it, its convolutions fail)
+        return False
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        torch._nnpack_spatial_convolution(torch.zeros(1, 1, 3, 3), torch.zeros(1, 1, 3, 3), None, [1, 1])
+        return True
+    except RuntimeError:
+        return False
+    finally:
+        torch.set_num_threads(threads)
 
 
 def can_run_in_rows(layers):
@@ -203,12 +237,18 @@ def convolutions_in_rows(layers, x, emit, rows=ROWS, context=contextlib.nullcont
     Measured on a 2-core AMD EPYC, inference.upscale on a 1000 x 1000 photo with the shipped compact models: 0.88
     to 0.95 of the tiles' time, in fp32 (also held to AVX2) and bf16 (benchmarks/bench_rows.py, docs/benchmarks.md).
 
+    In fp32 (no autocast) the convolutions run by Winograd's algorithm where NNPACK is there (winograd_available):
+    the same function, rounded differently (about 1e-6 of the values; compact's output within 1e-5 of the direct
+    convolutions').
+
     :param layers: list of modules, in order (can_run_in_rows)
     :param x: (1, C, H, W) input, on a CPU
     :param emit: function(top, features), called from the threads: each strip's rows once, in any order
     :param rows: input rows per strip
     :param context: () -> the context each thread runs the layers in (e.g. inference.autocast's, for bf16)
     """
+    if WINOGRAD and x.dtype == torch.float32:
+        winograd_available()  # (NNPACK's pool made on this thread, before the threads below: see there)
     height, width = x.shape[2], x.shape[3]
     reach = sum(isinstance(layer, nn.Conv2d) for layer in layers)  # rows the output lags behind the input
     tops = list(range(0, height, rows))
@@ -277,10 +317,15 @@ def _strip_through(layers, features, last, width, take_carry, give_carry):
     (n may be 0), last whether they end the image; each convolution's window starts with take_carry(index) (None at
     the top: the zero padding) and gives its own last two rows to give_carry(index, rows) for the next strip.
     :return: (1, C_out, m, W), the rows of the output this strip completes"""
-    def zero_row(like):  # a row of the convolutions' zero padding, above row 0 and below row H - 1
-        return like.new_zeros((1, like.shape[1], 1, width)).contiguous(memory_format=torch.channels_last)
+    # Winograd (fp32 outside autocast): NNPACK takes contiguous (N, C, H, W); oneDNN is faster channels-last.
+    winograd = (WINOGRAD and features.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                and winograd_available())
+    layout = torch.contiguous_format if winograd else torch.channels_last
 
-    features = features.contiguous(memory_format=torch.channels_last)
+    def zero_row(like):  # a row of the convolutions' zero padding, above row 0 and below row H - 1
+        return like.new_zeros((1, like.shape[1], 1, width)).contiguous(memory_format=layout)
+
+    features = features.contiguous(memory_format=layout)
     for index, layer in enumerate(layers):
         if not isinstance(layer, nn.Conv2d):
             features = layer(features)  # PReLU: row by row
@@ -294,5 +339,8 @@ def _strip_through(layers, features, last, width, take_carry, give_carry):
             continue
         give_carry(index, window[:, :, -2:].clone())  # (a copy: a view would keep the whole window alive)
         # Rows padded by the window itself, columns by zeros: one output row per full 3-row window.
-        features = F.conv2d(window, layer.weight, layer.bias, padding=(0, 1))  # (1, C_out, n, W)
+        if winograd:
+            features = torch._nnpack_spatial_convolution(window, layer.weight.contiguous(), layer.bias, [0, 1])
+        else:
+            features = F.conv2d(window, layer.weight, layer.bias, padding=(0, 1))  # (1, C_out, n, W)
     return features

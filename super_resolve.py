@@ -62,6 +62,7 @@ from tqdm import tqdm
 import cli
 import inference
 import metrics
+import png_writer
 import utils
 
 # ======================================================================================================
@@ -242,11 +243,13 @@ def to_pil(channels, bits=8):
     return Image.fromarray(array)  # 'LA' (2 channels), 'RGB' or 'RGBA'
 
 
-# zlib's effort when writing PNGs. Pillow's default, 6, spends most of its time on the last few percent: the 4000x4000
-# output of the compact model on a photo took 2.67 s to write at 6 (10.0 MB), 1.04 s at 3 (11.5 MB) and 0.70 s at 1
-# (12.4 MB), on one core of an AVX-512 EPYC, where the network itself took about 2 s. At x4 the output is 16 times the
-# input, so writing it is a large share of the whole run: level 1 is 3.8 times faster for a file 24% larger.
+# zlib's effort when writing PNGs. Level 6 (Pillow's default) spends most of its time on the last few percent: the
+# 4000x4000 output of the compact model on a photo took 2.67 s to write with Pillow at 6 (10.0 MB), 1.04 s at 3
+# (11.5 MB) and 0.70 s at 1 (12.4 MB), on one core of an AVX-512 EPYC, where the network itself took about 2 s. At x4
+# the output is 16 times the input, so writing it is a large share of the whole run: level 1 is 3.8 times faster for
+# a file 24% larger. png_writer.py then spreads the compression over the threads (0.22 s on two, 12.3 MB).
 PNG_COMPRESS_LEVEL = 1
+PNG_MODES = ("L", "LA", "RGB", "RGBA", "I;16")  # what to_pil makes: written by png_writer.py
 
 
 def write_image(img, path, overwrite=True, icc_profile=None):
@@ -254,16 +257,25 @@ def write_image(img, path, overwrite=True, icc_profile=None):
     Save a PIL image as PNG atomically (utils.atomic_write): a crash, a full disk or Ctrl+C leaves either the old
     file or the complete new one, never half a PNG that an image viewer (or the next script) chokes on.
 
+    The modes to_pil makes are written by png_writer.write_png, which compresses bands of rows on all of PyTorch's
+    threads at once (4 times faster than Pillow on two cores, for the same pixels); other modes by Pillow.
+
     :param overwrite: False takes the name only if no file has it at that moment (utils.atomic_write): of two runs
                       writing one output folder at once, the second to finish fails this file instead of replacing
                       the first's, however close the two are
     :param icc_profile: an ICC profile (bytes) to embed, or None
     :raises ValueError: (overwrite=False) a file of that name is there, in one line
     """
-    options = {} if icc_profile is None else {"icc_profile": icc_profile}
+    if img.mode in PNG_MODES:
+        pixels = np.asarray(img)  # (H, W) or (H, W, C), uint8 ('I;16': uint16)
+        def write(file):
+            png_writer.write_png(file, pixels, PNG_COMPRESS_LEVEL, icc_profile, threads=torch.get_num_threads())
+    else:
+        options = {} if icc_profile is None else {"icc_profile": icc_profile}
+        def write(file):
+            img.save(file, format="PNG", compress_level=PNG_COMPRESS_LEVEL, **options)
     try:
-        utils.atomic_write(path, lambda file: img.save(file, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
-                                                       **options), overwrite=overwrite)
+        utils.atomic_write(path, write, overwrite=overwrite)
     except FileExistsError:
         raise ValueError(already_exists(path, "appeared while this run upscaled: another run writing there, or a "
                                               "file of yours")) from None

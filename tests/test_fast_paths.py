@@ -158,6 +158,54 @@ def test_convolutions_in_rows_give_the_whole_images_numbers(threads, height, row
     assert (got - reference).abs().max() < 1e-12
 
 
+@pytest.mark.skipif(not fast_paths.winograd_available(), reason="this PyTorch or CPU has no NNPACK")
+def test_convolutions_in_rows_in_fp32_run_by_winograd_and_give_the_whole_images_numbers(monkeypatch):
+    """In fp32 the rows' convolutions run through NNPACK (Winograd): within fp32 rounding of the body on the whole image
+    (computed in float64), the same bits on one thread and on two (each convolution runs in its own thread), and
+    not taken when WINOGRAD is off or under bf16 autocast (oneDNN's bf16 convolutions)."""
+    model = compact_body(dtype=torch.float32)
+    layers = list(model.body)
+    x = torch.rand(1, 3, 45, 37)
+    with torch.no_grad():
+        reference = x.double()
+        for layer in layers:
+            reference = layer.double()(reference)  # (1, 3 * 4, 45, 37), float64
+        model.float()
+    calls = []
+    nnpack = torch._nnpack_spatial_convolution
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return nnpack(*args)
+
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", counted)
+    previous = torch.get_num_threads()
+    try:
+        results, counts = {}, {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results[threads] = in_rows(layers, x, rows=8)
+            counts[threads] = len(calls)
+            calls.clear()
+        torch.set_num_threads(previous)
+        assert torch.get_num_threads() == previous  # (winograd_available gives the thread count back)
+    finally:
+        torch.set_num_threads(previous)
+    assert counts[1] >= 6 * 7 and counts[2] == counts[1]  # 7 convolutions on each of 6 strips of 8 rows (and more:
+    #                                                        the last strip finishes the rows still in the stack)
+    assert torch.equal(results[1], results[2])
+    scale = reference.abs().max().item()
+    assert (results[1].double() - reference).abs().max() < 1e-5 * scale
+    calls.clear()
+    monkeypatch.setattr(fast_paths, "WINOGRAD", False)
+    direct = in_rows(layers, x, rows=8)
+    assert not calls and (direct.double() - reference).abs().max() < 1e-5 * scale
+    monkeypatch.setattr(fast_paths, "WINOGRAD", True)
+    fast_paths.convolutions_in_rows(layers, x, lambda top, features: None, rows=8,
+                                    context=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    assert not calls
+
+
 def test_a_failing_layer_stops_convolutions_in_rows_with_its_error():
     """An error in a layer (here the last PReLU) comes out of convolutions_in_rows as it is, the other thread stops
     instead of waiting for ever, and PyTorch's threads are given back."""
