@@ -177,6 +177,9 @@ def _on_one_thread(function):
 
 ROWS = 32  # LR rows per strip in convolutions_in_rows (16 and 64 measured no faster on a 1000-pixel-wide photo)
 WINOGRAD = True  # convolutions_in_rows's fp32 convolutions by Winograd's algorithm where NNPACK runs (winograd_available)
+# Rows per strip for Winograd: a multiple of its 6-row blocks of output (32 rows would compute 36). Held to AVX2, the
+# compact model on a 1000x1000 photo used 7.08 CPU s in strips of 18 rows, 7.20 in 24, 7.83 in 32 (medians of 7).
+WINOGRAD_ROWS = 18
 
 
 @functools.cache
@@ -219,7 +222,7 @@ def can_run_in_rows(layers):
         and conv.groups == 1 and conv.padding_mode == "zeros" for conv in convolutions)
 
 
-def convolutions_in_rows(layers, x, emit, rows=ROWS, context=contextlib.nullcontext):
+def convolutions_in_rows(layers, x, emit, rows=None, context=contextlib.nullcontext):
     """
     The layers of a plain stack (can_run_in_rows: 3x3 convolutions and PReLUs, the compact network's body) on x, a
     strip of rows at a time, without gradients: what inference.upscale runs for the compact network on a CPU.
@@ -244,11 +247,13 @@ def convolutions_in_rows(layers, x, emit, rows=ROWS, context=contextlib.nullcont
     :param layers: list of modules, in order (can_run_in_rows)
     :param x: (1, C, H, W) input, on a CPU
     :param emit: function(top, features), called from the threads: each strip's rows once, in any order
-    :param rows: input rows per strip
+    :param rows: input rows per strip (None: WINOGRAD_ROWS for Winograd's convolutions, ROWS for the others)
     :param context: () -> the context each thread runs the layers in (e.g. inference.autocast's, for bf16)
     """
-    if WINOGRAD and x.dtype == torch.float32:
-        winograd_available()  # (NNPACK's pool made on this thread, before the threads below: see there)
+    with context():  # Winograd's convolutions in fp32 outside autocast (NNPACK's pool made here, before the threads)
+        winograd = (WINOGRAD and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                    and winograd_available())
+    rows = rows or (WINOGRAD_ROWS if winograd else ROWS)
     height, width = x.shape[2], x.shape[3]
     reach = sum(isinstance(layer, nn.Conv2d) for layer in layers)  # rows the output lags behind the input
     tops = list(range(0, height, rows))
@@ -275,7 +280,8 @@ def convolutions_in_rows(layers, x, emit, rows=ROWS, context=contextlib.nullcont
             finished[k, index].set()
 
         with torch.inference_mode(), context():  # (both are per thread: entered in each)
-            features = _strip_through(layers, x[:, :, top:bottom], bottom == height, width, take_carry, give_carry)
+            features = _strip_through(layers, x[:, :, top:bottom], bottom == height, width, take_carry, give_carry,
+                                      winograd)
             # Each convolution lags one row: these are rows top - reach .. bottom - reach (to the end, for the last)
             first = max(top - reach, 0)
             if features.shape[2]:
@@ -312,14 +318,13 @@ class _Stopped(Exception):
     """A thread of convolutions_in_rows stopped because another one failed."""
 
 
-def _strip_through(layers, features, last, width, take_carry, give_carry):
+def _strip_through(layers, features, last, width, take_carry, give_carry, winograd):
     """One strip of rows through the layers (convolutions_in_rows): features (1, C, n, W) the strip's input rows
     (n may be 0), last whether they end the image; each convolution's window starts with take_carry(index) (None at
-    the top: the zero padding) and gives its own last two rows to give_carry(index, rows) for the next strip.
+    the top: the zero padding) and gives its own last two rows to give_carry(index, rows) for the next strip;
+    winograd: the convolutions by NNPACK's Winograd (fp32), else F.conv2d (oneDNN).
     :return: (1, C_out, m, W), the rows of the output this strip completes"""
-    # Winograd (fp32 outside autocast): NNPACK takes contiguous (N, C, H, W); oneDNN is faster channels-last.
-    winograd = (WINOGRAD and features.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-                and winograd_available())
+    # NNPACK takes contiguous (N, C, H, W); oneDNN is faster channels-last.
     layout = torch.contiguous_format if winograd else torch.channels_last
 
     def zero_row(like):  # a row of the convolutions' zero padding, above row 0 and below row H - 1

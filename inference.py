@@ -760,7 +760,7 @@ def _upscale_in_rows(generator, lr_img, out_dtype, precision="fp32", progress=Fa
         bar.update(bottom - top)  # (tqdm's update takes a lock: the threads may call it at once)
 
     with tqdm(total=height, desc="rows", unit="row", leave=False,
-              disable=not progress or height <= fast_paths.ROWS) as bar:
+              disable=not progress or height <= fast_paths.WINOGRAD_ROWS) as bar:
         fast_paths.convolutions_in_rows(list(generator.body), lr_imgs, emit,
                                         context=lambda: autocast(parameter.device, precision))
     return sr_img

@@ -231,13 +231,14 @@ def to_pil(channels, bits=8):
         raise ValueError("16-bit output is only possible for one-channel (greyscale) images in Pillow.")
     n_channels, height, width = channels.shape
     array = np.empty((height, width, n_channels), dtype=np.uint16 if bits == 16 else np.uint8)
+    levels_out = torch.from_numpy(array)  # (H, W, C), the same memory: PyTorch writes it, on all its threads
     # A band of rows at a time: a 16384 x 16384 RGB output is 3 GB in float32, and converting it in one go would
     # make three more such temporaries (x * 255, round, clamp); band by band the extra memory is a few MB.
     band = max(1, (1 << 22) // max(1, width * n_channels))
     for top in range(0, height, band):
         levels = channels[:, top:top + band].float() * max_value  # (C, band, W), new tensor
         levels = levels.round_().clamp_(0, max_value)  # integer-valued, in place
-        array[top:top + band] = levels.permute(1, 2, 0).numpy()  # cast to the integer type on assignment
+        levels_out[top:top + band] = levels.permute(1, 2, 0)  # cast to the integer type on assignment
     if n_channels == 1:
         return Image.fromarray(array[:, :, 0])  # mode 'L', or 'I;16' for uint16
     return Image.fromarray(array)  # 'LA' (2 channels), 'RGB' or 'RGBA'
