@@ -238,7 +238,8 @@ def convolutions_in_rows(layers, x, emit, rows=None, context=contextlib.nullcont
     the carry of the strip before it at that convolution: the threads run the same layers one layer apart, each as
     busy as the other, and nothing is computed twice (bands of rows would each need their receptive field again).
     Measured on a 2-core AMD EPYC, inference.upscale on a 1000 x 1000 photo with the shipped compact models: 0.88
-    to 0.95 of the tiles' time, in fp32 (also held to AVX2) and bf16 (benchmarks/bench_rows.py, docs/benchmarks.md).
+    to 0.96 of the tiles' time with the same convolutions, in fp32 (also held to AVX2) and bf16; 0.43 to 0.44 held
+    to AVX2 with Winograd's (benchmarks/bench_rows.py, docs/benchmarks.md).
 
     In fp32 (no autocast) the convolutions run by Winograd's algorithm where NNPACK is there (winograd_available):
     the same function, rounded differently (about 1e-6 of the values; compact's output within 1e-5 of the direct

@@ -732,8 +732,8 @@ def upscale(generator, lr_img, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD, pre
 def runs_in_rows(generator, device):
     """Whether upscale() runs this generator a strip of rows at a time (fast_paths.convolutions_in_rows) instead of
     in tiles: the compact network (its body a plain stack of 3x3 convolutions; no outscale, whose bicubic resize
-    needs rows around each output row) on a CPU, in fp32 or bf16 (benchmarks/bench_rows.py: 6 to 12% faster than
-    the tiles on a 1000x1000 photo). GPUs keep the tiles (not measured there), and an image that fits in one tile
+    needs rows around each output row) on a CPU, in fp32 or bf16 (benchmarks/bench_rows.py, a 1000x1000 photo: 4 to
+    12% faster than the tiles with the same convolutions; in fp32 with Winograd's, 2.3 times as fast held to AVX2). GPUs keep the tiles (not measured there), and an image that fits in one tile
     runs whole, as other networks' do (faster than rows for a small image: no threads to coordinate)."""
     return (isinstance(generator, models.SRVGGNetCompact) and generator.outscale is None and device.type == "cpu"
             and fast_paths.can_run_in_rows(generator.body))
