@@ -104,6 +104,8 @@ hyperparameters = dict(
     #   features by 12.75, which with the MSE distance is this weight, 0.0062 (perceptual_loss's docstring)
     pixel_loss_weight=0.0,  # weight of an L1 pixel loss (ESRGAN: 1e-2, Real-ESRGAN: 1)
     adversarial_loss_weight=1e-3,  # weight of the generator's adversarial loss (SRGAN's beta)
+    artifact_loss_weight=0.0,  # weight of LDL's artifact loss (artifact_loss: an L1 loss where the generator's
+    #   residual is noisier than its EMA's, to take noise-like texture out; needs --ema_decay > 0; LDL: 1; 0: off)
     lattice_loss_weight=0.0,  # weight of the sub-pixel lattice loss (lattice_loss: ties the s x s phase means of SR to
     #   HR's, the only place a fixed grid can hide; 0: off; 100 with --vgg_weights random, RANDOM_VGG)
     # Learning
@@ -213,8 +215,9 @@ RANDOM_VGG = dict(
 # On resume, the losses are the checkpoint's unless a flag is given: their defaults, and RANDOM_VGG, may have changed
 # since it was written. A checkpoint from before a setting existed trained without it (PREDATING).
 RESUMED_LOSSES = ("vgg_weights", "vgg_pooling", "perceptual_layers", "perceptual_layer_weights", "perceptual_loss",
-                  "perceptual_loss_weight", "pixel_loss_weight", "adversarial_loss_weight", "lattice_loss_weight")
-PREDATING = dict(vgg_pooling="max", lattice_loss_weight=0.0)
+                  "perceptual_loss_weight", "pixel_loss_weight", "adversarial_loss_weight", "lattice_loss_weight",
+                  "artifact_loss_weight")
+PREDATING = dict(vgg_pooling="max", lattice_loss_weight=0.0, artifact_loss_weight=0.0)
 
 
 def peek_flag(argv, name, default):
@@ -257,6 +260,9 @@ def check_hyperparameters(hp):
     if len(hp.perceptual_layers) != len(hp.perceptual_layer_weights):
         raise ValueError("perceptual_layers and perceptual_layer_weights must have the same length.")
     augmentations.mixture_of(hp)  # --mixopts and its probabilities and strengths
+    if hp.artifact_loss_weight > 0 and hp.ema_decay <= 0:
+        raise ValueError("--artifact_loss_weight compares the generator with its EMA: give --ema_decay too (e.g. "
+                         "0.999), or --artifact_loss_weight 0.")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -323,6 +329,38 @@ def perceptual_loss(vgg, sr_imgs, hr_imgs, distance):
         hr_features = vgg(utils.convert_image(hr_imgs, "[0, 1]", "imagenet-norm"))
     return sum(weight * distances[distance](sr_features[name].float(), hr_features[name].float())
                for name, weight in vgg.layer_weights.items())
+
+
+def artifact_loss(sr_imgs, ema_sr_imgs, target_imgs, window=7):
+    """
+    LDL's artifact loss (Liang et al., CVPR 2022, "Details or Artifacts"): an L1 loss weighted by a map of where
+    the generator's output is likely an artifact rather than a detail.
+
+    A GAN's details and its artifacts both differ from HR; what tells them apart is the residual |HR - SR| (summed
+    over the colours, (N, 1, H, W)): where it varies a lot within a small window (its local variance over
+    window x window pixels), SR has noise-like texture that HR does not, and where the EMA of the generator (steadier,
+    fewer artifacts) is closer to HR than the generator is, that texture is not a detail the EMA also found. The map
+    is that local variance, times the image's residual variance^(1/5) (images with more artifacts weigh more), and 0
+    where the generator is as close to HR as its EMA. The map is a weight (no gradient through it):
+
+        mean of | map * SR - map * HR |
+
+    :param sr_imgs: (N, 3, H, W) the generator's output, in [0, 1]
+    :param ema_sr_imgs: (N, 3, H, W) the EMA generator's output on the same input (no gradient)
+    :param target_imgs: (N, 3, H, W) the pixel loss's target, in [0, 1]
+    :return: scalar tensor
+    """
+    sr_imgs, ema_sr_imgs, target_imgs = sr_imgs.float(), ema_sr_imgs.float(), target_imgs.float()
+    with torch.no_grad():
+        residual = (target_imgs - sr_imgs).abs().sum(1, keepdim=True)  # (N, 1, H, W)
+        ema_residual = (target_imgs - ema_sr_imgs).abs().sum(1, keepdim=True)
+        image_weight = residual.var(dim=(1, 2, 3), keepdim=True) ** 0.2  # (N, 1, 1, 1)
+        padded = F.pad(residual, [window // 2] * 4, mode="reflect")
+        local_mean = F.avg_pool2d(padded, window, stride=1)  # (N, 1, H, W)
+        local_variance = (F.avg_pool2d(padded ** 2, window, stride=1) - local_mean ** 2).clamp_min(0)
+        local_variance *= window ** 2 / (window ** 2 - 1)  # the unbiased variance, as LDL's
+        artifact_map = image_weight * local_variance * (residual >= ema_residual)
+    return F.l1_loss(artifact_map * sr_imgs, artifact_map * target_imgs)
 
 
 def lattice_loss(sr_imgs, target_imgs, scaling_factor):
@@ -514,7 +552,7 @@ def main():
     # Ctrl+C / SIGTERM, checkpoints, the progress bar, reports and logs: the duties of the loop's end.
     stop_signal, save, log = training_log.start_duties(
         "srgan", hp, stateful, resumed, start_iteration, device, is_main_process,
-        ["perceptual", "pixel", "adversarial", "discriminator", "lattice"], f"train_srgan ({hp.recipe})",
+        ["perceptual", "pixel", "adversarial", "discriminator", "lattice", "artifact"], f"train_srgan ({hp.recipe})",
         **architecture)
 
     generator.train()
@@ -538,6 +576,12 @@ def main():
             # No fixed s x s pattern (a grid): the phase means of SR follow HR's (lattice_loss; logged even at
             # weight 0, where it measures the grid a run may be growing).
             lattice = lattice_loss(sr_imgs, pixel_target_imgs, hp.scaling_factor)
+            artifact = torch.zeros((), device=device)
+            if hp.artifact_loss_weight > 0:  # where SR is noisier than the EMA's SR (artifact_loss)
+                with torch.no_grad():
+                    ema_sr_imgs = ema.module(utils.convert_image(lr_imgs, "[0, 1]", generator.input_format))
+                    ema_sr_imgs = utils.convert_image(ema_sr_imgs.float(), generator.output_format, "[0, 1]")
+                artifact = artifact_loss(sr_imgs, ema_sr_imgs, pixel_target_imgs)
             fake_logits = discriminator(sr_imgs).float()
             # The relativistic loss also needs D's opinion of real images (a constant for the generator).
             real_logits = None
@@ -546,7 +590,8 @@ def main():
                     real_logits = discriminator(real_imgs).float()
             adversarial = adversarial_loss(real_logits, fake_logits, hp.gan_type, for_generator=True)
             generator_loss = (hp.perceptual_loss_weight * perceptual + hp.pixel_loss_weight * pixel
-                              + hp.adversarial_loss_weight * adversarial + hp.lattice_loss_weight * lattice)
+                              + hp.adversarial_loss_weight * adversarial + hp.lattice_loss_weight * lattice
+                              + hp.artifact_loss_weight * artifact)
         optimizer_g.zero_grad(set_to_none=True)
         grad_scaler_g.scale(generator_loss).backward()
         grad_scaler_g.step(optimizer_g)
@@ -574,7 +619,7 @@ def main():
         # The duties of the end of an iteration, each when it is due.
         completed = iteration + 1
         log.add_losses(perceptual=perceptual, pixel=pixel, adversarial=adversarial, discriminator=discriminator_loss,
-                       lattice=lattice)
+                       lattice=lattice, artifact=artifact)
         stop_now = stop_signal.should_stop()  # Ctrl+C / SIGTERM in any process: all save now and stop together
         last = completed == hp.iterations
         report_now = completed % hp.print_every == 0 or last

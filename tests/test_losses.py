@@ -264,3 +264,36 @@ def test_lattice_loss_sees_a_fixed_pattern_and_nothing_else():
                           atol=1e-5)
     assert torch.equal(sr.grad[..., :4, :4], sr.grad[..., 4:8, 8:12])
 
+
+
+def test_artifact_loss_by_hand():
+    """artifact_loss (LDL): the map is each pixel's unbiased residual variance over its 7x7 window (reflect-padded),
+    times the image's residual variance^(1/5), and 0 where the EMA is farther from HR than SR; computed here with
+    unfold, pixel by pixel. A noisy SR weighs more than a smooth one that is as far from HR, and the map carries
+    no gradient."""
+    torch.manual_seed(0)
+    hr_imgs = torch.rand(2, 3, 12, 10)
+    sr_imgs = hr_imgs + 0.1 * torch.randn(2, 3, 12, 10)
+    ema_sr_imgs = hr_imgs + 0.1 * torch.randn(2, 3, 12, 10)
+    residual = (hr_imgs - sr_imgs).abs().sum(1, keepdim=True)
+    ema_residual = (hr_imgs - ema_sr_imgs).abs().sum(1, keepdim=True)
+    windows = torch.nn.functional.pad(residual, [3] * 4, mode="reflect").unfold(2, 7, 1).unfold(3, 7, 1)
+    local = windows.reshape(2, 1, 12, 10, 49).var(dim=-1, unbiased=True)  # (2, 1, 12, 10)
+    artifact_map = residual.var(dim=(1, 2, 3), keepdim=True) ** 0.2 * local * (residual >= ema_residual)
+    by_hand = (artifact_map * (sr_imgs - hr_imgs)).abs().mean()
+    sr = sr_imgs.clone().requires_grad_(True)
+    loss = train_srgan.artifact_loss(sr, ema_sr_imgs, hr_imgs)
+    assert loss.item() == pytest.approx(float(by_hand), rel=1e-5)
+    loss.backward()
+    assert torch.allclose(sr.grad, artifact_map * torch.sign(artifact_map * (sr_imgs - hr_imgs)) / sr.numel(), atol=1e-9)
+    assert 0 < int((artifact_map == 0).sum()) < artifact_map.numel()  # the EMA's test drops some pixels, not all
+    # As far from HR (the same mean absolute residual) but smooth: no local variance, no loss.
+    smooth = hr_imgs + residual.mean() / 3
+    assert float(train_srgan.artifact_loss(smooth, hr_imgs + 1.0, hr_imgs)) < 1e-10
+
+
+def test_artifact_loss_needs_the_ema():
+    with pytest.raises(ValueError, match="--ema_decay"):
+        argv = ["--artifact_loss_weight", "1", "--ema_decay", "0"]
+        train_srgan.check_hyperparameters(cli.parse_hyperparameters(
+            train_srgan.apply_recipe(train_srgan.hyperparameters, argv), "", argv=argv, aliases=train_srgan.RENAMED))
