@@ -552,7 +552,8 @@ def main():
     # Ctrl+C / SIGTERM, checkpoints, the progress bar, reports and logs: the duties of the loop's end.
     stop_signal, save, log = training_log.start_duties(
         "srgan", hp, stateful, resumed, start_iteration, device, is_main_process,
-        ["perceptual", "pixel", "adversarial", "discriminator", "lattice", "artifact"], f"train_srgan ({hp.recipe})",
+        ["perceptual", "pixel", "adversarial", "discriminator", "lattice"]
+        + (["artifact"] if hp.artifact_loss_weight > 0 else []), f"train_srgan ({hp.recipe})",
         **architecture)
 
     generator.train()
@@ -562,7 +563,7 @@ def main():
         lr_imgs, pixel_target_imgs, perceptual_target_imgs, real_imgs, loss_mask = make_gan_batch(
             lr_imgs, hr_imgs, hp, iteration, rank, generator, device, pair_pool)
 
-        # ---- Generator step: perceptual + pixel + adversarial + lattice loss, each with its weight. ----
+        # ---- Generator step: perceptual + pixel + adversarial + lattice (+ artifact) loss, each with its weight. ----
         # The discriminator's weights get no gradients here (saves time; its optimiser would ignore them anyway).
         # It is called unwrapped: with several processes only the discriminator step syncs its gradients.
         discriminator.requires_grad_(False)
@@ -576,12 +577,6 @@ def main():
             # No fixed s x s pattern (a grid): the phase means of SR follow HR's (lattice_loss; logged even at
             # weight 0, where it measures the grid a run may be growing).
             lattice = lattice_loss(sr_imgs, pixel_target_imgs, hp.scaling_factor)
-            artifact = torch.zeros((), device=device)
-            if hp.artifact_loss_weight > 0:  # where SR is noisier than the EMA's SR (artifact_loss)
-                with torch.no_grad():
-                    ema_sr_imgs = ema.module(utils.convert_image(lr_imgs, "[0, 1]", generator.input_format))
-                    ema_sr_imgs = utils.convert_image(ema_sr_imgs.float(), generator.output_format, "[0, 1]")
-                artifact = artifact_loss(sr_imgs, ema_sr_imgs, pixel_target_imgs)
             fake_logits = discriminator(sr_imgs).float()
             # The relativistic loss also needs D's opinion of real images (a constant for the generator).
             real_logits = None
@@ -590,8 +585,14 @@ def main():
                     real_logits = discriminator(real_imgs).float()
             adversarial = adversarial_loss(real_logits, fake_logits, hp.gan_type, for_generator=True)
             generator_loss = (hp.perceptual_loss_weight * perceptual + hp.pixel_loss_weight * pixel
-                              + hp.adversarial_loss_weight * adversarial + hp.lattice_loss_weight * lattice
-                              + hp.artifact_loss_weight * artifact)
+                              + hp.adversarial_loss_weight * adversarial + hp.lattice_loss_weight * lattice)
+            losses = dict(perceptual=perceptual, pixel=pixel, adversarial=adversarial, lattice=lattice)  # (logged)
+            if hp.artifact_loss_weight > 0:  # LDL: where SR is noisier than the EMA generator's SR (artifact_loss)
+                with torch.no_grad():
+                    ema_sr_imgs = ema.module(utils.convert_image(lr_imgs, "[0, 1]", generator.input_format))
+                    ema_sr_imgs = utils.convert_image(ema_sr_imgs.float(), generator.output_format, "[0, 1]")
+                losses["artifact"] = artifact_loss(sr_imgs, ema_sr_imgs, pixel_target_imgs)
+                generator_loss = generator_loss + hp.artifact_loss_weight * losses["artifact"]
         optimizer_g.zero_grad(set_to_none=True)
         grad_scaler_g.scale(generator_loss).backward()
         grad_scaler_g.step(optimizer_g)
@@ -618,8 +619,7 @@ def main():
 
         # The duties of the end of an iteration, each when it is due.
         completed = iteration + 1
-        log.add_losses(perceptual=perceptual, pixel=pixel, adversarial=adversarial, discriminator=discriminator_loss,
-                       lattice=lattice, artifact=artifact)
+        log.add_losses(**losses, discriminator=discriminator_loss)
         stop_now = stop_signal.should_stop()  # Ctrl+C / SIGTERM in any process: all save now and stop together
         last = completed == hp.iterations
         report_now = completed % hp.print_every == 0 or last
