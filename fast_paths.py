@@ -176,7 +176,7 @@ def _on_one_thread(function):
 
 
 ROWS = 32  # LR rows per strip in convolutions_in_rows (16 and 64 measured no faster on a 1000-pixel-wide photo)
-WINOGRAD = True  # convolutions_in_rows's fp32 convolutions by Winograd's algorithm where NNPACK runs (winograd_available)
+WINOGRAD = True  # convolutions_in_rows's fp32 convolutions by Winograd's algorithm where NNPACK runs (see below)
 # Rows per strip for Winograd: a multiple of its 6-row blocks of output (32 rows would compute 36). Held to AVX2, the
 # compact model on a 1000x1000 photo used 7.08 CPU s in strips of 18 rows, 7.20 in 24, 7.83 in 32 (medians of 7).
 WINOGRAD_ROWS = 18

@@ -733,16 +733,18 @@ def runs_in_rows(generator, device):
     """Whether upscale() runs this generator a strip of rows at a time (fast_paths.convolutions_in_rows) instead of
     in tiles: the compact network (its body a plain stack of 3x3 convolutions; no outscale, whose bicubic resize
     needs rows around each output row) on a CPU, in fp32 or bf16 (benchmarks/bench_rows.py, a 1000x1000 photo: 4 to
-    12% faster than the tiles with the same convolutions; in fp32 with Winograd's, 2.3 times as fast held to AVX2). GPUs keep the tiles (not measured there), and an image that fits in one tile
-    runs whole, as other networks' do (faster than rows for a small image: no threads to coordinate)."""
+    12% faster than the tiles with the same convolutions; in fp32 with Winograd's, 2.3 times as fast held to AVX2).
+    GPUs keep the tiles (not measured there), and an image that fits in one tile runs whole, as other networks' do
+    (faster than rows for a small image: no threads to coordinate)."""
     return (isinstance(generator, models.SRVGGNetCompact) and generator.outscale is None and device.type == "cpu"
             and fast_paths.can_run_in_rows(generator.body))
 
 
 def _upscale_in_rows(generator, lr_img, out_dtype, precision="fp32", progress=False):
     """upscale() for runs_in_rows: the body on the whole image through fast_paths.convolutions_in_rows (under
-    autocast(precision), as run_generator), each piece of rows it finishes upsampled (the network's own upsample) and written into the
-    result at once; with `progress`, a tqdm bar over the LR rows (for an image of more than one strip).
+    autocast(precision), as run_generator), each piece of rows it finishes upsampled (the network's own upsample)
+    and written into the result at once; with `progress`, a tqdm bar over the LR rows (for an image of more than one
+    strip).
 
     :return: (1, C, H * s, W * s) in [0, 1], on the CPU, in out_dtype
     """

@@ -285,7 +285,8 @@ def test_artifact_loss_by_hand():
     loss = train_srgan.artifact_loss(sr, ema_sr_imgs, hr_imgs)
     assert loss.item() == pytest.approx(float(by_hand), rel=1e-5)
     loss.backward()
-    assert torch.allclose(sr.grad, artifact_map * torch.sign(artifact_map * (sr_imgs - hr_imgs)) / sr.numel(), atol=1e-9)
+    by_hand_grad = artifact_map * torch.sign(artifact_map * (sr_imgs - hr_imgs)) / sr.numel()
+    assert torch.allclose(sr.grad, by_hand_grad, atol=1e-9)
     assert 0 < int((artifact_map == 0).sum()) < artifact_map.numel()  # the EMA's test drops some pixels, not all
     # As far from HR (the same mean absolute residual) but smooth: no local variance, no loss.
     smooth = hr_imgs + residual.mean() / 3
