@@ -105,7 +105,8 @@ hyperparameters = dict(
     pixel_loss_weight=0.0,  # weight of an L1 pixel loss (ESRGAN: 1e-2, Real-ESRGAN: 1)
     adversarial_loss_weight=1e-3,  # weight of the generator's adversarial loss (SRGAN's beta)
     artifact_loss_weight=0.0,  # weight of LDL's artifact loss (artifact_loss: an L1 loss where the generator's
-    #   residual is noisier than its EMA's, to take noise-like texture out; needs --ema_decay > 0; LDL: 1; 0: off)
+    #   residual is noisier than its EMA's, against noise-like texture; needs --ema_decay > 0; LDL: 1; 0: off; on
+    #   realistic_gan's grain it did not help: docs/training.md)
     lattice_loss_weight=0.0,  # weight of the sub-pixel lattice loss (lattice_loss: ties the s x s phase means of SR to
     #   HR's, the only place a fixed grid can hide; 0: off; 100 with --vgg_weights random, RANDOM_VGG)
     # Learning
