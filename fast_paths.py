@@ -1,8 +1,9 @@
 """Speed paths for particular hardware: the same functions as the networks of models.py, computed faster.
 
 The networks in models.py are the papers' figures on every device. Where a CPU runs one of their steps badly, the
-network (or inference.upscale, for its tiles and rows) calls into this file, which computes the same numbers another way
-(tests/test_fast_paths.py checks that they match: bit for bit, or up to the order of float sums):
+network (or inference.upscale, for its tiles and rows) calls into this file, which computes the same function
+another way (tests/test_fast_paths.py checks that they match: bit for bit, up to the order of float sums, or, for
+Winograd's convolutions, within fp32 rounding):
 
   PReLU                          nn.PReLU with one shared slope, whose backward on a CPU runs through LeakyReLU's
                                  kernels (SRResNet's 19 PReLUs)
@@ -258,8 +259,8 @@ def convolutions_in_rows(layers, x, emit, rows=None, context=contextlib.nullcont
     height, width = x.shape[2], x.shape[3]
     reach = sum(isinstance(layer, nn.Conv2d) for layer in layers)  # rows the output lags behind the input
     tops = list(range(0, height, rows))
-    count = min(torch.get_num_threads(), len(tops))
     threads = torch.get_num_threads()
+    count = min(threads, len(tops))  # worker threads
     carries, finished = {}, {}  # (strip, convolution index) -> its carry / an Event set when it is there
     failed = threading.Event()
 

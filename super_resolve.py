@@ -528,7 +528,7 @@ def parse_args(argv=None):
                                       help="expected upscaling factor; an error if the model does not provide it")
     parser.add_argument("--tile", type=int, default=inference.DEFAULT_TILE,
                         help=f"LR tile side in pixels, 0 = whole image at once (default {inference.DEFAULT_TILE}); "
-                             "the compact models on a CPU split an image into rows instead (exactly the untiled result)")
+                             "the compact models on a CPU split an image into rows instead (the untiled result)")
     parser.add_argument("--tile_pad", type=int, default=inference.DEFAULT_TILE_PAD,
                         help=f"LR context pixels around each tile (default {inference.DEFAULT_TILE_PAD})")
     parser.add_argument("--precision", choices=("auto", *inference.PRECISIONS), default=None,

@@ -592,6 +592,8 @@ def main():
                 with torch.no_grad():
                     ema_sr_imgs = ema.module(utils.convert_image(lr_imgs, "[0, 1]", generator.input_format))
                     ema_sr_imgs = utils.convert_image(ema_sr_imgs.float(), generator.output_format, "[0, 1]")
+                    if loss_mask is not None:  # (cutout: as sr_imgs)
+                        ema_sr_imgs = ema_sr_imgs * loss_mask
                 losses["artifact"] = artifact_loss(sr_imgs, ema_sr_imgs, pixel_target_imgs)
                 generator_loss = generator_loss + hp.artifact_loss_weight * losses["artifact"]
         optimizer_g.zero_grad(set_to_none=True)

@@ -242,7 +242,8 @@ def test_upscale_runs_the_compact_network_in_rows_on_a_cpu_and_gets_the_whole_im
     rows = inference.upscale(model, lr_img, tile=8, tile_pad=0)
     assert rows.shape == whole.shape and rows.dtype == torch.float64
     assert (rows - whole).abs().max() < 1e-12
-    bf16 = inference.upscale(copy.deepcopy(model).float(), lr_img.float(), tile=8, precision="bf16")  # (bf16 rounds: 1e-3 or more)
+    # (bf16 rounds: 1e-3 or more)
+    bf16 = inference.upscale(copy.deepcopy(model).float(), lr_img.float(), tile=8, precision="bf16")
     assert bf16.dtype == torch.float32 and 1e-3 < (bf16.double() - whole).abs().max() < 0.05
     # An image of one tile runs whole (run_generator), not in rows.
     monkeypatch.setattr(fast_paths, "convolutions_in_rows", None)
