@@ -30,7 +30,8 @@ import inference  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", nargs="+", default=["compact", "realistic"], help="compact-network models")
-    parser.add_argument("--size", type=int, default=1000, help="LR side in pixels (default 1000)")
+    parser.add_argument("--size", type=int, default=1000,
+                        help="LR side in pixels (default 1000; above the tile, 256, or every way runs the whole image)")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     parser.add_argument("--runs", type=int, default=3, help="runs of each way (medians printed)")
     return parser.parse_args(argv)
